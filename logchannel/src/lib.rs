@@ -1,0 +1,1 @@
+//! Log entries and the primary -> backup log channel (framing, acks, progress).

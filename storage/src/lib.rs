@@ -1,0 +1,1 @@
+//! Shared storage: the file-backed block store and the test-and-set arbiter.
