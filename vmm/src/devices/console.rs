@@ -1,0 +1,77 @@
+//! Console device: the guest names a buffer in one register write (a packed
+//! descriptor, ftvm_abi::buf); the bytes go to the console sink. A running
+//! hash of everything printed lets runs be compared.
+use std::io::Write;
+
+use ftvm_abi::mmio::console::{BASE, WRITE};
+use vm_memory::{Bytes, GuestAddress};
+use xxhash_rust::xxh3::Xxh3;
+
+use super::{no_such_register, DeviceCtx, MmioDevice, RegisterResult};
+use crate::memory::guest_range;
+use crate::misbehaviour::Offence;
+
+/// Console output and its hash.
+pub struct Console {
+    sink: Box<dyn Write + Send>,
+    hash: Xxh3,
+    bytes_written: u64,
+    sink_failed: bool,
+}
+
+impl Console {
+    /// A console printing to `sink`.
+    pub fn new(sink: Box<dyn Write + Send>) -> Self {
+        Console { sink, hash: Xxh3::new(), bytes_written: 0, sink_failed: false }
+    }
+
+    /// Hash of everything the guest printed so far.
+    pub fn output_hash(&self) -> u64 {
+        self.hash.digest()
+    }
+
+    /// Bytes the guest printed so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    /// Flushes the sink (at the end of a run).
+    pub fn flush(&mut self) {
+        let _ = self.sink.flush();
+    }
+
+    fn emit(&mut self, bytes: &[u8]) {
+        self.hash.update(bytes);
+        self.bytes_written += bytes.len() as u64;
+        // A closed stdout (e.g. `| head`) must not stop the guest; the output
+        // is still hashed, and the failure is reported once.
+        if !self.sink_failed && self.sink.write_all(bytes).and_then(|()| self.sink.flush()).is_err() {
+            self.sink_failed = true;
+            eprintln!("ftvm: console output could not be written; the guest keeps running");
+        }
+    }
+}
+
+impl MmioDevice for Console {
+    fn read(&mut self, offset: u64, ctx: &mut DeviceCtx) -> RegisterResult<u64> {
+        ctx.misbehaviour.record(Offence::WriteOnlyRegister, BASE + offset, 0);
+        Ok(0)
+    }
+
+    fn write(&mut self, offset: u64, value: u64, ctx: &mut DeviceCtx) -> RegisterResult<()> {
+        if offset != WRITE {
+            no_such_register(ctx, BASE, offset, value);
+            return Ok(());
+        }
+        let Some((addr, len)) = guest_range(ctx.memory, value) else {
+            ctx.misbehaviour.record(Offence::BufferOutsideRam, BASE + offset, value);
+            return Ok(());
+        };
+        let mut bytes = vec![0u8; len];
+        match ctx.memory.read_slice(&mut bytes, GuestAddress(addr)) {
+            Ok(()) => self.emit(&bytes),
+            Err(_) => ctx.misbehaviour.record(Offence::BufferOutsideRam, BASE + offset, value),
+        }
+        Ok(())
+    }
+}

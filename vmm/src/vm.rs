@@ -1,0 +1,214 @@
+//! A whole VM: opens KVM, maps RAM, loads the kernel, sets up the vCPU and
+//! runs the one vCPU loop (KVM_RUN -> [`Machine::handle_exit`] -> repeat).
+//! No in-kernel irqchip, PIT or LAPIC timer: KVM is never a source of
+//! asynchrony (DESIGN §3).
+use std::io::Write;
+
+use ftvm_abi::boot::{BootInfo, BootInfoError, BYTES as BOOT_INFO_BYTES};
+use ftvm_abi::layout::BOOT_INFO_ADDR;
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use thiserror::Error;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use crate::inputs::Inputs;
+use crate::loader::{self, LoaderError};
+use crate::machine::{Action, Machine};
+use crate::memory::{self, MemoryError};
+use crate::misbehaviour::Misbehaviour;
+use crate::outcome::RunOutcome;
+use crate::vcpu::{self, RunError, Vcpu};
+use crate::x86::{self, EntryMode};
+
+/// Default guest RAM.
+pub const DEFAULT_MEM_BYTES: u64 = 128 << 20;
+
+/// What to boot.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// Guest RAM in bytes.
+    pub mem_bytes: u64,
+    /// The kernel ELF image.
+    pub kernel: Vec<u8>,
+    /// The guest command line.
+    pub cmdline: String,
+    /// Privilege level at entry.
+    pub entry_mode: EntryMode,
+}
+
+/// Why a VM could not be created or run.
+#[derive(Debug, Error)]
+pub enum VmError {
+    /// /dev/kvm is absent.
+    #[error("/dev/kvm does not exist: this host has no KVM. Load kvm_intel or kvm_amd (or kvm_pvm), or run on a host with virtualization enabled")]
+    NoKvm,
+    /// /dev/kvm is not accessible.
+    #[error("permission denied opening /dev/kvm: run as root or add your user to the `kvm` group")]
+    KvmPermission,
+    /// A KVM ioctl failed.
+    #[error("KVM {what} failed: {source}")]
+    Kvm {
+        /// Which operation.
+        what: &'static str,
+        /// The errno.
+        source: kvm_ioctls::Error,
+    },
+    /// KVM lacks a capability ftvm needs.
+    #[error("this KVM lacks {0}, which ftvm needs")]
+    MissingCapability(&'static str),
+    /// Guest RAM could not be set up.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The kernel image is unusable.
+    #[error("bad kernel image: {0}")]
+    Kernel(#[from] LoaderError),
+    /// The command line does not fit the boot-info block.
+    #[error("the guest command line is too long (at most {} bytes)", ftvm_abi::boot::CMDLINE_MAX)]
+    Cmdline(BootInfoError),
+    /// Writing the boot structures into guest RAM failed.
+    #[error("writing boot structures into guest RAM failed: {0}")]
+    BootWrite(#[from] vm_memory::GuestMemoryError),
+    /// KVM_RUN failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+fn kvm_error(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// Everything a finished run reports.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// How it ended.
+    pub outcome: RunOutcome,
+    /// Guest-caused exits.
+    pub landmarks: u64,
+    /// Hash of the console output.
+    pub console_hash: u64,
+    /// Bytes of console output.
+    pub console_bytes: u64,
+    /// Hash of all guest RAM at the end.
+    pub memory_hash: u64,
+    /// Hash of the general registers at the end.
+    pub regs_hash: u64,
+    /// What the guest did wrong to its devices.
+    pub misbehaviour: Misbehaviour,
+}
+
+/// A booted VM, ready to run.
+pub struct Vm {
+    // Field order is drop order: the vCPU before the VM before /dev/kvm.
+    vcpu: Vcpu,
+    machine: Machine,
+    _vm: VmFd,
+    _kvm: Kvm,
+}
+
+fn open_kvm() -> Result<Kvm, VmError> {
+    Kvm::new().map_err(|error| match error.errno() {
+        libc::ENOENT => VmError::NoKvm,
+        libc::EACCES | libc::EPERM => VmError::KvmPermission,
+        _ => VmError::Kvm { what: "open /dev/kvm", source: error },
+    })
+}
+
+impl Vm {
+    /// Creates the VM, loads the kernel and prepares the vCPU at its entry.
+    pub fn new(
+        config: &VmConfig,
+        console: Box<dyn Write + Send>,
+        inputs: Box<dyn Inputs>,
+    ) -> Result<Vm, VmError> {
+        let guest_memory = memory::create(config.mem_bytes)?;
+        let kernel = loader::load(&guest_memory, &config.kernel)?;
+        let info = BootInfo {
+            ram_bytes: config.mem_bytes,
+            image_end: kernel.image_end,
+            devices: 0,
+            cmdline: &config.cmdline,
+        };
+        let mut block = [0u8; BOOT_INFO_BYTES];
+        info.encode(&mut block).map_err(VmError::Cmdline)?;
+        guest_memory.write_slice(&block, GuestAddress(BOOT_INFO_ADDR))?;
+        x86::write_tables(&guest_memory)?;
+
+        let kvm = open_kvm()?;
+        if !kvm.check_extension(Cap::SyncRegs) {
+            return Err(VmError::MissingCapability("KVM_CAP_SYNC_REGS"));
+        }
+        let vm = kvm.create_vm().map_err(kvm_error("create VM"))?;
+        let host_addr = guest_memory
+            .get_host_address(GuestAddress(0))
+            .expect("RAM starts at guest address 0") as u64;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: config.mem_bytes,
+            userspace_addr: host_addr,
+        };
+        // SAFETY: the region is the mapping owned by `guest_memory`, which the
+        // returned Vm keeps alive (in `machine`) for as long as the VM exists.
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_error("set memory region"))?;
+
+        let vcpu_fd = vm.create_vcpu(0).map_err(kvm_error("create vCPU"))?;
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_error("get supported CPUID"))?;
+        vcpu_fd.set_cpuid2(&cpuid).map_err(kvm_error("set CPUID"))?;
+        let sregs = vcpu_fd.get_sregs().map_err(kvm_error("get sregs"))?;
+        vcpu_fd
+            .set_sregs(&x86::sregs(sregs, config.entry_mode))
+            .map_err(kvm_error("set sregs"))?;
+        vcpu_fd
+            .set_regs(&x86::regs(kernel.entry, config.entry_mode))
+            .map_err(kvm_error("set regs"))?;
+
+        let machine = Machine::new(guest_memory, console, inputs);
+        Ok(Vm { vcpu: Vcpu::new(vcpu_fd), machine, _vm: vm, _kvm: kvm })
+    }
+
+    /// Runs the guest to its next exit and handles it; `Some` when the run is over.
+    pub fn step(&mut self) -> Result<Option<RunOutcome>, VmError> {
+        let exit = self.vcpu.run()?;
+        let rip = self.vcpu.regs().rip;
+        match self.machine.handle_exit(exit, rip) {
+            Action::Resume { read_value } => {
+                if let Some(value) = read_value {
+                    self.vcpu.complete_mmio_read(value);
+                }
+                Ok(None)
+            }
+            Action::Stop(outcome) => Ok(Some(outcome)),
+        }
+    }
+
+    /// Runs the guest until it powers off, faults or gets stuck.
+    pub fn run(&mut self) -> Result<RunReport, VmError> {
+        loop {
+            if let Some(outcome) = self.step()? {
+                return Ok(self.report(outcome));
+            }
+        }
+    }
+
+    /// The report for a run that ended with `outcome`.
+    pub fn report(&mut self, outcome: RunOutcome) -> RunReport {
+        self.machine.devices.console.flush();
+        RunReport {
+            outcome,
+            landmarks: self.machine.landmarks(),
+            console_hash: self.machine.devices.console.output_hash(),
+            console_bytes: self.machine.devices.console.bytes_written(),
+            memory_hash: memory::hash(&self.machine.memory),
+            regs_hash: vcpu::regs_hash(&self.vcpu.regs()),
+            misbehaviour: self.machine.misbehaviour.clone(),
+        }
+    }
+
+    /// The vCPU, for the benchmark's bare KVM_RUN measurement.
+    pub fn vcpu_mut(&mut self) -> &mut Vcpu {
+        &mut self.vcpu
+    }
+}
