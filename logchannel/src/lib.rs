@@ -1,1 +1,12 @@
 //! Log entries and the primary -> backup log channel (framing, acks, progress).
+//!
+//! [`frame`] turns entries into checksummed, sequence-numbered frames on any byte stream and
+//! back; [`file`] stores such a stream in a versioned log file for record and replay.
+
+pub mod file;
+pub mod frame;
+
+pub use file::{LogFileError, LogFileReader, LogFileWriter, FIRST_SEQ, FORMAT_VERSION};
+pub use frame::{
+    FrameDecoder, FrameEncoder, FrameError, FrameReader, FrameWriter, MAX_PAYLOAD_LEN_BYTES,
+};
