@@ -1,1 +1,82 @@
-//! Helpers shared by the end-to-end tests (process reaping, namespaces, ...).
+//! Helpers shared by the end-to-end tests: run the ftvm CLI as a child
+//! process that is killed if the test fails (kill on drop), and collect what
+//! it printed.
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+
+/// What a finished `ftvm` process left behind.
+#[derive(Debug)]
+pub struct Finished {
+    /// Exit status (None if killed by a signal).
+    pub status: Option<i32>,
+    /// Guest console (stdout).
+    pub stdout: String,
+    /// VMM messages (stderr).
+    pub stderr: String,
+}
+
+/// A child process that is killed and reaped when dropped, so a failing test
+/// never leaves a VM behind.
+pub struct Reaped(Option<Child>);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Reaped {
+    /// Spawns `command` with piped output.
+    pub fn spawn(mut command: Command) -> Reaped {
+        let child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}"));
+        Reaped(Some(child))
+    }
+
+    /// Waits for the process and collects its output.
+    pub fn finish(mut self) -> Finished {
+        let mut child = self.0.take().expect("finish is called once");
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        let mut out = child.stdout.take().expect("piped");
+        let mut err = child.stderr.take().expect("piped");
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            text
+        });
+        let _ = out.read_to_string(&mut stdout);
+        stderr.push_str(&reader.join().expect("reader thread"));
+        let status = child.wait().expect("wait for ftvm").code();
+        Finished { status, stdout, stderr }
+    }
+}
+
+/// Runs the ftvm CLI (`exe` is `env!("CARGO_BIN_EXE_ftvm-e2e")`) with `args`.
+pub fn ftvm(exe: &str, args: &[&str]) -> Finished {
+    require_kvm();
+    let mut command = Command::new(exe);
+    command.args(args);
+    Reaped::spawn(command).finish()
+}
+
+/// Fails loudly (never skips) when this machine cannot run VMs.
+pub fn require_kvm() {
+    if let Err(error) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        panic!("these tests boot VMs and need read-write /dev/kvm: {error}");
+    }
+}
+
+/// The value after `key ` in ftvm's summary line (`ftvm: landmarks N console H ...`).
+pub fn summary_field<'a>(stderr: &'a str, key: &str) -> Option<&'a str> {
+    let line = stderr.lines().find(|line| line.starts_with("ftvm: landmarks"))?;
+    let mut words = line.split_whitespace();
+    words.find(|word| *word == key)?;
+    words.next()
+}

@@ -6,6 +6,8 @@
 //! [`inputs`] is the only source of non-determinism; [`loader`] checks and
 //! loads the kernel ELF; [`x86`] builds page tables, GDT, TSS and registers.
 
+pub mod bench;
+pub mod cli;
 pub mod devices;
 pub mod inputs;
 pub mod kernel;

@@ -92,6 +92,12 @@ pub enum LoaderError {
         /// Higher index.
         second: usize,
     },
+    /// The section header table lies past the end of the file.
+    #[error("the kernel ELF's section header table ends past the end of the {file_len}-byte image (truncated?)")]
+    SectionHeadersPastEof {
+        /// Image length.
+        file_len: usize,
+    },
     /// No PT_LOAD segment.
     #[error("the kernel ELF has no loadable segment")]
     NoLoadableSegment,
@@ -130,7 +136,8 @@ pub fn validate(image: &[u8], ram_bytes: u64) -> Result<LoadedKernel, LoaderErro
     if image.len() < header_len {
         return Err(LoaderError::TooShort { len: image.len() });
     }
-    let ehdr = Elf64_Ehdr::from_slice(&image[..header_len]).expect("length checked");
+    let mut ehdr = Elf64_Ehdr::default();
+    ehdr.as_mut_slice().copy_from_slice(&image[..header_len]);
     if &ehdr.e_ident[..4] != ELFMAG {
         return Err(LoaderError::NotElf);
     }
@@ -161,9 +168,18 @@ pub fn validate(image: &[u8], ram_bytes: u64) -> Result<LoadedKernel, LoaderErro
         return Err(LoaderError::BadProgramHeaders { problem: "table lies outside the file" });
     }
 
+    // Not needed for loading, but a table past the end means the file was cut short.
+    let section_table_end = u64::from(ehdr.e_shnum)
+        .checked_mul(u64::from(ehdr.e_shentsize))
+        .and_then(|len| len.checked_add(ehdr.e_shoff));
+    if ehdr.e_shnum > 0 && section_table_end.is_none_or(|end| end > image.len() as u64) {
+        return Err(LoaderError::SectionHeadersPastEof { file_len: image.len() });
+    }
+
     let mut spans: Vec<Span> = Vec::new();
     for (index, raw) in image[table_start..table_end].chunks_exact(phdr_len).enumerate() {
-        let phdr = Elf64_Phdr::from_slice(raw).expect("chunk has the header's size");
+        let mut phdr = Elf64_Phdr::default();
+        phdr.as_mut_slice().copy_from_slice(raw);
         if phdr.p_type != PT_LOAD {
             continue;
         }
@@ -218,4 +234,149 @@ pub fn load(memory: &GuestMemoryMmap, image: &[u8]) -> Result<LoadedKernel, Load
     Elf::load(memory, None, &mut Cursor::new(image), None)
         .map_err(|error| LoaderError::Load(error.to_string()))?;
     Ok(kernel)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const RAM: u64 = 64 << 20;
+
+    fn kernel() -> &'static [u8] {
+        crate::kernel::KERNEL_ELF
+    }
+
+    /// A minimal valid ELF: one RX segment at 2 MiB with 16 bytes of code.
+    fn tiny_elf() -> Vec<u8> {
+        let mut image = vec![0u8; 0x1010];
+        image[..4].copy_from_slice(ELFMAG);
+        image[4] = ELFCLASS64;
+        image[5] = ELFDATA2LSB;
+        image[6] = 1;
+        image[16..18].copy_from_slice(&(ET_EXEC as u16).to_le_bytes());
+        image[18..20].copy_from_slice(&(EM_X86_64 as u16).to_le_bytes());
+        image[24..32].copy_from_slice(&KERNEL_MIN_ADDR.to_le_bytes()); // e_entry
+        image[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        image[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+        image[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        image[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+        let phdr = &mut image[64..120];
+        phdr[0..4].copy_from_slice(&PT_LOAD.to_le_bytes());
+        phdr[4..8].copy_from_slice(&(PF_X | 4).to_le_bytes());
+        phdr[8..16].copy_from_slice(&0x1000u64.to_le_bytes()); // p_offset
+        phdr[16..24].copy_from_slice(&KERNEL_MIN_ADDR.to_le_bytes()); // p_vaddr
+        phdr[24..32].copy_from_slice(&KERNEL_MIN_ADDR.to_le_bytes()); // p_paddr
+        phdr[32..40].copy_from_slice(&16u64.to_le_bytes()); // p_filesz
+        phdr[40..48].copy_from_slice(&0x2000u64.to_le_bytes()); // p_memsz (BSS)
+        image
+    }
+
+    fn set_u64(image: &mut [u8], offset: usize, value: u64) {
+        image[offset..offset + 8].copy_from_slice(&value.to_le_bytes());
+    }
+
+    #[test]
+    fn the_embedded_kernel_is_valid() {
+        let loaded = validate(kernel(), RAM).unwrap();
+        assert!(loaded.entry >= KERNEL_MIN_ADDR);
+        assert!(loaded.image_end > loaded.entry && loaded.image_end % PAGE_BYTES == 0);
+        let memory = crate::memory::create(RAM).unwrap();
+        assert_eq!(load(&memory, kernel()).unwrap(), loaded);
+    }
+
+    #[test]
+    fn image_end_includes_bss() {
+        let loaded = validate(&tiny_elf(), RAM).unwrap();
+        assert_eq!(loaded.image_end, KERNEL_MIN_ADDR + 0x2000);
+    }
+
+    #[test]
+    fn truncated_images_are_refused() {
+        for len in [0, 10, 63] {
+            assert_eq!(validate(&kernel()[..len], RAM), Err(LoaderError::TooShort { len }));
+        }
+        let image = kernel();
+        for len in [100, image.len() / 2, image.len() - 1] {
+            let error = validate(&image[..len], RAM).unwrap_err();
+            assert!(
+                matches!(
+                    error,
+                    LoaderError::SegmentPastEof { .. }
+                        | LoaderError::BadProgramHeaders { .. }
+                        | LoaderError::SectionHeadersPastEof { .. }
+                ),
+                "{len}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_machine_type_and_magic() {
+        let mut image = tiny_elf();
+        image[18] = 0x28; // EM_ARM
+        assert_eq!(validate(&image, RAM), Err(LoaderError::WrongMachine { machine: 0x28 }));
+        let mut image = tiny_elf();
+        image[16] = ET_DYN as u8;
+        assert_eq!(validate(&image, RAM), Err(LoaderError::PositionIndependent));
+        let mut image = tiny_elf();
+        image[0] = b'X';
+        assert_eq!(validate(&image, RAM), Err(LoaderError::NotElf));
+        let mut image = tiny_elf();
+        image[4] = 1; // ELFCLASS32
+        assert_eq!(validate(&image, RAM), Err(LoaderError::WrongClass));
+    }
+
+    #[test]
+    fn segments_must_lie_in_the_kernel_area_of_ram() {
+        let mut image = tiny_elf();
+        set_u64(&mut image, 64 + 40, RAM); // p_memsz runs past RAM
+        assert!(matches!(validate(&image, RAM), Err(LoaderError::SegmentOutsideRam { index: 0, .. })));
+        let mut image = tiny_elf();
+        set_u64(&mut image, 64 + 24, 0x1000); // over the page tables
+        assert!(matches!(validate(&image, RAM), Err(LoaderError::SegmentOutsideRam { .. })));
+        let mut image = tiny_elf();
+        set_u64(&mut image, 64 + 24, u64::MAX - 4); // wraps
+        assert!(matches!(validate(&image, RAM), Err(LoaderError::SegmentOutsideRam { .. })));
+    }
+
+    #[test]
+    fn other_header_problems() {
+        let mut image = tiny_elf();
+        set_u64(&mut image, 64 + 40, 8); // memsz < filesz
+        assert!(matches!(validate(&image, RAM), Err(LoaderError::FileLargerThanMemory { .. })));
+        let mut image = tiny_elf();
+        set_u64(&mut image, 24, 0x10_0000); // entry outside the segment
+        assert_eq!(validate(&image, RAM), Err(LoaderError::BadEntry { entry: 0x10_0000 }));
+        let mut image = tiny_elf();
+        set_u64(&mut image, 32, u64::MAX - 10); // e_phoff
+        assert!(matches!(validate(&image, RAM), Err(LoaderError::BadProgramHeaders { .. })));
+        let mut image = tiny_elf();
+        image[56] = 0; // no program headers
+        assert_eq!(validate(&image, RAM), Err(LoaderError::NoLoadableSegment));
+    }
+
+    #[test]
+    fn overlapping_segments_are_refused() {
+        let mut image = tiny_elf();
+        image[56] = 2;
+        let first: Vec<u8> = image[64..120].to_vec();
+        image[120..176].copy_from_slice(&first);
+        assert_eq!(validate(&image, RAM), Err(LoaderError::Overlap { first: 0, second: 1 }));
+    }
+
+    proptest! {
+        /// Garbage in any header byte is an error or a valid result, never a panic,
+        /// and never a segment outside the kernel area.
+        #[test]
+        fn corrupted_headers_never_panic(flips in proptest::collection::vec((0usize..400, any::<u8>()), 1..8)) {
+            let mut image = kernel().to_vec();
+            for (offset, byte) in flips {
+                image[offset] ^= byte;
+            }
+            if let Ok(loaded) = validate(&image, RAM) {
+                prop_assert!(loaded.image_end <= RAM);
+            }
+        }
+    }
 }

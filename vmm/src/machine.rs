@@ -115,3 +115,227 @@ impl Machine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ftvm_abi::mmio::{clock, console, entropy, events, power, timer};
+    use proptest::prelude::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::devices::console::SharedBuffer as SharedSink;
+    use crate::inputs::{Armed, AsyncEvent, InputError};
+
+    /// Deterministic inputs: time advances 1 us per clock read, a wait jumps
+    /// to the deadline, entropy counts up.
+    #[derive(Default)]
+    struct FakeInputs {
+        now_ns: u64,
+        counter: u8,
+    }
+
+    impl Inputs for FakeInputs {
+        fn monotonic_ns(&mut self, _at: ExecPoint) -> u64 {
+            self.now_ns += 1_000;
+            self.now_ns
+        }
+        fn wall_ns(&mut self, _at: ExecPoint) -> u64 {
+            1_700_000_000_000_000_000 + self.now_ns
+        }
+        fn entropy(&mut self, _at: ExecPoint, buf: &mut [u8]) {
+            for byte in buf {
+                self.counter = self.counter.wrapping_add(1);
+                *byte = self.counter;
+            }
+        }
+        fn poll_events(&mut self, _at: ExecPoint, armed: Armed) -> Vec<AsyncEvent> {
+            match armed.timer_deadline_ns {
+                Some(deadline) if self.now_ns >= deadline => vec![AsyncEvent::TimerExpired],
+                _ => vec![],
+            }
+        }
+        fn wait_events(&mut self, at: ExecPoint, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
+            let deadline = armed.timer_deadline_ns.ok_or(InputError::NothingToWaitFor)?;
+            self.now_ns = self.now_ns.max(deadline);
+            Ok(self.poll_events(at, armed))
+        }
+    }
+
+    const RAM: u64 = 16 << 20;
+
+    fn machine() -> (Machine, SharedSink) {
+        let sink = SharedSink::default();
+        let memory = crate::memory::create(RAM).unwrap();
+        (Machine::new(memory, Box::new(sink.clone()), Box::<FakeInputs>::default()), sink)
+    }
+
+    fn read(machine: &mut Machine, addr: u64) -> Action {
+        machine.handle_exit(Exit::MmioRead { addr, size: 8 }, 0x20_0000)
+    }
+
+    fn write(machine: &mut Machine, addr: u64, value: u64) -> Action {
+        machine.handle_exit(Exit::MmioWrite { addr, size: 8, value }, 0x20_0000)
+    }
+
+    fn value(action: Action) -> u64 {
+        match action {
+            Action::Resume { read_value: Some(value) } => value,
+            other => panic!("expected a read value, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn landmarks_count_guest_exits_only() {
+        let (mut machine, _) = machine();
+        machine.handle_exit(Exit::Interrupted, 0);
+        assert_eq!(machine.landmarks(), 0);
+        read(&mut machine, clock::BASE + clock::MONOTONIC_NS);
+        machine.handle_exit(Exit::Interrupted, 0);
+        read(&mut machine, clock::BASE + clock::WALL_NS);
+        assert_eq!(machine.landmarks(), 2);
+    }
+
+    #[test]
+    fn power_off_and_fault_report() {
+        let (mut machine, _) = machine();
+        assert_eq!(
+            write(&mut machine, power::BASE + power::SHUTDOWN, 7),
+            Action::Stop(RunOutcome::PowerOff { code: 7 })
+        );
+        write(&mut machine, power::BASE + power::FAULT_VECTOR, 14);
+        write(&mut machine, power::BASE + power::FAULT_ERROR, 2);
+        write(&mut machine, power::BASE + power::FAULT_RIP, 0x20_1234);
+        let stop = write(&mut machine, power::BASE + power::FAULT_REPORT, 0);
+        assert_eq!(stop, Action::Stop(RunOutcome::GuestException { vector: 14, error_code: 2, rip: 0x20_1234 }));
+        let Action::Stop(outcome) = stop else { unreachable!() };
+        assert!(outcome.to_string().contains("vector 14 (#PF page fault)"));
+    }
+
+    #[test]
+    fn clock_reads_come_from_the_inputs() {
+        let (mut machine, _) = machine();
+        let first = value(read(&mut machine, clock::BASE + clock::MONOTONIC_NS));
+        let second = value(read(&mut machine, clock::BASE + clock::MONOTONIC_NS));
+        assert_eq!((first, second), (1_000, 2_000));
+        assert!(value(read(&mut machine, clock::BASE + clock::WALL_NS)) > 1_700_000_000_000_000_000);
+    }
+
+    #[test]
+    fn timer_fires_through_wait_and_refreshes_the_event_page() {
+        let (mut machine, _) = machine();
+        let page = 0x10_0000;
+        write(&mut machine, events::BASE + events::EVENT_PAGE, page);
+        write(&mut machine, timer::BASE + timer::DEADLINE_NS, 50_000);
+        assert_eq!(value(read(&mut machine, timer::BASE + timer::DEADLINE_NS)), 50_000);
+        assert_eq!(value(read(&mut machine, events::BASE + events::YIELD)), 0, "not yet due");
+        assert_eq!(value(read(&mut machine, events::BASE + events::WAIT)), events::TIMER);
+        let stored: u64 = machine.memory.read_obj(GuestAddress(page)).unwrap();
+        assert!(stored >= 50_000, "event page holds {stored}");
+        assert_eq!(value(read(&mut machine, timer::BASE + timer::DEADLINE_NS)), 0, "one-shot");
+        assert_eq!(value(read(&mut machine, events::BASE + events::YIELD)), 0, "read clears");
+    }
+
+    #[test]
+    fn a_past_deadline_is_pending_at_the_next_landmark() {
+        let (mut machine, _) = machine();
+        read(&mut machine, clock::BASE + clock::MONOTONIC_NS);
+        write(&mut machine, timer::BASE + timer::DEADLINE_NS, 1);
+        assert_eq!(value(read(&mut machine, events::BASE + events::YIELD)), events::TIMER);
+    }
+
+    #[test]
+    fn waiting_with_nothing_armed_is_reported() {
+        let (mut machine, _) = machine();
+        let action = read(&mut machine, events::BASE + events::WAIT);
+        assert!(matches!(action, Action::Stop(RunOutcome::GuestStuck { .. })), "{action:?}");
+    }
+
+    #[test]
+    fn console_prints_guest_buffers_and_refuses_others() {
+        let (mut machine, sink) = machine();
+        machine.memory.write_slice(b"hello", GuestAddress(0x30_0000)).unwrap();
+        write(&mut machine, console::BASE + console::WRITE, ftvm_abi::buf::pack(0x30_0000, 5).unwrap());
+        assert_eq!(sink.text(), "hello");
+        write(&mut machine, console::BASE + console::WRITE, ftvm_abi::buf::pack(RAM - 2, 5).unwrap());
+        assert_eq!(sink.text().len(), 5);
+        assert_eq!(machine.misbehaviour.count(Offence::BufferOutsideRam), 1);
+    }
+
+    #[test]
+    fn entropy_fills_guest_memory() {
+        let (mut machine, _) = machine();
+        write(&mut machine, entropy::BASE + entropy::FILL, ftvm_abi::buf::pack(0x40_0000, 4).unwrap());
+        let bytes: [u8; 4] = machine.memory.read_obj(GuestAddress(0x40_0000)).unwrap();
+        assert_eq!(bytes, [1, 2, 3, 4]);
+        assert_ne!(value(read(&mut machine, entropy::BASE + entropy::RANDOM_U64)), 0);
+        write(&mut machine, entropy::BASE + entropy::FILL, ftvm_abi::buf::pack(RAM, 1).unwrap());
+        assert_eq!(machine.misbehaviour.count(Offence::BufferOutsideRam), 1);
+    }
+
+    #[test]
+    fn bad_accesses_are_counted_not_obeyed() {
+        let (mut machine, _) = machine();
+        assert_eq!(value(read(&mut machine, 0xc000_0000)), u64::MAX);
+        let narrow = machine.handle_exit(Exit::MmioRead { addr: clock::BASE, size: 4 }, 0);
+        assert_eq!(value(narrow), u64::MAX);
+        write(&mut machine, clock::BASE, 5);
+        write(&mut machine, events::BASE + events::EVENT_PAGE, RAM - 4);
+        machine.handle_exit(Exit::IoOut { port: 0x80, value: 1 }, 0);
+        for offence in [
+            Offence::UnknownMmio,
+            Offence::BadAccessSize,
+            Offence::ReadOnlyRegister,
+            Offence::BufferOutsideRam,
+            Offence::PortIo,
+        ] {
+            assert_eq!(machine.misbehaviour.count(offence), 1, "{offence:?}");
+        }
+    }
+
+    #[test]
+    fn fatal_exits_stop_the_run() {
+        let (mut machine, _) = machine();
+        assert_eq!(machine.handle_exit(Exit::Shutdown, 0x42), Action::Stop(RunOutcome::TripleFault { rip: 0x42 }));
+        let internal = machine.handle_exit(Exit::InternalError { suberror: 1 }, 0x43);
+        assert!(matches!(internal, Action::Stop(RunOutcome::KvmError { .. })));
+    }
+
+    /// One MMIO exit somewhere in or near the device windows, any size, any value.
+    fn any_exit() -> impl Strategy<Value = Exit> {
+        let addr = prop_oneof![
+            (0u64..6, 0u64..0x1000).prop_map(|(window, offset)| ftvm_abi::mmio::window(window) + offset),
+            (0u64..6, 0u64..8).prop_map(|(window, register)| ftvm_abi::mmio::window(window) + register * 8),
+            any::<u64>(),
+        ];
+        let value = prop_oneof![any::<u64>(), (0u64..RAM + 64, 0usize..0x1_0000)
+            .prop_map(|(addr, len)| ftvm_abi::buf::pack(addr, len).unwrap())];
+        (addr, 1usize..=8, value, any::<bool>()).prop_map(|(addr, size, value, is_write)| {
+            if is_write {
+                Exit::MmioWrite { addr, size, value }
+            } else {
+                Exit::MmioRead { addr, size }
+            }
+        })
+    }
+
+    proptest! {
+        /// Random register traffic never panics the VMM; every exit is a
+        /// landmark until one of them ends the run.
+        #[test]
+        fn random_register_traffic_is_survived(exits in proptest::collection::vec(any_exit(), 1..200)) {
+            let (mut machine, _) = machine();
+            for (index, exit) in exits.into_iter().enumerate() {
+                let action = machine.handle_exit(exit, 0x20_0000);
+                prop_assert_eq!(machine.landmarks(), index as u64 + 1);
+                if let Action::Stop(outcome) = action {
+                    let expected = matches!(
+                        outcome,
+                        RunOutcome::PowerOff { .. } | RunOutcome::GuestException { .. } | RunOutcome::GuestStuck { .. }
+                    );
+                    prop_assert!(expected, "unexpected outcome {:?}", outcome);
+                    break;
+                }
+            }
+        }
+    }
+}

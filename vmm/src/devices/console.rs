@@ -11,6 +11,28 @@ use super::{no_such_register, DeviceCtx, MmioDevice, RegisterResult};
 use crate::memory::guest_range;
 use crate::misbehaviour::Offence;
 
+/// A console sink that keeps everything in memory (tests, benchmarks).
+#[derive(Clone, Default)]
+pub struct SharedBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    /// Everything written so far, as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("no writer panics holding it")).into_owned()
+    }
+}
+
+impl Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("no writer panics holding it").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Console output and its hash.
 pub struct Console {
     sink: Box<dyn Write + Send>,

@@ -14,7 +14,7 @@ const GARBAGE: [u64; 6] = [
     0,
     u64::MAX,
     0xdead_beef_dead_beef,
-    0x8000_0000_0000_0000,
+    0xffff_0000_dead_0000,
     0x0000_ffff_ffff_ffff,
     0x1234_5678,
 ];
