@@ -1,0 +1,400 @@
+//! The wire format shared by every role: message types, postcard encoding and CRC32C framing.
+//!
+//! A frame on a byte stream is `len: u32 LE | crc32c(payload): u32 LE | payload`, where the
+//! payload is the postcard encoding of one [`Envelope`]'s message.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use serde::{Deserialize, Serialize};
+
+/// A node in the cluster (master, chunkserver or client).
+pub type NodeId = u32;
+/// Names one chunk for its whole life.
+pub type ChunkHandle = u64;
+/// A chunk's version; a replica with a lower version than the master's is stale.
+pub type Version = u64;
+/// Matches a reply to its request (unique per sender).
+pub type RequestId = u64;
+/// Names pushed data in a chunkserver's buffer (unique per client).
+pub type DataId = u64;
+
+/// CRC32C (Castagnoli), as used for chunk blocks, log records and frames.
+pub const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+
+/// Why an operation failed. Shared by every role so errors travel unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GfsError {
+    /// No such file.
+    NotFound,
+    /// The file already exists.
+    AlreadyExists,
+    /// The path is not absolute or names the hidden trash.
+    InvalidPath,
+    /// The master is recovering or the chunk is in the middle of another change: retry.
+    Busy,
+    /// Not enough chunkservers are alive to place a chunk.
+    NoChunkservers,
+    /// No replica of the chunk is available.
+    NoReplica,
+    /// The receiver does not hold a lease for the chunk.
+    NotPrimary,
+    /// The replica's version does not match the request's.
+    StaleVersion,
+    /// The receiver does not hold the chunk.
+    NoSuchChunk,
+    /// A checksum did not match: the replica is corrupt.
+    Checksum,
+    /// The pushed data for a mutation is not in the buffer.
+    DataMissing,
+    /// A record is larger than a quarter chunk, or a write leaves the chunk.
+    TooLarge,
+    /// The record does not fit: the chunk was padded, append to the next one.
+    ChunkFull,
+    /// A secondary replica failed to apply a mutation.
+    ReplicaFailed,
+    /// No reply in time.
+    Timeout,
+    /// The local disk failed.
+    Disk,
+    /// The chunkserver has no room for another chunk.
+    DiskFull,
+}
+
+/// A message with its addressee, as a role emits it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// Where it goes.
+    pub to: NodeId,
+    /// What it says.
+    pub msg: Message,
+}
+
+/// Every message any role sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Client -> master.
+    MasterRequest { req: RequestId, op: MasterOp },
+    /// Master -> client.
+    MasterReply {
+        req: RequestId,
+        result: Result<MasterAnswer, GfsError>,
+    },
+    /// Chunkserver -> master: the chunks it holds and the leases it wants extended.
+    Heartbeat {
+        chunks: Vec<ChunkReport>,
+        extend_leases: Vec<ChunkHandle>,
+    },
+    /// Master -> chunkserver: replicas to delete (each only if the local version is below the
+    /// one given, so a delayed heartbeat never costs a current replica) and leases extended.
+    HeartbeatReply {
+        delete: Vec<ChunkReport>,
+        extended: Vec<LeaseExtension>,
+    },
+    /// Master -> chunkserver: a command that is acknowledged with `CommandReply`.
+    Command { req: RequestId, cmd: ChunkCommand },
+    /// Chunkserver -> master.
+    CommandReply {
+        req: RequestId,
+        result: Result<(), GfsError>,
+    },
+    /// Chunkserver -> master: a replica failed its checksum and was dropped.
+    ReportCorrupt { handle: ChunkHandle },
+    /// Client -> chunkserver (and along the chain): data for a later mutation.
+    PushData {
+        data_id: DataId,
+        client: NodeId,
+        bytes: Vec<u8>,
+        chain: Vec<NodeId>,
+    },
+    /// Chunkserver -> client: the pushed data is buffered here.
+    PushAck { data_id: DataId },
+    /// Client -> chunkserver.
+    ReadChunk {
+        req: RequestId,
+        handle: ChunkHandle,
+        version: Version,
+        offset: u32,
+        len: u32,
+    },
+    /// Chunkserver -> client.
+    ReadReply {
+        req: RequestId,
+        result: Result<Vec<u8>, GfsError>,
+    },
+    /// Client -> primary: apply buffered data.
+    Mutate {
+        req: RequestId,
+        handle: ChunkHandle,
+        version: Version,
+        data_id: DataId,
+        kind: MutationKind,
+    },
+    /// Primary -> client: the offset written within the chunk.
+    MutateReply {
+        req: RequestId,
+        result: Result<u32, GfsError>,
+    },
+    /// Primary -> secondary: apply mutation `serial` in the primary's order.
+    Apply {
+        handle: ChunkHandle,
+        version: Version,
+        serial: u64,
+        lease_expiry_ms: u64,
+        offset: u32,
+        data: ApplyData,
+    },
+    /// Secondary -> primary.
+    ApplyAck {
+        handle: ChunkHandle,
+        serial: u64,
+        result: Result<(), GfsError>,
+    },
+    /// Chunkserver -> chunkserver: read a piece of a chunk for re-replication.
+    CopyRead {
+        req: RequestId,
+        handle: ChunkHandle,
+        offset: u32,
+        len: u32,
+    },
+    /// The answer to `CopyRead`.
+    CopyReply {
+        req: RequestId,
+        result: Result<CopyPiece, GfsError>,
+    },
+}
+
+/// What a client asks the master.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MasterOp {
+    Create {
+        path: String,
+    },
+    Delete {
+        path: String,
+    },
+    List {
+        prefix: String,
+    },
+    FileInfo {
+        path: String,
+    },
+    /// Locations of chunk `index` of `path` (for reads).
+    Lookup {
+        path: String,
+        index: u64,
+    },
+    /// The lease holder of chunk `index` of `path`, creating the chunk if needed (for writes).
+    GetLease {
+        path: String,
+        index: u64,
+    },
+    Snapshot {
+        source: String,
+        target: String,
+    },
+}
+
+/// The master's successful answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MasterAnswer {
+    Done,
+    Listing(Vec<String>),
+    FileInfo {
+        chunk_count: u64,
+    },
+    /// `None`: the chunk was never written (a hole or past the end): it reads as zeros.
+    Chunk(Option<ChunkLocation>),
+    Lease(LeaseInfo),
+}
+
+/// Where a chunk's current replicas are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkLocation {
+    pub handle: ChunkHandle,
+    pub version: Version,
+    pub replicas: Vec<NodeId>,
+}
+
+/// Who may order mutations of a chunk, until when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub handle: ChunkHandle,
+    pub version: Version,
+    pub primary: NodeId,
+    pub secondaries: Vec<NodeId>,
+    pub expiry_ms: u64,
+}
+
+/// One replica in a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkReport {
+    pub handle: ChunkHandle,
+    pub version: Version,
+}
+
+/// A lease the master extended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseExtension {
+    pub handle: ChunkHandle,
+    pub version: Version,
+    pub expiry_ms: u64,
+}
+
+/// Master -> chunkserver commands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChunkCommand {
+    /// Create an empty replica.
+    Create {
+        handle: ChunkHandle,
+        version: Version,
+    },
+    /// Raise the replica's version (only from `from`, or from any lower version).
+    SetVersion {
+        handle: ChunkHandle,
+        from: Version,
+        to: Version,
+    },
+    /// Become primary for the chunk until `expiry_ms`.
+    GrantLease {
+        handle: ChunkHandle,
+        version: Version,
+        expiry_ms: u64,
+        secondaries: Vec<NodeId>,
+    },
+    /// Give up the lease now (before a snapshot).
+    RevokeLease { handle: ChunkHandle },
+    /// Copy the replica from `source` (re-replication).
+    CloneFrom {
+        handle: ChunkHandle,
+        version: Version,
+        source: NodeId,
+    },
+    /// Copy a local replica into a new chunk (copy-on-write after a snapshot).
+    LocalCopy {
+        source: ChunkHandle,
+        source_version: Version,
+        target: ChunkHandle,
+        target_version: Version,
+    },
+}
+
+/// What a client mutation does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MutationKind {
+    /// Write at `offset` within the chunk.
+    Write { offset: u32 },
+    /// Append at an offset the primary chooses.
+    Append,
+}
+
+/// The data of an `Apply`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyData {
+    /// Pushed data from the buffer.
+    Pushed(DataId),
+    /// Zeros up to the end of the chunk (record-append padding).
+    PadToEnd,
+}
+
+/// A piece of a replica copied for re-replication.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyPiece {
+    pub version: Version,
+    pub chunk_len: u32,
+    pub bytes: Vec<u8>,
+}
+
+/// Why a frame could not be decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameError {
+    /// Fewer bytes than the header announces: wait for more.
+    Incomplete,
+    /// The checksum does not match.
+    Checksum,
+    /// The payload is not a valid message.
+    Decode,
+}
+
+const FRAME_HEADER_BYTES: usize = 8;
+
+/// Encodes `msg` as one frame.
+pub fn encode_frame(msg: &Message) -> Vec<u8> {
+    let payload = postcard::to_allocvec(msg).expect("messages always serialize");
+    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&CRC32C.checksum(&payload).to_le_bytes());
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+/// Decodes the first frame in `bytes`, returning the message and the bytes it used.
+pub fn decode_frame(bytes: &[u8]) -> Result<(Message, usize), FrameError> {
+    if bytes.len() < FRAME_HEADER_BYTES {
+        return Err(FrameError::Incomplete);
+    }
+    let len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    let end = FRAME_HEADER_BYTES + len;
+    if bytes.len() < end {
+        return Err(FrameError::Incomplete);
+    }
+    let payload = &bytes[FRAME_HEADER_BYTES..end];
+    if CRC32C.checksum(payload) != crc {
+        return Err(FrameError::Checksum);
+    }
+    let msg = postcard::from_bytes(payload).map_err(|_| FrameError::Decode)?;
+    Ok((msg, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn sample() -> Message {
+        Message::Apply {
+            handle: 7,
+            version: 3,
+            serial: 9,
+            lease_expiry_ms: 1000,
+            offset: 512,
+            data: ApplyData::Pushed(42),
+        }
+    }
+
+    #[test]
+    fn frame_round_trips_two_messages_back_to_back() {
+        let second = Message::PushData {
+            data_id: 1,
+            client: 100,
+            bytes: vec![1, 2, 3],
+            chain: vec![2, 3],
+        };
+        let mut stream = encode_frame(&sample());
+        stream.extend_from_slice(&encode_frame(&second));
+        let (first_msg, used) = decode_frame(&stream).unwrap();
+        assert_eq!(first_msg, sample());
+        let (second_msg, used_second) = decode_frame(&stream[used..]).unwrap();
+        assert_eq!(second_msg, second);
+        assert_eq!(used + used_second, stream.len());
+    }
+
+    #[test]
+    fn frame_rejects_corruption_and_truncation() {
+        let frame = encode_frame(&sample());
+        let mut corrupt = frame.clone();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0x40;
+        assert_eq!(decode_frame(&corrupt), Err(FrameError::Checksum));
+        assert_eq!(
+            decode_frame(&frame[..frame.len() - 1]),
+            Err(FrameError::Incomplete)
+        );
+        assert_eq!(decode_frame(&frame[..3]), Err(FrameError::Incomplete));
+    }
+
+    #[test]
+    fn crc32c_matches_the_standard_check_value() {
+        assert_eq!(CRC32C.checksum(b"123456789"), 0xE306_9283);
+    }
+}
