@@ -34,9 +34,13 @@ fn main() {
 
     let elf = target_dir.join(GUEST_TARGET).join("release/ftvm-kernel");
     println!("cargo:rustc-env=FTVM_KERNEL_ELF={}", elf.display());
-    for manifest in ["guest/kernel/Cargo.toml", "guest/kernel/Cargo.lock", "guest/kernel/link.ld",
-        "guest/kernel/build.rs", "guest/abi/Cargo.toml"]
-    {
+    for manifest in [
+        "guest/kernel/Cargo.toml",
+        "guest/kernel/Cargo.lock",
+        "guest/kernel/link.ld",
+        "guest/kernel/build.rs",
+        "guest/abi/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(manifest).display());
     }
     emit_dep_info_triggers(&elf.with_extension("d"));

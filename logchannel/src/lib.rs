@@ -1,11 +1,14 @@
 //! Log entries and the primary -> backup log channel (framing, acks, progress).
 //!
 //! [`frame`] turns entries into checksummed, sequence-numbered frames on any byte stream and
-//! back; [`file`] stores such a stream in a versioned log file for record and replay.
+//! back; [`file`] stores such a stream in a versioned log file for record and replay; [`entry`]
+//! is what the frames carry: the inputs a guest consumed and where.
 
+pub mod entry;
 pub mod file;
 pub mod frame;
 
+pub use entry::{AsyncEvent, Entry, EntryLevel, ExecPoint, Input, InputEntry, RunEnd, RunStart};
 pub use file::{LogFileError, LogFileReader, LogFileWriter, FIRST_SEQ, FORMAT_VERSION};
 pub use frame::{
     FrameDecoder, FrameEncoder, FrameError, FrameReader, FrameWriter, MAX_PAYLOAD_LEN_BYTES,

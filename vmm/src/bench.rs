@@ -40,7 +40,11 @@ fn config(cmdline: &str, entry_mode: EntryMode) -> VmConfig {
 fn boot(cmdline: &str, entry_mode: EntryMode) -> anyhow::Result<(String, u64, u64)> {
     let console = SharedBuffer::default();
     let clock = HostClock::start();
-    let mut vm = Vm::new(&config(cmdline, entry_mode), Box::new(console.clone()), Box::new(LiveInputs::new()))?;
+    let mut vm = Vm::new(
+        &config(cmdline, entry_mode),
+        Box::new(console.clone()),
+        Box::new(LiveInputs::new()),
+    )?;
     let mut first_exit_ns = None;
     let outcome = loop {
         let done = vm.step()?;
@@ -79,31 +83,64 @@ pub fn run(runs: usize) -> anyhow::Result<String> {
     const HASH_MIB: u64 = 64;
     const KVM_RUNS: u64 = 20_000;
     let mut rows: Vec<Row> = Vec::new();
-    let mut add = |name: &str, unit: &'static str, sample: f64| match rows.iter_mut().find(|row| row.name == name) {
+    let mut add = |name: &str, unit: &'static str, sample: f64| match rows
+        .iter_mut()
+        .find(|row| row.name == name)
+    {
         Some(row) => row.samples.push(sample),
         None => rows.push(Row { name: name.to_string(), unit, samples: vec![sample] }),
     };
     for run in 0..runs {
         eprintln!("ftvm bench: run {}/{runs}", run + 1);
-        for (mode, label) in [(EntryMode::Cpl3, "cpl3 entry"), (EntryMode::Cpl0, "cpl0 entry + iretq")] {
+        for (mode, label) in
+            [(EntryMode::Cpl3, "cpl3 entry"), (EntryMode::Cpl0, "cpl0 entry + iretq")]
+        {
             let (_, first_exit_ns, total_ns) = boot("role=bench op=noop n=0", mode)?;
-            add(&format!("VM create -> first guest exit ({label})"), "ms", first_exit_ns as f64 / 1e6);
-            add(&format!("VM create -> power off, empty role ({label})"), "ms", total_ns as f64 / 1e6);
+            add(
+                &format!("VM create -> first guest exit ({label})"),
+                "ms",
+                first_exit_ns as f64 / 1e6,
+            );
+            add(
+                &format!("VM create -> power off, empty role ({label})"),
+                "ms",
+                total_ns as f64 / 1e6,
+            );
         }
         let (_, _, selftest_ns) = boot("role=selftest", EntryMode::Cpl3)?;
         add("boot -> `selftest ok` -> power off", "ms", selftest_ns as f64 / 1e6);
 
-        let mut vm = Vm::new(&config("role=bench op=noop", EntryMode::Cpl3), Box::new(SharedBuffer::default()), Box::new(LiveInputs::new()))?;
+        let mut vm = Vm::new(
+            &config("role=bench op=noop", EntryMode::Cpl3),
+            Box::new(SharedBuffer::default()),
+            Box::new(LiveInputs::new()),
+        )?;
         let clock = HostClock::start();
         for _ in 0..KVM_RUNS {
             vm.vcpu_mut().immediate_exit_round_trip()?;
         }
-        add("bare KVM_RUN, immediate_exit (floor)", "us", clock.elapsed_ns() as f64 / KVM_RUNS as f64 / 1e3);
+        add(
+            "bare KVM_RUN, immediate_exit (floor)",
+            "us",
+            clock.elapsed_ns() as f64 / KVM_RUNS as f64 / 1e3,
+        );
         add("yield (1 MMIO read exit)", "us", guest_ns_per_op("yield", YIELDS)? / 1e3);
-        add("wait returning at once (arm past deadline + wait: 2 exits)", "us", guest_ns_per_op("wait", WAITS)? / 1e3);
-        add("timer round trip: sleep 100 us (arm + wait + clock)", "us", guest_ns_per_op("timer", SLEEPS)? / 1e3);
+        add(
+            "wait returning at once (arm past deadline + wait: 2 exits)",
+            "us",
+            guest_ns_per_op("wait", WAITS)? / 1e3,
+        );
+        add(
+            "timer round trip: sleep 100 us (arm + wait + clock)",
+            "us",
+            guest_ns_per_op("timer", SLEEPS)? / 1e3,
+        );
         let guest_ns_per_mib = guest_ns_per_op("hash", HASH_MIB)?;
-        add("guest FNV-1a hash at CPL3 (yield per 64 KiB)", "MB/s", (1 << 20) as f64 / guest_ns_per_mib * 1e3);
+        add(
+            "guest FNV-1a hash at CPL3 (yield per 64 KiB)",
+            "MB/s",
+            (1 << 20) as f64 / guest_ns_per_mib * 1e3,
+        );
 
         let data = vec![0x5au8; 64 * 1024];
         let clock = HostClock::start();
@@ -112,7 +149,11 @@ pub fn run(runs: usize) -> anyhow::Result<String> {
             digest = ftvm_abi::fnv1a64(digest, std::hint::black_box(&data));
         }
         std::hint::black_box(digest);
-        add("host FNV-1a hash, same loop", "MB/s", (HASH_MIB << 20) as f64 / clock.elapsed_ns() as f64 * 1e3);
+        add(
+            "host FNV-1a hash, same loop",
+            "MB/s",
+            (HASH_MIB << 20) as f64 / clock.elapsed_ns() as f64 * 1e3,
+        );
     }
     let mut table = String::new();
     writeln!(table, "| measurement ({runs} runs) | median | unit | min | max |")?;
@@ -120,7 +161,15 @@ pub fn run(runs: usize) -> anyhow::Result<String> {
     for row in &rows {
         let min = row.samples.iter().copied().fold(f64::INFINITY, f64::min);
         let max = row.samples.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        writeln!(table, "| {} | {:.2} | {} | {:.2} | {:.2} |", row.name, median(&row.samples), row.unit, min, max)?;
+        writeln!(
+            table,
+            "| {} | {:.2} | {} | {:.2} | {:.2} |",
+            row.name,
+            median(&row.samples),
+            row.unit,
+            min,
+            max
+        )?;
     }
     Ok(table)
 }

@@ -6,12 +6,15 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
 use crate::inputs::live::LiveInputs;
+use crate::inputs::record::RecordingInputs;
+use crate::inputs::replay::ReplayInputs;
 use crate::outcome::status;
 use crate::vm::{RunReport, Vm, VmConfig};
 use crate::x86::EntryMode;
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use logchannel::{Entry, LogFileReader, LogFileWriter, RunStart};
 
 #[derive(Parser)]
 #[command(
@@ -24,7 +27,8 @@ use crate::x86::EntryMode;
     after_help = "Exit status of `ftvm run`: the guest's own power-off code (0-255; larger \
         codes become 255), or 120 VMM error (bad kernel, no KVM, ...), 121 guest CPU \
         exception, 122 guest triple fault, 123 KVM error, 124 guest stuck (waits with \
-        nothing armed)."
+        nothing armed), 125 replay diverged from the log, 126 log unreadable, cut short or \
+        unwritable."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,6 +45,36 @@ enum Command {
     ///   ftvm run --mem 256M --console guest.log
     #[command(verbatim_doc_comment)]
     Run(RunArgs),
+    /// Run a guest like `run`, and record every input it consumes to a log file.
+    ///
+    /// Example:
+    ///   ftvm record --log stress.ftlog --cmdline "role=stress seed=7"
+    #[command(verbatim_doc_comment)]
+    Record {
+        /// The log file to write (replaced if it exists).
+        #[arg(long)]
+        log: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Replay a recorded run from its log alone; prints the same summary as
+    /// `record`, and stops with a report if the guest diverges from the log.
+    ///
+    /// Example:
+    ///   ftvm replay --log stress.ftlog --stats
+    #[command(verbatim_doc_comment)]
+    Replay {
+        /// The log file written by `ftvm record`.
+        #[arg(long)]
+        log: PathBuf,
+        /// Write the guest console here instead of stdout.
+        #[arg(long)]
+        console: Option<PathBuf>,
+        /// Also print entries by kind, bytes, landmarks per second and the
+        /// longest landmark-free stretch.
+        #[arg(long)]
+        stats: bool,
+    },
     /// Measure the platform: boot time, exit costs, timer latency and guest
     /// compute speed next to the host's, as a table of medians.
     Bench {
@@ -83,9 +117,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
     let number: u64 = digits
         .parse()
         .map_err(|_| format!("`{text}` is not a size: use bytes or a number with K, M or G"))?;
-    number
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("`{text}` is too large"))
+    number.checked_mul(1 << shift).ok_or_else(|| format!("`{text}` is too large"))
 }
 
 /// Parses the process arguments, runs the command, returns the exit status.
@@ -93,6 +125,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Record { log, run: args } => record(log, args),
+        Command::Replay { log, console, stats } => replay(log, console, stats),
         Command::Bench { runs } => crate::bench::run(runs.max(1)).map(|table| {
             print!("{table}");
             0
@@ -107,32 +141,118 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> anyhow::Result<u8> {
+fn console_sink(path: Option<&PathBuf>) -> anyhow::Result<Box<dyn Write + Send>> {
+    Ok(match path {
+        Some(path) => Box::new(BufWriter::new(
+            File::create(path)
+                .with_context(|| format!("cannot create console file {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdout()),
+    })
+}
+
+fn vm_config(args: &RunArgs) -> anyhow::Result<VmConfig> {
     let kernel = match &args.kernel {
         Some(path) => std::fs::read(path)
             .with_context(|| format!("cannot read the kernel image {}", path.display()))?,
         None => crate::kernel::KERNEL_ELF.to_vec(),
     };
-    let console: Box<dyn Write + Send> = match &args.console {
-        Some(path) => Box::new(BufWriter::new(
-            File::create(path).with_context(|| format!("cannot create console file {}", path.display()))?,
-        )),
-        None => Box::new(std::io::stdout()),
-    };
-    let config = VmConfig { mem_bytes: args.mem, kernel, cmdline: args.cmdline, entry_mode: args.entry };
-    let mut vm = Vm::new(&config, console, Box::new(LiveInputs::new()))?;
+    Ok(VmConfig {
+        mem_bytes: args.mem,
+        kernel,
+        cmdline: args.cmdline.clone(),
+        entry_mode: args.entry,
+    })
+}
+
+fn run(args: RunArgs) -> anyhow::Result<u8> {
+    let config = vm_config(&args)?;
+    let mut vm =
+        Vm::new(&config, console_sink(args.console.as_ref())?, Box::new(LiveInputs::new()))?;
     let report = vm.run()?;
     print_summary(&report);
+    Ok(report.outcome.exit_status())
+}
+
+fn record(log: PathBuf, args: RunArgs) -> anyhow::Result<u8> {
+    let config = vm_config(&args)?;
+    let writer = LogFileWriter::<Entry>::create(&log)?;
+    let start = RunStart {
+        mem_bytes: config.mem_bytes,
+        cmdline: config.cmdline.clone(),
+        entry_level: config.entry_mode.into(),
+        kernel: config.kernel.clone(),
+    };
+    let inputs = RecordingInputs::new(writer, &start)?;
+    let mut vm = Vm::new(&config, console_sink(args.console.as_ref())?, Box::new(inputs))?;
+    let report = vm.run()?;
+    print_summary(&report);
+    eprintln!(
+        "ftvm: recorded {} entries ({} bytes) to {}",
+        report.log_stats.entries(),
+        report.log_stats.bytes(),
+        log.display()
+    );
+    Ok(report.outcome.exit_status())
+}
+
+fn replay(log: PathBuf, console: Option<PathBuf>, stats: bool) -> anyhow::Result<u8> {
+    let reader = LogFileReader::<Entry>::open(&log)?;
+    let mut inputs = ReplayInputs::new(reader);
+    let start = inputs.read_start().with_context(|| format!("cannot replay {}", log.display()))?;
+    let config = VmConfig {
+        mem_bytes: start.mem_bytes,
+        kernel: start.kernel,
+        cmdline: start.cmdline,
+        entry_mode: start.entry_level.into(),
+    };
+    let mut vm = Vm::new(&config, console_sink(console.as_ref())?, Box::new(inputs))?;
+    let report = vm.run()?;
+    print_summary(&report);
+    if stats {
+        print_stats(&report);
+    }
     Ok(report.outcome.exit_status())
 }
 
 fn print_summary(report: &RunReport) {
     eprintln!("ftvm: {}", report.outcome);
     if report.misbehaviour.total() > 0 {
-        eprint!("ftvm: guest misbehaviour ({} accesses refused):\n{}", report.misbehaviour.total(), report.misbehaviour);
+        eprint!(
+            "ftvm: guest misbehaviour ({} accesses refused):\n{}",
+            report.misbehaviour.total(),
+            report.misbehaviour
+        );
     }
     eprintln!(
-        "ftvm: landmarks {} console {:016x} ({} bytes) memory {:016x} vcpu {:016x}",
-        report.landmarks, report.console_hash, report.console_bytes, report.memory_hash, report.regs_hash
+        "ftvm: exit {} landmarks {} console {:016x} ({} bytes) memory {:016x} vcpu {:016x}",
+        report.outcome.exit_status(),
+        report.landmarks,
+        report.console_hash,
+        report.console_bytes,
+        report.memory_hash,
+        report.regs_hash
+    );
+}
+
+fn print_stats(report: &RunReport) {
+    let seconds = report.wall_ns as f64 / 1e9;
+    eprintln!("ftvm: log entries by kind:");
+    for (kind, (count, bytes)) in &report.log_stats.by_kind {
+        eprintln!("  {count:>10} {kind:<18} {bytes:>12} bytes");
+    }
+    eprintln!(
+        "  {:>10} {:<18} {:>12} bytes",
+        report.log_stats.entries(),
+        "in all",
+        report.log_stats.bytes()
+    );
+    eprintln!(
+        "ftvm: {:.3} s, {:.0} landmarks/s, {:.0} entries/s, {:.0} log bytes/s, longest landmark-free stretch {:.3} ms",
+        seconds,
+        report.landmarks as f64 / seconds,
+        report.log_stats.entries() as f64 / seconds,
+        report.log_stats.bytes() as f64 / seconds,
+        report.longest_stretch_ns as f64 / 1e6
     );
 }

@@ -36,7 +36,9 @@ pub enum LoaderError {
         machine: u16,
     },
     /// A position-independent (ET_DYN) image.
-    #[error("the kernel ELF is position-independent (ET_DYN); link it with --no-pie at a fixed address")]
+    #[error(
+        "the kernel ELF is position-independent (ET_DYN); link it with --no-pie at a fixed address"
+    )]
     PositionIndependent,
     /// Neither executable nor shared object.
     #[error("the kernel ELF has type {elf_type}, expected ET_EXEC (2)")]
@@ -144,12 +146,12 @@ pub fn validate(image: &[u8], ram_bytes: u64) -> Result<LoadedKernel, LoaderErro
     if ehdr.e_ident[4] != ELFCLASS64 || ehdr.e_ident[5] != ELFDATA2LSB {
         return Err(LoaderError::WrongClass);
     }
-    if ehdr.e_machine != EM_X86_64 as u16 {
+    if ehdr.e_machine != EM_X86_64 {
         return Err(LoaderError::WrongMachine { machine: ehdr.e_machine });
     }
     match ehdr.e_type {
-        t if t == ET_EXEC as u16 => {}
-        t if t == ET_DYN as u16 => return Err(LoaderError::PositionIndependent),
+        t if t == ET_EXEC => {}
+        t if t == ET_DYN => return Err(LoaderError::PositionIndependent),
         elf_type => return Err(LoaderError::WrongType { elf_type }),
     }
     let phdr_len = std::mem::size_of::<Elf64_Phdr>();
@@ -160,7 +162,8 @@ pub fn validate(image: &[u8], ram_bytes: u64) -> Result<LoadedKernel, LoaderErro
         return Err(LoaderError::NoLoadableSegment);
     }
     let table_start = usize::try_from(ehdr.e_phoff).ok();
-    let table_end = table_start.and_then(|start| start.checked_add(usize::from(ehdr.e_phnum) * phdr_len));
+    let table_end =
+        table_start.and_then(|start| start.checked_add(usize::from(ehdr.e_phnum) * phdr_len));
     let (Some(table_start), Some(table_end)) = (table_start, table_end) else {
         return Err(LoaderError::BadProgramHeaders { problem: "offset overflows" });
     };
@@ -209,8 +212,11 @@ pub fn validate(image: &[u8], ram_bytes: u64) -> Result<LoadedKernel, LoaderErro
                 ram_bytes,
             });
         }
-        let span = Span { index, start, end: end.expect("checked"), executable: phdr.p_flags & PF_X != 0 };
-        if let Some(other) = spans.iter().find(|other| span.start < other.end && other.start < span.end) {
+        let span =
+            Span { index, start, end: end.expect("checked"), executable: phdr.p_flags & PF_X != 0 };
+        if let Some(other) =
+            spans.iter().find(|other| span.start < other.end && other.start < span.end)
+        {
             return Err(LoaderError::Overlap { first: other.index, second: index });
         }
         spans.push(span);
@@ -254,8 +260,8 @@ mod tests {
         image[4] = ELFCLASS64;
         image[5] = ELFDATA2LSB;
         image[6] = 1;
-        image[16..18].copy_from_slice(&(ET_EXEC as u16).to_le_bytes());
-        image[18..20].copy_from_slice(&(EM_X86_64 as u16).to_le_bytes());
+        image[16..18].copy_from_slice(&ET_EXEC.to_le_bytes());
+        image[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
         image[24..32].copy_from_slice(&KERNEL_MIN_ADDR.to_le_bytes()); // e_entry
         image[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
         image[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
@@ -280,7 +286,7 @@ mod tests {
     fn the_embedded_kernel_is_valid() {
         let loaded = validate(kernel(), RAM).unwrap();
         assert!(loaded.entry >= KERNEL_MIN_ADDR);
-        assert!(loaded.image_end > loaded.entry && loaded.image_end % PAGE_BYTES == 0);
+        assert!(loaded.image_end > loaded.entry && loaded.image_end.is_multiple_of(PAGE_BYTES));
         let memory = crate::memory::create(RAM).unwrap();
         assert_eq!(load(&memory, kernel()).unwrap(), loaded);
     }
@@ -331,7 +337,10 @@ mod tests {
     fn segments_must_lie_in_the_kernel_area_of_ram() {
         let mut image = tiny_elf();
         set_u64(&mut image, 64 + 40, RAM); // p_memsz runs past RAM
-        assert!(matches!(validate(&image, RAM), Err(LoaderError::SegmentOutsideRam { index: 0, .. })));
+        assert!(matches!(
+            validate(&image, RAM),
+            Err(LoaderError::SegmentOutsideRam { index: 0, .. })
+        ));
         let mut image = tiny_elf();
         set_u64(&mut image, 64 + 24, 0x1000); // over the page tables
         assert!(matches!(validate(&image, RAM), Err(LoaderError::SegmentOutsideRam { .. })));

@@ -5,10 +5,11 @@
 //! drive it with made-up exits.
 use std::io::Write;
 
+use kvm_bindings::kvm_regs;
 use vm_memory::GuestMemoryMmap;
 
 use crate::devices::{DeviceCtx, Devices, EventState};
-use crate::inputs::{ExecPoint, Inputs};
+use crate::inputs::{At, ExecPoint, Inputs};
 use crate::misbehaviour::{Misbehaviour, Offence};
 use crate::outcome::RunOutcome;
 use crate::vcpu::Exit;
@@ -41,7 +42,11 @@ pub struct Machine {
 
 impl Machine {
     /// A machine over `memory`, printing to `console`, fed by `inputs`.
-    pub fn new(memory: GuestMemoryMmap, console: Box<dyn Write + Send>, inputs: Box<dyn Inputs>) -> Self {
+    pub fn new(
+        memory: GuestMemoryMmap,
+        console: Box<dyn Write + Send>,
+        inputs: Box<dyn Inputs>,
+    ) -> Self {
         Machine {
             memory,
             devices: Devices::new(console),
@@ -52,22 +57,28 @@ impl Machine {
         }
     }
 
+    /// The inputs, e.g. to close a recording at the end of the run.
+    pub fn inputs_mut(&mut self) -> &mut dyn Inputs {
+        self.inputs.as_mut()
+    }
+
     /// Landmarks (guest-caused exits) so far.
     pub fn landmarks(&self) -> u64 {
         self.landmarks
     }
 
-    /// Handles one exit taken at guest `rip`.
-    pub fn handle_exit(&mut self, exit: Exit, rip: u64) -> Action {
+    /// Handles one exit; `regs` are the vCPU's registers there.
+    pub fn handle_exit(&mut self, exit: Exit, regs: &kvm_regs) -> Action {
+        let rip = regs.rip;
         const RESUME: Action = Action::Resume { read_value: None };
         if exit == Exit::Interrupted {
             return RESUME;
         }
         self.landmarks += 1;
-        let point = ExecPoint { landmark: self.landmarks, rip };
+        let at = At { point: ExecPoint { landmark: self.landmarks, rip }, regs: *regs };
         match exit {
-            Exit::MmioRead { addr, size } => self.mmio(point, addr, size, None),
-            Exit::MmioWrite { addr, size, value } => self.mmio(point, addr, size, Some(value)),
+            Exit::MmioRead { addr, size } => self.mmio(at, addr, size, None),
+            Exit::MmioWrite { addr, size, value } => self.mmio(at, addr, size, Some(value)),
             Exit::IoIn { port } => {
                 self.misbehaviour.record(Offence::PortIo, u64::from(port), 0);
                 RESUME
@@ -97,15 +108,16 @@ impl Machine {
         }
     }
 
-    fn mmio(&mut self, point: ExecPoint, addr: u64, size: usize, write: Option<u64>) -> Action {
+    fn mmio(&mut self, at: At, addr: u64, size: usize, write: Option<u64>) -> Action {
         // Asynchronous events land here, at a landmark, and nowhere else.
-        for event in self.inputs.poll_events(point, self.events.armed()) {
-            self.events.apply(event);
+        match self.inputs.poll_events(&at, self.events.armed()) {
+            Ok(events) => events.into_iter().for_each(|event| self.events.apply(event)),
+            Err(error) => return Action::Stop(error.into()),
         }
         let mut ctx = DeviceCtx {
             memory: &self.memory,
             inputs: self.inputs.as_mut(),
-            point,
+            at,
             events: &mut self.events,
             misbehaviour: &mut self.misbehaviour,
         };
@@ -124,7 +136,7 @@ mod tests {
 
     use super::*;
     use crate::devices::console::SharedBuffer as SharedSink;
-    use crate::inputs::{Armed, AsyncEvent, InputError};
+    use crate::inputs::{Armed, AsyncEvent, InputError, RunEnd};
 
     /// Deterministic inputs: time advances 1 us per clock read, a wait jumps
     /// to the deadline, entropy counts up.
@@ -135,29 +147,33 @@ mod tests {
     }
 
     impl Inputs for FakeInputs {
-        fn monotonic_ns(&mut self, _at: ExecPoint) -> u64 {
+        fn monotonic_ns(&mut self, _at: &At) -> Result<u64, InputError> {
             self.now_ns += 1_000;
-            self.now_ns
+            Ok(self.now_ns)
         }
-        fn wall_ns(&mut self, _at: ExecPoint) -> u64 {
-            1_700_000_000_000_000_000 + self.now_ns
+        fn wall_ns(&mut self, _at: &At) -> Result<u64, InputError> {
+            Ok(1_700_000_000_000_000_000 + self.now_ns)
         }
-        fn entropy(&mut self, _at: ExecPoint, buf: &mut [u8]) {
+        fn entropy(&mut self, _at: &At, buf: &mut [u8]) -> Result<(), InputError> {
             for byte in buf {
                 self.counter = self.counter.wrapping_add(1);
                 *byte = self.counter;
             }
+            Ok(())
         }
-        fn poll_events(&mut self, _at: ExecPoint, armed: Armed) -> Vec<AsyncEvent> {
-            match armed.timer_deadline_ns {
+        fn poll_events(&mut self, _at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
+            Ok(match armed.timer_deadline_ns {
                 Some(deadline) if self.now_ns >= deadline => vec![AsyncEvent::TimerExpired],
                 _ => vec![],
-            }
+            })
         }
-        fn wait_events(&mut self, at: ExecPoint, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
+        fn wait_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
             let deadline = armed.timer_deadline_ns.ok_or(InputError::NothingToWaitFor)?;
             self.now_ns = self.now_ns.max(deadline);
-            Ok(self.poll_events(at, armed))
+            self.poll_events(at, armed)
+        }
+        fn end_of_run(&mut self, _end: &RunEnd) -> Result<(), InputError> {
+            Ok(())
         }
     }
 
@@ -169,12 +185,16 @@ mod tests {
         (Machine::new(memory, Box::new(sink.clone()), Box::<FakeInputs>::default()), sink)
     }
 
+    fn at_rip(rip: u64) -> kvm_regs {
+        kvm_regs { rip, ..Default::default() }
+    }
+
     fn read(machine: &mut Machine, addr: u64) -> Action {
-        machine.handle_exit(Exit::MmioRead { addr, size: 8 }, 0x20_0000)
+        machine.handle_exit(Exit::MmioRead { addr, size: 8 }, &at_rip(0x20_0000))
     }
 
     fn write(machine: &mut Machine, addr: u64, value: u64) -> Action {
-        machine.handle_exit(Exit::MmioWrite { addr, size: 8, value }, 0x20_0000)
+        machine.handle_exit(Exit::MmioWrite { addr, size: 8, value }, &at_rip(0x20_0000))
     }
 
     fn value(action: Action) -> u64 {
@@ -187,10 +207,10 @@ mod tests {
     #[test]
     fn landmarks_count_guest_exits_only() {
         let (mut machine, _) = machine();
-        machine.handle_exit(Exit::Interrupted, 0);
+        machine.handle_exit(Exit::Interrupted, &at_rip(0));
         assert_eq!(machine.landmarks(), 0);
         read(&mut machine, clock::BASE + clock::MONOTONIC_NS);
-        machine.handle_exit(Exit::Interrupted, 0);
+        machine.handle_exit(Exit::Interrupted, &at_rip(0));
         read(&mut machine, clock::BASE + clock::WALL_NS);
         assert_eq!(machine.landmarks(), 2);
     }
@@ -206,7 +226,10 @@ mod tests {
         write(&mut machine, power::BASE + power::FAULT_ERROR, 2);
         write(&mut machine, power::BASE + power::FAULT_RIP, 0x20_1234);
         let stop = write(&mut machine, power::BASE + power::FAULT_REPORT, 0);
-        assert_eq!(stop, Action::Stop(RunOutcome::GuestException { vector: 14, error_code: 2, rip: 0x20_1234 }));
+        assert_eq!(
+            stop,
+            Action::Stop(RunOutcome::GuestException { vector: 14, error_code: 2, rip: 0x20_1234 })
+        );
         let Action::Stop(outcome) = stop else { unreachable!() };
         assert!(outcome.to_string().contains("vector 14 (#PF page fault)"));
     }
@@ -217,7 +240,9 @@ mod tests {
         let first = value(read(&mut machine, clock::BASE + clock::MONOTONIC_NS));
         let second = value(read(&mut machine, clock::BASE + clock::MONOTONIC_NS));
         assert_eq!((first, second), (1_000, 2_000));
-        assert!(value(read(&mut machine, clock::BASE + clock::WALL_NS)) > 1_700_000_000_000_000_000);
+        assert!(
+            value(read(&mut machine, clock::BASE + clock::WALL_NS)) > 1_700_000_000_000_000_000
+        );
     }
 
     #[test]
@@ -247,16 +272,24 @@ mod tests {
     fn waiting_with_nothing_armed_is_reported() {
         let (mut machine, _) = machine();
         let action = read(&mut machine, events::BASE + events::WAIT);
-        assert!(matches!(action, Action::Stop(RunOutcome::GuestStuck { .. })), "{action:?}");
+        assert_eq!(action, Action::Stop(RunOutcome::InputsFailed(InputError::NothingToWaitFor)));
     }
 
     #[test]
     fn console_prints_guest_buffers_and_refuses_others() {
         let (mut machine, sink) = machine();
         machine.memory.write_slice(b"hello", GuestAddress(0x30_0000)).unwrap();
-        write(&mut machine, console::BASE + console::WRITE, ftvm_abi::buf::pack(0x30_0000, 5).unwrap());
+        write(
+            &mut machine,
+            console::BASE + console::WRITE,
+            ftvm_abi::buf::pack(0x30_0000, 5).unwrap(),
+        );
         assert_eq!(sink.text(), "hello");
-        write(&mut machine, console::BASE + console::WRITE, ftvm_abi::buf::pack(RAM - 2, 5).unwrap());
+        write(
+            &mut machine,
+            console::BASE + console::WRITE,
+            ftvm_abi::buf::pack(RAM - 2, 5).unwrap(),
+        );
         assert_eq!(sink.text().len(), 5);
         assert_eq!(machine.misbehaviour.count(Offence::BufferOutsideRam), 1);
     }
@@ -264,7 +297,11 @@ mod tests {
     #[test]
     fn entropy_fills_guest_memory() {
         let (mut machine, _) = machine();
-        write(&mut machine, entropy::BASE + entropy::FILL, ftvm_abi::buf::pack(0x40_0000, 4).unwrap());
+        write(
+            &mut machine,
+            entropy::BASE + entropy::FILL,
+            ftvm_abi::buf::pack(0x40_0000, 4).unwrap(),
+        );
         let bytes: [u8; 4] = machine.memory.read_obj(GuestAddress(0x40_0000)).unwrap();
         assert_eq!(bytes, [1, 2, 3, 4]);
         assert_ne!(value(read(&mut machine, entropy::BASE + entropy::RANDOM_U64)), 0);
@@ -276,11 +313,11 @@ mod tests {
     fn bad_accesses_are_counted_not_obeyed() {
         let (mut machine, _) = machine();
         assert_eq!(value(read(&mut machine, 0xc000_0000)), u64::MAX);
-        let narrow = machine.handle_exit(Exit::MmioRead { addr: clock::BASE, size: 4 }, 0);
+        let narrow = machine.handle_exit(Exit::MmioRead { addr: clock::BASE, size: 4 }, &at_rip(0));
         assert_eq!(value(narrow), u64::MAX);
         write(&mut machine, clock::BASE, 5);
         write(&mut machine, events::BASE + events::EVENT_PAGE, RAM - 4);
-        machine.handle_exit(Exit::IoOut { port: 0x80, value: 1 }, 0);
+        machine.handle_exit(Exit::IoOut { port: 0x80, value: 1 }, &at_rip(0));
         for offence in [
             Offence::UnknownMmio,
             Offence::BadAccessSize,
@@ -295,20 +332,28 @@ mod tests {
     #[test]
     fn fatal_exits_stop_the_run() {
         let (mut machine, _) = machine();
-        assert_eq!(machine.handle_exit(Exit::Shutdown, 0x42), Action::Stop(RunOutcome::TripleFault { rip: 0x42 }));
-        let internal = machine.handle_exit(Exit::InternalError { suberror: 1 }, 0x43);
+        assert_eq!(
+            machine.handle_exit(Exit::Shutdown, &at_rip(0x42)),
+            Action::Stop(RunOutcome::TripleFault { rip: 0x42 })
+        );
+        let internal = machine.handle_exit(Exit::InternalError { suberror: 1 }, &at_rip(0x43));
         assert!(matches!(internal, Action::Stop(RunOutcome::KvmError { .. })));
     }
 
     /// One MMIO exit somewhere in or near the device windows, any size, any value.
     fn any_exit() -> impl Strategy<Value = Exit> {
         let addr = prop_oneof![
-            (0u64..6, 0u64..0x1000).prop_map(|(window, offset)| ftvm_abi::mmio::window(window) + offset),
-            (0u64..6, 0u64..8).prop_map(|(window, register)| ftvm_abi::mmio::window(window) + register * 8),
+            (0u64..6, 0u64..0x1000)
+                .prop_map(|(window, offset)| ftvm_abi::mmio::window(window) + offset),
+            (0u64..6, 0u64..8)
+                .prop_map(|(window, register)| ftvm_abi::mmio::window(window) + register * 8),
             any::<u64>(),
         ];
-        let value = prop_oneof![any::<u64>(), (0u64..RAM + 64, 0usize..0x1_0000)
-            .prop_map(|(addr, len)| ftvm_abi::buf::pack(addr, len).unwrap())];
+        let value = prop_oneof![
+            any::<u64>(),
+            (0u64..RAM + 64, 0usize..0x1_0000)
+                .prop_map(|(addr, len)| ftvm_abi::buf::pack(addr, len).unwrap())
+        ];
         (addr, 1usize..=8, value, any::<bool>()).prop_map(|(addr, size, value, is_write)| {
             if is_write {
                 Exit::MmioWrite { addr, size, value }
@@ -325,12 +370,12 @@ mod tests {
         fn random_register_traffic_is_survived(exits in proptest::collection::vec(any_exit(), 1..200)) {
             let (mut machine, _) = machine();
             for (index, exit) in exits.into_iter().enumerate() {
-                let action = machine.handle_exit(exit, 0x20_0000);
+                let action = machine.handle_exit(exit, &at_rip(0x20_0000));
                 prop_assert_eq!(machine.landmarks(), index as u64 + 1);
                 if let Action::Stop(outcome) = action {
                     let expected = matches!(
                         outcome,
-                        RunOutcome::PowerOff { .. } | RunOutcome::GuestException { .. } | RunOutcome::GuestStuck { .. }
+                        RunOutcome::PowerOff { .. } | RunOutcome::GuestException { .. } | RunOutcome::InputsFailed(InputError::NothingToWaitFor)
                     );
                     prop_assert!(expected, "unexpected outcome {:?}", outcome);
                     break;

@@ -26,7 +26,7 @@ pub enum MemoryError {
 
 /// Maps `bytes` of zeroed guest RAM at guest-physical 0.
 pub fn create(bytes: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    if !(MIN_RAM_BYTES..=MAX_RAM_BYTES).contains(&bytes) || bytes % PAGE_BYTES != 0 {
+    if !(MIN_RAM_BYTES..=MAX_RAM_BYTES).contains(&bytes) || !bytes.is_multiple_of(PAGE_BYTES) {
         return Err(MemoryError::BadSize { bytes });
     }
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), bytes as usize)])

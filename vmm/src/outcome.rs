@@ -1,6 +1,8 @@
 //! How a run ends, and the process exit status each ending maps to.
 use std::fmt;
 
+use crate::inputs::InputError;
+
 /// Process exit statuses of `ftvm run` that are not the guest's own code.
 /// A guest's power-off code passes through (0..=255; larger codes become 255).
 pub mod status {
@@ -14,6 +16,10 @@ pub mod status {
     pub const KVM_ERROR: u8 = 123;
     /// The guest waited with nothing that could ever wake it.
     pub const GUEST_STUCK: u8 = 124;
+    /// A replay found the guest somewhere other than the log says.
+    pub const DIVERGED: u8 = 125;
+    /// The log is unreadable, cut short, or could not be written.
+    pub const LOG_ERROR: u8 = 126;
 }
 
 /// Why a run ended.
@@ -43,11 +49,9 @@ pub enum RunOutcome {
         /// What KVM said.
         detail: String,
     },
-    /// The guest waits for an event that can never come.
-    GuestStuck {
-        /// Why nothing can wake it.
-        reason: String,
-    },
+    /// The inputs could not go on: the guest waits for nothing, a replay
+    /// diverged, or the log failed.
+    InputsFailed(InputError),
 }
 
 impl RunOutcome {
@@ -58,21 +62,53 @@ impl RunOutcome {
             RunOutcome::GuestException { .. } => status::GUEST_EXCEPTION,
             RunOutcome::TripleFault { .. } => status::TRIPLE_FAULT,
             RunOutcome::KvmError { .. } => status::KVM_ERROR,
-            RunOutcome::GuestStuck { .. } => status::GUEST_STUCK,
+            RunOutcome::InputsFailed(InputError::NothingToWaitFor) => status::GUEST_STUCK,
+            RunOutcome::InputsFailed(InputError::Diverged(_)) => status::DIVERGED,
+            RunOutcome::InputsFailed(_) => status::LOG_ERROR,
         }
+    }
+}
+
+impl From<InputError> for RunOutcome {
+    fn from(error: InputError) -> Self {
+        RunOutcome::InputsFailed(error)
     }
 }
 
 /// The x86 name of an exception vector.
 pub fn vector_name(vector: u64) -> &'static str {
     const NAMES: [&str; 32] = [
-        "#DE divide error", "#DB debug", "NMI", "#BP breakpoint", "#OF overflow",
-        "#BR bound range", "#UD invalid opcode", "#NM device not available", "#DF double fault",
-        "coprocessor overrun", "#TS invalid TSS", "#NP segment not present", "#SS stack fault",
-        "#GP general protection", "#PF page fault", "reserved", "#MF x87 error",
-        "#AC alignment check", "#MC machine check", "#XM SIMD error", "#VE virtualization",
-        "#CP control protection", "reserved", "reserved", "reserved", "reserved", "reserved",
-        "reserved", "#HV hypervisor injection", "#VC VMM communication", "#SX security",
+        "#DE divide error",
+        "#DB debug",
+        "NMI",
+        "#BP breakpoint",
+        "#OF overflow",
+        "#BR bound range",
+        "#UD invalid opcode",
+        "#NM device not available",
+        "#DF double fault",
+        "coprocessor overrun",
+        "#TS invalid TSS",
+        "#NP segment not present",
+        "#SS stack fault",
+        "#GP general protection",
+        "#PF page fault",
+        "reserved",
+        "#MF x87 error",
+        "#AC alignment check",
+        "#MC machine check",
+        "#XM SIMD error",
+        "#VE virtualization",
+        "#CP control protection",
+        "reserved",
+        "reserved",
+        "reserved",
+        "reserved",
+        "reserved",
+        "reserved",
+        "#HV hypervisor injection",
+        "#VC VMM communication",
+        "#SX security",
         "reserved",
     ];
     usize::try_from(vector).ok().and_then(|v| NAMES.get(v)).copied().unwrap_or("not an exception")
@@ -91,7 +127,10 @@ impl fmt::Display for RunOutcome {
                 write!(f, "guest triple fault (KVM shutdown exit) near rip {rip:#x}")
             }
             RunOutcome::KvmError { detail } => write!(f, "KVM could not run the guest: {detail}"),
-            RunOutcome::GuestStuck { reason } => write!(f, "guest stuck: {reason}"),
+            RunOutcome::InputsFailed(InputError::NothingToWaitFor) => {
+                write!(f, "guest stuck: {}", InputError::NothingToWaitFor)
+            }
+            RunOutcome::InputsFailed(error) => write!(f, "{error}"),
         }
     }
 }

@@ -11,13 +11,14 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use crate::inputs::Inputs;
+use crate::inputs::live::HostClock;
+use crate::inputs::{Inputs, LogStats, RunEnd};
 use crate::loader::{self, LoaderError};
 use crate::machine::{Action, Machine};
 use crate::memory::{self, MemoryError};
 use crate::misbehaviour::Misbehaviour;
 use crate::outcome::RunOutcome;
-use crate::vcpu::{self, RunError, Vcpu};
+use crate::vcpu::{self, Exit, RunError, Vcpu};
 use crate::x86::{self, EntryMode};
 
 /// Default guest RAM.
@@ -94,6 +95,15 @@ pub struct RunReport {
     pub regs_hash: u64,
     /// What the guest did wrong to its devices.
     pub misbehaviour: Misbehaviour,
+    /// Host ns the vCPU spent in KVM_RUN.
+    pub guest_ns: u64,
+    /// Host ns from creating the VM to the end of the run.
+    pub wall_ns: u64,
+    /// The longest host time the guest ran between two landmarks (DESIGN §4:
+    /// the guest promises one at least every ~1-2 ms).
+    pub longest_stretch_ns: u64,
+    /// Entries and bytes of the log written or read.
+    pub log_stats: LogStats,
 }
 
 /// A booted VM, ready to run.
@@ -101,8 +111,17 @@ pub struct Vm {
     // Field order is drop order: the vCPU before the VM before /dev/kvm.
     vcpu: Vcpu,
     machine: Machine,
+    timing: Timing,
     _vm: VmFd,
     _kvm: Kvm,
+}
+
+/// Host-time measurements of a run (never seen by the guest).
+struct Timing {
+    clock: HostClock,
+    guest_ns: u64,
+    stretch_ns: u64,
+    longest_stretch_ns: u64,
 }
 
 fn open_kvm() -> Result<Kvm, VmError> {
@@ -120,6 +139,7 @@ impl Vm {
         console: Box<dyn Write + Send>,
         inputs: Box<dyn Inputs>,
     ) -> Result<Vm, VmError> {
+        let clock = HostClock::start();
         let guest_memory = memory::create(config.mem_bytes)?;
         let kernel = loader::load(&guest_memory, &config.kernel)?;
         let info = BootInfo {
@@ -158,22 +178,30 @@ impl Vm {
             .map_err(kvm_error("get supported CPUID"))?;
         vcpu_fd.set_cpuid2(&cpuid).map_err(kvm_error("set CPUID"))?;
         let sregs = vcpu_fd.get_sregs().map_err(kvm_error("get sregs"))?;
-        vcpu_fd
-            .set_sregs(&x86::sregs(sregs, config.entry_mode))
-            .map_err(kvm_error("set sregs"))?;
+        vcpu_fd.set_sregs(&x86::sregs(sregs, config.entry_mode)).map_err(kvm_error("set sregs"))?;
         vcpu_fd
             .set_regs(&x86::regs(kernel.entry, config.entry_mode))
             .map_err(kvm_error("set regs"))?;
 
         let machine = Machine::new(guest_memory, console, inputs);
-        Ok(Vm { vcpu: Vcpu::new(vcpu_fd), machine, _vm: vm, _kvm: kvm })
+        let timing = Timing { clock, guest_ns: 0, stretch_ns: 0, longest_stretch_ns: 0 };
+        Ok(Vm { vcpu: Vcpu::new(vcpu_fd), machine, timing, _vm: vm, _kvm: kvm })
     }
 
     /// Runs the guest to its next exit and handles it; `Some` when the run is over.
     pub fn step(&mut self) -> Result<Option<RunOutcome>, VmError> {
+        let entered_ns = self.timing.clock.elapsed_ns();
         let exit = self.vcpu.run()?;
-        let rip = self.vcpu.regs().rip;
-        match self.machine.handle_exit(exit, rip) {
+        let ran_ns = self.timing.clock.elapsed_ns() - entered_ns;
+        self.timing.guest_ns += ran_ns;
+        self.timing.stretch_ns += ran_ns;
+        if exit != Exit::Interrupted {
+            self.timing.longest_stretch_ns =
+                self.timing.longest_stretch_ns.max(self.timing.stretch_ns);
+            self.timing.stretch_ns = 0;
+        }
+        let regs = self.vcpu.regs();
+        match self.machine.handle_exit(exit, &regs) {
             Action::Resume { read_value } => {
                 if let Some(value) = read_value {
                     self.vcpu.complete_mmio_read(value);
@@ -188,13 +216,34 @@ impl Vm {
     pub fn run(&mut self) -> Result<RunReport, VmError> {
         loop {
             if let Some(outcome) = self.step()? {
-                return Ok(self.report(outcome));
+                return Ok(self.finish(outcome));
             }
         }
     }
 
+    /// Ends the run: reports it, and records its end in (or checks it
+    /// against) the log. A run the inputs already stopped is not checked again.
+    pub fn finish(&mut self, outcome: RunOutcome) -> RunReport {
+        let mut report = self.report(outcome);
+        if !matches!(report.outcome, RunOutcome::InputsFailed(_)) {
+            let end = RunEnd {
+                landmarks: report.landmarks,
+                outcome: report.outcome.to_string(),
+                exit_status: report.outcome.exit_status(),
+                console_hash: report.console_hash,
+                memory_hash: report.memory_hash,
+                regs_hash: report.regs_hash,
+            };
+            if let Err(error) = self.machine.inputs_mut().end_of_run(&end) {
+                report.outcome = RunOutcome::InputsFailed(error);
+            }
+        }
+        report.log_stats = self.machine.inputs_mut().log_stats();
+        report
+    }
+
     /// The report for a run that ended with `outcome`.
-    pub fn report(&mut self, outcome: RunOutcome) -> RunReport {
+    fn report(&mut self, outcome: RunOutcome) -> RunReport {
         self.machine.devices.console.flush();
         RunReport {
             outcome,
@@ -204,6 +253,10 @@ impl Vm {
             memory_hash: memory::hash(&self.machine.memory),
             regs_hash: vcpu::regs_hash(&self.vcpu.regs()),
             misbehaviour: self.machine.misbehaviour.clone(),
+            guest_ns: self.timing.guest_ns,
+            wall_ns: self.timing.clock.elapsed_ns(),
+            longest_stretch_ns: self.timing.longest_stretch_ns,
+            log_stats: LogStats::default(),
         }
     }
 

@@ -5,7 +5,7 @@
 //! testable), then written to guest RAM.
 use ftvm_abi::layout::{
     selector, BOOT_INFO_ADDR, DOUBLE_FAULT_STACK_TOP, GDT_ADDR, GDT_ENTRIES, IDT_ADDR, IDT_ENTRIES,
-    PD_ADDR, PD_COUNT, PDPT_ADDR, PML4_ADDR, PT_LOW_ADDR, RING0_STACK_TOP, TSS_ADDR,
+    PDPT_ADDR, PD_ADDR, PD_COUNT, PML4_ADDR, PT_LOW_ADDR, RING0_STACK_TOP, TSS_ADDR,
 };
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -44,6 +44,24 @@ pub enum EntryMode {
     Cpl0,
 }
 
+impl From<EntryMode> for logchannel::EntryLevel {
+    fn from(mode: EntryMode) -> Self {
+        match mode {
+            EntryMode::Cpl3 => logchannel::EntryLevel::Cpl3,
+            EntryMode::Cpl0 => logchannel::EntryLevel::Cpl0,
+        }
+    }
+}
+
+impl From<logchannel::EntryLevel> for EntryMode {
+    fn from(level: logchannel::EntryLevel) -> Self {
+        match level {
+            logchannel::EntryLevel::Cpl3 => EntryMode::Cpl3,
+            logchannel::EntryLevel::Cpl0 => EntryMode::Cpl0,
+        }
+    }
+}
+
 /// Every page-table page as `(guest address, 4 KiB contents)`: the low 4 GiB
 /// identity-mapped, 2 MiB pages except the first 2 MiB (4 KiB pages, page 0
 /// absent so a null dereference faults), user bit everywhere.
@@ -68,7 +86,7 @@ pub fn page_tables() -> Vec<(u64, Vec<u64>)> {
         tables.push((pd_addr, pd));
     }
     let low = (0..ENTRIES_PER_TABLE)
-        .map(|entry| if entry == 0 { 0 } else { entry * PAGE | TABLE_FLAGS })
+        .map(|entry| if entry == 0 { 0 } else { (entry * PAGE) | TABLE_FLAGS })
         .collect();
     tables.push((PT_LOW_ADDR, low));
     tables.push((PML4_ADDR, pml4));

@@ -18,7 +18,7 @@ impl<'a> Cmdline<'a> {
             .filter_map(|word| word.split_once('='))
             .filter(|(name, _)| *name == key)
             .map(|(_, value)| value)
-            .last()
+            .next_back()
     }
 
     /// An unsigned number (decimal, or hex with 0x), or `default` when absent.

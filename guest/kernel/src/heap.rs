@@ -10,8 +10,7 @@ pub fn init(image_end: u64, ram_end: u64) {
     // SAFETY: the VMM guarantees (boot info) that this range is RAM that the
     // loaded image does not use; nothing else in the kernel touches it.
     unsafe {
-        HEAP.lock()
-            .init(image_end as *mut u8, (ram_end - image_end) as usize);
+        HEAP.lock().init(image_end as *mut u8, (ram_end - image_end) as usize);
     }
 }
 

@@ -31,9 +31,8 @@ extern "C" fn kernel_main(boot_info_addr: u64) -> ! {
     arch::install_exception_handlers();
     // SAFETY: the VMM maps and writes the boot-info block at this address
     // before entry (ftvm_abi::layout::BOOT_INFO_ADDR); it is never written again.
-    let block = unsafe {
-        core::slice::from_raw_parts(boot_info_addr as *const u8, ftvm_abi::boot::BYTES)
-    };
+    let block =
+        unsafe { core::slice::from_raw_parts(boot_info_addr as *const u8, ftvm_abi::boot::BYTES) };
     let info = match BootInfo::decode(block) {
         Ok(info) => info,
         Err(error) => {

@@ -10,8 +10,8 @@ pub struct Clock;
 impl MmioDevice for Clock {
     fn read(&mut self, offset: u64, ctx: &mut DeviceCtx) -> RegisterResult<u64> {
         Ok(match offset {
-            MONOTONIC_NS => ctx.inputs.monotonic_ns(ctx.point),
-            WALL_NS => ctx.inputs.wall_ns(ctx.point),
+            MONOTONIC_NS => ctx.inputs.monotonic_ns(&ctx.at)?,
+            WALL_NS => ctx.inputs.wall_ns(&ctx.at)?,
             _ => no_such_register(ctx, BASE, offset, 0),
         })
     }

@@ -67,7 +67,8 @@ impl Console {
         self.bytes_written += bytes.len() as u64;
         // A closed stdout (e.g. `| head`) must not stop the guest; the output
         // is still hashed, and the failure is reported once.
-        if !self.sink_failed && self.sink.write_all(bytes).and_then(|()| self.sink.flush()).is_err() {
+        if !self.sink_failed && self.sink.write_all(bytes).and_then(|()| self.sink.flush()).is_err()
+        {
             self.sink_failed = true;
             eprintln!("ftvm: console output could not be written; the guest keeps running");
         }

@@ -14,7 +14,7 @@ impl MmioDevice for Entropy {
         Ok(match offset {
             RANDOM_U64 => {
                 let mut bytes = [0u8; 8];
-                ctx.inputs.entropy(ctx.point, &mut bytes);
+                ctx.inputs.entropy(&ctx.at, &mut bytes)?;
                 u64::from_le_bytes(bytes)
             }
             _ => no_such_register(ctx, BASE, offset, 0),
@@ -29,7 +29,7 @@ impl MmioDevice for Entropy {
                     return Ok(());
                 };
                 let mut bytes = vec![0u8; len];
-                ctx.inputs.entropy(ctx.point, &mut bytes);
+                ctx.inputs.entropy(&ctx.at, &mut bytes)?;
                 if ctx.memory.write_slice(&bytes, GuestAddress(addr)).is_err() {
                     ctx.misbehaviour.record(Offence::BufferOutsideRam, BASE + offset, value);
                 }

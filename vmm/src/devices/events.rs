@@ -8,7 +8,6 @@ use vm_memory::{Bytes, GuestAddress};
 use super::{no_such_register, DeviceCtx, MmioDevice, RegisterResult};
 use crate::memory::guest_range_of;
 use crate::misbehaviour::Offence;
-use crate::outcome::RunOutcome;
 
 /// The registered event page, if any.
 #[derive(Default)]
@@ -20,16 +19,13 @@ impl Events {
     fn wait(&mut self, ctx: &mut DeviceCtx) -> RegisterResult<u64> {
         if ctx.events.pending == 0 {
             let armed = ctx.events.armed();
-            let arrived = ctx
-                .inputs
-                .wait_events(ctx.point, armed)
-                .map_err(|error| RunOutcome::GuestStuck { reason: error.to_string() })?;
+            let arrived = ctx.inputs.wait_events(&ctx.at, armed)?;
             for event in arrived {
                 ctx.events.apply(event);
             }
         }
         if let Some(addr) = self.event_page {
-            let now_ns = ctx.inputs.monotonic_ns(ctx.point);
+            let now_ns = ctx.inputs.monotonic_ns(&ctx.at)?;
             // Checked at registration; guest RAM does not shrink.
             let _ = ctx.memory.write_obj(now_ns, GuestAddress(addr + page::MONOTONIC_NS));
         }
@@ -51,7 +47,7 @@ impl MmioDevice for Events {
         match offset {
             EVENT_PAGE if value == 0 => self.event_page = None,
             EVENT_PAGE => {
-                let aligned = value % 8 == 0;
+                let aligned = value.is_multiple_of(8);
                 if aligned && guest_range_of(ctx.memory, value, page::BYTES).is_some() {
                     self.event_page = Some(value);
                 } else {
@@ -59,7 +55,9 @@ impl MmioDevice for Events {
                     ctx.misbehaviour.record(Offence::BufferOutsideRam, BASE + offset, value);
                 }
             }
-            YIELD | WAIT => ctx.misbehaviour.record(Offence::ReadOnlyRegister, BASE + offset, value),
+            YIELD | WAIT => {
+                ctx.misbehaviour.record(Offence::ReadOnlyRegister, BASE + offset, value)
+            }
             _ => {
                 no_such_register(ctx, BASE, offset, value);
             }

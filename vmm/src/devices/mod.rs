@@ -18,7 +18,7 @@ use std::io::Write;
 use ftvm_abi::mmio;
 use vm_memory::GuestMemoryMmap;
 
-use crate::inputs::{AsyncEvent, ExecPoint, Inputs};
+use crate::inputs::{AsyncEvent, At, Inputs};
 use crate::misbehaviour::{Misbehaviour, Offence};
 use crate::outcome::RunOutcome;
 
@@ -56,7 +56,7 @@ pub struct DeviceCtx<'a> {
     /// The source of every non-deterministic value.
     pub inputs: &'a mut dyn Inputs,
     /// Where the guest is.
-    pub point: ExecPoint,
+    pub at: At,
     /// Pending events and armed timer.
     pub events: &'a mut EventState,
     /// Where guest misbehaviour is counted.
@@ -133,7 +133,7 @@ impl Devices {
             ctx.misbehaviour.record(Offence::UnknownMmio, addr, write.unwrap_or(0));
             return Ok(NOTHING);
         };
-        if size != 8 || offset % 8 != 0 {
+        if size != 8 || !offset.is_multiple_of(8) {
             ctx.misbehaviour.record(Offence::BadAccessSize, addr, size as u64);
             return Ok(NOTHING);
         }

@@ -1,13 +1,12 @@
 //! Live inputs: the host clock, host sleeps and host randomness. This is the
-//! only module in the VMM that reads them (a grep for `Instant`, `SystemTime`,
-//! `sleep` or `getrandom` finds nothing else outside tests and benchmarks'
-//! use of [`HostClock`]).
+//! only module in the VMM that reads them (tests/tests/hygiene.rs checks);
+//! measurement code (benchmarks, run statistics) reads time through
+//! [`HostClock`], defined here, and never hands it to the guest.
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::{Armed, AsyncEvent, ExecPoint, InputError, Inputs};
+use super::{Armed, AsyncEvent, At, InputError, Inputs, RunEnd};
 
-/// The host's monotonic clock, exposed for measurement (benchmarks) so that
-/// nothing else reads the clock directly.
+/// The host's monotonic clock, for measurement.
 #[derive(Clone, Copy, Debug)]
 pub struct HostClock {
     origin: Instant,
@@ -36,9 +35,14 @@ impl LiveInputs {
         LiveInputs { boot: HostClock::start() }
     }
 
+    /// Host ns since this guest booted (its monotonic clock).
+    pub fn now_ns(&self) -> u64 {
+        self.boot.elapsed_ns()
+    }
+
     fn expired(&self, armed: Armed) -> Vec<AsyncEvent> {
         match armed.timer_deadline_ns {
-            Some(deadline) if self.boot.elapsed_ns() >= deadline => vec![AsyncEvent::TimerExpired],
+            Some(deadline) if self.now_ns() >= deadline => vec![AsyncEvent::TimerExpired],
             _ => Vec::new(),
         }
     }
@@ -51,34 +55,39 @@ impl Default for LiveInputs {
 }
 
 impl Inputs for LiveInputs {
-    fn monotonic_ns(&mut self, _at: ExecPoint) -> u64 {
-        self.boot.elapsed_ns()
+    fn monotonic_ns(&mut self, _at: &At) -> Result<u64, InputError> {
+        Ok(self.now_ns())
     }
 
-    fn wall_ns(&mut self, _at: ExecPoint) -> u64 {
+    fn wall_ns(&mut self, _at: &At) -> Result<u64, InputError> {
         let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX)
+        Ok(u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX))
     }
 
-    fn entropy(&mut self, _at: ExecPoint, buf: &mut [u8]) {
+    fn entropy(&mut self, _at: &At, buf: &mut [u8]) -> Result<(), InputError> {
         // The kernel's random source does not fail once initialised; if it
         // ever did, handing the guest predictable bytes would be worse.
         getrandom::fill(buf).expect("the host random source failed");
+        Ok(())
     }
 
-    fn poll_events(&mut self, _at: ExecPoint, armed: Armed) -> Vec<AsyncEvent> {
-        self.expired(armed)
+    fn poll_events(&mut self, _at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
+        Ok(self.expired(armed))
     }
 
-    fn wait_events(&mut self, _at: ExecPoint, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
+    fn wait_events(&mut self, _at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
         let deadline = armed.timer_deadline_ns.ok_or(InputError::NothingToWaitFor)?;
         loop {
             let events = self.expired(armed);
             if !events.is_empty() {
                 return Ok(events);
             }
-            let remaining_ns = deadline.saturating_sub(self.boot.elapsed_ns());
+            let remaining_ns = deadline.saturating_sub(self.now_ns());
             std::thread::sleep(Duration::from_nanos(remaining_ns));
         }
+    }
+
+    fn end_of_run(&mut self, _end: &RunEnd) -> Result<(), InputError> {
+        Ok(())
     }
 }

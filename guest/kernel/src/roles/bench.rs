@@ -33,7 +33,11 @@ pub fn run(args: &Cmdline) -> Result<(), RoleError> {
             }
             println!("bench digest {digest:016x}");
         }
-        _ => return Err(RoleError::BadCmdline(alloc::format!("op={op}: expected noop, yield, wait, timer or hash"))),
+        _ => {
+            return Err(RoleError::BadCmdline(alloc::format!(
+                "op={op}: expected noop, yield, wait, timer or hash"
+            )))
+        }
     }
     let elapsed = clock::monotonic_ns() - start;
     println!("bench op={op} n={count} ns={elapsed}");

@@ -15,9 +15,15 @@ pub fn run(args: &Cmdline) -> Result<(), RoleError> {
                 core::ptr::read_volatile(0x10 as *const u64);
             }
             "gp" => core::arch::asm!("mov rax, 0x8000000000000000", "mov rax, [rax]", out("rax") _),
-            "de" => core::arch::asm!("xor edx, edx", "xor ecx, ecx", "mov eax, 1", "div ecx", out("eax") _, out("ecx") _, out("edx") _),
+            "de" => {
+                core::arch::asm!("xor edx, edx", "xor ecx, ecx", "mov eax, 1", "div ecx", out("eax") _, out("ecx") _, out("edx") _)
+            }
             "bp" => core::arch::asm!("int3"),
-            _ => return Err(RoleError::BadCmdline(alloc::format!("kind={kind}: expected ud, pf, gp, de or bp"))),
+            _ => {
+                return Err(RoleError::BadCmdline(alloc::format!(
+                    "kind={kind}: expected ud, pf, gp, de or bp"
+                )))
+            }
         };
     }
     Err(RoleError::Check(alloc::format!("`{kind}` did not fault")))

@@ -10,14 +10,8 @@ use ftvm_abi::boot::BootInfo;
 use ftvm_abi::buf;
 use ftvm_abi::mmio::{self, clock, console, entropy, events, power, timer, virtio};
 
-const GARBAGE: [u64; 6] = [
-    0,
-    u64::MAX,
-    0xdead_beef_dead_beef,
-    0xffff_0000_dead_0000,
-    0x0000_ffff_ffff_ffff,
-    0x1234_5678,
-];
+const GARBAGE: [u64; 6] =
+    [0, u64::MAX, 0xdead_beef_dead_beef, 0xffff_0000_dead_0000, 0x0000_ffff_ffff_ffff, 0x1234_5678];
 
 fn write_sized(addr: u64, size: u64, value: u64) {
     // SAFETY: every address here is an MMIO address (no memory behind it) or
@@ -54,7 +48,8 @@ fn is_terminal(base: u64, offset: u64) -> bool {
 pub fn run(info: &BootInfo) -> Result<(), RoleError> {
     let ram_end = info.ram_bytes;
     println!("hostile: garbage to every device register, offset and access size");
-    let windows = [console::BASE, power::BASE, clock::BASE, timer::BASE, entropy::BASE, events::BASE];
+    let windows =
+        [console::BASE, power::BASE, clock::BASE, timer::BASE, entropy::BASE, events::BASE];
     let mut accesses = 0u64;
     for base in windows {
         // Every byte offset of the register block, plus the far end of the window.
@@ -102,7 +97,9 @@ pub fn run(info: &BootInfo) -> Result<(), RoleError> {
     drivers::write(events::BASE, events::EVENT_PAGE, 0);
 
     println!("hostile: MMIO where no device lives");
-    for addr in [mmio::MMIO_END - 8, virtio::NET_BASE, virtio::BLOCK_BASE, 0xc000_0000, ram_end + 0x1000] {
+    for addr in
+        [mmio::MMIO_END - 8, virtio::NET_BASE, virtio::BLOCK_BASE, 0xc000_0000, ram_end + 0x1000]
+    {
         let _ = read_sized(addr, 8);
         write_sized(addr, 8, u64::MAX);
         write_sized(addr, 1, 0xff);

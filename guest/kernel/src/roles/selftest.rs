@@ -44,7 +44,11 @@ pub fn run(info: &BootInfo) -> Result<(), RoleError> {
         }
         check!(map.len() == 10_000, "BTreeMap lost entries");
     }
-    check!(heap::used_bytes() == used_before, "heap leaked {} bytes", heap::used_bytes() - used_before);
+    check!(
+        heap::used_bytes() == used_before,
+        "heap leaked {} bytes",
+        heap::used_bytes() - used_before
+    );
     println!("selftest: heap ok");
 
     // Many short deadlines, some already past, each waited on through the event register.

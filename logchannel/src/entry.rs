@@ -1,0 +1,179 @@
+//! The log entry: every non-deterministic input a primary (or a recording)
+//! consumed, where it consumed it, and the control entries around them.
+//!
+//! Inputs appear in the log in exactly the order the guest consumed them; a
+//! replayer consumes them in the same order and checks each against where the
+//! guest is (DESIGN §4).
+use serde::{Deserialize, Serialize};
+
+/// A point in the guest's execution: the landmark count (guest-caused exits
+/// so far, the current one included) and the guest RIP there.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ExecPoint {
+    /// Guest-caused exits so far, counting the current one.
+    pub landmark: u64,
+    /// Guest instruction pointer at the exit.
+    pub rip: u64,
+}
+
+/// An asynchronous event: it arrives when the host decides, and is applied
+/// at a landmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AsyncEvent {
+    /// The armed timer deadline has passed.
+    TimerExpired,
+}
+
+/// One non-deterministic value the guest consumed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Input {
+    /// A read of the monotonic clock (ns since boot).
+    MonotonicNs(u64),
+    /// A read of the wall clock (ns since the Unix epoch).
+    WallNs(u64),
+    /// Random bytes.
+    Entropy(Vec<u8>),
+    /// Events found pending at a landmark without waiting.
+    Polled(Vec<AsyncEvent>),
+    /// Events a blocking wait returned.
+    Waited(Vec<AsyncEvent>),
+}
+
+impl Input {
+    /// A short name for reports and statistics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Input::MonotonicNs(_) => "monotonic clock",
+            Input::WallNs(_) => "wall clock",
+            Input::Entropy(_) => "entropy",
+            Input::Polled(_) => "events (polled)",
+            Input::Waited(_) => "events (waited)",
+        }
+    }
+}
+
+/// An input with where it was consumed and the vCPU state there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputEntry {
+    /// Where the guest consumed it.
+    pub point: ExecPoint,
+    /// Hash of the general registers at that point (divergence detection).
+    pub regs_hash: u64,
+    /// The value.
+    pub input: Input,
+}
+
+/// The privilege level the guest was entered at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryLevel {
+    /// Directly at CPL3.
+    Cpl3,
+    /// At CPL0, dropping to CPL3 with iretq.
+    Cpl0,
+}
+
+/// Everything needed to boot the same guest again: replay needs the log alone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStart {
+    /// Guest RAM in bytes.
+    pub mem_bytes: u64,
+    /// The guest command line.
+    pub cmdline: String,
+    /// The privilege level at entry.
+    pub entry_level: EntryLevel,
+    /// The kernel ELF image itself.
+    pub kernel: Vec<u8>,
+}
+
+/// How the recorded run ended, for the replay to compare against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEnd {
+    /// Landmarks the guest reached.
+    pub landmarks: u64,
+    /// How the run ended, as text.
+    pub outcome: String,
+    /// The process exit status the run gave.
+    pub exit_status: u8,
+    /// Hash of the console output.
+    pub console_hash: u64,
+    /// Hash of all guest RAM.
+    pub memory_hash: u64,
+    /// Hash of the final general registers.
+    pub regs_hash: u64,
+}
+
+/// One log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Entry {
+    /// The first entry: what was booted.
+    RunStart(RunStart),
+    /// A consumed input.
+    Input(InputEntry),
+    /// Every input consumed at landmarks up to and including `landmark`
+    /// precedes this entry: a replayer may run the guest that far.
+    Progress {
+        /// The landmark the primary has run through.
+        landmark: u64,
+    },
+    /// The last entry: how the run ended.
+    RunEnd(RunEnd),
+}
+
+impl Entry {
+    /// A short name for reports and statistics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Entry::RunStart(_) => "run start",
+            Entry::Input(entry) => entry.input.kind(),
+            Entry::Progress { .. } => "progress",
+            Entry::RunEnd(_) => "run end",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{FrameReader, FrameWriter};
+
+    #[test]
+    fn entries_round_trip_through_frames() {
+        let entries = vec![
+            Entry::RunStart(RunStart {
+                mem_bytes: 1 << 27,
+                cmdline: "role=stress seed=3".into(),
+                entry_level: EntryLevel::Cpl3,
+                kernel: vec![0x7f, b'E', b'L', b'F'],
+            }),
+            Entry::Input(InputEntry {
+                point: ExecPoint { landmark: 9, rip: 0x20_1000 },
+                regs_hash: 42,
+                input: Input::Waited(vec![AsyncEvent::TimerExpired]),
+            }),
+            Entry::Input(InputEntry {
+                point: ExecPoint { landmark: 10, rip: 0x20_1004 },
+                regs_hash: 43,
+                input: Input::Entropy(vec![1, 2, 3]),
+            }),
+            Entry::Progress { landmark: 11 },
+            Entry::RunEnd(RunEnd {
+                landmarks: 12,
+                outcome: "guest powered off with exit code 0".into(),
+                exit_status: 0,
+                console_hash: 1,
+                memory_hash: 2,
+                regs_hash: 3,
+            }),
+        ];
+        let mut writer = FrameWriter::new(Vec::new(), 1, 0);
+        for entry in &entries {
+            writer.write_entry(entry).unwrap();
+        }
+        let bytes = writer.into_inner();
+        let mut reader = FrameReader::<_, Entry>::new(bytes.as_slice(), 1, 0);
+        for (index, entry) in entries.iter().enumerate() {
+            assert_eq!(reader.read_entry().unwrap(), Some((index as u64 + 1, entry.clone())));
+        }
+        assert_eq!(reader.read_entry().unwrap(), None);
+    }
+}

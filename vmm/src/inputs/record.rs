@@ -1,0 +1,116 @@
+//! Recording inputs: live inputs, each also written to a log as it is
+//! consumed, with where it was consumed and the register hash there.
+use logchannel::{Entry, Input, InputEntry, LogFileWriter, RunStart};
+
+use super::live::LiveInputs;
+use super::{Armed, AsyncEvent, At, InputError, Inputs, LogStats, RunEnd};
+
+/// Where a recorder writes entries (a log file; later the log channel).
+pub trait EntrySink {
+    /// Appends one entry; returns the bytes it took.
+    fn append(&mut self, entry: &Entry) -> Result<u64, String>;
+    /// Pushes buffered entries out.
+    fn flush(&mut self) -> Result<(), String>;
+}
+
+impl EntrySink for LogFileWriter<Entry> {
+    fn append(&mut self, entry: &Entry) -> Result<u64, String> {
+        let before = self.len_bytes();
+        self.write_entry(entry).map_err(|error| error.to_string())?;
+        Ok(self.len_bytes() - before)
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        LogFileWriter::flush(self).map_err(|error| error.to_string())
+    }
+}
+
+/// How often, at most, a progress entry is written while nothing else is.
+const PROGRESS_INTERVAL_NS: u64 = 1_000_000;
+
+/// Live inputs that log everything they hand out.
+pub struct RecordingInputs<S: EntrySink> {
+    live: LiveInputs,
+    sink: S,
+    stats: LogStats,
+    last_entry_ns: u64,
+    progress_landmark: u64,
+}
+
+impl<S: EntrySink> RecordingInputs<S> {
+    /// Starts a recording of the run described by `start`.
+    pub fn new(mut sink: S, start: &RunStart) -> Result<Self, InputError> {
+        let entry = Entry::RunStart(start.clone());
+        let mut stats = LogStats::default();
+        stats.count(entry.kind(), sink.append(&entry).map_err(InputError::LogWrite)?);
+        Ok(RecordingInputs {
+            live: LiveInputs::new(),
+            sink,
+            stats,
+            last_entry_ns: 0,
+            progress_landmark: 0,
+        })
+    }
+
+    fn append(&mut self, entry: Entry) -> Result<(), InputError> {
+        let bytes = self.sink.append(&entry).map_err(InputError::LogWrite)?;
+        self.stats.count(entry.kind(), bytes);
+        self.last_entry_ns = self.live.now_ns();
+        Ok(())
+    }
+
+    fn log(&mut self, at: &At, input: Input) -> Result<(), InputError> {
+        self.append(Entry::Input(InputEntry { point: at.point, regs_hash: at.regs_hash(), input }))
+    }
+
+    /// The sink, e.g. to finish the file after the run.
+    pub fn into_sink(self) -> S {
+        self.sink
+    }
+}
+
+impl<S: EntrySink> Inputs for RecordingInputs<S> {
+    fn monotonic_ns(&mut self, at: &At) -> Result<u64, InputError> {
+        let value = self.live.monotonic_ns(at)?;
+        self.log(at, Input::MonotonicNs(value))?;
+        Ok(value)
+    }
+
+    fn wall_ns(&mut self, at: &At) -> Result<u64, InputError> {
+        let value = self.live.wall_ns(at)?;
+        self.log(at, Input::WallNs(value))?;
+        Ok(value)
+    }
+
+    fn entropy(&mut self, at: &At, buf: &mut [u8]) -> Result<(), InputError> {
+        self.live.entropy(at, buf)?;
+        self.log(at, Input::Entropy(buf.to_vec()))
+    }
+
+    fn poll_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
+        let events = self.live.poll_events(at, armed)?;
+        if !events.is_empty() {
+            self.log(at, Input::Polled(events.clone()))?;
+        } else if self.live.now_ns() - self.last_entry_ns >= PROGRESS_INTERVAL_NS {
+            // Nothing consumed at this landmark yet: the log covers everything before it.
+            self.progress_landmark = at.point.landmark - 1;
+            self.append(Entry::Progress { landmark: self.progress_landmark })?;
+        }
+        Ok(events)
+    }
+
+    fn wait_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
+        let events = self.live.wait_events(at, armed)?;
+        self.log(at, Input::Waited(events.clone()))?;
+        Ok(events)
+    }
+
+    fn end_of_run(&mut self, end: &RunEnd) -> Result<(), InputError> {
+        self.append(Entry::RunEnd(end.clone()))?;
+        self.sink.flush().map_err(InputError::LogWrite)
+    }
+
+    fn log_stats(&self) -> LogStats {
+        self.stats.clone()
+    }
+}

@@ -1,0 +1,239 @@
+//! Replaying inputs: every value comes from a log, in the order the recorded
+//! guest consumed them, and each is checked against where the replayed guest
+//! is (landmark, RIP, register hash) before it is handed over. Nothing is
+//! read from the host. The guest is never run past what the log covers.
+use logchannel::{Entry, FrameError, Input, InputEntry, LogFileReader};
+
+use super::{Armed, AsyncEvent, At, Divergence, InputError, Inputs, LogStats, RunEnd};
+
+/// Where a replayer reads entries from (a log file; later the log channel).
+pub trait EntrySource {
+    /// The next entry and its sequence number, `None` at a clean end, and the
+    /// bytes it took.
+    fn next_entry(&mut self) -> Result<Option<(u64, Entry, u64)>, FrameError>;
+}
+
+impl EntrySource for LogFileReader<Entry> {
+    fn next_entry(&mut self) -> Result<Option<(u64, Entry, u64)>, FrameError> {
+        let before = self.offset_bytes();
+        let next = self.read_entry()?;
+        Ok(next.map(|(seq, entry)| (seq, entry, self.offset_bytes() - before)))
+    }
+}
+
+/// Inputs read back from a log.
+pub struct ReplayInputs<S: EntrySource> {
+    source: S,
+    peeked: Option<(u64, Entry)>,
+    covered_landmark: u64,
+    stats: LogStats,
+}
+
+fn describe(entry: &InputEntry) -> String {
+    format!(
+        "{} at landmark {} rip {:#x} (registers hash {:016x})",
+        entry.input.kind(),
+        entry.point.landmark,
+        entry.point.rip,
+        entry.regs_hash
+    )
+}
+
+fn describe_guest(wants: &str, at: &At) -> String {
+    format!(
+        "{wants} at landmark {} rip {:#x} (registers hash {:016x})",
+        at.point.landmark,
+        at.point.rip,
+        at.regs_hash()
+    )
+}
+
+fn format_regs(at: &At) -> String {
+    let r = &at.regs;
+    format!(
+        "rip={:#x} rsp={:#x} rflags={:#x} rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} rbp={:#x} r8={:#x} r9={:#x} r10={:#x} r11={:#x} r12={:#x} r13={:#x} r14={:#x} r15={:#x}",
+        r.rip, r.rsp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15
+    )
+}
+
+impl<S: EntrySource> ReplayInputs<S> {
+    /// A replayer over `source`, positioned after the run-start entry.
+    pub fn new(source: S) -> Self {
+        ReplayInputs { source, peeked: None, covered_landmark: 0, stats: LogStats::default() }
+    }
+
+    /// Reads the run-start entry (the first entry of every log).
+    pub fn read_start(&mut self) -> Result<logchannel::RunStart, InputError> {
+        match self.peek()? {
+            Some((_, Entry::RunStart(start))) => {
+                let start = start.clone();
+                self.peeked = None;
+                Ok(start)
+            }
+            Some((seq, other)) => Err(InputError::LogCorrupt(format!(
+                "entry {seq} is a {} entry; a log must begin with a run start",
+                other.kind()
+            ))),
+            None => Err(InputError::LogCorrupt("the log holds no entries".into())),
+        }
+    }
+
+    /// The next entry that is not a progress entry (progress is absorbed
+    /// into `covered_landmark` on the way).
+    fn peek(&mut self) -> Result<Option<&(u64, Entry)>, InputError> {
+        while self.peeked.is_none() {
+            let next = self
+                .source
+                .next_entry()
+                .map_err(|error| InputError::LogCorrupt(error.to_string()))?;
+            let Some((seq, entry, bytes)) = next else {
+                return Ok(None);
+            };
+            self.stats.count(entry.kind(), bytes);
+            match entry {
+                Entry::Progress { landmark } => {
+                    self.covered_landmark = self.covered_landmark.max(landmark)
+                }
+                entry => self.peeked = Some((seq, entry)),
+            }
+        }
+        Ok(self.peeked.as_ref())
+    }
+
+    fn diverged(&self, seq: u64, expected: String, wants: &str, at: &At) -> InputError {
+        InputError::Diverged(Box::new(Divergence {
+            seq,
+            expected,
+            actual: describe_guest(wants, at),
+            actual_regs: format_regs(at),
+        }))
+    }
+
+    /// Takes the next input, which must be of the kind `wants` names (checked
+    /// by `accept`) at exactly this point with these registers.
+    fn take(
+        &mut self,
+        at: &At,
+        wants: &'static str,
+        accept: fn(&Input) -> bool,
+    ) -> Result<Input, InputError> {
+        let covered_landmark = self.covered_landmark;
+        let mismatch = match self.peek()? {
+            None => {
+                return Err(InputError::LogEnded { covered_landmark, landmark: at.point.landmark })
+            }
+            Some((seq, Entry::Input(entry))) => {
+                let matches = entry.point == at.point
+                    && entry.regs_hash == at.regs_hash()
+                    && accept(&entry.input);
+                (!matches).then(|| (*seq, describe(entry)))
+            }
+            Some((seq, other)) => Some((*seq, format!("a {} entry", other.kind()))),
+        };
+        if let Some((seq, expected)) = mismatch {
+            return Err(self.diverged(seq, expected, wants, at));
+        }
+        match self.peeked.take() {
+            Some((_, Entry::Input(entry))) => Ok(entry.input),
+            _ => unreachable!("peeked an input entry"),
+        }
+    }
+
+    fn events(
+        &mut self,
+        at: &At,
+        wants: &'static str,
+        accept: fn(&Input) -> bool,
+    ) -> Result<Vec<AsyncEvent>, InputError> {
+        match self.take(at, wants, accept)? {
+            Input::Polled(events) | Input::Waited(events) => Ok(events),
+            _ => unreachable!("accept admits only events"),
+        }
+    }
+}
+
+impl<S: EntrySource> Inputs for ReplayInputs<S> {
+    fn monotonic_ns(&mut self, at: &At) -> Result<u64, InputError> {
+        match self.take(at, "monotonic clock", |input| matches!(input, Input::MonotonicNs(_)))? {
+            Input::MonotonicNs(value) => Ok(value),
+            _ => unreachable!("accept admits only this kind"),
+        }
+    }
+
+    fn wall_ns(&mut self, at: &At) -> Result<u64, InputError> {
+        match self.take(at, "wall clock", |input| matches!(input, Input::WallNs(_)))? {
+            Input::WallNs(value) => Ok(value),
+            _ => unreachable!("accept admits only this kind"),
+        }
+    }
+
+    fn entropy(&mut self, at: &At, buf: &mut [u8]) -> Result<(), InputError> {
+        let Input::Entropy(bytes) =
+            self.take(at, "entropy", |input| matches!(input, Input::Entropy(_)))?
+        else {
+            unreachable!("accept admits only this kind")
+        };
+        if bytes.len() != buf.len() {
+            return Err(self.diverged(
+                0,
+                format!("{} bytes of entropy", bytes.len()),
+                "a different amount of entropy",
+                at,
+            ));
+        }
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    }
+
+    fn poll_events(&mut self, at: &At, _armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
+        let landmark = at.point.landmark;
+        let covered_landmark = self.covered_landmark;
+        match self.peek()? {
+            // The recorded guest found events here.
+            Some((_, Entry::Input(entry)))
+                if entry.point.landmark == landmark && matches!(entry.input, Input::Polled(_)) =>
+            {
+                self.events(at, "events (polled)", |input| matches!(input, Input::Polled(_)))
+            }
+            // An input the recorded guest consumed at an earlier landmark was skipped.
+            Some((seq, Entry::Input(entry))) if entry.point.landmark < landmark => {
+                let (seq, expected) = (*seq, describe(entry));
+                Err(self.diverged(seq, expected, "no input", at))
+            }
+            // The next input belongs to this landmark (not a poll) or a later one.
+            Some(_) => Ok(Vec::new()),
+            None if landmark <= covered_landmark => Ok(Vec::new()),
+            None => Err(InputError::LogEnded { covered_landmark, landmark }),
+        }
+    }
+
+    fn wait_events(&mut self, at: &At, _armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
+        self.events(at, "events (waited)", |input| matches!(input, Input::Waited(_)))
+    }
+
+    fn end_of_run(&mut self, end: &RunEnd) -> Result<(), InputError> {
+        let covered_landmark = self.covered_landmark;
+        match self.peek()? {
+            Some((_, Entry::RunEnd(recorded))) if recorded == end => Ok(()),
+            Some((seq, Entry::RunEnd(recorded))) => {
+                Err(InputError::Diverged(Box::new(Divergence {
+                    seq: *seq,
+                    expected: format!("{recorded:?}"),
+                    actual: format!("{end:?}"),
+                    actual_regs: String::new(),
+                })))
+            }
+            Some((seq, other)) => Err(InputError::Diverged(Box::new(Divergence {
+                seq: *seq,
+                expected: format!("a {} entry", other.kind()),
+                actual: format!("the guest ended the run: {}", end.outcome),
+                actual_regs: String::new(),
+            }))),
+            None => Err(InputError::LogEnded { covered_landmark, landmark: end.landmarks }),
+        }
+    }
+
+    fn log_stats(&self) -> LogStats {
+        self.stats.clone()
+    }
+}
