@@ -73,9 +73,9 @@ pub fn require_kvm() {
     }
 }
 
-/// The value after `key ` in ftvm's summary line (`ftvm: landmarks N console H ...`).
+/// The value after `key ` in ftvm's summary line (`ftvm: exit N landmarks N console H ...`).
 pub fn summary_field<'a>(stderr: &'a str, key: &str) -> Option<&'a str> {
-    let line = stderr.lines().find(|line| line.starts_with("ftvm: landmarks"))?;
+    let line = stderr.lines().find(|line| line.starts_with("ftvm: exit "))?;
     let mut words = line.split_whitespace();
     words.find(|word| *word == key)?;
     words.next()

@@ -27,7 +27,12 @@ fn console_can_go_to_a_file() {
 
 #[test]
 fn guest_exceptions_exit_non_zero_and_name_the_vector() {
-    for (kind, vector) in [("ud", "vector 6 (#UD"), ("pf", "vector 14 (#PF"), ("gp", "vector 13 (#GP"), ("de", "vector 0 (#DE")] {
+    for (kind, vector) in [
+        ("ud", "vector 6 (#UD"),
+        ("pf", "vector 14 (#PF"),
+        ("gp", "vector 13 (#GP"),
+        ("de", "vector 0 (#DE"),
+    ] {
         let run = ftvm(FTVM, &["run", "--cmdline", &format!("role=fault kind={kind}")]);
         assert_eq!(run.status, Some(121), "{kind}: {run:?}");
         assert!(run.stderr.contains(vector), "{kind}: {}", run.stderr);
@@ -49,7 +54,11 @@ fn guest_panic_and_bad_command_line() {
 fn hostile_guest_is_survived_and_reported() {
     let run = ftvm(FTVM, &["run", "--cmdline", "role=hostile"]);
     assert_eq!(run.status, Some(122), "the run ends with the guest's triple fault: {run:?}");
-    assert!(run.stdout.contains("expect a triple fault"), "the guest got to its last step: {}", run.stdout);
+    assert!(
+        run.stdout.contains("expect a triple fault"),
+        "the guest got to its last step: {}",
+        run.stdout
+    );
     assert!(run.stderr.contains("guest triple fault"), "{}", run.stderr);
     for report in [
         "MMIO accesses where no device lives",
@@ -82,7 +91,11 @@ fn malformed_kernels_are_clear_errors() {
         std::fs::write(&path, bytes).unwrap();
         let run = ftvm(FTVM, &["run", "--kernel", path.to_str().unwrap()]);
         assert_eq!(run.status, Some(120), "{name}: {run:?}");
-        assert!(run.stderr.contains("bad kernel image") && run.stderr.contains(message), "{name}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("bad kernel image") && run.stderr.contains(message),
+            "{name}: {}",
+            run.stderr
+        );
     }
     let missing = ftvm(FTVM, &["run", "--kernel", dir.join("absent").to_str().unwrap()]);
     assert_eq!(missing.status, Some(120));
@@ -95,13 +108,18 @@ fn bad_memory_sizes_are_refused() {
     for size in ["1M", "4G", "12345", "lots"] {
         let run = ftvm(FTVM, &["run", "--mem", size]);
         assert_ne!(run.status, Some(0), "{size}: {run:?}");
-        assert!(run.stderr.contains("guest RAM") || run.stderr.contains("not a size"), "{size}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("guest RAM") || run.stderr.contains("not a size"),
+            "{size}: {}",
+            run.stderr
+        );
     }
 }
 
 #[test]
 fn a_deterministic_guest_runs_identically_twice() {
-    let runs: Vec<_> = (0..2).map(|_| ftvm(FTVM, &["run", "--cmdline", "role=compute rounds=300"])).collect();
+    let runs: Vec<_> =
+        (0..2).map(|_| ftvm(FTVM, &["run", "--cmdline", "role=compute rounds=300"])).collect();
     for run in &runs {
         assert_eq!(run.status, Some(0), "{run:?}");
     }

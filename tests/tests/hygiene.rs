@@ -20,7 +20,15 @@ fn host_clock_timers_and_randomness_are_read_in_one_module() {
     let vmm_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vmm/src");
     let mut files = Vec::new();
     rust_files(&vmm_src, &mut files);
-    let forbidden = ["Instant::", "SystemTime", "thread::sleep", "getrandom", "rand::", "clock_gettime", "rdtsc"];
+    let forbidden = [
+        "Instant::",
+        "SystemTime",
+        "thread::sleep",
+        "getrandom",
+        "rand::",
+        "clock_gettime",
+        "rdtsc",
+    ];
     let mut offenders = Vec::new();
     for file in &files {
         if file.ends_with("inputs/live.rs") {
@@ -58,7 +66,8 @@ fn the_guest_kernel_has_no_uninterceptable_instructions() {
     let hits: Vec<&str> = listing
         .lines()
         .filter(|line| {
-            let mnemonic = line.split('\t').nth(1).unwrap_or("").split_whitespace().next().unwrap_or("");
+            let mnemonic =
+                line.split('\t').nth(1).unwrap_or("").split_whitespace().next().unwrap_or("");
             forbidden.contains(&mnemonic)
         })
         .collect();

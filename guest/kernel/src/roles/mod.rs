@@ -9,6 +9,7 @@ mod compute;
 mod fault;
 mod hostile;
 mod selftest;
+mod stress;
 
 /// Runs the role the command line names; returns the exit code.
 pub fn run(args: &Cmdline, info: &BootInfo) -> u32 {
@@ -18,6 +19,7 @@ pub fn run(args: &Cmdline, info: &BootInfo) -> u32 {
         Some("fault") => fault::run(args),
         Some("panic") => panic!("the panic role panics on purpose"),
         Some("compute") => compute::run(args),
+        Some("stress") => stress::run(args),
         Some("bench") => bench::run(args),
         Some(other) => Err(RoleError::BadCmdline(alloc::format!("role={other}: unknown role"))),
         None => Err(RoleError::BadCmdline("missing role=...".into())),
@@ -29,7 +31,7 @@ pub fn run(args: &Cmdline, info: &BootInfo) -> u32 {
             exit::FAILURE
         }
         Err(RoleError::BadCmdline(problem)) => {
-            println!("bad command line: {problem} (roles: selftest, hostile, fault, panic, compute, bench)");
+            println!("bad command line: {problem} (roles: selftest, stress, compute, hostile, fault, panic, bench)");
             exit::BAD_CMDLINE
         }
     }
