@@ -53,7 +53,8 @@ fn assert_same_run(recorded: &Finished, replayed: &Finished, what: &str) {
 #[test]
 fn stress_seeds_and_selftest_replay_exactly() {
     let scratch = Scratch::new("replay-seeds");
-    let mut cases: Vec<String> = (1..=5).map(|seed| format!("role=stress seed={seed} ms=1200")).collect();
+    let mut cases: Vec<String> =
+        (1..=5).map(|seed| format!("role=stress seed={seed} ms=1200")).collect();
     cases.push("role=selftest".into());
     for (index, cmdline) in cases.iter().enumerate() {
         let log = scratch.path(&format!("{index}.ftlog"));
@@ -67,7 +68,8 @@ fn stress_seeds_and_selftest_replay_exactly() {
 fn two_recordings_of_one_seed_differ_and_each_replays() {
     let scratch = Scratch::new("replay-twice");
     let logs = [scratch.path("a.ftlog"), scratch.path("b.ftlog")];
-    let recorded: Vec<Finished> = logs.iter().map(|log| record(log, "role=stress seed=9 ms=800")).collect();
+    let recorded: Vec<Finished> =
+        logs.iter().map(|log| record(log, "role=stress seed=9 ms=800")).collect();
     assert_ne!(
         summary_field(&recorded[0].stderr, "console"),
         summary_field(&recorded[1].stderr, "console"),
@@ -150,7 +152,11 @@ fn cut_or_corrupted_logs_stop_with_the_frame_error() {
     damage(&log, |bytes| bytes.truncate(bytes.len() * 2 / 3 + 5));
     let run = replay(&log);
     assert_eq!(run.status, Some(126), "{run:?}");
-    assert!(run.stderr.contains("the log is unreadable") && run.stderr.contains("truncated"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the log is unreadable") && run.stderr.contains("truncated"),
+        "{}",
+        run.stderr
+    );
 
     let log = scratch.path("flipped.ftlog");
     record(&log, "role=stress seed=2 ms=400");
@@ -161,7 +167,11 @@ fn cut_or_corrupted_logs_stop_with_the_frame_error() {
     let run = replay(&log);
     assert_eq!(run.status, Some(126), "{run:?}");
     assert!(run.stderr.contains("the log is unreadable"), "{}", run.stderr);
-    assert!(run.stderr.contains("seq") || run.stderr.contains("offset"), "names where: {}", run.stderr);
+    assert!(
+        run.stderr.contains("seq") || run.stderr.contains("offset"),
+        "names where: {}",
+        run.stderr
+    );
 
     // Entries cut at a frame boundary: the replay stops where the log ends.
     let log = scratch.path("short.ftlog");
@@ -189,13 +199,14 @@ fn other_format_versions_and_non_logs_are_refused() {
     record(&log, "role=compute rounds=5");
     damage(&log, |bytes| bytes[8] = 2);
     let run = replay(&log);
-    assert_eq!(run.status, Some(120), "{run:?}");
+    assert_eq!(run.status, Some(126), "{run:?}");
     assert!(run.stderr.contains("format version 2"), "{}", run.stderr);
     let not_a_log = scratch.path("text.ftlog");
     std::fs::write(&not_a_log, "hello, world").unwrap();
     let run = replay(&not_a_log);
-    assert_eq!(run.status, Some(120));
+    assert_eq!(run.status, Some(126));
     assert!(run.stderr.contains("not an ftvm log"), "{}", run.stderr);
     let run = replay(Path::new(&scratch.path("absent.ftlog")).to_str().unwrap());
-    assert_eq!(run.status, Some(120));
+    assert_eq!(run.status, Some(126));
+    assert!(run.stderr.contains("absent.ftlog"), "{}", run.stderr);
 }

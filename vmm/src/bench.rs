@@ -10,6 +10,7 @@ use crate::devices::console::SharedBuffer;
 use crate::inputs::live::{HostClock, LiveInputs};
 use crate::kernel::KERNEL_ELF;
 use crate::outcome::RunOutcome;
+use crate::runs;
 use crate::vm::{Vm, VmConfig, DEFAULT_MEM_BYTES};
 use crate::x86::EntryMode;
 
@@ -75,8 +76,117 @@ fn guest_ns_per_op(op: &str, count: u64) -> anyhow::Result<f64> {
     Ok(ns / count as f64)
 }
 
-/// Runs every measurement `runs` times and returns the table.
+/// Adds a sample to the row `name`, creating the row on first use.
+fn add(rows: &mut Vec<Row>, name: &str, unit: &'static str, sample: f64) {
+    match rows.iter_mut().find(|row| row.name == name) {
+        Some(row) => row.samples.push(sample),
+        None => rows.push(Row { name: name.to_string(), unit, samples: vec![sample] }),
+    }
+}
+
+/// The same work-bounded stress guest run live, recorded and replayed; the
+/// replay must reproduce the recording exactly.
+fn replay_samples(rows: &mut Vec<Row>, log: &std::path::Path) -> anyhow::Result<()> {
+    const CMDLINE: &str = "role=stress seed=1 ops=1500";
+    const HASHES: u64 = 1_000_000;
+    let config = config(CMDLINE, EntryMode::Cpl3);
+    let live = runs::live(&config, Box::new(SharedBuffer::default()))?;
+    let recorded = runs::record(&config, Box::new(SharedBuffer::default()), log)?;
+    let replayed = runs::replay(log, Box::new(SharedBuffer::default()))?;
+    for report in [&live, &recorded, &replayed] {
+        if report.outcome != (RunOutcome::PowerOff { code: 0 }) {
+            bail!("`{CMDLINE}` ended with: {}", report.outcome);
+        }
+    }
+    if (recorded.memory_hash, recorded.regs_hash) != (replayed.memory_hash, replayed.regs_hash) {
+        bail!("the replay did not reproduce the recording");
+    }
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let per_second = |count: u64, ns: u64| count as f64 / (ns as f64 / 1e9);
+    add(rows, "stress ops=1500: run (live) wall time", "ms", ms(live.wall_ns));
+    add(rows, "stress ops=1500: record wall time", "ms", ms(recorded.wall_ns));
+    add(rows, "stress ops=1500: replay wall time", "ms", ms(replayed.wall_ns));
+    add(rows, "record / run", "x", recorded.wall_ns as f64 / live.wall_ns as f64);
+    add(rows, "replay / run", "x", replayed.wall_ns as f64 / live.wall_ns as f64);
+    add(
+        rows,
+        "record: log entries per second",
+        "entries/s",
+        per_second(recorded.log_stats.entries(), recorded.wall_ns),
+    );
+    add(
+        rows,
+        "record: log bytes per second",
+        "KB/s",
+        per_second(recorded.log_stats.bytes(), recorded.wall_ns) / 1e3,
+    );
+    add(
+        rows,
+        "replay: log entries per second",
+        "entries/s",
+        per_second(replayed.log_stats.entries(), replayed.wall_ns),
+    );
+    add(rows, "landmarks per second (run)", "1/s", per_second(live.landmarks, live.wall_ns));
+    add(
+        rows,
+        "landmarks per second (replay)",
+        "1/s",
+        per_second(replayed.landmarks, replayed.wall_ns),
+    );
+    add(rows, "longest landmark-free stretch (replay)", "ms", ms(replayed.longest_stretch_ns));
+
+    let regs = kvm_bindings::kvm_regs { rip: 0x20_0000, rax: 7, ..Default::default() };
+    let clock = HostClock::start();
+    let mut folded = 0u64;
+    for round in 0..HASHES {
+        let regs = kvm_bindings::kvm_regs { rcx: round, ..regs };
+        folded ^= crate::vcpu::regs_hash(std::hint::black_box(&regs));
+    }
+    std::hint::black_box(folded);
+    add(rows, "register hash per log entry", "ns", clock.elapsed_ns() as f64 / HASHES as f64);
+    Ok(())
+}
+
+/// Runs every measurement `runs` times and returns the tables.
 pub fn run(runs: usize) -> anyhow::Result<String> {
+    let platform = platform_table(runs)?;
+    let log = std::env::temp_dir().join(format!("ftvm-bench-{}.ftlog", std::process::id()));
+    let mut rows = Vec::new();
+    let mut outcome = Ok(());
+    for run in 0..runs {
+        eprintln!("ftvm bench: record/replay run {}/{runs}", run + 1);
+        outcome = replay_samples(&mut rows, &log);
+        if outcome.is_err() {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&log);
+    outcome?;
+    Ok(format!("{platform}\n{}", table(&rows, runs)?))
+}
+
+fn table(rows: &[Row], runs: usize) -> anyhow::Result<String> {
+    let mut table = String::new();
+    writeln!(table, "| measurement ({runs} runs) | median | unit | min | max |")?;
+    writeln!(table, "|---|---:|---|---:|---:|")?;
+    for row in rows {
+        let min = row.samples.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = row.samples.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        writeln!(
+            table,
+            "| {} | {:.2} | {} | {:.2} | {:.2} |",
+            row.name,
+            median(&row.samples),
+            row.unit,
+            min,
+            max
+        )?;
+    }
+    Ok(table)
+}
+
+/// The platform's costs: boot, exits, timers, compute.
+fn platform_table(runs: usize) -> anyhow::Result<String> {
     const YIELDS: u64 = 5_000;
     const WAITS: u64 = 2_000;
     const SLEEPS: u64 = 300;
@@ -155,21 +265,5 @@ pub fn run(runs: usize) -> anyhow::Result<String> {
             (HASH_MIB << 20) as f64 / clock.elapsed_ns() as f64 * 1e3,
         );
     }
-    let mut table = String::new();
-    writeln!(table, "| measurement ({runs} runs) | median | unit | min | max |")?;
-    writeln!(table, "|---|---:|---|---:|---:|")?;
-    for row in &rows {
-        let min = row.samples.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = row.samples.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        writeln!(
-            table,
-            "| {} | {:.2} | {} | {:.2} | {:.2} |",
-            row.name,
-            median(&row.samples),
-            row.unit,
-            min,
-            max
-        )?;
-    }
-    Ok(table)
+    table(&rows, runs)
 }

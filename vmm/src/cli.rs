@@ -6,15 +6,12 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::inputs::live::LiveInputs;
-use crate::inputs::record::RecordingInputs;
-use crate::inputs::replay::ReplayInputs;
 use crate::outcome::status;
-use crate::vm::{RunReport, Vm, VmConfig};
+use crate::runs::{self, RunError};
+use crate::vm::{RunReport, VmConfig};
 use crate::x86::EntryMode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use logchannel::{Entry, LogFileReader, LogFileWriter, RunStart};
 
 #[derive(Parser)]
 #[command(
@@ -166,26 +163,13 @@ fn vm_config(args: &RunArgs) -> anyhow::Result<VmConfig> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let config = vm_config(&args)?;
-    let mut vm =
-        Vm::new(&config, console_sink(args.console.as_ref())?, Box::new(LiveInputs::new()))?;
-    let report = vm.run()?;
+    let report = runs::live(&vm_config(&args)?, console_sink(args.console.as_ref())?)?;
     print_summary(&report);
     Ok(report.outcome.exit_status())
 }
 
 fn record(log: PathBuf, args: RunArgs) -> anyhow::Result<u8> {
-    let config = vm_config(&args)?;
-    let writer = LogFileWriter::<Entry>::create(&log)?;
-    let start = RunStart {
-        mem_bytes: config.mem_bytes,
-        cmdline: config.cmdline.clone(),
-        entry_level: config.entry_mode.into(),
-        kernel: config.kernel.clone(),
-    };
-    let inputs = RecordingInputs::new(writer, &start)?;
-    let mut vm = Vm::new(&config, console_sink(args.console.as_ref())?, Box::new(inputs))?;
-    let report = vm.run()?;
+    let report = runs::record(&vm_config(&args)?, console_sink(args.console.as_ref())?, &log)?;
     print_summary(&report);
     eprintln!(
         "ftvm: recorded {} entries ({} bytes) to {}",
@@ -197,22 +181,24 @@ fn record(log: PathBuf, args: RunArgs) -> anyhow::Result<u8> {
 }
 
 fn replay(log: PathBuf, console: Option<PathBuf>, stats: bool) -> anyhow::Result<u8> {
-    let reader = LogFileReader::<Entry>::open(&log)?;
-    let mut inputs = ReplayInputs::new(reader);
-    let start = inputs.read_start().with_context(|| format!("cannot replay {}", log.display()))?;
-    let config = VmConfig {
-        mem_bytes: start.mem_bytes,
-        kernel: start.kernel,
-        cmdline: start.cmdline,
-        entry_mode: start.entry_level.into(),
+    let report = match runs::replay(&log, console_sink(console.as_ref())?) {
+        Ok(report) => report,
+        Err(error @ (RunError::LogFile(_) | RunError::Log(_))) => {
+            return Ok(log_error(&log, &error))
+        }
+        Err(error) => return Err(error.into()),
     };
-    let mut vm = Vm::new(&config, console_sink(console.as_ref())?, Box::new(inputs))?;
-    let report = vm.run()?;
     print_summary(&report);
     if stats {
         print_stats(&report);
     }
     Ok(report.outcome.exit_status())
+}
+
+/// Reports a log that cannot be replayed at all; returns the exit status.
+fn log_error(log: &std::path::Path, error: &dyn std::fmt::Display) -> u8 {
+    eprintln!("ftvm: cannot replay {}: {error}", log.display());
+    status::LOG_ERROR
 }
 
 fn print_summary(report: &RunReport) {

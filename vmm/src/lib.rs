@@ -16,6 +16,7 @@ pub mod machine;
 pub mod memory;
 pub mod misbehaviour;
 pub mod outcome;
+pub mod runs;
 pub mod vcpu;
 pub mod vm;
 pub mod x86;

@@ -174,6 +174,9 @@ pub fn regs_hash(regs: &kvm_regs) -> u64 {
         regs.rip,
         regs.rflags,
     ];
-    let bytes: Vec<u8> = words.iter().flat_map(|word| word.to_le_bytes()).collect();
+    let mut bytes = [0u8; 18 * 8];
+    for (chunk, word) in bytes.chunks_exact_mut(8).zip(words) {
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
     xxh3_64(&bytes)
 }

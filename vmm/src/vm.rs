@@ -244,6 +244,7 @@ impl Vm {
 
     /// The report for a run that ended with `outcome`.
     fn report(&mut self, outcome: RunOutcome) -> RunReport {
+        let wall_ns = self.timing.clock.elapsed_ns();
         self.machine.devices.console.flush();
         RunReport {
             outcome,
@@ -254,7 +255,7 @@ impl Vm {
             regs_hash: vcpu::regs_hash(&self.vcpu.regs()),
             misbehaviour: self.machine.misbehaviour.clone(),
             guest_ns: self.timing.guest_ns,
-            wall_ns: self.timing.clock.elapsed_ns(),
+            wall_ns,
             longest_stretch_ns: self.timing.longest_stretch_ns,
             log_stats: LogStats::default(),
         }

@@ -40,7 +40,8 @@ pub fn run(args: &Cmdline) -> Result<(), RoleError> {
     loop {
         let now_ns = clock::monotonic_ns();
         digest.fold(now_ns);
-        let done = if op_limit == u64::MAX { now_ns - start_ns >= duration_ns } else { ops >= op_limit };
+        let done =
+            if op_limit == u64::MAX { now_ns - start_ns >= duration_ns } else { ops >= op_limit };
         if done {
             break;
         }
@@ -66,10 +67,13 @@ pub fn run(args: &Cmdline) -> Result<(), RoleError> {
                 digest.fold(entropy::random_u64());
             }
             3 => {
-                if live_allocations.len() >= MAX_LIVE_ALLOCATIONS || (rng.below(3) == 0 && !live_allocations.is_empty()) {
+                if live_allocations.len() >= MAX_LIVE_ALLOCATIONS
+                    || (rng.below(3) == 0 && !live_allocations.is_empty())
+                {
                     let victim = rng.below(live_allocations.len() as u64) as usize;
                     let freed = live_allocations.swap_remove(victim);
-                    digest.fold(freed.len() as u64 ^ u64::from(freed.first().copied().unwrap_or(0)));
+                    digest
+                        .fold(freed.len() as u64 ^ u64::from(freed.first().copied().unwrap_or(0)));
                 } else {
                     let len = 1 + rng.below(64 * 1024) as usize;
                     live_allocations.push(vec![(digest.0 & 0xff) as u8; len]);
@@ -91,7 +95,7 @@ pub fn run(args: &Cmdline) -> Result<(), RoleError> {
             }
         }
         ops += 1;
-        if ops % 500 == 0 {
+        if ops.is_multiple_of(500) {
             println!("stress: {ops} ops, digest {:016x}", digest.0);
         }
     }
