@@ -13,13 +13,7 @@ use serde::{Deserialize, Serialize};
 /// Shaped like a timer event at an execution point: varint fields of realistic magnitude.
 #[derive(Serialize, Deserialize)]
 enum BenchEntry {
-    TimerFired {
-        landmark: u64,
-        rip: u64,
-        registers_hash: u64,
-        deadline_ns: u64,
-        timer_id: u32,
-    },
+    TimerFired { landmark: u64, rip: u64, registers_hash: u64, deadline_ns: u64, timer_id: u32 },
 }
 
 const ENTRIES_PER_ITERATION: u64 = 10_000;

@@ -57,17 +57,11 @@ impl<T: Serialize> LogFileWriter<T> {
     /// Creates (or truncates) the file at `path` and writes the header.
     pub fn create(path: impl AsRef<Path>) -> Result<Self, LogFileError> {
         let path = path.as_ref();
-        let io_error = |source| LogFileError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io_error = |source| LogFileError::Io { path: path.to_owned(), source };
         let mut sink = BufWriter::new(File::create(path).map_err(io_error)?);
         sink.write_all(&LOG_FILE_MAGIC).map_err(io_error)?;
-        sink.write_all(&FORMAT_VERSION.to_le_bytes())
-            .map_err(io_error)?;
-        Ok(LogFileWriter {
-            frames: FrameWriter::new(sink, FIRST_SEQ, LOG_FILE_HEADER_LEN_BYTES),
-        })
+        sink.write_all(&FORMAT_VERSION.to_le_bytes()).map_err(io_error)?;
+        Ok(LogFileWriter { frames: FrameWriter::new(sink, FIRST_SEQ, LOG_FILE_HEADER_LEN_BYTES) })
     }
 
     /// Appends one entry and returns its sequence number. Buffered: call [`Self::finish`] (or
@@ -96,15 +90,11 @@ impl<T: Serialize> LogFileWriter<T> {
     pub fn finish(mut self) -> Result<(), FrameError> {
         self.frames.flush()?;
         let (expected_seq, offset_bytes) = (self.frames.next_seq(), self.frames.offset_bytes());
-        self.frames
-            .get_mut()
-            .get_ref()
-            .sync_all()
-            .map_err(|source| FrameError::Io {
-                expected_seq,
-                offset_bytes,
-                source,
-            })
+        self.frames.get_mut().get_ref().sync_all().map_err(|source| FrameError::Io {
+            expected_seq,
+            offset_bytes,
+            source,
+        })
     }
 }
 
@@ -118,42 +108,26 @@ impl<T: DeserializeOwned> LogFileReader<T> {
     /// Opens the file at `path` and checks its header.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, LogFileError> {
         let path = path.as_ref();
-        let mut file = File::open(path).map_err(|source| LogFileError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let mut file = File::open(path)
+            .map_err(|source| LogFileError::Io { path: path.to_owned(), source })?;
         let mut header = [0u8; LOG_FILE_HEADER_LEN_BYTES as usize];
         match file.read_exact(&mut header) {
             Ok(()) => {}
             // Too short to hold a header: whatever it is, it is not a log this ftvm wrote.
             Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(LogFileError::NotAnFtvmLog {
-                    path: path.to_owned(),
-                })
+                return Err(LogFileError::NotAnFtvmLog { path: path.to_owned() })
             }
-            Err(source) => {
-                return Err(LogFileError::Io {
-                    path: path.to_owned(),
-                    source,
-                })
-            }
+            Err(source) => return Err(LogFileError::Io { path: path.to_owned(), source }),
         }
         let (magic, version_field) = header.split_at(LOG_FILE_MAGIC.len());
         if magic != LOG_FILE_MAGIC {
-            return Err(LogFileError::NotAnFtvmLog {
-                path: path.to_owned(),
-            });
+            return Err(LogFileError::NotAnFtvmLog { path: path.to_owned() });
         }
         let file_version = u32::from_le_bytes(version_field.try_into().expect("4 bytes"));
         if file_version != FORMAT_VERSION {
-            return Err(LogFileError::UnsupportedVersion {
-                path: path.to_owned(),
-                file_version,
-            });
+            return Err(LogFileError::UnsupportedVersion { path: path.to_owned(), file_version });
         }
-        Ok(LogFileReader {
-            frames: FrameReader::new(file, FIRST_SEQ, LOG_FILE_HEADER_LEN_BYTES),
-        })
+        Ok(LogFileReader { frames: FrameReader::new(file, FIRST_SEQ, LOG_FILE_HEADER_LEN_BYTES) })
     }
 
     /// The next entry with its sequence number; `Ok(None)` at the clean end of the log.

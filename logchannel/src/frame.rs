@@ -59,21 +59,12 @@ pub enum FrameError {
         "checksum mismatch in frame seq {expected_seq} at offset {offset_bytes}: stored \
          {stored_crc:#010x}, computed {computed_crc:#010x}"
     )]
-    ChecksumMismatch {
-        expected_seq: u64,
-        offset_bytes: u64,
-        stored_crc: u32,
-        computed_crc: u32,
-    },
+    ChecksumMismatch { expected_seq: u64, offset_bytes: u64, stored_crc: u32, computed_crc: u32 },
     #[error(
         "frame seq {expected_seq} at offset {offset_bytes} has a payload of {payload_len_bytes} \
          bytes, over the maximum of {MAX_PAYLOAD_LEN_BYTES}"
     )]
-    PayloadTooLong {
-        expected_seq: u64,
-        offset_bytes: u64,
-        payload_len_bytes: u64,
-    },
+    PayloadTooLong { expected_seq: u64, offset_bytes: u64, payload_len_bytes: u64 },
     #[error("cannot decode frame seq {expected_seq} at offset {offset_bytes}: {source}")]
     Decode {
         expected_seq: u64,
@@ -87,11 +78,7 @@ pub enum FrameError {
         "frame seq {expected_seq} at offset {offset_bytes} has {trailing_len_bytes} bytes after \
          its entry"
     )]
-    TrailingBytes {
-        expected_seq: u64,
-        offset_bytes: u64,
-        trailing_len_bytes: u64,
-    },
+    TrailingBytes { expected_seq: u64, offset_bytes: u64, trailing_len_bytes: u64 },
     #[error("cannot encode entry seq {expected_seq} at offset {offset_bytes}: {source}")]
     Encode {
         expected_seq: u64,
@@ -103,20 +90,12 @@ pub enum FrameError {
         "duplicate frame at offset {offset_bytes}: seq {found_seq} again, expected \
          seq {expected_seq}"
     )]
-    Duplicate {
-        expected_seq: u64,
-        offset_bytes: u64,
-        found_seq: u64,
-    },
+    Duplicate { expected_seq: u64, offset_bytes: u64, found_seq: u64 },
     #[error(
         "gap or reordering at offset {offset_bytes}: seq {found_seq} where seq {expected_seq} \
          was expected"
     )]
-    Gap {
-        expected_seq: u64,
-        offset_bytes: u64,
-        found_seq: u64,
-    },
+    Gap { expected_seq: u64, offset_bytes: u64, found_seq: u64 },
 }
 
 impl FrameError {
@@ -186,12 +165,9 @@ impl<T: Serialize> FrameEncoder<T> {
         let seq = self.next_seq;
         let mut payload = std::mem::take(&mut self.scratch);
         payload.clear();
-        let payload =
-            postcard::to_extend(&(seq, entry), payload).map_err(|source| FrameError::Encode {
-                expected_seq: seq,
-                offset_bytes: self.offset_bytes,
-                source,
-            })?;
+        let payload = postcard::to_extend(&(seq, entry), payload).map_err(|source| {
+            FrameError::Encode { expected_seq: seq, offset_bytes: self.offset_bytes, source }
+        })?;
         let payload_len_bytes = payload.len() as u64;
         if payload_len_bytes > u64::from(MAX_PAYLOAD_LEN_BYTES) {
             self.scratch = payload;
@@ -357,17 +333,9 @@ impl<T: DeserializeOwned> FrameDecoder<T> {
     fn error_out_of_order(&self, found_seq: u64) -> FrameError {
         let (expected_seq, offset_bytes) = (self.next_seq, self.offset_bytes);
         if found_seq < expected_seq {
-            FrameError::Duplicate {
-                expected_seq,
-                offset_bytes,
-                found_seq,
-            }
+            FrameError::Duplicate { expected_seq, offset_bytes, found_seq }
         } else {
-            FrameError::Gap {
-                expected_seq,
-                offset_bytes,
-                found_seq,
-            }
+            FrameError::Gap { expected_seq, offset_bytes, found_seq }
         }
     }
 }
@@ -409,11 +377,7 @@ impl<W: Write, T: Serialize> FrameWriter<W, T> {
         let seq = self.encoder.encode(entry, &mut self.frame_buffer)?;
         self.sink.write_all(&self.frame_buffer).map_err(|source| {
             self.broken = true;
-            FrameError::Io {
-                expected_seq: seq,
-                offset_bytes: frame_offset_bytes,
-                source,
-            }
+            FrameError::Io { expected_seq: seq, offset_bytes: frame_offset_bytes, source }
         })?;
         Ok(seq)
     }

@@ -79,18 +79,10 @@ fn other_versions_are_refused_saying_which() {
 fn files_without_the_magic_are_not_ftvm_logs() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("other");
-    for contents in [
-        &b""[..],
-        b"FTVMLOG",
-        b"FTVMLOG\0\x01",
-        b"ELF\x7f and more than twelve",
-    ] {
+    for contents in [&b""[..], b"FTVMLOG", b"FTVMLOG\0\x01", b"ELF\x7f and more than twelve"] {
         fs::write(&path, contents).unwrap();
         let error = LogFileReader::<TestEntry>::open(&path).unwrap_err();
-        assert!(
-            matches!(error, LogFileError::NotAnFtvmLog { .. }),
-            "{error:?}"
-        );
+        assert!(matches!(error, LogFileError::NotAnFtvmLog { .. }), "{error:?}");
         assert!(error.to_string().contains("not an ftvm log"), "{error}");
     }
 }
@@ -127,11 +119,7 @@ fn frame_errors_give_file_offsets() {
     let (decoded, end) = read_log(&path);
     assert_eq!(decoded, vec![(FIRST_SEQ, TestEntry::ClockRead(1))]);
     match end {
-        Err(FrameError::Truncated {
-            expected_seq,
-            offset_bytes,
-            ..
-        }) => {
+        Err(FrameError::Truncated { expected_seq, offset_bytes, .. }) => {
             assert_eq!(expected_seq, FIRST_SEQ + 1);
             assert_eq!(offset_bytes, second_frame_offset_bytes);
         }
@@ -142,8 +130,5 @@ fn frame_errors_give_file_offsets() {
 #[test]
 fn a_missing_file_names_its_path() {
     let error = LogFileReader::<TestEntry>::open("/nonexistent/ftvm/run.log").unwrap_err();
-    assert!(
-        error.to_string().starts_with("/nonexistent/ftvm/run.log: "),
-        "{error}"
-    );
+    assert!(error.to_string().starts_with("/nonexistent/ftvm/run.log: "), "{error}");
 }

@@ -237,11 +237,7 @@ fn the_writer_refuses_an_entry_over_the_maximum_and_keeps_its_seq() {
     let mut writer = FrameWriter::new(Vec::new(), 5, 0);
     let too_big = TestEntry::Entropy(vec![0; MAX_PAYLOAD_LEN_BYTES as usize]);
     match writer.write_entry(&too_big) {
-        Err(FrameError::PayloadTooLong {
-            expected_seq: 5,
-            offset_bytes: 0,
-            ..
-        }) => {}
+        Err(FrameError::PayloadTooLong { expected_seq: 5, offset_bytes: 0, .. }) => {}
         other => panic!("{other:?}"),
     }
     assert_eq!(writer.write_entry(&TestEntry::Halt).unwrap(), 5);
@@ -267,14 +263,7 @@ fn a_checksummed_frame_of_another_entry_type_is_a_decode_error_not_an_entry() {
     assert!(decoded.is_empty());
     // Variant 2 of TestEntry is Entropy, whose length prefix 1 promises a byte that is missing.
     assert!(
-        matches!(
-            end,
-            Err(FrameError::Decode {
-                expected_seq: 3,
-                offset_bytes: 0,
-                ..
-            })
-        ),
+        matches!(end, Err(FrameError::Decode { expected_seq: 3, offset_bytes: 0, .. })),
         "{end:?}"
     );
 }
@@ -287,16 +276,7 @@ fn bytes_after_the_entry_in_a_checksummed_frame_are_refused() {
     encoder.encode(&(4u8, 9u8), &mut bytes).unwrap();
     let (decoded, end) = read_stream(&bytes, 0);
     assert!(decoded.is_empty());
-    assert!(
-        matches!(
-            end,
-            Err(FrameError::TrailingBytes {
-                trailing_len_bytes: 1,
-                ..
-            })
-        ),
-        "{end:?}"
-    );
+    assert!(matches!(end, Err(FrameError::TrailingBytes { trailing_len_bytes: 1, .. })), "{end:?}");
 }
 
 #[test]

@@ -47,9 +47,7 @@ impl EncodedStream {
 
     /// The index of the frame that holds byte `offset_bytes`.
     pub fn frame_holding(&self, offset_bytes: u64) -> usize {
-        self.frame_offsets_bytes
-            .partition_point(|&start| start <= offset_bytes)
-            - 1
+        self.frame_offsets_bytes.partition_point(|&start| start <= offset_bytes) - 1
     }
 }
 
@@ -61,10 +59,7 @@ pub fn encode_stream(entries: &[TestEntry], first_seq: u64) -> EncodedStream {
         let seq = writer.write_entry(entry).expect("encoding into a Vec");
         assert_eq!(seq, first_seq + index as u64);
     }
-    EncodedStream {
-        bytes: writer.into_inner(),
-        frame_offsets_bytes,
-    }
+    EncodedStream { bytes: writer.into_inner(), frame_offsets_bytes }
 }
 
 /// Everything a reader returns before its first error or the clean end, and how it stopped.
