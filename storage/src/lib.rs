@@ -1,1 +1,8 @@
-//! Shared storage: the file-backed block store and the test-and-set arbiter.
+//! Shared storage: the file-backed block store a guest's virtio-blk disk
+//! lives in ([`block`]), and the test-and-set arbiter an FT pair uses to
+//! decide who goes live ([`arbiter`]).
+
+pub mod arbiter;
+pub mod block;
+
+pub use block::{BlockStore, BlockStoreError, SECTOR_BYTES};

@@ -1,0 +1,1 @@
+//! The test-and-set arbiter (being written).
