@@ -22,7 +22,7 @@ pub mod world;
 
 use gfs::client::{ClientEvent, OpOutput};
 use gfs::wire::{GfsError, NodeId};
-use gfs::master::state::PersistentState;
+use gfs::master::state::{LogRecord, PersistentState};
 
 use model::{FileModel, Model};
 pub use settings::Settings;
@@ -66,7 +66,8 @@ struct Sim {
     drivers: Vec<ClientDriver>,
     settings: Settings,
     fault_rng: gfs::pcg::Pcg32,
-    master_expected: Option<PersistentState>,
+    /// At the master's crash: its durable state and the records a crash may or may not keep.
+    master_expected: Option<(PersistentState, Vec<LogRecord>)>,
     down: Vec<(usize, u64)>,
     disk_lost: bool,
     corrupted: std::collections::BTreeSet<u64>,
@@ -247,11 +248,23 @@ impl Sim {
                 self.world.now_ms,
             ));
         }
-        let (Some(expected), Some(recovered)) = (&self.master_expected, master.recovered_state())
+        let (Some((durable, undurable)), Some(recovered)) =
+            (&self.master_expected, master.recovered_state())
         else {
             return Ok(());
         };
-        if expected != recovered {
+        // Acknowledged records must all be back; unacknowledged ones may survive as a prefix.
+        let mut expected = durable.clone();
+        let mut matched = expected == *recovered;
+        for record in undurable {
+            if matched {
+                break;
+            }
+            let _ = expected.apply(record);
+            matched = expected == *recovered;
+        }
+        if !matched {
+            let expected = durable;
             return Err(fail(
                 "a restarted master recovers its namespace",
                 format!(
@@ -310,7 +323,10 @@ impl Sim {
             let index = self.world.index_of(MASTER_ID);
             if let Some(Machine::Master(master)) = &self.world.nodes[index].machine {
                 if master.is_ready() {
-                    self.master_expected = master.durable_state().cloned();
+                    self.master_expected = master
+                        .durable_state()
+                        .cloned()
+                        .map(|state| (state, master.undurable_records()));
                     self.world.crash(index);
                     let downtime = self.fault_rng.range_inclusive(10, 1500);
                     self.down.push((index, now_ms + downtime));

@@ -81,6 +81,7 @@ impl Settings {
             rpc_timeout_ms: 250,
             client_max_attempts: 12,
             client_cache_ttl_ms: 800,
+            scrub_interval_ms: 50,
             gc_retention_ms: 1500,
             master_scan_interval_ms: 200,
             max_concurrent_clones: 4,

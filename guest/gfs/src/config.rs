@@ -26,6 +26,8 @@ pub struct Config {
     pub client_max_attempts: u32,
     /// How long a client trusts cached chunk locations.
     pub client_cache_ttl_ms: u64,
+    /// A chunkserver verifies the checksums of one idle replica this often.
+    pub scrub_interval_ms: u64,
     /// How long a deleted (hidden) file is kept before garbage collection removes it.
     pub gc_retention_ms: u64,
     /// How often the master scans for garbage and under-replicated chunks.
@@ -70,6 +72,7 @@ impl Default for Config {
             rpc_timeout_ms: 2_000,
             client_max_attempts: 8,
             client_cache_ttl_ms: 10_000,
+            scrub_interval_ms: 1_000,
             gc_retention_ms: 3 * 24 * 3600 * 1000,
             master_scan_interval_ms: 10_000,
             max_concurrent_clones: 4,

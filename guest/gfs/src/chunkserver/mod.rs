@@ -38,6 +38,9 @@ pub struct Chunkserver {
     next_disk_id: u64,
     next_request_id: RequestId,
     next_heartbeat_ms: u64,
+    next_scrub_ms: u64,
+    /// The scrub walks the replicas in handle order; this is where it stopped.
+    scrub_after: ChunkHandle,
     clones: BTreeMap<RequestId, CloneJob>,
 }
 
@@ -104,6 +107,8 @@ enum ReadFor {
         target_version: Version,
         reply: (NodeId, RequestId),
     },
+    /// Background verification of an idle replica: only a checksum failure matters.
+    Scrub,
 }
 
 enum MutationFor {
@@ -152,6 +157,8 @@ impl Chunkserver {
             next_disk_id: 1,
             next_request_id: 1,
             next_heartbeat_ms: 0,
+            next_scrub_ms: 0,
+            scrub_after: 0,
             clones: BTreeMap::new(),
         }
     }
@@ -582,6 +589,7 @@ impl Chunkserver {
                 target_meta.len_bytes = meta.len_bytes;
                 self.install(now_ms, target_meta, bytes, reply, out);
             }
+            ReadFor::Scrub => {}
         }
     }
 
@@ -655,6 +663,7 @@ impl Chunkserver {
                 ReadFor::LocalCopy { reply, .. } => {
                     out.send(reply.0, command_reply(reply.1, Err(error)))
                 }
+                ReadFor::Scrub => {}
             },
             Job::Mutate { done, .. } => match done {
                 MutationFor::Primary { .. } => {} // the lease is gone with the replica
@@ -897,7 +906,7 @@ impl Chunkserver {
                             let lease = replica.lease.as_mut().expect("checked");
                             lease.expiry_ms = lease.expiry_ms.max(expiry_ms);
                         } else {
-                            replica.lease = Some(Lease::new(version, expiry_ms, secondaries));
+                            replica.lease = Some(Lease::new(now_ms, version, expiry_ms, secondaries));
                         }
                         Ok(())
                     }
@@ -1133,9 +1142,35 @@ impl Chunkserver {
         self.next_heartbeat_ms = now_ms + self.config.heartbeat_interval_ms;
     }
 
+    /// Verifies the checksums of the next idle replica, so corruption of data nobody reads is
+    /// found and repaired too.
+    fn scrub_next(&mut self, now_ms: u64, out: &mut Outputs) {
+        self.next_scrub_ms = now_ms + self.config.scrub_interval_ms;
+        let next = self
+            .replicas
+            .range(self.scrub_after + 1..)
+            .chain(self.replicas.range(..=self.scrub_after))
+            .find(|(_, replica)| {
+                !replica.installing && replica.active.is_none() && replica.jobs.is_empty()
+            })
+            .map(|(handle, replica)| (*handle, replica.meta.len_bytes));
+        if let Some((handle, len)) = next {
+            self.scrub_after = handle;
+            let job = Job::Read {
+                offset: 0,
+                len,
+                reply: ReadFor::Scrub,
+            };
+            self.enqueue(now_ms, handle, job, out);
+        }
+    }
+
     fn on_tick(&mut self, now_ms: u64, out: &mut Outputs) {
         if now_ms >= self.next_heartbeat_ms {
             self.heartbeat(now_ms, out);
+        }
+        if now_ms >= self.next_scrub_ms {
+            self.scrub_next(now_ms, out);
         }
         self.buffer.expire(now_ms);
         let expired: Vec<RequestId> = self
@@ -1213,7 +1248,12 @@ impl StateMachine for Chunkserver {
             .values()
             .filter_map(|replica| replica.lease.as_ref()?.next_deadline_ms())
             .min();
-        [Some(self.next_heartbeat_ms), clone_deadline, lease_deadline]
+        [
+            Some(self.next_heartbeat_ms),
+            Some(self.next_scrub_ms),
+            clone_deadline,
+            lease_deadline,
+        ]
             .into_iter()
             .flatten()
             .min()

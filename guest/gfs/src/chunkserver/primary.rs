@@ -13,6 +13,9 @@ use crate::wire::{
 /// How many answered mutations a primary remembers to answer duplicates.
 const RECENT_ANSWERS: usize = 64;
 
+/// Room for this many (as a power of two) mutations per millisecond in the serial space.
+const SERIALS_PER_MS_BITS: u32 = 20;
+
 /// A lease this chunkserver holds as primary.
 pub(super) struct Lease {
     pub version: Version,
@@ -44,13 +47,16 @@ struct InFlight {
 }
 
 impl Lease {
-    pub fn new(version: Version, expiry_ms: u64, secondaries: Vec<NodeId>) -> Self {
+    /// A lease granted at `now_ms`. Serials start from the clock so that a lease re-granted
+    /// for the same version (after it lapsed or the server restarted) never reuses a serial
+    /// the secondaries already applied (they would take it for a duplicate).
+    pub fn new(now_ms: u64, version: Version, expiry_ms: u64, secondaries: Vec<NodeId>) -> Self {
         Lease {
             version,
             expiry_ms,
             last_mutation_ms: 0,
             secondaries,
-            next_serial: 1,
+            next_serial: (now_ms << SERIALS_PER_MS_BITS) + 1,
             queue: VecDeque::new(),
             in_flight: None,
             recent: VecDeque::new(),

@@ -165,6 +165,12 @@ impl Master {
         &self.state
     }
 
+    /// Records appended but not yet known durable (with `Config::check_recovery`): a crash
+    /// may keep any prefix of them.
+    pub fn undurable_records(&self) -> Vec<LogRecord> {
+        self.shadow_pending.iter().map(|(_, record)| record.clone()).collect()
+    }
+
     /// The state as of the durable log (with `Config::check_recovery`).
     pub fn durable_state(&self) -> Option<&PersistentState> {
         self.shadow.as_ref()
@@ -521,14 +527,7 @@ impl Master {
             Message::CommandReply { req, result } => {
                 self.on_command_reply(now_ms, from, req, result, out)
             }
-            Message::ReportCorrupt { handle } => {
-                if let Some(chunk) = self.chunks.get_mut(&handle) {
-                    chunk.locations.remove(&from);
-                }
-                if let Some(server) = self.servers.get_mut(&from) {
-                    server.chunks.remove(&handle);
-                }
-            }
+            Message::ReportCorrupt { handle } => self.remove_location(handle, from),
             _ => {}
         }
     }

@@ -509,8 +509,7 @@ impl Master {
                             version,
                         };
                         self.log_record(record, out);
-                        let chunk = self.runtime(handle);
-                        chunk.locations = acked.iter().map(|node| (*node, version)).collect();
+                        self.set_locations(handle, &acked, version);
                         self.start_round(now_ms, handle, client, 0, Some(acked), out)
                     }
                 };
@@ -527,8 +526,7 @@ impl Master {
                 let result = if all_acked && self.state.chunks.contains_key(&handle) {
                     let record = super::LogRecord::SetVersion { handle, version };
                     let lsn = self.log_record(record, out);
-                    let chunk = self.runtime(handle);
-                    chunk.locations = acked.iter().map(|node| (*node, version)).collect();
+                    self.set_locations(handle, &acked, version);
                     let continuation = Continuation::GrantLease {
                         handle,
                         version,
@@ -538,9 +536,15 @@ impl Master {
                     self.after_durable.push((lsn, continuation));
                     None
                 } else {
-                    let chunk = self.runtime(handle);
-                    chunk.locations.retain(|node, _| acked.contains(node));
-                    chunk.busy = false;
+                    let failed: Vec<NodeId> = self
+                        .locations(handle)
+                        .into_iter()
+                        .filter(|node| !acked.contains(node))
+                        .collect();
+                    for node in failed {
+                        self.remove_location(handle, node);
+                    }
+                    self.runtime(handle).busy = false;
                     if !acked.is_empty() && attempt + 1 < MAX_ROUND_ATTEMPTS {
                         self.start_round(now_ms, handle, client, attempt + 1, Some(acked), out)
                     } else {
@@ -576,8 +580,7 @@ impl Master {
                         version,
                     };
                     self.log_record(record, out);
-                    let chunk = self.runtime(new);
-                    chunk.locations = acked.iter().map(|node| (*node, version)).collect();
+                    self.set_locations(new, &acked, version);
                     self.start_round(now_ms, new, client, 0, Some(acked), out)
                 } else {
                     Some(Err(GfsError::Busy))
@@ -592,13 +595,9 @@ impl Master {
                 target,
             } => {
                 let current = self.state.chunks.get(&handle).map(|meta| meta.version);
-                let chunk = self.runtime(handle);
-                chunk.busy = false;
+                self.runtime(handle).busy = false;
                 if all_acked && current.is_some_and(|current| version >= current) {
-                    chunk.locations.insert(target, version);
-                    if let Some(server) = self.servers.get_mut(&target) {
-                        server.chunks.insert(handle);
-                    }
+                    self.add_location(handle, target, version);
                 }
             }
             TaskKind::Snapshot {
@@ -678,6 +677,35 @@ impl Master {
 }
 
 impl Master {
+    /// Records that `node` holds `handle` at `version` (both in the chunk's locations and the
+    /// server's list, which the next heartbeat reconciles).
+    pub(super) fn add_location(&mut self, handle: ChunkHandle, node: NodeId, version: Version) {
+        if let Some(server) = self.servers.get_mut(&node) {
+            server.chunks.insert(handle);
+            self.runtime(handle).locations.insert(node, version);
+        }
+    }
+
+    /// Forgets that `node` holds `handle`.
+    pub(super) fn remove_location(&mut self, handle: ChunkHandle, node: NodeId) {
+        if let Some(chunk) = self.chunks.get_mut(&handle) {
+            chunk.locations.remove(&node);
+        }
+        if let Some(server) = self.servers.get_mut(&node) {
+            server.chunks.remove(&handle);
+        }
+    }
+
+    /// Makes `nodes` the chunk's only locations, all at `version`.
+    fn set_locations(&mut self, handle: ChunkHandle, nodes: &[NodeId], version: Version) {
+        for node in self.locations(handle) {
+            self.remove_location(handle, node);
+        }
+        for node in nodes {
+            self.add_location(handle, *node, version);
+        }
+    }
+
     /// Re-replications under way.
     pub(super) fn clone_tasks_running(&self) -> usize {
         self.tasks
