@@ -19,6 +19,7 @@ mod cmdline;
 mod console;
 mod drivers;
 mod heap;
+mod net;
 mod rng;
 mod roles;
 mod runtime;

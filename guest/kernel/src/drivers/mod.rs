@@ -6,6 +6,7 @@ pub mod entropy;
 pub mod events;
 pub mod power;
 pub mod timer;
+pub mod virtio;
 
 /// Reads the 64-bit register at `base + offset`.
 pub fn read(base: u64, offset: u64) -> u64 {

@@ -6,6 +6,8 @@ use ftvm_abi::exit;
 
 mod bench;
 mod compute;
+mod disk;
+mod echo;
 mod fault;
 mod hostile;
 mod selftest;
@@ -21,6 +23,8 @@ pub fn run(args: &Cmdline, info: &BootInfo) -> u32 {
         Some("compute") => compute::run(args),
         Some("stress") => stress::run(args),
         Some("bench") => bench::run(args),
+        Some("echo") => echo::run(args, info),
+        Some("disk-selftest") => disk::run(args, info),
         Some(other) => Err(RoleError::BadCmdline(alloc::format!("role={other}: unknown role"))),
         None => Err(RoleError::BadCmdline("missing role=...".into())),
     };
@@ -31,7 +35,7 @@ pub fn run(args: &Cmdline, info: &BootInfo) -> u32 {
             exit::FAILURE
         }
         Err(RoleError::BadCmdline(problem)) => {
-            println!("bad command line: {problem} (roles: selftest, stress, compute, hostile, fault, panic, bench)");
+            println!("bad command line: {problem} (roles: selftest, stress, compute, hostile, fault, panic, bench, echo, disk-selftest)");
             exit::BAD_CMDLINE
         }
     }
@@ -59,4 +63,12 @@ macro_rules! check {
 fn number(args: &Cmdline, key: &'static str, default: u64) -> Result<u64, RoleError> {
     args.get_u64(key, default)
         .map_err(|value| RoleError::BadCmdline(alloc::format!("{key}={value}: expected a number")))
+}
+
+/// Maps a network bring-up failure to a role error.
+fn net_error(error: crate::net::NetError) -> RoleError {
+    match error {
+        crate::net::NetError::BadCmdline(message) => RoleError::BadCmdline(message),
+        crate::net::NetError::Device(message) => RoleError::Check(message),
+    }
 }

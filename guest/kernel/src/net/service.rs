@@ -1,0 +1,93 @@
+//! The network event loop shared by every networked role.
+//!
+//! One iteration: poll the interface with the current time, run the role's
+//! [`Service`], poll again so whatever the service queued goes out, hand all
+//! queued frames to the NIC in one exit, arm the one-shot timer for the next
+//! deadline (only when that deadline moves earlier), and wait on the event
+//! register. The time comes from the event page the VMM refreshes on every
+//! `wait`, so an idle-to-busy round trip costs no clock read.
+use smoltcp::iface::{Interface, SocketSet};
+
+use super::{instant_from_ns, Network};
+use crate::drivers::{clock, timer};
+use crate::runtime;
+use ftvm_abi::mmio::events::{BLOCK, NET, TIMER};
+
+/// What a service wants after one poll.
+pub enum Step<T> {
+    /// Keep running; call again by `wake_at_ns` (monotonic) at the latest, or
+    /// only when the network has news when `None`.
+    Continue { wake_at_ns: Option<u64> },
+    /// The service finished with this result.
+    Done(T),
+}
+
+/// A role's logic, driven by the network loop.
+pub trait Service {
+    /// What the service returns when it finishes.
+    type Output;
+
+    /// Called once per loop iteration, after the interface processed every
+    /// received frame. `now_ns` is the monotonic time of this iteration.
+    fn poll(
+        &mut self,
+        iface: &mut Interface,
+        sockets: &mut SocketSet<'static>,
+        now_ns: u64,
+    ) -> Step<Self::Output>;
+}
+
+fn earliest(first: Option<u64>, second: Option<u64>) -> Option<u64> {
+    match (first, second) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl Network {
+    /// Runs `service` until it is done; returns its result.
+    pub fn run<S: Service>(&mut self, service: &mut S) -> S::Output {
+        let mut now_ns = clock::monotonic_ns();
+        // The deadline the timer device holds, as far as we know.
+        let mut armed_deadline_ns: Option<u64> = None;
+        loop {
+            if armed_deadline_ns.is_some_and(|armed| armed <= now_ns) {
+                // Passed: the device fired (or fires at the next exit) and disarmed.
+                armed_deadline_ns = None;
+            }
+            let now = instant_from_ns(now_ns);
+            self.iface.poll(now, &mut *self.device, &mut self.sockets);
+            let wake_at_ns = match service.poll(&mut self.iface, &mut self.sockets, now_ns) {
+                Step::Continue { wake_at_ns } => wake_at_ns,
+                Step::Done(output) => {
+                    self.iface.poll(now, &mut *self.device, &mut self.sockets);
+                    self.device.flush();
+                    return output;
+                }
+            };
+            self.iface.poll(now, &mut *self.device, &mut self.sockets);
+            self.device.flush();
+
+            let stack_deadline_ns = self
+                .iface
+                .poll_delay(now, &self.sockets)
+                .map(|delay| now_ns.saturating_add(delay.total_micros().saturating_mul(1000)));
+            if let Some(deadline_ns) = earliest(stack_deadline_ns, wake_at_ns) {
+                if deadline_ns <= now_ns {
+                    // Work is due already: take a cheap landmark instead of sleeping.
+                    runtime::yield_now();
+                    runtime::take(TIMER | NET | BLOCK);
+                    now_ns = clock::monotonic_ns();
+                    continue;
+                }
+                if armed_deadline_ns.is_none_or(|armed| deadline_ns < armed) {
+                    timer::set_deadline_ns(deadline_ns);
+                    armed_deadline_ns = Some(deadline_ns);
+                }
+            }
+            runtime::wait();
+            now_ns = runtime::time_at_last_wait_ns();
+            runtime::take(TIMER | NET | BLOCK);
+        }
+    }
+}
