@@ -32,6 +32,8 @@ pub struct Settings {
     pub fault_phase_ms: u64,
     /// How long the fault-free liveness phase runs before its checks.
     pub liveness_phase_ms: u64,
+    /// How often each chunkserver verifies one idle replica.
+    pub scrub_interval_ms: u64,
     /// The deliberately broken invariant, if any.
     pub knobs: TestKnobs,
 }
@@ -64,8 +66,20 @@ impl Settings {
             lose_one_disk: !calm && rng.chance(1, 4),
             fault_phase_ms: rng.range_inclusive(3000, 8000),
             liveness_phase_ms: 12_000,
+            scrub_interval_ms: 50,
             knobs: TestKnobs::default(),
         }
+    }
+
+    /// A shorter run for the default test suite (thousands of seeds in debug builds): the same
+    /// faults at the same rates, fewer operations, shorter phases.
+    pub fn quick_from_seed(seed: u64) -> Self {
+        let mut settings = Settings::from_seed(seed);
+        settings.ops_per_client = settings.ops_per_client / 3 + 2;
+        settings.fault_phase_ms = settings.fault_phase_ms / 3 + 500;
+        settings.liveness_phase_ms = 4000;
+        settings.scrub_interval_ms = 80;
+        settings
     }
 
     /// The cluster configuration: paper defaults scaled to kilobytes and seconds.
@@ -81,7 +95,7 @@ impl Settings {
             rpc_timeout_ms: 250,
             client_max_attempts: 12,
             client_cache_ttl_ms: 800,
-            scrub_interval_ms: 50,
+            scrub_interval_ms: self.scrub_interval_ms,
             gc_retention_ms: 1500,
             master_scan_interval_ms: 200,
             max_concurrent_clones: 4,

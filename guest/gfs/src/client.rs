@@ -688,8 +688,9 @@ impl StateMachine for Client {
                         self.on_master_reply(now_ms, op_id, result, out);
                     }
                 }
-                Message::ReadReply { req, result } => {
+                Message::ReadReply { req, result, bytes } => {
                     if let Some(op_id) = self.replies.remove(&req) {
+                        let result = result.map(|()| bytes);
                         self.on_read_reply(now_ms, op_id, from, result, out);
                     }
                 }

@@ -560,7 +560,8 @@ impl Chunkserver {
                 to,
                 Message::ReadReply {
                     req,
-                    result: Ok(bytes),
+                    result: Ok(()),
+                    bytes,
                 },
             ),
             ReadFor::Copy { to, req } => out.send(
@@ -651,6 +652,7 @@ impl Chunkserver {
                     Message::ReadReply {
                         req,
                         result: Err(error),
+                        bytes: Vec::new(),
                     },
                 ),
                 ReadFor::Copy { to, req } => out.send(
@@ -769,6 +771,7 @@ impl Chunkserver {
                         Message::ReadReply {
                             req,
                             result: Err(error),
+                            bytes: Vec::new(),
                         },
                     ),
                     None => {

@@ -30,6 +30,7 @@ pub struct Layout {
     pub slot_count: u32,
     pub block_bytes: usize,
     pub blocks_per_chunk: usize,
+    zero_block_crc: u32,
 }
 
 impl Layout {
@@ -45,6 +46,7 @@ impl Layout {
             slot_count,
             block_bytes: config.checksum_block_bytes as usize,
             blocks_per_chunk,
+            zero_block_crc: CRC32C.checksum(&vec![0u8; config.checksum_block_bytes as usize]),
         }
     }
 
@@ -106,7 +108,7 @@ impl Layout {
 
     /// CRC32C of a block of zeros (the CRC of every block of a fresh chunk).
     pub fn zero_block_crc(&self) -> u32 {
-        CRC32C.checksum(&vec![0u8; self.block_bytes])
+        self.zero_block_crc
     }
 
     /// Metadata of a fresh, empty replica.
