@@ -18,10 +18,13 @@ pub struct ExecPoint {
 
 /// An asynchronous event: it arrives when the host decides, and is applied
 /// at a landmark.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AsyncEvent {
     /// The armed timer deadline has passed.
     TimerExpired,
+    /// A frame arrived from the network and was delivered into the guest's
+    /// next receive buffer.
+    FrameReceived(Vec<u8>),
 }
 
 /// One non-deterministic value the guest consumed.
@@ -37,6 +40,9 @@ pub enum Input {
     Polled(Vec<AsyncEvent>),
     /// Events a blocking wait returned.
     Waited(Vec<AsyncEvent>),
+    /// Bytes read from the shared disk (shared-disk mode: the backup never
+    /// reads the disk itself).
+    DiskRead(Vec<u8>),
 }
 
 impl Input {
@@ -48,6 +54,7 @@ impl Input {
             Input::Entropy(_) => "entropy",
             Input::Polled(_) => "events (polled)",
             Input::Waited(_) => "events (waited)",
+            Input::DiskRead(_) => "disk read",
         }
     }
 }
@@ -83,6 +90,10 @@ pub struct RunStart {
     pub entry_level: EntryLevel,
     /// The kernel ELF image itself.
     pub kernel: Vec<u8>,
+    /// The NIC's MAC address, if the guest had a NIC.
+    pub net_mac: Option<[u8; 6]>,
+    /// The disk's size in bytes, if the guest had a disk.
+    pub disk_bytes: Option<u64>,
 }
 
 /// How the recorded run ended, for the replay to compare against.
@@ -144,11 +155,16 @@ mod tests {
                 cmdline: "role=stress seed=3".into(),
                 entry_level: EntryLevel::Cpl3,
                 kernel: vec![0x7f, b'E', b'L', b'F'],
+                net_mac: Some([0x52, 0x54, 0, 0, 0, 1]),
+                disk_bytes: None,
             }),
             Entry::Input(InputEntry {
                 point: ExecPoint { landmark: 9, rip: 0x20_1000 },
                 regs_hash: 42,
-                input: Input::Waited(vec![AsyncEvent::TimerExpired]),
+                input: Input::Waited(vec![
+                    AsyncEvent::TimerExpired,
+                    AsyncEvent::FrameReceived(vec![1; 60]),
+                ]),
             }),
             Entry::Input(InputEntry {
                 point: ExecPoint { landmark: 10, rip: 0x20_1004 },

@@ -77,13 +77,23 @@ impl BlockStore {
     /// Opens `path`; with `create`, makes a zero-filled image of
     /// `size_bytes` if it is missing. An existing image keeps its data; a
     /// given size must then match it.
-    pub fn open(path: &Path, size_bytes: Option<u64>, create: bool) -> Result<Self, BlockStoreError> {
+    pub fn open(
+        path: &Path,
+        size_bytes: Option<u64>,
+        create: bool,
+    ) -> Result<Self, BlockStoreError> {
         let io = |source| BlockStoreError::Io { path: path.to_path_buf(), source };
         let exists = path.exists();
         if !exists && !create {
             return Err(BlockStoreError::Missing { path: path.to_path_buf() });
         }
-        let file = match OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path) {
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)
+        {
             Ok(file) => file,
             Err(error) if error.kind() == ErrorKind::PermissionDenied => {
                 return Err(BlockStoreError::ReadOnly { path: path.to_path_buf() })
@@ -92,7 +102,7 @@ impl BlockStore {
         };
         if !exists {
             let size = size_bytes.unwrap_or(0);
-            if size == 0 || size % SECTOR_BYTES != 0 {
+            if size == 0 || !size.is_multiple_of(SECTOR_BYTES) {
                 let _ = std::fs::remove_file(path);
                 return Err(BlockStoreError::BadSize { path: path.to_path_buf(), bytes: size });
             }
@@ -100,10 +110,19 @@ impl BlockStore {
         }
         let capacity_bytes = file.metadata().map_err(io)?.len();
         if capacity_bytes == 0 || capacity_bytes % SECTOR_BYTES != 0 {
-            return Err(BlockStoreError::BadSize { path: path.to_path_buf(), bytes: capacity_bytes });
+            return Err(BlockStoreError::BadSize {
+                path: path.to_path_buf(),
+                bytes: capacity_bytes,
+            });
         }
-        if let Some(requested) = size_bytes.filter(|&requested| exists && requested != capacity_bytes) {
-            return Err(BlockStoreError::SizeMismatch { path: path.to_path_buf(), actual: capacity_bytes, requested });
+        if let Some(requested) =
+            size_bytes.filter(|&requested| exists && requested != capacity_bytes)
+        {
+            return Err(BlockStoreError::SizeMismatch {
+                path: path.to_path_buf(),
+                actual: capacity_bytes,
+                requested,
+            });
         }
         Ok(BlockStore { file, path: path.to_path_buf(), capacity_bytes })
     }
@@ -124,18 +143,24 @@ impl BlockStore {
     /// Reads `buf.len()` bytes at `offset`.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), BlockStoreError> {
         self.check(offset, buf.len())?;
-        self.file.read_exact_at(buf, offset).map_err(|source| BlockStoreError::Io { path: self.path.clone(), source })
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|source| BlockStoreError::Io { path: self.path.clone(), source })
     }
 
     /// Writes `data` at `offset`.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), BlockStoreError> {
         self.check(offset, data.len())?;
-        self.file.write_all_at(data, offset).map_err(|source| BlockStoreError::Io { path: self.path.clone(), source })
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|source| BlockStoreError::Io { path: self.path.clone(), source })
     }
 
     /// Makes every completed write durable.
     pub fn flush(&self) -> Result<(), BlockStoreError> {
-        self.file.sync_data().map_err(|source| BlockStoreError::Io { path: self.path.clone(), source })
+        self.file
+            .sync_data()
+            .map_err(|source| BlockStoreError::Io { path: self.path.clone(), source })
     }
 }
 
@@ -162,16 +187,31 @@ mod tests {
     fn user_errors_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.img");
-        assert!(matches!(BlockStore::open(&path, None, false), Err(BlockStoreError::Missing { .. })));
-        assert!(matches!(BlockStore::open(&path, Some(1000), true), Err(BlockStoreError::BadSize { .. })));
+        assert!(matches!(
+            BlockStore::open(&path, None, false),
+            Err(BlockStoreError::Missing { .. })
+        ));
+        assert!(matches!(
+            BlockStore::open(&path, Some(1000), true),
+            Err(BlockStoreError::BadSize { .. })
+        ));
         assert!(!path.exists(), "a refused create leaves nothing behind");
         BlockStore::open(&path, Some(4096), true).unwrap();
-        assert!(matches!(BlockStore::open(&path, Some(8192), false), Err(BlockStoreError::SizeMismatch { .. })));
+        assert!(matches!(
+            BlockStore::open(&path, Some(8192), false),
+            Err(BlockStoreError::SizeMismatch { .. })
+        ));
         let odd = dir.path().join("odd.img");
         std::fs::write(&odd, [0u8; 700]).unwrap();
-        assert!(matches!(BlockStore::open(&odd, None, false), Err(BlockStoreError::BadSize { .. })));
+        assert!(matches!(
+            BlockStore::open(&odd, None, false),
+            Err(BlockStoreError::BadSize { .. })
+        ));
         let store = BlockStore::open(&path, None, false).unwrap();
-        assert!(matches!(store.read_at(4000, &mut [0u8; 200]), Err(BlockStoreError::OutOfRange { .. })));
+        assert!(matches!(
+            store.read_at(4000, &mut [0u8; 200]),
+            Err(BlockStoreError::OutOfRange { .. })
+        ));
         assert!(matches!(store.write_at(u64::MAX, &[1]), Err(BlockStoreError::OutOfRange { .. })));
     }
 }

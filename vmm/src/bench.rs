@@ -7,10 +7,13 @@ use std::fmt::Write as _;
 use anyhow::{bail, Context};
 
 use crate::devices::console::SharedBuffer;
-use crate::inputs::live::{HostClock, LiveInputs};
+use crate::devices::DeviceSet;
+use crate::inputs::live::{Backends, HostClock, LiveInputs};
 use crate::kernel::KERNEL_ELF;
 use crate::outcome::RunOutcome;
+use crate::outputs::LiveOutputs;
 use crate::runs;
+use crate::runs::Attachments;
 use crate::vm::{Vm, VmConfig, DEFAULT_MEM_BYTES};
 use crate::x86::EntryMode;
 
@@ -43,8 +46,9 @@ fn boot(cmdline: &str, entry_mode: EntryMode) -> anyhow::Result<(String, u64, u6
     let clock = HostClock::start();
     let mut vm = Vm::new(
         &config(cmdline, entry_mode),
-        Box::new(console.clone()),
-        Box::new(LiveInputs::new()),
+        DeviceSet::default(),
+        Box::new(LiveInputs::new(Backends::default())),
+        Box::new(LiveOutputs::new(Box::new(console.clone()), None, None)),
     )?;
     let mut first_exit_ns = None;
     let outcome = loop {
@@ -90,8 +94,9 @@ fn replay_samples(rows: &mut Vec<Row>, log: &std::path::Path) -> anyhow::Result<
     const CMDLINE: &str = "role=stress seed=1 ops=1500";
     const HASHES: u64 = 1_000_000;
     let config = config(CMDLINE, EntryMode::Cpl3);
-    let live = runs::live(&config, Box::new(SharedBuffer::default()))?;
-    let recorded = runs::record(&config, Box::new(SharedBuffer::default()), log)?;
+    let live = runs::live(&config, &Attachments::default(), Box::new(SharedBuffer::default()))?;
+    let recorded =
+        runs::record(&config, &Attachments::default(), Box::new(SharedBuffer::default()), log)?;
     let replayed = runs::replay(log, Box::new(SharedBuffer::default()))?;
     for report in [&live, &recorded, &replayed] {
         if report.outcome != (RunOutcome::PowerOff { code: 0 }) {
@@ -222,8 +227,9 @@ fn platform_table(runs: usize) -> anyhow::Result<String> {
 
         let mut vm = Vm::new(
             &config("role=bench op=noop", EntryMode::Cpl3),
-            Box::new(SharedBuffer::default()),
-            Box::new(LiveInputs::new()),
+            DeviceSet::default(),
+            Box::new(LiveInputs::new(Backends::default())),
+            Box::new(LiveOutputs::new(Box::new(SharedBuffer::default()), None, None)),
         )?;
         let clock = HostClock::start();
         for _ in 0..KVM_RUNS {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::outcome::status;
-use crate::runs::{self, RunError};
+use crate::runs::{self, Attachments, DiskAttachment, NetAttachment, RunError};
 use crate::vm::{RunReport, VmConfig};
 use crate::x86::EntryMode;
 use anyhow::Context;
@@ -40,6 +40,8 @@ enum Command {
     ///   ftvm run                                  # the built-in kernel's self-test
     ///   ftvm run --cmdline "role=compute rounds=50"
     ///   ftvm run --mem 256M --console guest.log
+    ///   ftvm run --cmdline "role=disk-selftest" --disk disk.img,size=64M,create
+    ///   ftvm run --cmdline "role=echo port=7 ip=10.10.0.2/24 gw=10.10.0.1" --net tap=tap0
     #[command(verbatim_doc_comment)]
     Run(RunArgs),
     /// Run a guest like `run`, and record every input it consumes to a log file.
@@ -96,10 +98,75 @@ struct RunArgs {
     /// Write the guest console here instead of stdout.
     #[arg(long)]
     console: Option<PathBuf>,
+    /// Give the guest a virtio-net NIC on a host TAP device:
+    /// `tap=NAME[,mac=52:54:00:12:34:56]`. The TAP is opened (or created) in
+    /// ftvm's network namespace; the default MAC is 52:54:00:12:34:56.
+    #[arg(long, value_parser = parse_net, value_name = "tap=NAME[,mac=MAC]")]
+    net: Option<NetAttachment>,
+    /// Give the guest a virtio-blk disk backed by an image file:
+    /// `PATH[,size=SIZE][,create]`. `create` makes a zero-filled image of
+    /// `size` bytes (K/M/G suffixes) if it is missing; an existing image keeps
+    /// its data.
+    #[arg(long, value_parser = parse_disk, value_name = "PATH[,size=SIZE][,create]")]
+    disk: Option<DiskAttachment>,
     /// Privilege level at entry: cpl3 (direct, default) or cpl0 (the guest drops
     /// to CPL3 with iretq).
     #[arg(long, value_enum, default_value_t = EntryMode::Cpl3)]
     entry: EntryMode,
+}
+
+/// Default MAC of the guest NIC (a locally administered QEMU-style address).
+const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let bytes: Result<Vec<u8>, _> = parts.iter().map(|part| u8::from_str_radix(part, 16)).collect();
+    match bytes {
+        Ok(bytes) if bytes.len() == 6 && parts.iter().all(|part| part.len() == 2) => {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&bytes);
+            if mac[0] & 1 == 1 {
+                return Err(format!(
+                    "MAC `{text}` is a multicast address; a NIC needs a unicast one"
+                ));
+            }
+            Ok(mac)
+        }
+        _ => Err(format!("`{text}` is not a MAC address like 52:54:00:12:34:56")),
+    }
+}
+
+/// Parses `tap=NAME[,mac=MAC]`.
+fn parse_net(text: &str) -> Result<NetAttachment, String> {
+    let mut tap = None;
+    let mut mac = DEFAULT_MAC;
+    for part in text.split(',') {
+        match part.split_once('=') {
+            Some(("tap", name)) if !name.is_empty() => tap = Some(name.to_string()),
+            Some(("mac", value)) => mac = parse_mac(value)?,
+            _ => return Err(format!("unknown NIC option `{part}`: expected tap=NAME[,mac=MAC]")),
+        }
+    }
+    let tap = tap.ok_or("a NIC needs tap=NAME")?;
+    Ok(NetAttachment { tap, mac })
+}
+
+/// Parses `PATH[,size=SIZE][,create]`.
+fn parse_disk(text: &str) -> Result<DiskAttachment, String> {
+    let mut parts = text.split(',');
+    let path = parts.next().filter(|path| !path.is_empty()).ok_or("a disk needs an image path")?;
+    let mut disk = DiskAttachment { path: PathBuf::from(path), size_bytes: None, create: false };
+    for part in parts {
+        match part.split_once('=') {
+            Some(("size", size)) => disk.size_bytes = Some(parse_size(size)?),
+            None if part == "create" => disk.create = true,
+            _ => return Err(format!("unknown disk option `{part}`: expected size=SIZE or create")),
+        }
+    }
+    if disk.create && disk.size_bytes.is_none() {
+        return Err("`create` needs size=SIZE (e.g. size=64M)".into());
+    }
+    Ok(disk)
 }
 
 /// Parses `128M`, `1G`, `65536`, `64K` into bytes.
@@ -162,14 +229,24 @@ fn vm_config(args: &RunArgs) -> anyhow::Result<VmConfig> {
     })
 }
 
+fn attachments(args: &RunArgs) -> Attachments {
+    Attachments { net: args.net.clone(), disk: args.disk.clone() }
+}
+
 fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let report = runs::live(&vm_config(&args)?, console_sink(args.console.as_ref())?)?;
+    let report =
+        runs::live(&vm_config(&args)?, &attachments(&args), console_sink(args.console.as_ref())?)?;
     print_summary(&report);
     Ok(report.outcome.exit_status())
 }
 
 fn record(log: PathBuf, args: RunArgs) -> anyhow::Result<u8> {
-    let report = runs::record(&vm_config(&args)?, console_sink(args.console.as_ref())?, &log)?;
+    let report = runs::record(
+        &vm_config(&args)?,
+        &attachments(&args),
+        console_sink(args.console.as_ref())?,
+        &log,
+    )?;
     print_summary(&report);
     eprintln!(
         "ftvm: recorded {} entries ({} bytes) to {}",
@@ -219,6 +296,12 @@ fn print_summary(report: &RunReport) {
         report.memory_hash,
         report.regs_hash
     );
+    if report.net_tx.0 + report.net_rx_frames + report.disk_requests > 0 {
+        eprintln!(
+            "ftvm: net-tx {} frames {:016x} net-rx {} frames disk {} requests",
+            report.net_tx.0, report.net_tx.1, report.net_rx_frames, report.disk_requests
+        );
+    }
 }
 
 fn print_stats(report: &RunReport) {

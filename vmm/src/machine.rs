@@ -3,16 +3,17 @@
 //! §4), applies asynchronous events only there, routes MMIO to the devices and
 //! turns fatal exits into a [`RunOutcome`]. It never touches KVM, so tests
 //! drive it with made-up exits.
-use std::io::Write;
-
 use kvm_bindings::kvm_regs;
 use vm_memory::GuestMemoryMmap;
 
-use crate::devices::{DeviceCtx, Devices, EventState};
-use crate::inputs::{At, ExecPoint, Inputs};
+use crate::devices::virtio::QueueFault;
+use crate::devices::{DeviceCtx, DeviceSet, Devices, EventState};
+use crate::inputs::{AsyncEvent, At, ExecPoint, InputError, Inputs};
 use crate::misbehaviour::{Misbehaviour, Offence};
 use crate::outcome::RunOutcome;
+use crate::outputs::Outputs;
 use crate::vcpu::Exit;
+use ftvm_abi::mmio;
 
 /// What the vCPU loop does after an exit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,33 +27,38 @@ pub enum Action {
     Stop(RunOutcome),
 }
 
-/// Guest RAM, devices, inputs and the landmark count: everything but the vCPU.
+/// Guest RAM, devices, inputs, outputs and the landmark count: everything
+/// but the vCPU.
 pub struct Machine {
     /// Guest RAM.
     pub memory: GuestMemoryMmap,
-    /// The platform devices.
+    /// The devices.
     pub devices: Devices,
     /// Pending events and the armed timer.
     pub events: EventState,
     /// Guest misbehaviour seen so far.
     pub misbehaviour: Misbehaviour,
     inputs: Box<dyn Inputs>,
+    outputs: Box<dyn Outputs>,
     landmarks: u64,
 }
 
 impl Machine {
-    /// A machine over `memory`, printing to `console`, fed by `inputs`.
+    /// A machine over `memory` with the devices in `set`, fed by `inputs`,
+    /// its output going to `outputs`.
     pub fn new(
         memory: GuestMemoryMmap,
-        console: Box<dyn Write + Send>,
+        set: DeviceSet,
         inputs: Box<dyn Inputs>,
+        outputs: Box<dyn Outputs>,
     ) -> Self {
         Machine {
             memory,
-            devices: Devices::new(console),
+            devices: Devices::new(set),
             events: EventState::default(),
             misbehaviour: Misbehaviour::default(),
             inputs,
+            outputs,
             landmarks: 0,
         }
     }
@@ -109,22 +115,72 @@ impl Machine {
     }
 
     fn mmio(&mut self, at: At, addr: u64, size: usize, write: Option<u64>) -> Action {
+        match self.mmio_access(at, addr, size, write) {
+            Ok(value) => Action::Resume { read_value: write.is_none().then_some(value) },
+            Err(outcome) => Action::Stop(outcome),
+        }
+    }
+
+    fn mmio_access(
+        &mut self,
+        at: At,
+        addr: u64,
+        size: usize,
+        write: Option<u64>,
+    ) -> Result<u64, RunOutcome> {
         // Asynchronous events land here, at a landmark, and nowhere else.
-        match self.inputs.poll_events(&at, self.events.armed()) {
-            Ok(events) => events.into_iter().for_each(|event| self.events.apply(event)),
-            Err(error) => return Action::Stop(error.into()),
+        let armed = self.devices.armed(&self.events, &self.memory);
+        let events = self.inputs.poll_events(&at, armed)?;
+        self.apply_events(events, at)?;
+        if Devices::is_wait(addr, size, write) && self.events.pending == 0 {
+            // The guest idles: block until something arrives, then apply it here.
+            let armed = self.devices.armed(&self.events, &self.memory);
+            let events = self.inputs.wait_events(&at, armed)?;
+            self.apply_events(events, at)?;
         }
         let mut ctx = DeviceCtx {
             memory: &self.memory,
             inputs: self.inputs.as_mut(),
+            outputs: self.outputs.as_mut(),
             at,
             events: &mut self.events,
             misbehaviour: &mut self.misbehaviour,
         };
-        match self.devices.access(addr, size, write, &mut ctx) {
-            Ok(value) => Action::Resume { read_value: write.is_none().then_some(value) },
-            Err(outcome) => Action::Stop(outcome),
+        self.devices.access(addr, size, write, &mut ctx)
+    }
+
+    /// Applies asynchronous events: the one place they change guest-visible state.
+    fn apply_events(&mut self, events: Vec<AsyncEvent>, at: At) -> Result<(), RunOutcome> {
+        for event in events {
+            match event {
+                AsyncEvent::TimerExpired => {
+                    self.events.pending |= mmio::events::TIMER;
+                    self.events.timer_deadline_ns = None;
+                }
+                AsyncEvent::FrameReceived(frame) => {
+                    let Some(net) = self.devices.net.as_mut() else {
+                        return Err(InputError::LogCorrupt(
+                            "a frame arrived for a guest without a NIC".into(),
+                        )
+                        .into());
+                    };
+                    let mut ctx = DeviceCtx {
+                        memory: &self.memory,
+                        inputs: self.inputs.as_mut(),
+                        outputs: self.outputs.as_mut(),
+                        at,
+                        events: &mut self.events,
+                        misbehaviour: &mut self.misbehaviour,
+                    };
+                    match net.deliver(&frame, &mut ctx) {
+                        Ok(()) => {}
+                        Err(QueueFault::Guest) => net.needs_reset(&mut ctx),
+                        Err(QueueFault::Fatal(outcome)) => return Err(outcome),
+                    }
+                }
+            }
         }
+        Ok(())
     }
 }
 
@@ -136,53 +192,17 @@ mod tests {
 
     use super::*;
     use crate::devices::console::SharedBuffer as SharedSink;
-    use crate::inputs::{Armed, AsyncEvent, InputError, RunEnd};
-
-    /// Deterministic inputs: time advances 1 us per clock read, a wait jumps
-    /// to the deadline, entropy counts up.
-    #[derive(Default)]
-    struct FakeInputs {
-        now_ns: u64,
-        counter: u8,
-    }
-
-    impl Inputs for FakeInputs {
-        fn monotonic_ns(&mut self, _at: &At) -> Result<u64, InputError> {
-            self.now_ns += 1_000;
-            Ok(self.now_ns)
-        }
-        fn wall_ns(&mut self, _at: &At) -> Result<u64, InputError> {
-            Ok(1_700_000_000_000_000_000 + self.now_ns)
-        }
-        fn entropy(&mut self, _at: &At, buf: &mut [u8]) -> Result<(), InputError> {
-            for byte in buf {
-                self.counter = self.counter.wrapping_add(1);
-                *byte = self.counter;
-            }
-            Ok(())
-        }
-        fn poll_events(&mut self, _at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
-            Ok(match armed.timer_deadline_ns {
-                Some(deadline) if self.now_ns >= deadline => vec![AsyncEvent::TimerExpired],
-                _ => vec![],
-            })
-        }
-        fn wait_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
-            let deadline = armed.timer_deadline_ns.ok_or(InputError::NothingToWaitFor)?;
-            self.now_ns = self.now_ns.max(deadline);
-            self.poll_events(at, armed)
-        }
-        fn end_of_run(&mut self, _end: &RunEnd) -> Result<(), InputError> {
-            Ok(())
-        }
-    }
+    use crate::inputs::fake::FakeInputs;
+    use crate::inputs::InputError;
 
     const RAM: u64 = 16 << 20;
 
     fn machine() -> (Machine, SharedSink) {
         let sink = SharedSink::default();
         let memory = crate::memory::create(RAM).unwrap();
-        (Machine::new(memory, Box::new(sink.clone()), Box::<FakeInputs>::default()), sink)
+        let outputs = crate::outputs::ReplayOutputs::new(Box::new(sink.clone()));
+        let set = DeviceSet::default();
+        (Machine::new(memory, set, Box::<FakeInputs>::default(), Box::new(outputs)), sink)
     }
 
     fn at_rip(rip: u64) -> kvm_regs {

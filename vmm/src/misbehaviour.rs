@@ -22,6 +22,8 @@ pub enum Offence {
     PortIo,
     /// HLT (the guest must idle on the event register instead).
     Halt,
+    /// A virtio device misprogrammed: bad descriptors, queue setup or notify.
+    BadVirtioUse,
 }
 
 impl Offence {
@@ -35,6 +37,7 @@ impl Offence {
             Offence::BufferOutsideRam => "buffers not inside guest RAM",
             Offence::PortIo => "port IO accesses",
             Offence::Halt => "HLT instructions",
+            Offence::BadVirtioUse => "virtio misuses (bad descriptors, queue setup or notify)",
         }
     }
 }

@@ -49,6 +49,8 @@ pub enum RunOutcome {
         /// What KVM said.
         detail: String,
     },
+    /// An output could not be carried out (the disk image failed).
+    OutputFailed(String),
     /// The inputs could not go on: the guest waits for nothing, a replay
     /// diverged, or the log failed.
     InputsFailed(InputError),
@@ -62,6 +64,7 @@ impl RunOutcome {
             RunOutcome::GuestException { .. } => status::GUEST_EXCEPTION,
             RunOutcome::TripleFault { .. } => status::TRIPLE_FAULT,
             RunOutcome::KvmError { .. } => status::KVM_ERROR,
+            RunOutcome::OutputFailed(_) => status::VMM_ERROR,
             RunOutcome::InputsFailed(InputError::NothingToWaitFor) => status::GUEST_STUCK,
             RunOutcome::InputsFailed(InputError::Diverged(_)) => status::DIVERGED,
             RunOutcome::InputsFailed(_) => status::LOG_ERROR,
@@ -127,6 +130,7 @@ impl fmt::Display for RunOutcome {
                 write!(f, "guest triple fault (KVM shutdown exit) near rip {rip:#x}")
             }
             RunOutcome::KvmError { detail } => write!(f, "KVM could not run the guest: {detail}"),
+            RunOutcome::OutputFailed(detail) => write!(f, "guest output failed: {detail}"),
             RunOutcome::InputsFailed(InputError::NothingToWaitFor) => {
                 write!(f, "guest stuck: {}", InputError::NothingToWaitFor)
             }

@@ -2,7 +2,6 @@
 //! runs the one vCPU loop (KVM_RUN -> [`Machine::handle_exit`] -> repeat).
 //! No in-kernel irqchip, PIT or LAPIC timer: KVM is never a source of
 //! asynchrony (DESIGN §3).
-use std::io::Write;
 
 use ftvm_abi::boot::{BootInfo, BootInfoError, BYTES as BOOT_INFO_BYTES};
 use ftvm_abi::layout::BOOT_INFO_ADDR;
@@ -11,6 +10,7 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+use crate::devices::{DeviceSet, Devices};
 use crate::inputs::live::HostClock;
 use crate::inputs::{Inputs, LogStats, RunEnd};
 use crate::loader::{self, LoaderError};
@@ -18,6 +18,7 @@ use crate::machine::{Action, Machine};
 use crate::memory::{self, MemoryError};
 use crate::misbehaviour::Misbehaviour;
 use crate::outcome::RunOutcome;
+use crate::outputs::Outputs;
 use crate::vcpu::{self, Exit, RunError, Vcpu};
 use crate::x86::{self, EntryMode};
 
@@ -104,6 +105,12 @@ pub struct RunReport {
     pub longest_stretch_ns: u64,
     /// Entries and bytes of the log written or read.
     pub log_stats: LogStats,
+    /// Frames the guest transmitted and a hash of them, in order.
+    pub net_tx: (u64, u64),
+    /// Frames delivered to the guest.
+    pub net_rx_frames: u64,
+    /// Disk requests served.
+    pub disk_requests: u64,
 }
 
 /// A booted VM, ready to run.
@@ -133,11 +140,13 @@ fn open_kvm() -> Result<Kvm, VmError> {
 }
 
 impl Vm {
-    /// Creates the VM, loads the kernel and prepares the vCPU at its entry.
+    /// Creates the VM with the platform devices plus `devices`, loads the
+    /// kernel and prepares the vCPU at its entry.
     pub fn new(
         config: &VmConfig,
-        console: Box<dyn Write + Send>,
+        devices: DeviceSet,
         inputs: Box<dyn Inputs>,
+        outputs: Box<dyn Outputs>,
     ) -> Result<Vm, VmError> {
         let clock = HostClock::start();
         let guest_memory = memory::create(config.mem_bytes)?;
@@ -145,7 +154,7 @@ impl Vm {
         let info = BootInfo {
             ram_bytes: config.mem_bytes,
             image_end: kernel.image_end,
-            devices: 0,
+            devices: Devices::new(devices).boot_info_bits(),
             cmdline: &config.cmdline,
         };
         let mut block = [0u8; BOOT_INFO_BYTES];
@@ -183,7 +192,7 @@ impl Vm {
             .set_regs(&x86::regs(kernel.entry, config.entry_mode))
             .map_err(kvm_error("set regs"))?;
 
-        let machine = Machine::new(guest_memory, console, inputs);
+        let machine = Machine::new(guest_memory, devices, inputs, outputs);
         let timing = Timing { clock, guest_ns: 0, stretch_ns: 0, longest_stretch_ns: 0 };
         Ok(Vm { vcpu: Vcpu::new(vcpu_fd), machine, timing, _vm: vm, _kvm: kvm })
     }
@@ -245,7 +254,6 @@ impl Vm {
     /// The report for a run that ended with `outcome`.
     fn report(&mut self, outcome: RunOutcome) -> RunReport {
         let wall_ns = self.timing.clock.elapsed_ns();
-        self.machine.devices.console.flush();
         RunReport {
             outcome,
             landmarks: self.machine.landmarks(),
@@ -258,6 +266,24 @@ impl Vm {
             wall_ns,
             longest_stretch_ns: self.timing.longest_stretch_ns,
             log_stats: LogStats::default(),
+            net_tx: self
+                .machine
+                .devices
+                .net
+                .as_ref()
+                .map_or((0, 0), |net| net.device().transmitted()),
+            net_rx_frames: self
+                .machine
+                .devices
+                .net
+                .as_ref()
+                .map_or(0, |net| net.device().received()),
+            disk_requests: self
+                .machine
+                .devices
+                .block
+                .as_ref()
+                .map_or(0, |block| block.device().requests()),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Console device: the guest names a buffer in one register write (a packed
-//! descriptor, ftvm_abi::buf); the bytes go to the console sink. A running
-//! hash of everything printed lets runs be compared.
+//! descriptor, ftvm_abi::buf); the bytes go to the outputs. A running hash of
+//! everything printed lets runs be compared.
 use std::io::Write;
 
 use ftvm_abi::mmio::console::{BASE, WRITE};
@@ -33,20 +33,14 @@ impl Write for SharedBuffer {
     }
 }
 
-/// Console output and its hash.
+/// The hash and size of everything the guest printed.
+#[derive(Default)]
 pub struct Console {
-    sink: Box<dyn Write + Send>,
     hash: Xxh3,
     bytes_written: u64,
-    sink_failed: bool,
 }
 
 impl Console {
-    /// A console printing to `sink`.
-    pub fn new(sink: Box<dyn Write + Send>) -> Self {
-        Console { sink, hash: Xxh3::new(), bytes_written: 0, sink_failed: false }
-    }
-
     /// Hash of everything the guest printed so far.
     pub fn output_hash(&self) -> u64 {
         self.hash.digest()
@@ -55,23 +49,6 @@ impl Console {
     /// Bytes the guest printed so far.
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written
-    }
-
-    /// Flushes the sink (at the end of a run).
-    pub fn flush(&mut self) {
-        let _ = self.sink.flush();
-    }
-
-    fn emit(&mut self, bytes: &[u8]) {
-        self.hash.update(bytes);
-        self.bytes_written += bytes.len() as u64;
-        // A closed stdout (e.g. `| head`) must not stop the guest; the output
-        // is still hashed, and the failure is reported once.
-        if !self.sink_failed && self.sink.write_all(bytes).and_then(|()| self.sink.flush()).is_err()
-        {
-            self.sink_failed = true;
-            eprintln!("ftvm: console output could not be written; the guest keeps running");
-        }
     }
 }
 
@@ -92,7 +69,11 @@ impl MmioDevice for Console {
         };
         let mut bytes = vec![0u8; len];
         match ctx.memory.read_slice(&mut bytes, GuestAddress(addr)) {
-            Ok(()) => self.emit(&bytes),
+            Ok(()) => {
+                self.hash.update(&bytes);
+                self.bytes_written += bytes.len() as u64;
+                ctx.outputs.console(&bytes);
+            }
             Err(_) => ctx.misbehaviour.record(Offence::BufferOutsideRam, BASE + offset, value),
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! The event register: the pending-event mask (read-to-clear), the guest's
-//! idle (`WAIT` blocks in the inputs until an event arrives) and the event
-//! page the VMM refreshes with the time on every wait, so the guest's event
-//! loop needs no separate clock exit.
+//! idle (a `WAIT` read returns once an event is pending: the machine blocks
+//! in the inputs first) and the event page the VMM refreshes with the time on
+//! every wait, so the guest's event loop needs no separate clock exit.
 use ftvm_abi::mmio::events::{page, BASE, EVENT_PAGE, WAIT, YIELD};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -16,14 +16,9 @@ pub struct Events {
 }
 
 impl Events {
+    /// The machine has already blocked until an event was pending
+    /// ([`crate::machine`]: waiting needs every device, to deliver frames).
     fn wait(&mut self, ctx: &mut DeviceCtx) -> RegisterResult<u64> {
-        if ctx.events.pending == 0 {
-            let armed = ctx.events.armed();
-            let arrived = ctx.inputs.wait_events(&ctx.at, armed)?;
-            for event in arrived {
-                ctx.events.apply(event);
-            }
-        }
         if let Some(addr) = self.event_page {
             let now_ns = ctx.inputs.monotonic_ns(&ctx.at)?;
             // Checked at registration; guest RAM does not shrink.

@@ -1,10 +1,12 @@
-//! The platform devices (ftvm_abi::mmio), one per file, and the bus that
-//! routes an MMIO access to the device whose window it falls in.
+//! The platform devices (ftvm_abi::mmio), one per file, the virtio devices
+//! (network, block) behind the virtio-mmio transport, and the bus that routes
+//! an MMIO access to the device whose window it falls in.
 //!
 //! A device is a deterministic function of the guest's accesses and the
-//! values it gets from [`Inputs`]: it never reads the host clock or
-//! randomness itself, so the same accesses and inputs give the same results
-//! in live, record and replay runs.
+//! values it gets from [`Inputs`]: it never reads the host clock, randomness,
+//! network or disk itself, and it hands everything it produces to
+//! [`Outputs`], so the same accesses and inputs give the same results in live,
+//! record and replay runs.
 
 pub mod clock;
 pub mod console;
@@ -12,15 +14,18 @@ pub mod entropy;
 pub mod events;
 pub mod power;
 pub mod timer;
-
-use std::io::Write;
+pub mod virtio;
 
 use ftvm_abi::mmio;
 use vm_memory::GuestMemoryMmap;
 
-use crate::inputs::{AsyncEvent, At, Inputs};
+use crate::inputs::{Armed, At, Inputs};
 use crate::misbehaviour::{Misbehaviour, Offence};
 use crate::outcome::RunOutcome;
+use crate::outputs::Outputs;
+use virtio::block::Block;
+use virtio::net::Net;
+use virtio::VirtioMmio;
 
 /// Event state shared by the timer and event devices: what is pending for the
 /// guest and what is armed.
@@ -32,29 +37,14 @@ pub struct EventState {
     pub timer_deadline_ns: Option<u64>,
 }
 
-impl EventState {
-    /// Applies an asynchronous event: the one place events change guest-visible state.
-    pub fn apply(&mut self, event: AsyncEvent) {
-        match event {
-            AsyncEvent::TimerExpired => {
-                self.pending |= mmio::events::TIMER;
-                self.timer_deadline_ns = None;
-            }
-        }
-    }
-
-    /// What is armed, for the inputs to decide what can fire.
-    pub fn armed(&self) -> crate::inputs::Armed {
-        crate::inputs::Armed { timer_deadline_ns: self.timer_deadline_ns }
-    }
-}
-
 /// Everything a device may touch while it handles one access.
 pub struct DeviceCtx<'a> {
     /// Guest RAM (every access is bounds-checked by vm-memory).
     pub memory: &'a GuestMemoryMmap,
     /// The source of every non-deterministic value.
     pub inputs: &'a mut dyn Inputs,
+    /// The destination of every output.
+    pub outputs: &'a mut dyn Outputs,
     /// Where the guest is.
     pub at: At,
     /// Pending events and armed timer.
@@ -66,7 +56,7 @@ pub struct DeviceCtx<'a> {
 /// A 64-bit register access the bus has already checked for size and alignment.
 pub type RegisterResult<T> = Result<T, RunOutcome>;
 
-/// A device behind one MMIO window. Offsets are 8-aligned register offsets.
+/// A platform device behind one MMIO window. Offsets are 8-aligned register offsets.
 pub trait MmioDevice {
     /// A read of the register at `offset`; `Err` ends the run.
     fn read(&mut self, offset: u64, ctx: &mut DeviceCtx) -> RegisterResult<u64>;
@@ -74,7 +64,16 @@ pub trait MmioDevice {
     fn write(&mut self, offset: u64, value: u64, ctx: &mut DeviceCtx) -> RegisterResult<()>;
 }
 
-/// The fixed platform devices.
+/// The devices a VM has beyond the fixed platform ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceSet {
+    /// A NIC with this MAC.
+    pub net_mac: Option<[u8; 6]>,
+    /// A disk of this many bytes.
+    pub disk_bytes: Option<u64>,
+}
+
+/// All devices of a VM.
 pub struct Devices {
     /// Text output.
     pub console: console::Console,
@@ -88,22 +87,50 @@ pub struct Devices {
     pub entropy: entropy::Entropy,
     /// Pending-event mask, yield and wait.
     pub events: events::Events,
+    /// The NIC, if any.
+    pub net: Option<VirtioMmio<Net>>,
+    /// The disk, if any.
+    pub block: Option<VirtioMmio<Block>>,
 }
 
 impl Devices {
-    /// The platform with console output going to `console`.
-    pub fn new(console: Box<dyn Write + Send>) -> Self {
+    /// The platform devices plus those in `set`.
+    pub fn new(set: DeviceSet) -> Self {
         Devices {
-            console: console::Console::new(console),
+            console: console::Console::default(),
             power: power::Power::default(),
             clock: clock::Clock,
             timer: timer::Timer,
             entropy: entropy::Entropy,
             events: events::Events::default(),
+            net: set.net_mac.map(|mac| VirtioMmio::new(Net::new(mac), mmio::virtio::NET_BASE)),
+            block: set
+                .disk_bytes
+                .map(|bytes| VirtioMmio::new(Block::new(bytes), mmio::virtio::BLOCK_BASE)),
         }
     }
 
-    fn device_at(&mut self, window_base: u64) -> Option<&mut dyn MmioDevice> {
+    /// The boot-info device bits for the devices present.
+    pub fn boot_info_bits(&self) -> u64 {
+        let net = if self.net.is_some() { ftvm_abi::boot::device::NET } else { 0 };
+        let block = if self.block.is_some() { ftvm_abi::boot::device::BLOCK } else { 0 };
+        net | block
+    }
+
+    /// What could produce an asynchronous event now.
+    pub fn armed(&self, events: &EventState, memory: &GuestMemoryMmap) -> Armed {
+        Armed {
+            timer_deadline_ns: events.timer_deadline_ns,
+            net_rx_capacity: self.net.as_ref().map_or(0, |net| net.rx_capacity(memory)),
+        }
+    }
+
+    /// Whether this access is a read of the event register's blocking `WAIT`.
+    pub fn is_wait(addr: u64, size: usize, write: Option<u64>) -> bool {
+        addr == mmio::events::BASE + mmio::events::WAIT && size == 8 && write.is_none()
+    }
+
+    fn platform_device_at(&mut self, window_base: u64) -> Option<&mut dyn MmioDevice> {
         Some(match window_base {
             mmio::console::BASE => &mut self.console,
             mmio::power::BASE => &mut self.power,
@@ -116,9 +143,10 @@ impl Devices {
     }
 
     /// Routes one MMIO access. `write` is `Some(value)` for a write. Returns
-    /// the value a read yields (0 for writes); an access that is not a 64-bit
-    /// aligned access to a device register is counted as misbehaviour and has
-    /// no effect (reads yield all ones, as on a bus with nothing behind it).
+    /// the value a read yields (0 for writes). An access where no device
+    /// lives, or a platform-device access that is not 8 bytes wide and
+    /// aligned, is counted as misbehaviour and has no effect (reads yield all
+    /// ones, as on a bus with nothing behind it).
     pub fn access(
         &mut self,
         addr: u64,
@@ -129,7 +157,19 @@ impl Devices {
         const NOTHING: u64 = u64::MAX;
         let window_base = addr & !(mmio::WINDOW_BYTES - 1);
         let offset = addr - window_base;
-        let Some(device) = self.device_at(window_base) else {
+        let virtio = match window_base {
+            mmio::virtio::NET_BASE => {
+                self.net.as_mut().map(|net| net.access(offset, size, write, ctx))
+            }
+            mmio::virtio::BLOCK_BASE => {
+                self.block.as_mut().map(|block| block.access(offset, size, write, ctx))
+            }
+            _ => None,
+        };
+        if let Some(result) = virtio {
+            return result;
+        }
+        let Some(device) = self.platform_device_at(window_base) else {
             ctx.misbehaviour.record(Offence::UnknownMmio, addr, write.unwrap_or(0));
             return Ok(NOTHING);
         };

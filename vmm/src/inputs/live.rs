@@ -1,10 +1,16 @@
-//! Live inputs: the host clock, host sleeps and host randomness. This is the
-//! only module in the VMM that reads them (tests/tests/hygiene.rs checks);
-//! measurement code (benchmarks, run statistics) reads time through
-//! [`HostClock`], defined here, and never hands it to the guest.
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+//! Live inputs: the host clock, host sleeps, host randomness, frames from
+//! the TAP device and reads of the disk image. This is the only module in the
+//! VMM that reads the host clock, sleeps or draws randomness
+//! (tests/tests/hygiene.rs checks); measurement code (benchmarks, run
+//! statistics) reads time through [`HostClock`], defined here, and never
+//! hands it to the guest.
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use storage::BlockStore;
 
 use super::{Armed, AsyncEvent, At, InputError, Inputs, RunEnd};
+use crate::tap::Tap;
 
 /// The host's monotonic clock, for measurement.
 #[derive(Clone, Copy, Debug)]
@@ -24,15 +30,25 @@ impl HostClock {
     }
 }
 
+/// The host resources a live guest reads: its NIC's TAP and its disk image.
+#[derive(Clone, Default)]
+pub struct Backends {
+    /// The TAP device behind the NIC.
+    pub tap: Option<Arc<Tap>>,
+    /// The disk image behind the block device.
+    pub disk: Option<Arc<BlockStore>>,
+}
+
 /// Inputs taken from the host as they happen.
 pub struct LiveInputs {
     boot: HostClock,
+    backends: Backends,
 }
 
 impl LiveInputs {
     /// Guest monotonic time starts at zero now.
-    pub fn new() -> Self {
-        LiveInputs { boot: HostClock::start() }
+    pub fn new(backends: Backends) -> Self {
+        LiveInputs { boot: HostClock::start(), backends }
     }
 
     /// Host ns since this guest booted (its monotonic clock).
@@ -40,17 +56,29 @@ impl LiveInputs {
         self.boot.elapsed_ns()
     }
 
-    fn expired(&self, armed: Armed) -> Vec<AsyncEvent> {
-        match armed.timer_deadline_ns {
-            Some(deadline) if self.now_ns() >= deadline => vec![AsyncEvent::TimerExpired],
-            _ => Vec::new(),
+    /// Everything that has arrived, without blocking: an expired timer and
+    /// as many frames as the guest has buffers for (the rest stay queued in
+    /// the TAP, which is the backpressure a real NIC gives).
+    fn arrived(&self, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
+        let mut events = Vec::new();
+        if armed.timer_deadline_ns.is_some_and(|deadline| self.now_ns() >= deadline) {
+            events.push(AsyncEvent::TimerExpired);
         }
-    }
-}
-
-impl Default for LiveInputs {
-    fn default() -> Self {
-        Self::new()
+        if let Some(tap) = &self.backends.tap {
+            for _ in 0..armed.net_rx_capacity {
+                match tap.read_frame() {
+                    Ok(Some(frame)) => events.push(AsyncEvent::FrameReceived(frame)),
+                    Ok(None) => break,
+                    Err(error) => {
+                        return Err(InputError::Host(format!(
+                            "reading TAP {}: {error}",
+                            tap.name()
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(events)
     }
 }
 
@@ -71,19 +99,52 @@ impl Inputs for LiveInputs {
         Ok(())
     }
 
-    fn poll_events(&mut self, _at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
-        Ok(self.expired(armed))
+    fn disk_read(&mut self, _at: &At, offset: u64, buf: &mut [u8]) -> Result<(), InputError> {
+        let disk = self.backends.disk.as_ref().ok_or_else(|| {
+            InputError::Host("the guest read a disk the VMM has no image for".into())
+        })?;
+        disk.read_at(offset, buf).map_err(|error| InputError::Host(error.to_string()))
     }
 
-    fn wait_events(&mut self, _at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
-        let deadline = armed.timer_deadline_ns.ok_or(InputError::NothingToWaitFor)?;
+    fn poll_events(&mut self, _at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
+        self.arrived(armed)
+    }
+
+    fn wait_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
+        let tap_fd = self
+            .backends
+            .tap
+            .as_ref()
+            .filter(|_| armed.net_rx_capacity > 0)
+            .map(|tap| tap.raw_fd());
+        if armed.timer_deadline_ns.is_none() && tap_fd.is_none() {
+            return Err(InputError::NothingToWaitFor);
+        }
         loop {
-            let events = self.expired(armed);
+            let events = self.poll_events(at, armed)?;
             if !events.is_empty() {
                 return Ok(events);
             }
-            let remaining_ns = deadline.saturating_sub(self.now_ns());
-            std::thread::sleep(Duration::from_nanos(remaining_ns));
+            let remaining_ns =
+                armed.timer_deadline_ns.map(|deadline| deadline.saturating_sub(self.now_ns()));
+            match tap_fd {
+                Some(fd) => {
+                    let mut poll_fd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                    let timeout = remaining_ns.map(|ns| libc::timespec {
+                        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+                        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+                    });
+                    let timeout_ptr =
+                        timeout.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+                    // SAFETY: one valid pollfd and an optional timespec, both
+                    // alive across the call; the fd is the TAP that
+                    // `self.backends` keeps open.
+                    unsafe { libc::ppoll(&mut poll_fd, 1, timeout_ptr, std::ptr::null()) };
+                }
+                None => {
+                    std::thread::sleep(std::time::Duration::from_nanos(remaining_ns.unwrap_or(0)))
+                }
+            }
         }
     }
 

@@ -8,6 +8,8 @@
 //! written to a log) and [`replay`] (every input comes from a log; nothing is
 //! read from the host). Devices never know which one they talk to (DESIGN §4).
 
+#[cfg(test)]
+pub mod fake;
 pub mod live;
 pub mod record;
 pub mod replay;
@@ -41,6 +43,8 @@ impl At {
 pub struct Armed {
     /// The timer deadline in guest monotonic ns, if armed.
     pub timer_deadline_ns: Option<u64>,
+    /// How many received frames the guest's NIC can take now.
+    pub net_rx_capacity: usize,
 }
 
 /// Where a replay found the guest somewhere other than the log says.
@@ -89,6 +93,9 @@ pub enum InputError {
     /// The log could not be written.
     #[error("writing the log failed: {0}")]
     LogWrite(String),
+    /// A host device the inputs read failed (disk image, TAP).
+    #[error("{0}")]
+    Host(String),
 }
 
 /// Entries and bytes per kind of entry.
@@ -125,7 +132,10 @@ pub trait Inputs {
     fn wall_ns(&mut self, at: &At) -> Result<u64, InputError>;
     /// Fills `buf` with random bytes.
     fn entropy(&mut self, at: &At, buf: &mut [u8]) -> Result<(), InputError>;
+    /// Reads `buf.len()` bytes of the guest's disk at byte `offset`.
+    fn disk_read(&mut self, at: &At, offset: u64, buf: &mut [u8]) -> Result<(), InputError>;
     /// The asynchronous events that have arrived by this landmark, at once.
+    /// At most `armed.net_rx_capacity` of them are received frames.
     fn poll_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError>;
     /// Blocks until at least one asynchronous event arrives.
     fn wait_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError>;

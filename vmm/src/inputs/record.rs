@@ -2,7 +2,7 @@
 //! consumed, with where it was consumed and the register hash there.
 use logchannel::{Entry, Input, InputEntry, LogFileWriter, RunStart};
 
-use super::live::LiveInputs;
+use super::live::{Backends, LiveInputs};
 use super::{Armed, AsyncEvent, At, InputError, Inputs, LogStats, RunEnd};
 
 /// Where a recorder writes entries (a log file; later the log channel).
@@ -38,13 +38,14 @@ pub struct RecordingInputs<S: EntrySink> {
 }
 
 impl<S: EntrySink> RecordingInputs<S> {
-    /// Starts a recording of the run described by `start`.
-    pub fn new(mut sink: S, start: &RunStart) -> Result<Self, InputError> {
+    /// Starts a recording of the run described by `start`, reading the
+    /// world through `backends`.
+    pub fn new(mut sink: S, start: &RunStart, backends: Backends) -> Result<Self, InputError> {
         let entry = Entry::RunStart(start.clone());
         let mut stats = LogStats::default();
         stats.count(entry.kind(), sink.append(&entry).map_err(InputError::LogWrite)?);
         Ok(RecordingInputs {
-            live: LiveInputs::new(),
+            live: LiveInputs::new(backends),
             sink,
             stats,
             last_entry_ns: 0,
@@ -85,6 +86,11 @@ impl<S: EntrySink> Inputs for RecordingInputs<S> {
     fn entropy(&mut self, at: &At, buf: &mut [u8]) -> Result<(), InputError> {
         self.live.entropy(at, buf)?;
         self.log(at, Input::Entropy(buf.to_vec()))
+    }
+
+    fn disk_read(&mut self, at: &At, offset: u64, buf: &mut [u8]) -> Result<(), InputError> {
+        self.live.disk_read(at, offset, buf)?;
+        self.log(at, Input::DiskRead(buf.to_vec()))
     }
 
     fn poll_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {

@@ -185,6 +185,24 @@ impl<S: EntrySource> Inputs for ReplayInputs<S> {
         Ok(())
     }
 
+    fn disk_read(&mut self, at: &At, _offset: u64, buf: &mut [u8]) -> Result<(), InputError> {
+        let Input::DiskRead(bytes) =
+            self.take(at, "disk read", |input| matches!(input, Input::DiskRead(_)))?
+        else {
+            unreachable!("accept admits only this kind")
+        };
+        if bytes.len() != buf.len() {
+            return Err(self.diverged(
+                0,
+                format!("a disk read of {} bytes", bytes.len()),
+                "a disk read of another size",
+                at,
+            ));
+        }
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    }
+
     fn poll_events(&mut self, at: &At, _armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
         let landmark = at.point.landmark;
         let covered_landmark = self.covered_landmark;
