@@ -90,7 +90,10 @@ impl Sim {
     }
 
     /// Runs one operation on the checker client to completion.
-    fn checker_op(&mut self, op: ClientOp) -> Result<Result<OpOutput, gfs::wire::GfsError>, Failure> {
+    fn checker_op(
+        &mut self,
+        op: ClientOp,
+    ) -> Result<Result<OpOutput, gfs::wire::GfsError>, Failure> {
         self.checker_result = None;
         let checker = self.checker;
         self.world.with_client(checker, |client, now, out| client.submit(now, op, out));
@@ -125,11 +128,7 @@ impl Sim {
             .collect();
         for (path, extent) in files {
             let started_ms = self.world.now_ms;
-            let op = ClientOp::Read {
-                path: path.clone(),
-                offset: 0,
-                len: extent,
-            };
+            let op = ClientOp::Read { path: path.clone(), offset: 0, len: extent };
             match self.checker_op(op)? {
                 Ok(OpOutput::Data(data)) => {
                     let file = &self.model.files[&path];
@@ -159,9 +158,11 @@ impl Sim {
             };
             match self.checker_op(op)? {
                 Ok(OpOutput::Data(data)) if data == append.data => {}
-                other if self.chunks_lost == 0 || matches!(other, Ok(_)) => {
+                other if self.chunks_lost == 0 || other.is_ok() => {
                     let got = match &other {
-                        Ok(OpOutput::Data(data)) => format!("{} bytes, first {:?}", data.len(), &data[..data.len().min(8)]),
+                        Ok(OpOutput::Data(data)) => {
+                            format!("{} bytes, first {:?}", data.len(), &data[..data.len().min(8)])
+                        }
                         other => format!("{other:?}"),
                     };
                     return Err(fail(

@@ -21,8 +21,8 @@ pub mod workload;
 pub mod world;
 
 use gfs::client::{ClientEvent, OpOutput};
-use gfs::wire::{GfsError, NodeId};
 use gfs::master::state::{LogRecord, PersistentState};
+use gfs::wire::{GfsError, NodeId};
 
 use model::{FileModel, Model};
 pub use settings::Settings;
@@ -95,11 +95,7 @@ pub fn run(settings: &Settings, trace: bool) -> Outcome {
 }
 
 fn fail(invariant: &'static str, detail: String, at_ms: u64) -> Failure {
-    Failure {
-        invariant,
-        detail,
-        at_ms,
-    }
+    Failure { invariant, detail, at_ms }
 }
 
 impl Sim {
@@ -289,12 +285,8 @@ impl Sim {
         let now_ms = self.world.now_ms;
         let tick_ms = 10;
         // Restarts that are due.
-        let due: Vec<usize> = self
-            .down
-            .iter()
-            .filter(|(_, at)| *at <= now_ms)
-            .map(|(index, _)| *index)
-            .collect();
+        let due: Vec<usize> =
+            self.down.iter().filter(|(_, at)| *at <= now_ms).map(|(index, _)| *index).collect();
         self.down.retain(|(_, at)| *at > now_ms);
         for index in due {
             self.restart(index);
@@ -350,13 +342,16 @@ impl Sim {
             .replica_versions()
             .into_iter()
             .filter(|r| !self.corrupted.contains(&r.handle))
-            .filter_map(|r| server.replica_slot(r.handle).map(|(slot, meta)| (r.handle, slot, meta)))
+            .filter_map(|r| {
+                server.replica_slot(r.handle).map(|(slot, meta)| (r.handle, slot, meta))
+            })
             .filter(|(_, _, meta)| meta.len_bytes > 0)
             .collect();
         if candidates.is_empty() {
             return;
         }
-        let (handle, slot, meta) = candidates[self.fault_rng.below(candidates.len() as u64) as usize].clone();
+        let (handle, slot, meta) =
+            candidates[self.fault_rng.below(candidates.len() as u64) as usize].clone();
         let offset = self.fault_rng.below(u64::from(meta.len_bytes)) as usize;
         let sector = server.layout().data_sector(slot, 0);
         let at = sector as usize * gfs::disk::SECTOR_BYTES + offset;
@@ -372,9 +367,12 @@ impl Sim {
             if !driver.ready_to_start(self.world.now_ms) {
                 continue;
             }
-            let (op, pending) = driver.next_op(&mut self.model, self.world.now_ms, self.settings.clients);
+            let (op, pending) =
+                driver.next_op(&mut self.model, self.world.now_ms, self.settings.clients);
             let index = driver.index;
-            if let Some(op_id) = self.world.with_client(index, |client, now, out| client.submit(now, op, out)) {
+            if let Some(op_id) =
+                self.world.with_client(index, |client, now, out| client.submit(now, op, out))
+            {
                 self.drivers[k].pending = Some((op_id, pending));
             }
             let events = std::mem::take(&mut self.world.client_events);
@@ -415,24 +413,28 @@ impl Sim {
                 self.bytes_acked += file.writes[write_index].len;
             }
             (Pending::Read { path, offset, issued_ms }, Ok(OpOutput::Data(data))) => {
-                if let Some(file) = self.model.files.get(&path).filter(|f| f.created && !f.deleting) {
+                if let Some(file) = self.model.files.get(&path).filter(|f| f.created && !f.deleting)
+                {
                     file.check_read(offset, &data, issued_ms, ttl_ms).map_err(|detail| {
                         fail(
                             "reads return only written, current bytes",
-                            format!("client {node} read {path} at {offset} (+{}): {detail}", data.len()),
+                            format!(
+                                "client {node} read {path} at {offset} (+{}): {detail}",
+                                data.len()
+                            ),
                             now_ms,
                         )
                     })?;
                 }
             }
-            (Pending::Read { path, .. }, Err(GfsError::NotFound)) => {
-                if self.model.files.get(&path).is_some_and(|f| f.created && !f.deleting) {
-                    return Err(fail(
-                        "acknowledged files survive",
-                        format!("client {node}: {path} was created and never deleted, but is gone"),
-                        now_ms,
-                    ));
-                }
+            (Pending::Read { path, .. }, Err(GfsError::NotFound))
+                if self.model.files.get(&path).is_some_and(|f| f.created && !f.deleting) =>
+            {
+                return Err(fail(
+                    "acknowledged files survive",
+                    format!("client {node}: {path} was created and never deleted, but is gone"),
+                    now_ms,
+                ));
             }
             (Pending::Append { path, data }, Ok(OpOutput::Appended { offset })) => {
                 self.bytes_acked += data.len() as u64;

@@ -27,9 +27,8 @@ struct Args {
 }
 
 fn parse_range(text: &str) -> Result<Range<u64>, String> {
-    let (start, end) = text
-        .split_once("..")
-        .ok_or_else(|| format!("--seeds wants START..END, got {text:?}"))?;
+    let (start, end) =
+        text.split_once("..").ok_or_else(|| format!("--seeds wants START..END, got {text:?}"))?;
     let start = start.parse().map_err(|e| format!("bad seed range start {start:?}: {e}"))?;
     let end = end.parse().map_err(|e| format!("bad seed range end {end:?}: {e}"))?;
     Ok(start..end)
@@ -51,9 +50,7 @@ fn parse_args() -> Result<Args, String> {
         match arg.as_str() {
             "--seeds" => args.seeds = parse_range(&value("--seeds")?)?,
             "--seed" => {
-                let seed: u64 = value("--seed")?
-                    .parse()
-                    .map_err(|e| format!("bad --seed: {e}"))?;
+                let seed: u64 = value("--seed")?.parse().map_err(|e| format!("bad --seed: {e}"))?;
                 args.seeds = seed..seed + 1;
                 args.single = true;
             }
@@ -64,14 +61,12 @@ fn parse_args() -> Result<Args, String> {
             },
             "--bench" => args.bench = true,
             "--threads" => {
-                args.threads = value("--threads")?
-                    .parse()
-                    .map_err(|e| format!("bad --threads: {e}"))?
+                args.threads =
+                    value("--threads")?.parse().map_err(|e| format!("bad --threads: {e}"))?
             }
             "--stop-after" => {
-                args.stop_after_failures = value("--stop-after")?
-                    .parse()
-                    .map_err(|e| format!("bad --stop-after: {e}"))?
+                args.stop_after_failures =
+                    value("--stop-after")?.parse().map_err(|e| format!("bad --stop-after: {e}"))?
             }
             "--help" | "-h" => {
                 return Err("usage: gfs-sim [--seeds A..B | --seed N] [--trace] \
@@ -122,13 +117,10 @@ fn sweep(args: &Args) -> ExitCode {
                     report_failure(&outcome);
                     let elapsed = started.elapsed().as_secs_f64();
                     println!("  (found after {elapsed:.2}s of sweeping)");
-                    failures
-                        .lock()
-                        .expect("lock")
-                        .push((seed, failure.invariant.to_string()));
+                    failures.lock().expect("lock").push((seed, failure.invariant.to_string()));
                 }
                 let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if finished % 10_000 == 0 {
+                if finished.is_multiple_of(10_000) {
                     eprintln!("  {finished} seeds done, {:.1}s", started.elapsed().as_secs_f64());
                 }
             });
@@ -172,7 +164,8 @@ fn single(args: &Args) -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(_) => {
-            let tail = outcome.trace.len().saturating_sub(if args.trace { usize::MAX } else { 400 });
+            let tail =
+                outcome.trace.len().saturating_sub(if args.trace { usize::MAX } else { 400 });
             println!("trace ({} lines, last {}):", outcome.trace.len(), outcome.trace.len() - tail);
             for line in &outcome.trace[tail..] {
                 println!("{line}");
@@ -229,10 +222,22 @@ fn bench() -> ExitCode {
     println!("|------------------------------------------|---------------|");
     println!("| state-machine steps / s (wall)           | {:>13.0} |", median(&mut steps_per_s));
     println!("| client operations / s (wall)             | {:>13.0} |", median(&mut ops_per_s));
-    println!("| acknowledged data bytes / s (wall)       | {:>13.0} |", median(&mut acked_bytes_per_s));
-    println!("| wire bytes / s (wall, encoded frames)    | {:>13.0} |", median(&mut wire_bytes_per_s));
-    println!("| disk bytes written / s (wall)            | {:>13.0} |", median(&mut disk_bytes_per_s));
-    println!("| client operations / simulated s          | {:>13.1} |", median(&mut sim_ops_per_sim_s));
+    println!(
+        "| acknowledged data bytes / s (wall)       | {:>13.0} |",
+        median(&mut acked_bytes_per_s)
+    );
+    println!(
+        "| wire bytes / s (wall, encoded frames)    | {:>13.0} |",
+        median(&mut wire_bytes_per_s)
+    );
+    println!(
+        "| disk bytes written / s (wall)            | {:>13.0} |",
+        median(&mut disk_bytes_per_s)
+    );
+    println!(
+        "| client operations / simulated s          | {:>13.1} |",
+        median(&mut sim_ops_per_sim_s)
+    );
     ExitCode::SUCCESS
 }
 

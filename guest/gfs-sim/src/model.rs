@@ -48,11 +48,7 @@ pub struct FileModel {
 impl FileModel {
     /// Highest offset any write reached.
     pub fn extent(&self) -> u64 {
-        self.writes
-            .iter()
-            .map(|w| w.offset + w.len)
-            .max()
-            .unwrap_or(0)
+        self.writes.iter().map(|w| w.offset + w.len).max().unwrap_or(0)
     }
 
     /// Checks `data`, read at `offset` by a read issued at `read_start_ms`. A write acknowledged
@@ -87,16 +83,13 @@ impl FileModel {
             let allowed: Vec<&WriteRecord> = covering
                 .iter()
                 .copied()
-                .filter(|w| {
-                    !must_see
-                        .iter()
-                        .any(|m| w.acked_ms.is_some_and(|a| a < m.issued_ms))
-                })
+                .filter(|w| !must_see.iter().any(|m| w.acked_ms.is_some_and(|a| a < m.issued_ms)))
                 .collect();
             let zero_allowed = must_see.is_empty();
             for o in from..to {
                 let got = data[(o - offset) as usize];
-                let ok = (zero_allowed && got == 0) || allowed.iter().any(|w| byte_of(w.id, o) == got);
+                let ok =
+                    (zero_allowed && got == 0) || allowed.iter().any(|w| byte_of(w.id, o) == got);
                 if !ok {
                     let newest = must_see.iter().max_by_key(|w| w.issued_ms).map(|w| w.id);
                     return Err(format!(
@@ -122,16 +115,9 @@ impl FileModel {
             .writes
             .iter()
             .filter(|w| w.issued_ms < acked_ms)
-            .map(|w| WriteRecord {
-                acked_ms: w.acked_ms.filter(|a| *a < issued_ms),
-                ..w.clone()
-            })
+            .map(|w| WriteRecord { acked_ms: w.acked_ms.filter(|a| *a < issued_ms), ..w.clone() })
             .collect();
-        FileModel {
-            created: true,
-            deleting: false,
-            writes,
-        }
+        FileModel { created: true, deleting: false, writes }
     }
 }
 
@@ -156,13 +142,7 @@ mod tests {
     use super::*;
 
     fn write(id: u64, offset: u64, len: u64, issued_ms: u64, acked_ms: Option<u64>) -> WriteRecord {
-        WriteRecord {
-            id,
-            offset,
-            len,
-            issued_ms,
-            acked_ms,
-        }
+        WriteRecord { id, offset, len, issued_ms, acked_ms }
     }
 
     #[test]

@@ -122,20 +122,10 @@ impl ClientDriver {
             let id = model.next_write_id;
             model.next_write_id += 1;
             let file = model.files.entry(path.clone()).or_default();
-            file.writes.push(WriteRecord {
-                id,
-                offset,
-                len,
-                issued_ms: now_ms,
-                acked_ms: None,
-            });
+            file.writes.push(WriteRecord { id, offset, len, issued_ms: now_ms, acked_ms: None });
             let write_index = file.writes.len() - 1;
             let data = write_bytes(id, offset, len);
-            let op = ClientOp::Write {
-                path: path.clone(),
-                offset,
-                data,
-            };
+            let op = ClientOp::Write { path: path.clone(), offset, data };
             return (op, Pending::Write { path, write_index });
         }
         let readable: Vec<String> = self.files.iter().chain(&self.snapshots).cloned().collect();
@@ -143,11 +133,7 @@ impl ClientDriver {
             let path = self.pick(&readable).clone();
             let offset = self.rng.below(3 * chunk);
             let len = 1 + self.rng.below(2 * chunk);
-            let op = ClientOp::Read {
-                path: path.clone(),
-                offset,
-                len,
-            };
+            let op = ClientOp::Read { path: path.clone(), offset, len };
             return (op, Pending::Read { path, offset, issued_ms: now_ms });
         }
         if roll < 88 || self.files.is_empty() {
@@ -157,20 +143,14 @@ impl ClientDriver {
             model.next_write_id += 1;
             let len = 1 + self.rng.below(self.max_record_bytes);
             let data = write_bytes(id, 0, len);
-            let op = ClientOp::Append {
-                path: path.clone(),
-                data: data.clone(),
-            };
+            let op = ClientOp::Append { path: path.clone(), data: data.clone() };
             return (op, Pending::Append { path, data });
         }
         if roll < 94 {
             let files = self.files.clone();
             let source = self.pick(&files).clone();
             let target = self.fresh_name("s");
-            let op = ClientOp::Snapshot {
-                source: source.clone(),
-                target: target.clone(),
-            };
+            let op = ClientOp::Snapshot { source: source.clone(), target: target.clone() };
             return (op, Pending::Snapshot { source, target, issued_ms: now_ms });
         }
         if roll < 97 && self.files.len() > 1 {

@@ -142,10 +142,7 @@ impl World {
 
     /// Index of node `id`.
     pub fn index_of(&self, id: NodeId) -> usize {
-        self.nodes
-            .iter()
-            .position(|node| node.id == id)
-            .expect("known node")
+        self.nodes.iter().position(|node| node.id == id).expect("known node")
     }
 
     /// Starts a fresh instance of the node's role over its existing disk.
@@ -173,12 +170,11 @@ impl World {
             .queue
             .iter()
             .filter_map(|Reverse((_, seq, event))| match event {
-                Event::DiskDone {
-                    node,
-                    incarnation: inc,
-                    write: Some((sector, data)),
-                    ..
-                } if *node == index && *inc == incarnation => Some((*seq, *sector, data.clone())),
+                Event::DiskDone { node, incarnation: inc, write: Some((sector, data)), .. }
+                    if *node == index && *inc == incarnation =>
+                {
+                    Some((*seq, *sector, data.clone()))
+                }
                 _ => None,
             })
             .collect();
@@ -236,7 +232,11 @@ impl World {
     }
 
     /// Submits work to a client node and routes the outputs.
-    pub fn with_client<R>(&mut self, index: usize, f: impl FnOnce(&mut Client, u64, &mut Outputs) -> R) -> Option<R> {
+    pub fn with_client<R>(
+        &mut self,
+        index: usize,
+        f: impl FnOnce(&mut Client, u64, &mut Outputs) -> R,
+    ) -> Option<R> {
         let now_ms = self.now_ms;
         let mut out = Outputs::default();
         let Some(Machine::Client(client)) = self.nodes[index].machine.as_mut() else {
@@ -263,11 +263,7 @@ impl World {
             let copies = if self.rng.chance(self.duplicate_per_mille, 1000) { 2 } else { 1 };
             for _ in 0..copies {
                 let delay = self.rng.range_inclusive(self.delay_min_ms, self.delay_max_ms);
-                let event = Event::Deliver {
-                    from,
-                    to: envelope.to,
-                    frame: frame.clone(),
-                };
+                let event = Event::Deliver { from, to: envelope.to, frame: frame.clone() };
                 self.push(self.now_ms + delay, event);
             }
         }
@@ -282,13 +278,7 @@ impl World {
                 }
                 DiskOp::Read { sector, count } => (None, Some((sector, count))),
             };
-            let event = Event::DiskDone {
-                node: index,
-                incarnation,
-                request_id: id,
-                write,
-                read,
-            };
+            let event = Event::DiskDone { node: index, incarnation, request_id: id, write, read };
             self.push(self.now_ms + latency, event);
         }
         for event in out.client_events {
@@ -314,10 +304,7 @@ impl World {
             return false;
         }
         self.now_ms = self.now_ms.max(next_ms);
-        let event_due = self
-            .queue
-            .peek()
-            .is_some_and(|Reverse((at, _, _))| *at <= self.now_ms);
+        let event_due = self.queue.peek().is_some_and(|Reverse((at, _, _))| *at <= self.now_ms);
         if event_due {
             let Reverse((_, _, event)) = self.queue.pop().expect("peeked");
             self.handle(event);
@@ -346,13 +333,7 @@ impl World {
                 let (msg, _) = decode_frame(&frame).expect("frames decode");
                 self.step(index, Input::Message { from, msg });
             }
-            Event::DiskDone {
-                node,
-                incarnation,
-                request_id,
-                write,
-                read,
-            } => {
+            Event::DiskDone { node, incarnation, request_id, write, read } => {
                 if self.nodes[node].incarnation != incarnation {
                     return; // the node crashed; crash() decided the write's fate
                 }
@@ -375,10 +356,7 @@ impl World {
                         Ok(self.nodes[node].disk[at..end].to_vec())
                     }
                 };
-                let completion = DiskCompletion {
-                    id: request_id,
-                    result,
-                };
+                let completion = DiskCompletion { id: request_id, result };
                 self.step(node, Input::Disk(completion));
             }
         }

@@ -21,7 +21,8 @@ fn sweep(seeds: std::ops::Range<u64>, settings_for: fn(u64) -> Settings) -> Vec<
                 }
                 let outcome = run(&settings_for(seed), false);
                 if let Some(failure) = outcome.failure {
-                    let line = format!("{}: {} ({})", failure.invariant, failure.detail, outcome.settings);
+                    let line =
+                        format!("{}: {} ({})", failure.invariant, failure.detail, outcome.settings);
                     failures.lock().unwrap().push((seed, line));
                 }
             });

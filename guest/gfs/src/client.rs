@@ -26,33 +26,13 @@ pub type OpId = u64;
 /// What a client can ask for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientOp {
-    Create {
-        path: String,
-    },
-    Delete {
-        path: String,
-    },
-    List {
-        prefix: String,
-    },
-    Snapshot {
-        source: String,
-        target: String,
-    },
-    Read {
-        path: String,
-        offset: u64,
-        len: u64,
-    },
-    Write {
-        path: String,
-        offset: u64,
-        data: Vec<u8>,
-    },
-    Append {
-        path: String,
-        data: Vec<u8>,
-    },
+    Create { path: String },
+    Delete { path: String },
+    List { prefix: String },
+    Snapshot { source: String, target: String },
+    Read { path: String, offset: u64, len: u64 },
+    Write { path: String, offset: u64, data: Vec<u8> },
+    Append { path: String, data: Vec<u8> },
 }
 
 /// What a successful operation returns.
@@ -170,18 +150,12 @@ impl Client {
         let op_id = self.next_op_id;
         self.next_op_id += 1;
         let kind = match op {
-            ClientOp::Create { path } => OpKind::Meta {
-                request: MasterOp::Create { path },
-            },
-            ClientOp::Delete { path } => OpKind::Meta {
-                request: MasterOp::Delete { path },
-            },
-            ClientOp::List { prefix } => OpKind::Meta {
-                request: MasterOp::List { prefix },
-            },
-            ClientOp::Snapshot { source, target } => OpKind::Meta {
-                request: MasterOp::Snapshot { source, target },
-            },
+            ClientOp::Create { path } => OpKind::Meta { request: MasterOp::Create { path } },
+            ClientOp::Delete { path } => OpKind::Meta { request: MasterOp::Delete { path } },
+            ClientOp::List { prefix } => OpKind::Meta { request: MasterOp::List { prefix } },
+            ClientOp::Snapshot { source, target } => {
+                OpKind::Meta { request: MasterOp::Snapshot { source, target } }
+            }
             ClientOp::Read { path, offset, len } => OpKind::Read(ReadState {
                 path,
                 offset,
@@ -195,22 +169,14 @@ impl Client {
             }
             ClientOp::Append { path, data } => {
                 if data.len() > self.config.max_record_bytes() as usize || data.is_empty() {
-                    out.client_events.push(ClientEvent {
-                        op: op_id,
-                        result: Err(GfsError::TooLarge),
-                    });
+                    out.client_events
+                        .push(ClientEvent { op: op_id, result: Err(GfsError::TooLarge) });
                     return op_id;
                 }
                 OpKind::Mutation(MutationState::new(path, true, 0, data))
             }
         };
-        let op = Op {
-            kind,
-            attempts: 0,
-            wait: Wait::Nothing,
-            deadline_ms: 0,
-            retry_at_ms: 0,
-        };
+        let op = Op { kind, attempts: 0, wait: Wait::Nothing, deadline_ms: 0, retry_at_ms: 0 };
         self.ops.insert(op_id, op);
         self.drive(now_ms, op_id, out);
         op_id
@@ -278,10 +244,7 @@ impl Client {
 
     fn ask_master(&mut self, now_ms: u64, op_id: OpId, request: MasterOp, out: &mut Outputs) {
         let req = self.request_id();
-        out.send(
-            self.config.master_id,
-            Message::MasterRequest { req, op: request },
-        );
+        out.send(self.config.master_id, Message::MasterRequest { req, op: request });
         self.wait_for(now_ms, op_id, Wait::Master(req));
     }
 
@@ -317,10 +280,9 @@ impl Client {
                             self.fill_hole(now_ms, op_id, out);
                             return;
                         }
-                        Some(CachedLocation {
-                            location: Some(location),
-                            ..
-                        }) => read.location = Some(location.clone()),
+                        Some(CachedLocation { location: Some(location), .. }) => {
+                            read.location = Some(location.clone())
+                        }
                         None => {
                             let request = MasterOp::Lookup { path: key.0, index };
                             self.ask_master(now_ms, op_id, request, out);
@@ -363,22 +325,14 @@ impl Client {
                     return;
                 }
                 let Some(index) = state.current_index(chunk_size) else {
-                    let request = MasterOp::FileInfo {
-                        path: state.path.clone(),
-                    };
+                    let request = MasterOp::FileInfo { path: state.path.clone() };
                     self.ask_master(now_ms, op_id, request, out);
                     return;
                 };
-                let lease = state
-                    .lease
-                    .as_ref()
-                    .filter(|lease| lease.expiry_ms > now_ms);
+                let lease = state.lease.as_ref().filter(|lease| lease.expiry_ms > now_ms);
                 let Some(lease) = lease.cloned() else {
                     state.lease = None;
-                    let request = MasterOp::GetLease {
-                        path: state.path.clone(),
-                        index,
-                    };
+                    let request = MasterOp::GetLease { path: state.path.clone(), index };
                     self.ask_master(now_ms, op_id, request, out);
                     return;
                 };
@@ -394,12 +348,7 @@ impl Client {
                     chain.sort_by_key(|node| node.abs_diff(client));
                     state.push_pending = chain.iter().copied().collect();
                     let first = chain.remove(0);
-                    let msg = Message::PushData {
-                        data_id,
-                        client,
-                        bytes: piece,
-                        chain,
-                    };
+                    let msg = Message::PushData { data_id, client, bytes: piece, chain };
                     out.send(first, msg);
                     self.wait_for(now_ms, op_id, Wait::Push(data_id));
                     return;
@@ -408,9 +357,7 @@ impl Client {
                     MutationKind::Append
                 } else {
                     let position = state.offset + state.written as u64;
-                    MutationKind::Write {
-                        offset: (position % chunk_size) as u32,
-                    }
+                    MutationKind::Write { offset: (position % chunk_size) as u32 }
                 };
                 let req = next_id(&mut self.next_request_id);
                 let msg = Message::Mutate {
@@ -429,11 +376,7 @@ impl Client {
     /// The piece being read lies in a chunk never written: it reads as zeros.
     fn fill_hole(&mut self, now_ms: u64, op_id: OpId, out: &mut Outputs) {
         let chunk_size = self.chunk_size();
-        if let Some(Op {
-            kind: OpKind::Read(read),
-            ..
-        }) = self.ops.get_mut(&op_id)
-        {
+        if let Some(Op { kind: OpKind::Read(read), .. }) = self.ops.get_mut(&op_id) {
             let position = read.offset + read.buf.len() as u64;
             let len = (read.len - read.buf.len() as u64).min(chunk_size - position % chunk_size);
             read.buf.extend(core::iter::repeat_n(0, len as usize));
@@ -478,10 +421,7 @@ impl Client {
             }
             (OpKind::Read(read), Ok(MasterAnswer::Chunk(location))) => {
                 let index = (read.offset + read.buf.len() as u64) / chunk_size;
-                let cached = CachedLocation {
-                    location: location.clone(),
-                    fetched_ms: now_ms,
-                };
+                let cached = CachedLocation { location: location.clone(), fetched_ms: now_ms };
                 self.locations.insert((read.path.clone(), index), cached);
                 match location {
                     None => {
@@ -522,12 +462,7 @@ impl Client {
         out: &mut Outputs,
     ) {
         let chunk_size = self.chunk_size();
-        let Some(Op {
-            kind: OpKind::Read(read),
-            wait,
-            ..
-        }) = self.ops.get_mut(&op_id)
-        else {
+        let Some(Op { kind: OpKind::Read(read), wait, .. }) = self.ops.get_mut(&op_id) else {
             return;
         };
         *wait = Wait::Nothing;
@@ -551,12 +486,7 @@ impl Client {
         let Some(op_id) = self.pushes.get(&data_id).copied() else {
             return;
         };
-        let Some(Op {
-            kind: OpKind::Mutation(state),
-            wait,
-            ..
-        }) = self.ops.get_mut(&op_id)
-        else {
+        let Some(Op { kind: OpKind::Mutation(state), wait, .. }) = self.ops.get_mut(&op_id) else {
             return;
         };
         state.push_pending.remove(&from);
@@ -576,12 +506,7 @@ impl Client {
         out: &mut Outputs,
     ) {
         let chunk_size = self.chunk_size();
-        let Some(Op {
-            kind: OpKind::Mutation(state),
-            wait,
-            ..
-        }) = self.ops.get_mut(&op_id)
-        else {
+        let Some(Op { kind: OpKind::Mutation(state), wait, .. }) = self.ops.get_mut(&op_id) else {
             return;
         };
         *wait = Wait::Nothing;

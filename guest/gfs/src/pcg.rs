@@ -12,10 +12,7 @@ const MULTIPLIER: u64 = 6_364_136_223_846_793_005;
 impl Pcg32 {
     /// A generator for `seed` on stream `stream` (different streams give unrelated sequences).
     pub fn new(seed: u64, stream: u64) -> Self {
-        let mut pcg = Pcg32 {
-            state: 0,
-            increment: (stream << 1) | 1,
-        };
+        let mut pcg = Pcg32 { state: 0, increment: (stream << 1) | 1 };
         pcg.next_u32();
         pcg.state = pcg.state.wrapping_add(seed);
         pcg.next_u32();

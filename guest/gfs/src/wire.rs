@@ -77,28 +77,16 @@ pub enum Message {
     /// Client -> master.
     MasterRequest { req: RequestId, op: MasterOp },
     /// Master -> client.
-    MasterReply {
-        req: RequestId,
-        result: Result<MasterAnswer, GfsError>,
-    },
+    MasterReply { req: RequestId, result: Result<MasterAnswer, GfsError> },
     /// Chunkserver -> master: the chunks it holds and the leases it wants extended.
-    Heartbeat {
-        chunks: Vec<ChunkReport>,
-        extend_leases: Vec<ChunkHandle>,
-    },
+    Heartbeat { chunks: Vec<ChunkReport>, extend_leases: Vec<ChunkHandle> },
     /// Master -> chunkserver: replicas to delete (each only if the local version is below the
     /// one given, so a delayed heartbeat never costs a current replica) and leases extended.
-    HeartbeatReply {
-        delete: Vec<ChunkReport>,
-        extended: Vec<LeaseExtension>,
-    },
+    HeartbeatReply { delete: Vec<ChunkReport>, extended: Vec<LeaseExtension> },
     /// Master -> chunkserver: a command that is acknowledged with `CommandReply`.
     Command { req: RequestId, cmd: ChunkCommand },
     /// Chunkserver -> master.
-    CommandReply {
-        req: RequestId,
-        result: Result<(), GfsError>,
-    },
+    CommandReply { req: RequestId, result: Result<(), GfsError> },
     /// Chunkserver -> master: a replica failed its checksum and was dropped.
     ReportCorrupt { handle: ChunkHandle },
     /// Client -> chunkserver (and along the chain): data for a later mutation.
@@ -112,13 +100,7 @@ pub enum Message {
     /// Chunkserver -> client: the pushed data is buffered here.
     PushAck { data_id: DataId },
     /// Client -> chunkserver.
-    ReadChunk {
-        req: RequestId,
-        handle: ChunkHandle,
-        version: Version,
-        offset: u32,
-        len: u32,
-    },
+    ReadChunk { req: RequestId, handle: ChunkHandle, version: Version, offset: u32, len: u32 },
     /// Chunkserver -> client: `bytes` holds the data when `result` is `Ok`.
     ReadReply {
         req: RequestId,
@@ -135,10 +117,7 @@ pub enum Message {
         kind: MutationKind,
     },
     /// Primary -> client: the offset written within the chunk.
-    MutateReply {
-        req: RequestId,
-        result: Result<u32, GfsError>,
-    },
+    MutateReply { req: RequestId, result: Result<u32, GfsError> },
     /// Primary -> secondary: apply mutation `serial` in the primary's order.
     Apply {
         handle: ChunkHandle,
@@ -149,23 +128,11 @@ pub enum Message {
         data: ApplyData,
     },
     /// Secondary -> primary.
-    ApplyAck {
-        handle: ChunkHandle,
-        serial: u64,
-        result: Result<(), GfsError>,
-    },
+    ApplyAck { handle: ChunkHandle, serial: u64, result: Result<(), GfsError> },
     /// Chunkserver -> chunkserver: read a piece of a chunk for re-replication.
-    CopyRead {
-        req: RequestId,
-        handle: ChunkHandle,
-        offset: u32,
-        len: u32,
-    },
+    CopyRead { req: RequestId, handle: ChunkHandle, offset: u32, len: u32 },
     /// The answer to `CopyRead`.
-    CopyReply {
-        req: RequestId,
-        result: Result<CopyPiece, GfsError>,
-    },
+    CopyReply { req: RequestId, result: Result<CopyPiece, GfsError> },
 }
 
 /// What a client asks the master.
@@ -249,31 +216,15 @@ pub struct LeaseExtension {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChunkCommand {
     /// Create an empty replica.
-    Create {
-        handle: ChunkHandle,
-        version: Version,
-    },
+    Create { handle: ChunkHandle, version: Version },
     /// Raise the replica's version (only from `from`, or from any lower version).
-    SetVersion {
-        handle: ChunkHandle,
-        from: Version,
-        to: Version,
-    },
+    SetVersion { handle: ChunkHandle, from: Version, to: Version },
     /// Become primary for the chunk until `expiry_ms`.
-    GrantLease {
-        handle: ChunkHandle,
-        version: Version,
-        expiry_ms: u64,
-        secondaries: Vec<NodeId>,
-    },
+    GrantLease { handle: ChunkHandle, version: Version, expiry_ms: u64, secondaries: Vec<NodeId> },
     /// Give up the lease now (before a snapshot).
     RevokeLease { handle: ChunkHandle },
     /// Copy the replica from `source` (re-replication).
-    CloneFrom {
-        handle: ChunkHandle,
-        version: Version,
-        source: NodeId,
-    },
+    CloneFrom { handle: ChunkHandle, version: Version, source: NodeId },
     /// Copy a local replica into a new chunk (copy-on-write after a snapshot).
     LocalCopy {
         source: ChunkHandle,
@@ -412,12 +363,8 @@ mod tests {
 
     #[test]
     fn frame_round_trips_two_messages_back_to_back() {
-        let second = Message::PushData {
-            data_id: 1,
-            client: 100,
-            bytes: vec![1, 2, 3],
-            chain: vec![2, 3],
-        };
+        let second =
+            Message::PushData { data_id: 1, client: 100, bytes: vec![1, 2, 3], chain: vec![2, 3] };
         let mut stream = encode_frame(&sample());
         stream.extend_from_slice(&encode_frame(&second));
         let (first_msg, used) = decode_frame(&stream).unwrap();
@@ -434,10 +381,7 @@ mod tests {
         let last = corrupt.len() - 1;
         corrupt[last] ^= 0x40;
         assert_eq!(decode_frame(&corrupt), Err(FrameError::Checksum));
-        assert_eq!(
-            decode_frame(&frame[..frame.len() - 1]),
-            Err(FrameError::Incomplete)
-        );
+        assert_eq!(decode_frame(&frame[..frame.len() - 1]), Err(FrameError::Incomplete));
         assert_eq!(decode_frame(&frame[..3]), Err(FrameError::Incomplete));
     }
 

@@ -21,12 +21,7 @@ pub struct DataBuffer {
 impl DataBuffer {
     /// An empty buffer holding at most `max_bytes`, each entry for at most `ttl_ms`.
     pub fn new(max_bytes: usize, ttl_ms: u64) -> Self {
-        DataBuffer {
-            entries: BTreeMap::new(),
-            total_bytes: 0,
-            max_bytes,
-            ttl_ms,
-        }
+        DataBuffer { entries: BTreeMap::new(), total_bytes: 0, max_bytes, ttl_ms }
     }
 
     /// Stores `bytes` under `data_id` (a repeated push keeps the first copy).
@@ -36,11 +31,8 @@ impl DataBuffer {
             return;
         }
         while self.total_bytes + bytes.len() > self.max_bytes {
-            let Some(oldest) = self
-                .entries
-                .iter()
-                .min_by_key(|(_, entry)| entry.expires_ms)
-                .map(|(id, _)| *id)
+            let Some(oldest) =
+                self.entries.iter().min_by_key(|(_, entry)| entry.expires_ms).map(|(id, _)| *id)
             else {
                 break;
             };
@@ -53,9 +45,7 @@ impl DataBuffer {
 
     /// The data pushed under `data_id`, if still buffered.
     pub fn get(&self, data_id: DataId) -> Option<&[u8]> {
-        self.entries
-            .get(&data_id)
-            .map(|entry| entry.bytes.as_slice())
+        self.entries.get(&data_id).map(|entry| entry.bytes.as_slice())
     }
 
     /// Forgets `data_id`.

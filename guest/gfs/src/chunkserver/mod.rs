@@ -71,25 +71,10 @@ struct SecondaryOrder {
 }
 
 enum Job {
-    Read {
-        offset: u32,
-        len: u32,
-        reply: ReadFor,
-    },
-    Mutate {
-        offset: u32,
-        data: Vec<u8>,
-        pad_to_end: bool,
-        done: MutationFor,
-    },
-    SetVersion {
-        version: Version,
-        reply: (NodeId, RequestId),
-    },
-    Install {
-        data: Vec<u8>,
-        reply: (NodeId, RequestId),
-    },
+    Read { offset: u32, len: u32, reply: ReadFor },
+    Mutate { offset: u32, data: Vec<u8>, pad_to_end: bool, done: MutationFor },
+    SetVersion { version: Version, reply: (NodeId, RequestId) },
+    Install { data: Vec<u8>, reply: (NodeId, RequestId) },
     Delete,
 }
 
@@ -178,10 +163,7 @@ impl Chunkserver {
         self.replicas
             .iter()
             .filter(|(_, replica)| !replica.installing)
-            .map(|(handle, replica)| ChunkReport {
-                handle: *handle,
-                version: replica.meta.version,
-            })
+            .map(|(handle, replica)| ChunkReport { handle: *handle, version: replica.meta.version })
             .collect()
     }
 
@@ -243,15 +225,11 @@ impl Chunkserver {
         match wait {
             DiskWait::LoadHeader { slot } => {
                 self.headers_to_load -= 1;
-                let meta = done
-                    .result
-                    .ok()
-                    .and_then(|bytes| self.layout.decode_header(&bytes));
+                let meta = done.result.ok().and_then(|bytes| self.layout.decode_header(&bytes));
                 match meta {
                     Some(meta) if !self.replicas.contains_key(&meta.handle) => {
                         let handle = meta.handle;
-                        self.replicas
-                            .insert(handle, Replica::new(slot, meta, false));
+                        self.replicas.insert(handle, Replica::new(slot, meta, false));
                     }
                     _ => {
                         self.free_slots.insert(slot);
@@ -307,12 +285,7 @@ impl Chunkserver {
                     let last_block = end.div_ceil(block_bytes);
                     self.issue_block_read(handle, job, first_block, last_block, out);
                 }
-                Job::Mutate {
-                    offset,
-                    data,
-                    pad_to_end,
-                    ..
-                } => {
+                Job::Mutate { offset, data, pad_to_end, .. } => {
                     let (start, end) =
                         self.mutation_range(chunk_len, *offset, data.len(), *pad_to_end);
                     let first_block = start / block_bytes;
@@ -347,13 +320,7 @@ impl Chunkserver {
                         let id = self.disk_id(DiskWait::Job { handle });
                         let replica = self.replicas.get_mut(&handle).expect("replica exists");
                         replica.active = Some((job, Stage::WriteData { new_meta }));
-                        out.disk(
-                            id,
-                            DiskOp::Write {
-                                sector,
-                                data: blocks,
-                            },
-                        );
+                        out.disk(id, DiskOp::Write { sector, data: blocks });
                     }
                 }
                 Job::Delete => {
@@ -374,11 +341,8 @@ impl Chunkserver {
     ) -> (usize, usize) {
         let offset = offset as usize;
         let start = offset.min(chunk_len);
-        let end = if pad_to_end {
-            self.config.chunk_size_bytes as usize
-        } else {
-            offset + data_len
-        };
+        let end =
+            if pad_to_end { self.config.chunk_size_bytes as usize } else { offset + data_len };
         (start, end.max(start))
     }
 
@@ -392,9 +356,7 @@ impl Chunkserver {
     ) {
         let block_bytes = self.layout.block_bytes;
         let replica = self.replicas.get(&handle).expect("replica exists");
-        let sector = self
-            .layout
-            .data_sector(replica.slot, first_block * block_bytes);
+        let sector = self.layout.data_sector(replica.slot, first_block * block_bytes);
         let count = ((last_block - first_block) * block_bytes / SECTOR_BYTES) as u32;
         let id = self.disk_id(DiskWait::Job { handle });
         let replica = self.replicas.get_mut(&handle).expect("replica exists");
@@ -430,24 +392,14 @@ impl Chunkserver {
         let block_bytes = self.layout.block_bytes;
         let replica = self.replicas.get(&handle).expect("replica exists");
         let chunk_len = replica.meta.len_bytes as usize;
-        let Job::Mutate {
-            offset,
-            data,
-            pad_to_end,
-            ..
-        } = &job
-        else {
+        let Job::Mutate { offset, data, pad_to_end, .. } = &job else {
             unreachable!("write_mutation only runs mutations")
         };
         let (start, end) = self.mutation_range(chunk_len, *offset, data.len(), *pad_to_end);
         let base = first_block * block_bytes;
         // Bytes past the old end are zeros whatever the disk held; padding also clears
         // whatever a failed mutation left past the primary's end.
-        let zero_from = if *pad_to_end {
-            start - base
-        } else {
-            chunk_len.max(base) - base
-        };
+        let zero_from = if *pad_to_end { start - base } else { chunk_len.max(base) - base };
         let zero_from = zero_from.min(blocks.len());
         blocks[zero_from..].fill(0);
         let data_at = *offset as usize - base;
@@ -461,13 +413,7 @@ impl Chunkserver {
         let id = self.disk_id(DiskWait::Job { handle });
         let replica = self.replicas.get_mut(&handle).expect("replica exists");
         replica.active = Some((job, Stage::WriteData { new_meta }));
-        out.disk(
-            id,
-            DiskOp::Write {
-                sector,
-                data: blocks,
-            },
-        );
+        out.disk(id, DiskOp::Write { sector, data: blocks });
     }
 
     fn continue_job(
@@ -552,18 +498,11 @@ impl Chunkserver {
         bytes: Vec<u8>,
         out: &mut Outputs,
     ) {
-        let Job::Read { reply, .. } = job else {
-            unreachable!("finish_read only ends reads")
-        };
+        let Job::Read { reply, .. } = job else { unreachable!("finish_read only ends reads") };
         match reply {
-            ReadFor::Client { to, req } => out.send(
-                to,
-                Message::ReadReply {
-                    req,
-                    result: Ok(()),
-                    bytes,
-                },
-            ),
+            ReadFor::Client { to, req } => {
+                out.send(to, Message::ReadReply { req, result: Ok(()), bytes })
+            }
             ReadFor::Copy { to, req } => out.send(
                 to,
                 Message::CopyReply {
@@ -575,11 +514,7 @@ impl Chunkserver {
                     }),
                 },
             ),
-            ReadFor::LocalCopy {
-                target,
-                target_version,
-                reply,
-            } => {
+            ReadFor::LocalCopy { target, target_version, reply } => {
                 if self.replicas.contains_key(&target) {
                     out.send(reply.0, command_reply(reply.1, Ok(())));
                     return;
@@ -624,14 +559,7 @@ impl Chunkserver {
                         replica.secondary.durable_serial =
                             replica.secondary.durable_serial.max(serial);
                     }
-                    out.send(
-                        primary,
-                        Message::ApplyAck {
-                            handle,
-                            serial,
-                            result: Ok(()),
-                        },
-                    );
+                    out.send(primary, Message::ApplyAck { handle, serial, result: Ok(()) });
                 }
             },
             Job::SetVersion { reply, .. } => out.send(reply.0, command_reply(reply.1, Ok(()))),
@@ -647,21 +575,12 @@ impl Chunkserver {
     fn fail_job(&mut self, handle: ChunkHandle, job: Job, error: GfsError, out: &mut Outputs) {
         match job {
             Job::Read { reply, .. } => match reply {
-                ReadFor::Client { to, req } => out.send(
-                    to,
-                    Message::ReadReply {
-                        req,
-                        result: Err(error),
-                        bytes: Vec::new(),
-                    },
-                ),
-                ReadFor::Copy { to, req } => out.send(
-                    to,
-                    Message::CopyReply {
-                        req,
-                        result: Err(error),
-                    },
-                ),
+                ReadFor::Client { to, req } => {
+                    out.send(to, Message::ReadReply { req, result: Err(error), bytes: Vec::new() })
+                }
+                ReadFor::Copy { to, req } => {
+                    out.send(to, Message::CopyReply { req, result: Err(error) })
+                }
                 ReadFor::LocalCopy { reply, .. } => {
                     out.send(reply.0, command_reply(reply.1, Err(error)))
                 }
@@ -669,14 +588,9 @@ impl Chunkserver {
             },
             Job::Mutate { done, .. } => match done {
                 MutationFor::Primary { .. } => {} // the lease is gone with the replica
-                MutationFor::Secondary { primary, serial } => out.send(
-                    primary,
-                    Message::ApplyAck {
-                        handle,
-                        serial,
-                        result: Err(error),
-                    },
-                ),
+                MutationFor::Secondary { primary, serial } => {
+                    out.send(primary, Message::ApplyAck { handle, serial, result: Err(error) })
+                }
             },
             Job::SetVersion { reply, .. } | Job::Install { reply, .. } => {
                 out.send(reply.0, command_reply(reply.1, Err(error)))
@@ -726,12 +640,7 @@ impl Chunkserver {
 
     fn on_message(&mut self, now_ms: u64, from: NodeId, msg: Message, out: &mut Outputs) {
         match msg {
-            Message::PushData {
-                data_id,
-                client,
-                bytes,
-                chain,
-            } => {
+            Message::PushData { data_id, client, bytes, chain } => {
                 if let Some((next, rest)) = chain.split_first() {
                     let forward = Message::PushData {
                         data_id,
@@ -744,13 +653,7 @@ impl Chunkserver {
                 self.buffer.insert(now_ms, data_id, bytes);
                 out.send(client, Message::PushAck { data_id });
             }
-            Message::ReadChunk {
-                req,
-                handle,
-                version,
-                offset,
-                len,
-            } => {
+            Message::ReadChunk { req, handle, version, offset, len } => {
                 let error = match self.replicas.get(&handle) {
                     None => Some(GfsError::NoSuchChunk),
                     Some(replica) if replica.installing => Some(GfsError::NoSuchChunk),
@@ -768,11 +671,7 @@ impl Chunkserver {
                 match error {
                     Some(error) => out.send(
                         from,
-                        Message::ReadReply {
-                            req,
-                            result: Err(error),
-                            bytes: Vec::new(),
-                        },
+                        Message::ReadReply { req, result: Err(error), bytes: Vec::new() },
                     ),
                     None => {
                         let reply = ReadFor::Client { to: from, req };
@@ -780,60 +679,35 @@ impl Chunkserver {
                     }
                 }
             }
-            Message::CopyRead {
-                req,
-                handle,
-                offset,
-                len,
-            } => {
-                let readable = self
-                    .replicas
-                    .get(&handle)
-                    .is_some_and(|replica| !replica.installing);
+            Message::CopyRead { req, handle, offset, len } => {
+                let readable =
+                    self.replicas.get(&handle).is_some_and(|replica| !replica.installing);
                 if readable {
                     let reply = ReadFor::Copy { to: from, req };
                     self.enqueue(now_ms, handle, Job::Read { offset, len, reply }, out);
                 } else {
-                    out.send(
-                        from,
-                        Message::CopyReply {
-                            req,
-                            result: Err(GfsError::NoSuchChunk),
-                        },
-                    );
+                    out.send(from, Message::CopyReply { req, result: Err(GfsError::NoSuchChunk) });
                 }
             }
             Message::CopyReply { req, result } => self.on_copy_reply(now_ms, req, result, out),
-            Message::Mutate {
-                req,
-                handle,
-                version,
-                data_id,
-                kind,
-            } => self.on_mutate(now_ms, from, req, handle, version, data_id, kind, out),
-            Message::Apply {
-                handle,
-                version,
-                serial,
-                lease_expiry_ms,
-                offset,
-                data,
-            } => self.on_apply(
-                now_ms,
-                from,
-                handle,
-                version,
-                serial,
-                lease_expiry_ms,
-                offset,
-                data,
-                out,
-            ),
-            Message::ApplyAck {
-                handle,
-                serial,
-                result,
-            } => self.on_apply_ack(now_ms, from, handle, serial, result, out),
+            Message::Mutate { req, handle, version, data_id, kind } => {
+                self.on_mutate(now_ms, from, req, handle, version, data_id, kind, out)
+            }
+            Message::Apply { handle, version, serial, lease_expiry_ms, offset, data } => self
+                .on_apply(
+                    now_ms,
+                    from,
+                    handle,
+                    version,
+                    serial,
+                    lease_expiry_ms,
+                    offset,
+                    data,
+                    out,
+                ),
+            Message::ApplyAck { handle, serial, result } => {
+                self.on_apply_ack(now_ms, from, handle, serial, result, out)
+            }
             Message::Command { req, cmd } => self.on_command(now_ms, from, req, cmd, out),
             Message::HeartbeatReply { delete, extended } => {
                 for below in delete {
@@ -877,11 +751,7 @@ impl Chunkserver {
                 let meta = self.layout.fresh_meta(handle, version);
                 self.install(now_ms, meta, Vec::new(), reply, out);
             }
-            ChunkCommand::SetVersion {
-                handle,
-                from: _,
-                to,
-            } => {
+            ChunkCommand::SetVersion { handle, from: _, to } => {
                 match self.replicas.get_mut(&handle) {
                     Some(replica) if !replica.installing => {
                         // A new version ends any lease on the old one.
@@ -893,23 +763,17 @@ impl Chunkserver {
                     _ => out.send(from, command_reply(req, Err(GfsError::NoSuchChunk))),
                 }
             }
-            ChunkCommand::GrantLease {
-                handle,
-                version,
-                expiry_ms,
-                secondaries,
-            } => {
+            ChunkCommand::GrantLease { handle, version, expiry_ms, secondaries } => {
                 let result = match self.replicas.get_mut(&handle) {
                     Some(replica) if replica.meta.version == version && expiry_ms > now_ms => {
-                        let keep = replica
-                            .lease
-                            .as_ref()
-                            .is_some_and(|lease| lease.version == version);
+                        let keep =
+                            replica.lease.as_ref().is_some_and(|lease| lease.version == version);
                         if keep {
                             let lease = replica.lease.as_mut().expect("checked");
                             lease.expiry_ms = lease.expiry_ms.max(expiry_ms);
                         } else {
-                            replica.lease = Some(Lease::new(now_ms, version, expiry_ms, secondaries));
+                            replica.lease =
+                                Some(Lease::new(now_ms, version, expiry_ms, secondaries));
                         }
                         Ok(())
                     }
@@ -926,11 +790,7 @@ impl Chunkserver {
                 }
                 out.send(from, command_reply(req, Ok(())));
             }
-            ChunkCommand::CloneFrom {
-                handle,
-                version,
-                source,
-            } => {
+            ChunkCommand::CloneFrom { handle, version, source } => {
                 if let Some(replica) = self.replicas.get(&handle) {
                     let result = if replica.meta.version >= version && !replica.installing {
                         Ok(())
@@ -943,22 +803,11 @@ impl Chunkserver {
                 if self.clones.values().any(|job| job.handle == handle) {
                     return; // a copy is already under way; it will answer
                 }
-                let job = CloneJob {
-                    handle,
-                    version,
-                    source,
-                    reply,
-                    data: Vec::new(),
-                    deadline_ms: 0,
-                };
+                let job =
+                    CloneJob { handle, version, source, reply, data: Vec::new(), deadline_ms: 0 };
                 self.request_next_piece(now_ms, job, out);
             }
-            ChunkCommand::LocalCopy {
-                source,
-                source_version,
-                target,
-                target_version,
-            } => {
+            ChunkCommand::LocalCopy { source, source_version, target, target_version } => {
                 if self.replicas.contains_key(&target) {
                     out.send(from, command_reply(req, Ok(())));
                     return;
@@ -968,21 +817,8 @@ impl Chunkserver {
                         if replica.meta.version == source_version && !replica.installing =>
                     {
                         let len = self.config.chunk_size_bytes;
-                        let reply = ReadFor::LocalCopy {
-                            target,
-                            target_version,
-                            reply,
-                        };
-                        self.enqueue(
-                            now_ms,
-                            source,
-                            Job::Read {
-                                offset: 0,
-                                len,
-                                reply,
-                            },
-                            out,
-                        );
+                        let reply = ReadFor::LocalCopy { target, target_version, reply };
+                        self.enqueue(now_ms, source, Job::Read { offset: 0, len, reply }, out);
                     }
                     Some(_) => out.send(from, command_reply(req, Err(GfsError::StaleVersion))),
                     None => out.send(from, command_reply(req, Err(GfsError::NoSuchChunk))),
@@ -995,19 +831,8 @@ impl Chunkserver {
         let req = self.request_id();
         job.deadline_ms = now_ms + self.config.rpc_timeout_ms;
         let offset = job.data.len() as u32;
-        let len = self
-            .config
-            .copy_piece_bytes
-            .min(self.config.chunk_size_bytes - offset);
-        out.send(
-            job.source,
-            Message::CopyRead {
-                req,
-                handle: job.handle,
-                offset,
-                len,
-            },
-        );
+        let len = self.config.copy_piece_bytes.min(self.config.chunk_size_bytes - offset);
+        out.send(job.source, Message::CopyRead { req, handle: job.handle, offset, len });
         self.clones.insert(req, job);
     }
 
@@ -1024,10 +849,7 @@ impl Chunkserver {
         let piece = match result {
             Ok(piece) if piece.version == job.version => piece,
             Ok(_) => {
-                out.send(
-                    job.reply.0,
-                    command_reply(job.reply.1, Err(GfsError::StaleVersion)),
-                );
+                out.send(job.reply.0, command_reply(job.reply.1, Err(GfsError::StaleVersion)));
                 return;
             }
             Err(error) => {
@@ -1064,14 +886,7 @@ impl Chunkserver {
         out: &mut Outputs,
     ) {
         let reject = |error, out: &mut Outputs| {
-            out.send(
-                primary,
-                Message::ApplyAck {
-                    handle,
-                    serial,
-                    result: Err(error),
-                },
-            )
+            out.send(primary, Message::ApplyAck { handle, serial, result: Err(error) })
         };
         let Some(replica) = self.replicas.get_mut(&handle) else {
             return reject(GfsError::NoSuchChunk, out);
@@ -1084,20 +899,10 @@ impl Chunkserver {
         }
         let order = &mut replica.secondary;
         if order.version != version {
-            *order = SecondaryOrder {
-                version,
-                ..SecondaryOrder::default()
-            };
+            *order = SecondaryOrder { version, ..SecondaryOrder::default() };
         }
         if serial <= order.durable_serial {
-            out.send(
-                primary,
-                Message::ApplyAck {
-                    handle,
-                    serial,
-                    result: Ok(()),
-                },
-            );
+            out.send(primary, Message::ApplyAck { handle, serial, result: Ok(()) });
             return;
         }
         if serial <= order.accepted_serial {
@@ -1137,10 +942,7 @@ impl Chunkserver {
             .collect();
         out.send(
             self.config.master_id,
-            Message::Heartbeat {
-                chunks: self.replica_versions(),
-                extend_leases,
-            },
+            Message::Heartbeat { chunks: self.replica_versions(), extend_leases },
         );
         self.next_heartbeat_ms = now_ms + self.config.heartbeat_interval_ms;
     }
@@ -1159,11 +961,7 @@ impl Chunkserver {
             .map(|(handle, replica)| (*handle, replica.meta.len_bytes));
         if let Some((handle, len)) = next {
             self.scrub_after = handle;
-            let job = Job::Read {
-                offset: 0,
-                len,
-                reply: ReadFor::Scrub,
-            };
+            let job = Job::Read { offset: 0, len, reply: ReadFor::Scrub };
             self.enqueue(now_ms, handle, job, out);
         }
     }
@@ -1184,10 +982,7 @@ impl Chunkserver {
             .collect();
         for req in expired {
             let job = self.clones.remove(&req).expect("listed");
-            out.send(
-                job.reply.0,
-                command_reply(job.reply.1, Err(GfsError::Timeout)),
-            );
+            out.send(job.reply.0, command_reply(job.reply.1, Err(GfsError::Timeout)));
         }
         let handles: Vec<ChunkHandle> = self
             .replicas
@@ -1251,12 +1046,7 @@ impl StateMachine for Chunkserver {
             .values()
             .filter_map(|replica| replica.lease.as_ref()?.next_deadline_ms())
             .min();
-        [
-            Some(self.next_heartbeat_ms),
-            Some(self.next_scrub_ms),
-            clone_deadline,
-            lease_deadline,
-        ]
+        [Some(self.next_heartbeat_ms), Some(self.next_scrub_ms), clone_deadline, lease_deadline]
             .into_iter()
             .flatten()
             .min()

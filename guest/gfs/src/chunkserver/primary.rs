@@ -71,13 +71,7 @@ impl Lease {
             .map(|m| (m.client, m.req))
             .chain(self.in_flight.iter().map(|f| (f.client, f.req)));
         for (client, req) in waiting {
-            out.send(
-                client,
-                Message::MutateReply {
-                    req,
-                    result: Err(error),
-                },
-            );
+            out.send(client, Message::MutateReply { req, result: Err(error) });
         }
     }
 
@@ -90,13 +84,8 @@ impl Lease {
     }
 
     fn knows(&self, client: NodeId, req: RequestId) -> bool {
-        self.queue
-            .iter()
-            .any(|m| m.client == client && m.req == req)
-            || self
-                .in_flight
-                .as_ref()
-                .is_some_and(|f| f.client == client && f.req == req)
+        self.queue.iter().any(|m| m.client == client && m.req == req)
+            || self.in_flight.as_ref().is_some_and(|f| f.client == client && f.req == req)
     }
 }
 
@@ -134,12 +123,7 @@ impl Chunkserver {
         if lease.knows(client, req) {
             return; // a duplicate of a mutation under way
         }
-        lease.queue.push_back(ClientMutation {
-            client,
-            req,
-            data_id,
-            kind,
-        });
+        lease.queue.push_back(ClientMutation { client, req, data_id, kind });
         self.pump(now_ms, handle, out);
     }
 
@@ -168,13 +152,7 @@ impl Chunkserver {
                 return;
             };
             let reject = |error, out: &mut Outputs| {
-                out.send(
-                    next.client,
-                    Message::MutateReply {
-                        req: next.req,
-                        result: Err(error),
-                    },
-                )
+                out.send(next.client, Message::MutateReply { req: next.req, result: Err(error) })
             };
             let Some(bytes) = self.buffer.get(next.data_id) else {
                 reject(GfsError::DataMissing, out);
@@ -204,11 +182,8 @@ impl Chunkserver {
             let serial = lease.next_serial;
             lease.next_serial += 1;
             lease.last_mutation_ms = now_ms;
-            let apply_data = if pad_to_end {
-                ApplyData::PadToEnd
-            } else {
-                ApplyData::Pushed(next.data_id)
-            };
+            let apply_data =
+                if pad_to_end { ApplyData::PadToEnd } else { ApplyData::Pushed(next.data_id) };
             for secondary in &lease.secondaries {
                 out.send(
                     *secondary,
@@ -232,12 +207,8 @@ impl Chunkserver {
                 failure: None,
                 deadline_ms: now_ms + timeout_ms,
             });
-            let job = Job::Mutate {
-                offset,
-                data,
-                pad_to_end,
-                done: MutationFor::Primary { serial },
-            };
+            let job =
+                Job::Mutate { offset, data, pad_to_end, done: MutationFor::Primary { serial } };
             self.enqueue(now_ms, handle, job, out);
             return;
         }
@@ -297,10 +268,7 @@ impl Chunkserver {
     /// Answers the client once the local write is durable and every secondary answered (or the
     /// deadline passed), then starts the next mutation.
     fn complete_if_done(&mut self, now_ms: u64, handle: ChunkHandle, out: &mut Outputs) {
-        let Some(lease) = self
-            .replicas
-            .get_mut(&handle)
-            .and_then(|replica| replica.lease.as_mut())
+        let Some(lease) = self.replicas.get_mut(&handle).and_then(|replica| replica.lease.as_mut())
         else {
             return;
         };
@@ -317,19 +285,11 @@ impl Chunkserver {
             (None, false) => Err(GfsError::Timeout),
             (None, true) => in_flight.result,
         };
-        lease
-            .recent
-            .push_back(((in_flight.client, in_flight.req), result));
+        lease.recent.push_back(((in_flight.client, in_flight.req), result));
         if lease.recent.len() > RECENT_ANSWERS {
             lease.recent.pop_front();
         }
-        out.send(
-            in_flight.client,
-            Message::MutateReply {
-                req: in_flight.req,
-                result,
-            },
-        );
+        out.send(in_flight.client, Message::MutateReply { req: in_flight.req, result });
         self.pump(now_ms, handle, out);
     }
 }

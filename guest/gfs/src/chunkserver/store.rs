@@ -95,9 +95,8 @@ impl Layout {
         if CRC32C.checksum(bytes.get(..crc_at)?) != read_u32(bytes, crc_at)? {
             return None;
         }
-        let block_crcs = (0..block_count)
-            .map(|i| read_u32(bytes, 28 + 4 * i))
-            .collect::<Option<Vec<u32>>>()?;
+        let block_crcs =
+            (0..block_count).map(|i| read_u32(bytes, 28 + 4 * i)).collect::<Option<Vec<u32>>>()?;
         Some(ReplicaMeta {
             handle: read_u64(bytes, 4)?,
             version: read_u64(bytes, 12)?,
@@ -135,11 +134,8 @@ mod tests {
     use super::*;
 
     fn small_layout() -> Layout {
-        let config = Config {
-            chunk_size_bytes: 8192,
-            checksum_block_bytes: 1024,
-            ..Config::default()
-        };
+        let config =
+            Config { chunk_size_bytes: 8192, checksum_block_bytes: 1024, ..Config::default() };
         Layout::new(&config, 1000)
     }
 

@@ -40,15 +40,9 @@ impl Master {
         for report in reports {
             match self.state.chunks.get(&report.handle) {
                 None if self.reserved_handles.contains(&report.handle) => {}
-                None => delete.push(ChunkReport {
-                    handle: report.handle,
-                    version: Version::MAX,
-                }),
+                None => delete.push(ChunkReport { handle: report.handle, version: Version::MAX }),
                 Some(meta) if report.version < meta.version && !skip_check => {
-                    delete.push(ChunkReport {
-                        handle: report.handle,
-                        version: meta.version,
-                    });
+                    delete.push(ChunkReport { handle: report.handle, version: meta.version });
                 }
                 Some(_) => {
                     let chunk = self.chunks.entry(report.handle).or_default();
@@ -181,10 +175,6 @@ impl Master {
             }
         }
         candidates.sort_unstable();
-        candidates
-            .into_iter()
-            .take(count)
-            .map(|(_, _, node)| node)
-            .collect()
+        candidates.into_iter().take(count).map(|(_, _, node)| node).collect()
     }
 }

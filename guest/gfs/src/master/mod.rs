@@ -250,12 +250,12 @@ impl Master {
                 self.read_disk(self.layout.log_start_sector, self.layout.log_sectors, out);
             }
             Phase::ReadingLog(superblock) => {
-                for record in oplog::parse_log(&bytes, superblock.log_epoch) {
+                let (records, used) = oplog::parse_log(&bytes, superblock.log_epoch);
+                for record in records {
                     if self.state.apply(&record).is_err() {
                         self.recovery_errors += 1;
                     }
                 }
-                let used = oplog::log_bytes_used(&bytes, superblock.log_epoch);
                 self.log = Some(OpLog::new(
                     self.layout,
                     self.config.master_log_checkpoint_bytes,
@@ -355,10 +355,7 @@ impl Master {
         if self.recent_replies.len() > RECENT_REPLIES {
             self.recent_replies.pop_front();
         }
-        let envelope = Envelope {
-            to,
-            msg: Message::MasterReply { req, result },
-        };
+        let envelope = Envelope { to, msg: Message::MasterReply { req, result } };
         let appended = self.log.as_ref().map_or(0, OpLog::appended_lsn);
         if appended <= self.durable_lsn() {
             out.messages.push(envelope);
@@ -378,19 +375,10 @@ impl Master {
         out: &mut Outputs,
     ) {
         if !self.is_ready() {
-            out.send(
-                client,
-                Message::MasterReply {
-                    req,
-                    result: Err(GfsError::Busy),
-                },
-            );
+            out.send(client, Message::MasterReply { req, result: Err(GfsError::Busy) });
             return;
         }
-        if let Some((_, result)) = self
-            .recent_replies
-            .iter()
-            .find(|(key, _)| *key == (client, req))
+        if let Some((_, result)) = self.recent_replies.iter().find(|(key, _)| *key == (client, req))
         {
             let result = result.clone();
             self.reply(client, req, result, out);
@@ -407,9 +395,7 @@ impl Master {
                 .state
                 .files
                 .get(&path)
-                .map(|file| MasterAnswer::FileInfo {
-                    chunk_count: file.chunks.len() as u64,
-                })
+                .map(|file| MasterAnswer::FileInfo { chunk_count: file.chunks.len() as u64 })
                 .ok_or(GfsError::NotFound),
             MasterOp::Lookup { path, index } => self.lookup(&path, index),
             MasterOp::GetLease { path, index } => {
@@ -495,19 +481,14 @@ impl Master {
         if replicas.is_empty() {
             return Err(GfsError::NoReplica);
         }
-        Ok(MasterAnswer::Chunk(Some(ChunkLocation {
-            handle: *handle,
-            version,
-            replicas,
-        })))
+        Ok(MasterAnswer::Chunk(Some(ChunkLocation { handle: *handle, version, replicas })))
     }
 
     fn on_disk(&mut self, now_ms: u64, done: DiskCompletion, out: &mut Outputs) {
         match self.disk_waits.remove(&done.id) {
             Some(DiskWait::Recovery) => {
-                let bytes = done
-                    .result
-                    .expect("the master cannot read its own disk: check the device");
+                let bytes =
+                    done.result.expect("the master cannot read its own disk: check the device");
                 self.on_recovery_read(now_ms, bytes, out);
             }
             Some(DiskWait::Log) => self.on_log_write(now_ms, done.result.is_ok(), out),
@@ -520,10 +501,9 @@ impl Master {
             Message::MasterRequest { req, op } => {
                 self.on_client_request(now_ms, from, req, op, out)
             }
-            Message::Heartbeat {
-                chunks,
-                extend_leases,
-            } if self.is_ready() => self.on_heartbeat(now_ms, from, chunks, extend_leases, out),
+            Message::Heartbeat { chunks, extend_leases } if self.is_ready() => {
+                self.on_heartbeat(now_ms, from, chunks, extend_leases, out)
+            }
             Message::CommandReply { req, result } => {
                 self.on_command_reply(now_ms, from, req, result, out)
             }
@@ -555,10 +535,7 @@ impl StateMachine for Master {
             Phase::Booting => Some(0),
             Phase::Running { ready: true } => {
                 let task_deadline = self.tasks.values().map(Task::deadline_ms).min();
-                [Some(self.next_scan_ms), task_deadline]
-                    .into_iter()
-                    .flatten()
-                    .min()
+                [Some(self.next_scan_ms), task_deadline].into_iter().flatten().min()
             }
             _ => None,
         }

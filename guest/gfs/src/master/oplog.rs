@@ -110,15 +110,17 @@ pub fn encode_record(epoch: u64, record: &LogRecord) -> Vec<u8> {
     bytes
 }
 
-/// The records of `epoch` at the start of a log area, up to the first blank or invalid one.
-pub fn parse_log(area: &[u8], epoch: u64) -> Vec<LogRecord> {
+/// The records of `epoch` at the start of a log area, up to the first blank or invalid one,
+/// and the bytes (whole sectors) they occupy, to continue appending after recovery.
+pub fn parse_log(area: &[u8], epoch: u64) -> (Vec<LogRecord>, u64) {
     let mut records = Vec::new();
     let mut at = 0usize;
+    let mut end = 0usize;
     while at + RECORD_HEADER_BYTES <= area.len() {
         let len = u32::from_le_bytes(area[at..at + 4].try_into().expect("4 bytes")) as usize;
         if len == 0 {
-            // Padding to the end of a flush, or the end of the log.
-            if at % SECTOR_BYTES == 0 {
+            // Padding to the end of a flush, or (at a sector start) the end of the log.
+            if at & (SECTOR_BYTES - 1) == 0 {
                 break;
             }
             at = at.next_multiple_of(SECTOR_BYTES);
@@ -140,8 +142,9 @@ pub fn parse_log(area: &[u8], epoch: u64) -> Vec<LogRecord> {
         };
         records.push(record);
         at += RECORD_HEADER_BYTES + len;
+        end = at;
     }
-    records
+    (records, end.next_multiple_of(SECTOR_BYTES) as u64)
 }
 
 /// Encodes a checkpoint (header with length and CRC, then the state), padded to sectors.
@@ -168,18 +171,9 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Option<PersistentState> {
 /// The write the log has in flight (one at a time, so writes land in order).
 #[derive(Clone, Debug)]
 enum LogWrite {
-    Records {
-        last_lsn: Lsn,
-        sectors: u64,
-    },
-    Checkpoint {
-        covered_lsn: Lsn,
-        superblock: Superblock,
-    },
-    Superblock {
-        covered_lsn: Lsn,
-        superblock: Superblock,
-    },
+    Records { last_lsn: Lsn, sectors: u64 },
+    Checkpoint { covered_lsn: Lsn, superblock: Superblock },
+    Superblock { covered_lsn: Lsn, superblock: Superblock },
 }
 
 /// Appends records, groups them into flushes, checkpoints when the log grows: all as disk
@@ -224,8 +218,7 @@ impl OpLog {
     /// Queues `record`; it is durable once [`OpLog::durable_lsn`] reaches the returned LSN.
     pub fn append(&mut self, record: &LogRecord) -> Lsn {
         self.appended_lsn += 1;
-        self.pending
-            .extend_from_slice(&encode_record(self.writing_epoch, record));
+        self.pending.extend_from_slice(&encode_record(self.writing_epoch, record));
         self.pending_last_lsn = self.appended_lsn;
         self.appended_lsn
     }
@@ -254,10 +247,8 @@ impl OpLog {
         } else {
             let data = pad_to_sector(core::mem::take(&mut self.pending));
             let sector = self.layout.log_start_sector + self.next_sector;
-            let write = LogWrite::Records {
-                last_lsn: self.pending_last_lsn,
-                sectors: flush_sectors,
-            };
+            let write =
+                LogWrite::Records { last_lsn: self.pending_last_lsn, sectors: flush_sectors };
             (write, DiskOp::Write { sector, data })
         };
         self.in_flight = Some((write, op.clone()));
@@ -281,10 +272,7 @@ impl OpLog {
         // Records appended from now on belong to the new log.
         self.pending.clear();
         self.writing_epoch = superblock.log_epoch;
-        let write = LogWrite::Checkpoint {
-            covered_lsn: self.appended_lsn,
-            superblock,
-        };
+        let write = LogWrite::Checkpoint { covered_lsn: self.appended_lsn, superblock };
         let sector = self.layout.checkpoint_sector(superblock.checkpoint_slot);
         (write, DiskOp::Write { sector, data })
     }
@@ -303,26 +291,14 @@ impl OpLog {
                 self.durable_lsn = self.durable_lsn.max(last_lsn);
                 None
             }
-            LogWrite::Checkpoint {
-                covered_lsn,
-                superblock,
-            } => {
+            LogWrite::Checkpoint { covered_lsn, superblock } => {
                 let data = encode_superblock(&superblock);
-                let op = DiskOp::Write {
-                    sector: superblock.sequence % 2,
-                    data,
-                };
-                let write = LogWrite::Superblock {
-                    covered_lsn,
-                    superblock,
-                };
+                let op = DiskOp::Write { sector: superblock.sequence % 2, data };
+                let write = LogWrite::Superblock { covered_lsn, superblock };
                 self.in_flight = Some((write, op.clone()));
                 Some(op)
             }
-            LogWrite::Superblock {
-                covered_lsn,
-                superblock,
-            } => {
+            LogWrite::Superblock { covered_lsn, superblock } => {
                 self.superblock = superblock;
                 self.next_sector = 0;
                 self.durable_lsn = self.durable_lsn.max(covered_lsn);
@@ -343,37 +319,6 @@ impl OpLog {
     }
 }
 
-/// Bytes of a parsed log area the records occupy, to continue appending after recovery:
-/// the end of the last sector any record of `epoch` touches.
-pub fn log_bytes_used(area: &[u8], epoch: u64) -> u64 {
-    let mut at = 0usize;
-    let mut end = 0usize;
-    while at + RECORD_HEADER_BYTES <= area.len() {
-        let len = u32::from_le_bytes(area[at..at + 4].try_into().expect("4 bytes")) as usize;
-        if len == 0 {
-            if at % SECTOR_BYTES == 0 {
-                break;
-            }
-            at = at.next_multiple_of(SECTOR_BYTES);
-            continue;
-        }
-        let Some(payload) = area.get(at + RECORD_HEADER_BYTES..at + RECORD_HEADER_BYTES + len)
-        else {
-            break;
-        };
-        let crc = u32::from_le_bytes(area[at + 4..at + 8].try_into().expect("4 bytes"));
-        let mut digest = CRC32C.digest();
-        digest.update(&epoch.to_le_bytes());
-        digest.update(payload);
-        if digest.finalize() != crc {
-            break;
-        }
-        at += RECORD_HEADER_BYTES + len;
-        end = at;
-    }
-    (end.next_multiple_of(SECTOR_BYTES)) as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,16 +330,12 @@ mod tests {
     }
 
     fn create(name: &str) -> LogRecord {
-        LogRecord::CreateFile {
-            path: name.to_string(),
-        }
+        LogRecord::CreateFile { path: name.to_string() }
     }
 
     /// A disk image the tests write to directly.
     fn apply(disk: &mut [u8], op: &DiskOp) {
-        let DiskOp::Write { sector, data } = op else {
-            panic!("the log only writes")
-        };
+        let DiskOp::Write { sector, data } = op else { panic!("the log only writes") };
         let at = *sector as usize * SECTOR_BYTES;
         disk[at..at + data.len()].copy_from_slice(data);
     }
@@ -419,12 +360,10 @@ mod tests {
         log.on_write_done(true);
         assert_eq!(log.durable_lsn(), 3);
         let area = &disk[layout.log_start_sector as usize * SECTOR_BYTES..];
-        assert_eq!(
-            parse_log(area, 0),
-            [create("/a"), create("/b"), create("/c")]
-        );
-        assert_eq!(log_bytes_used(area, 0), 2 * SECTOR_BYTES as u64);
-        assert!(parse_log(area, 1).is_empty());
+        let (records, used) = parse_log(area, 0);
+        assert_eq!(records, [create("/a"), create("/b"), create("/c")]);
+        assert_eq!(used, 2 * SECTOR_BYTES as u64);
+        assert!(parse_log(area, 1).0.is_empty());
     }
 
     #[test]
@@ -453,7 +392,7 @@ mod tests {
         let recovered = decode_checkpoint(&disk[at..]).unwrap();
         assert_eq!(recovered, state);
         let area = &disk[layout.log_start_sector as usize * SECTOR_BYTES..];
-        assert!(parse_log(area, superblock.log_epoch).is_empty());
+        assert!(parse_log(area, superblock.log_epoch).0.is_empty());
     }
 
     #[test]
@@ -464,15 +403,8 @@ mod tests {
         let op = log.next_write(&PersistentState::default()).unwrap();
         assert_eq!(log.on_write_done(false), Some(op));
         assert_eq!(log.durable_lsn(), 0);
-        let old = Superblock {
-            sequence: 4,
-            ..Superblock::default()
-        };
-        let new = Superblock {
-            sequence: 5,
-            log_epoch: 3,
-            ..Superblock::default()
-        };
+        let old = Superblock { sequence: 4, ..Superblock::default() };
+        let new = Superblock { sequence: 5, log_epoch: 3, ..Superblock::default() };
         let mut two = encode_superblock(&old);
         two.extend(encode_superblock(&new));
         assert_eq!(pick_superblock(&two), Some(new));

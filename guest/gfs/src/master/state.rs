@@ -125,12 +125,7 @@ impl PersistentState {
                     self.release_chunk(handle);
                 }
             }
-            LogRecord::AddChunk {
-                path,
-                index,
-                handle,
-                version,
-            } => {
+            LogRecord::AddChunk { path, index, handle, version } => {
                 let file = self.files.get_mut(path).ok_or(GfsError::NotFound)?;
                 let index = *index as usize;
                 if file.chunks.len() <= index {
@@ -140,32 +135,18 @@ impl PersistentState {
                     return Err(GfsError::AlreadyExists);
                 }
                 file.chunks[index] = Some(*handle);
-                let meta = ChunkMeta {
-                    version: *version,
-                    refcount: 1,
-                };
+                let meta = ChunkMeta { version: *version, refcount: 1 };
                 self.chunks.insert(*handle, meta);
             }
             LogRecord::SetVersion { handle, version } => {
                 let chunk = self.chunks.get_mut(handle).ok_or(GfsError::NoSuchChunk)?;
                 chunk.version = chunk.version.max(*version);
             }
-            LogRecord::ReplaceChunk {
-                path,
-                index,
-                new_handle,
-                version,
-            } => {
+            LogRecord::ReplaceChunk { path, index, new_handle, version } => {
                 let file = self.files.get_mut(path).ok_or(GfsError::NotFound)?;
-                let slot = file
-                    .chunks
-                    .get_mut(*index as usize)
-                    .ok_or(GfsError::NoSuchChunk)?;
+                let slot = file.chunks.get_mut(*index as usize).ok_or(GfsError::NoSuchChunk)?;
                 let old = slot.replace(*new_handle).ok_or(GfsError::NoSuchChunk)?;
-                let meta = ChunkMeta {
-                    version: *version,
-                    refcount: 1,
-                };
+                let meta = ChunkMeta { version: *version, refcount: 1 };
                 self.chunks.insert(*new_handle, meta);
                 self.release_chunk(old);
             }
@@ -207,39 +188,20 @@ mod tests {
     #[test]
     fn snapshot_shares_chunks_and_copy_on_write_releases_them() {
         let mut state = PersistentState::default();
-        state
-            .apply(&LogRecord::CreateFile { path: path("/a") })
-            .unwrap();
-        let add = LogRecord::AddChunk {
-            path: path("/a"),
-            index: 1,
-            handle: 5,
-            version: 1,
-        };
+        state.apply(&LogRecord::CreateFile { path: path("/a") }).unwrap();
+        let add = LogRecord::AddChunk { path: path("/a"), index: 1, handle: 5, version: 1 };
         state.apply(&add).unwrap();
         assert_eq!(state.files["/a"].chunks, [None, Some(5)]);
-        let snapshot = LogRecord::Snapshot {
-            source: path("/a"),
-            target: path("/b"),
-        };
+        let snapshot = LogRecord::Snapshot { source: path("/a"), target: path("/b") };
         state.apply(&snapshot).unwrap();
         assert_eq!(state.chunks[&5].refcount, 2);
-        let replace = LogRecord::ReplaceChunk {
-            path: path("/a"),
-            index: 1,
-            new_handle: 6,
-            version: 1,
-        };
+        let replace =
+            LogRecord::ReplaceChunk { path: path("/a"), index: 1, new_handle: 6, version: 1 };
         state.apply(&replace).unwrap();
         assert_eq!(state.chunks[&5].refcount, 1);
         assert_eq!(state.files["/b"].chunks[1], Some(5));
-        state
-            .apply(&LogRecord::RemoveFile { path: path("/b") })
-            .unwrap();
-        assert!(
-            !state.chunks.contains_key(&5),
-            "unreferenced chunk forgotten"
-        );
+        state.apply(&LogRecord::RemoveFile { path: path("/b") }).unwrap();
+        assert!(!state.chunks.contains_key(&5), "unreferenced chunk forgotten");
         assert!(state.chunks.contains_key(&6));
     }
 
@@ -249,15 +211,9 @@ mod tests {
         let create = LogRecord::CreateFile { path: path("/a") };
         state.apply(&create).unwrap();
         assert_eq!(state.apply(&create), Err(GfsError::AlreadyExists));
-        let rename = LogRecord::RenameFile {
-            from: path("/missing"),
-            to: path("/x"),
-        };
+        let rename = LogRecord::RenameFile { from: path("/missing"), to: path("/x") };
         assert_eq!(state.apply(&rename), Err(GfsError::NotFound));
-        let bump = LogRecord::SetVersion {
-            handle: 9,
-            version: 2,
-        };
+        let bump = LogRecord::SetVersion { handle: 9, version: 2 };
         assert_eq!(state.apply(&bump), Err(GfsError::NoSuchChunk));
     }
 

@@ -105,11 +105,7 @@ impl Master {
 
     /// Replicas at the current version (or newer, from a round that was not logged).
     pub(super) fn current_replicas(&self, handle: ChunkHandle) -> Vec<(NodeId, Version)> {
-        let version = self
-            .state
-            .chunks
-            .get(&handle)
-            .map_or(0, |meta| meta.version);
+        let version = self.state.chunks.get(&handle).map_or(0, |meta| meta.version);
         let skip_check = self.config.knobs.skip_stale_version_check;
         self.chunks
             .get(&handle)
@@ -172,11 +168,7 @@ impl Master {
         let Some(handle) = file.chunks.get(index as usize).copied().flatten() else {
             return self.create_chunk(now_ms, client, path, index, out);
         };
-        let refcount = self
-            .state
-            .chunks
-            .get(&handle)
-            .map_or(0, |meta| meta.refcount);
+        let refcount = self.state.chunks.get(&handle).map_or(0, |meta| meta.refcount);
         let chunk = self.runtime(handle);
         if chunk.busy {
             return Some(Err(GfsError::Busy));
@@ -228,17 +220,9 @@ impl Master {
         let version = self.allocate_id();
         self.reserved_handles.insert(handle);
         self.creating.insert((path.clone(), index));
-        let commands = servers
-            .iter()
-            .map(|node| (*node, ChunkCommand::Create { handle, version }))
-            .collect();
-        let kind = TaskKind::CreateChunk {
-            path,
-            index,
-            handle,
-            version,
-            client,
-        };
+        let commands =
+            servers.iter().map(|node| (*node, ChunkCommand::Create { handle, version })).collect();
+        let kind = TaskKind::CreateChunk { path, index, handle, version, client };
         self.start_task(now_ms, kind, commands, self.config.rpc_timeout_ms, out);
         None
     }
@@ -254,39 +238,23 @@ impl Master {
         out: &mut Outputs,
     ) -> Option<Result<MasterAnswer, GfsError>> {
         let targets = targets.unwrap_or_else(|| {
-            self.current_replicas(handle)
-                .into_iter()
-                .map(|(node, _)| node)
-                .collect()
+            self.current_replicas(handle).into_iter().map(|(node, _)| node).collect()
         });
         if targets.is_empty() {
             self.runtime(handle).busy = false;
             return Some(Err(GfsError::NoReplica));
         }
-        let from = self
-            .state
-            .chunks
-            .get(&handle)
-            .map_or(0, |meta| meta.version);
+        let from = self.state.chunks.get(&handle).map_or(0, |meta| meta.version);
         let version = self.allocate_id();
         self.runtime(handle).busy = true;
         let commands = targets
             .iter()
             .map(|node| {
-                let cmd = ChunkCommand::SetVersion {
-                    handle,
-                    from,
-                    to: version,
-                };
+                let cmd = ChunkCommand::SetVersion { handle, from, to: version };
                 (*node, cmd)
             })
             .collect();
-        let kind = TaskKind::Round {
-            handle,
-            version,
-            client,
-            attempt,
-        };
+        let kind = TaskKind::Round { handle, version, client, attempt };
         self.start_task(now_ms, kind, commands, self.config.rpc_timeout_ms, out);
         None
     }
@@ -320,14 +288,7 @@ impl Master {
                 (*node, cmd)
             })
             .collect();
-        let kind = TaskKind::CopyOnWrite {
-            path,
-            index,
-            old,
-            new,
-            version,
-            client,
-        };
+        let kind = TaskKind::CopyOnWrite { path, index, old, new, version, client };
         self.start_task(now_ms, kind, commands, self.config.rpc_timeout_ms, out);
         None
     }
@@ -342,16 +303,8 @@ impl Master {
         out: &mut Outputs,
     ) {
         self.runtime(handle).busy = true;
-        let cmd = ChunkCommand::CloneFrom {
-            handle,
-            version: source.1,
-            source: source.0,
-        };
-        let kind = TaskKind::Clone {
-            handle,
-            version: source.1,
-            target,
-        };
+        let cmd = ChunkCommand::CloneFrom { handle, version: source.1, source: source.0 };
+        let kind = TaskKind::Clone { handle, version: source.1, target };
         let timeout_ms = self.config.rpc_timeout_ms * 4;
         self.start_task(now_ms, kind, alloc::vec![(target, cmd)], timeout_ms, out);
     }
@@ -378,10 +331,7 @@ impl Master {
             return Some(Err(GfsError::Busy));
         }
         let handles: Vec<ChunkHandle> = file.chunks.iter().flatten().copied().collect();
-        if handles
-            .iter()
-            .any(|handle| self.chunks.get(handle).is_some_and(|chunk| chunk.busy))
-        {
+        if handles.iter().any(|handle| self.chunks.get(handle).is_some_and(|chunk| chunk.busy)) {
             return Some(Err(GfsError::Busy));
         }
         let mut commands = Vec::new();
@@ -395,12 +345,7 @@ impl Master {
                 commands.push((lease.primary, cmd));
             }
         }
-        let kind = TaskKind::Snapshot {
-            source,
-            target,
-            handles,
-            client,
-        };
+        let kind = TaskKind::Snapshot { source, target, handles, client };
         let timeout_ms = latest_expiry_ms - now_ms;
         let task_id = self.start_task(now_ms, kind, commands, timeout_ms, out);
         self.finish_if_done(now_ms, task_id, out);
@@ -432,11 +377,7 @@ impl Master {
         if let (TaskKind::Snapshot { handles, .. }, Ok(())) = (&task.kind, result) {
             for handle in handles.clone() {
                 let chunk = self.runtime(handle);
-                if chunk
-                    .lease
-                    .as_ref()
-                    .is_some_and(|lease| lease.primary == from)
-                {
+                if chunk.lease.as_ref().is_some_and(|lease| lease.primary == from) {
                     chunk.lease = None;
                 }
             }
@@ -483,13 +424,7 @@ impl Master {
         let all_acked = task.all_acked();
         let acked: Vec<NodeId> = task.acked.iter().copied().collect();
         match task.kind {
-            TaskKind::CreateChunk {
-                path,
-                index,
-                handle,
-                version,
-                client,
-            } => {
+            TaskKind::CreateChunk { path, index, handle, version, client } => {
                 self.reserved_handles.remove(&handle);
                 self.creating.remove(&(path.clone(), index));
                 let slot_free = self
@@ -502,12 +437,7 @@ impl Master {
                     Some(false) => Some(Err(GfsError::Busy)),
                     Some(true) if acked.is_empty() => Some(Err(GfsError::NoChunkservers)),
                     Some(true) => {
-                        let record = super::LogRecord::AddChunk {
-                            path,
-                            index,
-                            handle,
-                            version,
-                        };
+                        let record = super::LogRecord::AddChunk { path, index, handle, version };
                         self.log_record(record, out);
                         self.set_locations(handle, &acked, version);
                         self.start_round(now_ms, handle, client, 0, Some(acked), out)
@@ -517,22 +447,13 @@ impl Master {
                     self.reply(client.0, client.1, result, out);
                 }
             }
-            TaskKind::Round {
-                handle,
-                version,
-                client,
-                attempt,
-            } => {
+            TaskKind::Round { handle, version, client, attempt } => {
                 let result = if all_acked && self.state.chunks.contains_key(&handle) {
                     let record = super::LogRecord::SetVersion { handle, version };
                     let lsn = self.log_record(record, out);
                     self.set_locations(handle, &acked, version);
-                    let continuation = Continuation::GrantLease {
-                        handle,
-                        version,
-                        replicas: acked,
-                        client,
-                    };
+                    let continuation =
+                        Continuation::GrantLease { handle, version, replicas: acked, client };
                     self.after_durable.push((lsn, continuation));
                     None
                 } else {
@@ -555,14 +476,7 @@ impl Master {
                     self.reply(client.0, client.1, result, out);
                 }
             }
-            TaskKind::CopyOnWrite {
-                path,
-                index,
-                old,
-                new,
-                version,
-                client,
-            } => {
+            TaskKind::CopyOnWrite { path, index, old, new, version, client } => {
                 self.reserved_handles.remove(&new);
                 self.runtime(old).busy = false;
                 let still_shared = self.state.chunks.get(&old).is_some_and(|m| m.refcount > 1);
@@ -573,12 +487,8 @@ impl Master {
                     .and_then(|file| file.chunks.get(index as usize).copied().flatten())
                     == Some(old);
                 let result = if all_acked && still_shared && still_there {
-                    let record = super::LogRecord::ReplaceChunk {
-                        path,
-                        index,
-                        new_handle: new,
-                        version,
-                    };
+                    let record =
+                        super::LogRecord::ReplaceChunk { path, index, new_handle: new, version };
                     self.log_record(record, out);
                     self.set_locations(new, &acked, version);
                     self.start_round(now_ms, new, client, 0, Some(acked), out)
@@ -589,23 +499,14 @@ impl Master {
                     self.reply(client.0, client.1, result, out);
                 }
             }
-            TaskKind::Clone {
-                handle,
-                version,
-                target,
-            } => {
+            TaskKind::Clone { handle, version, target } => {
                 let current = self.state.chunks.get(&handle).map(|meta| meta.version);
                 self.runtime(handle).busy = false;
                 if all_acked && current.is_some_and(|current| version >= current) {
                     self.add_location(handle, target, version);
                 }
             }
-            TaskKind::Snapshot {
-                source,
-                target,
-                handles,
-                client,
-            } => {
+            TaskKind::Snapshot { source, target, handles, client } => {
                 for handle in &handles {
                     self.runtime(*handle).busy = false;
                 }
@@ -633,19 +534,11 @@ impl Master {
                 self.phase = super::Phase::Running { ready: true };
                 self.leases_allowed_ms = now_ms + self.config.lease_ms;
             }
-            Continuation::GrantLease {
-                handle,
-                version,
-                replicas,
-                client,
-            } => {
+            Continuation::GrantLease { handle, version, replicas, client } => {
                 let pick = self.rng.below(replicas.len() as u64) as usize;
                 let primary = replicas[pick];
-                let secondaries: Vec<NodeId> = replicas
-                    .iter()
-                    .copied()
-                    .filter(|node| *node != primary)
-                    .collect();
+                let secondaries: Vec<NodeId> =
+                    replicas.iter().copied().filter(|node| *node != primary).collect();
                 let expiry_ms = now_ms + self.config.lease_ms;
                 let chunk = self.runtime(handle);
                 chunk.busy = false;
@@ -663,13 +556,7 @@ impl Master {
                     secondaries: secondaries.clone(),
                 };
                 out.send(primary, Message::Command { req, cmd });
-                let info = LeaseInfo {
-                    handle,
-                    version,
-                    primary,
-                    secondaries,
-                    expiry_ms,
-                };
+                let info = LeaseInfo { handle, version, primary, secondaries, expiry_ms };
                 self.reply(client.0, client.1, Ok(MasterAnswer::Lease(info)), out);
             }
         }
@@ -708,9 +595,6 @@ impl Master {
 
     /// Re-replications under way.
     pub(super) fn clone_tasks_running(&self) -> usize {
-        self.tasks
-            .values()
-            .filter(|task| matches!(task.kind, TaskKind::Clone { .. }))
-            .count()
+        self.tasks.values().filter(|task| matches!(task.kind, TaskKind::Clone { .. })).count()
     }
 }
