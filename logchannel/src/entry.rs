@@ -111,6 +111,9 @@ pub struct RunEnd {
     pub memory_hash: u64,
     /// Hash of the final general registers.
     pub regs_hash: u64,
+    /// The host stopped the run (SIGINT/SIGTERM) at landmark `landmarks`,
+    /// before handling it; a replay stops at the same point.
+    pub stopped: bool,
 }
 
 /// One log entry.
@@ -179,6 +182,7 @@ mod tests {
                 console_hash: 1,
                 memory_hash: 2,
                 regs_hash: 3,
+                stopped: false,
             }),
         ];
         let mut writer = FrameWriter::new(Vec::new(), 1, 0);

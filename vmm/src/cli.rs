@@ -187,6 +187,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
 /// Parses the process arguments, runs the command, returns the exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    crate::signals::install_stop_handlers();
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Record { log, run: args } => record(log, args),

@@ -18,6 +18,7 @@ pub mod misbehaviour;
 pub mod outcome;
 pub mod outputs;
 pub mod runs;
+pub mod signals;
 pub mod tap;
 pub mod vcpu;
 pub mod vm;

@@ -82,6 +82,11 @@ impl Machine {
         }
         self.landmarks += 1;
         let at = At { point: ExecPoint { landmark: self.landmarks, rip }, regs: *regs };
+        match self.inputs.stop_here(&at) {
+            Ok(false) => {}
+            Ok(true) => return Action::Stop(InputError::Stopped.into()),
+            Err(error) => return Action::Stop(error.into()),
+        }
         match exit {
             Exit::MmioRead { addr, size } => self.mmio(at, addr, size, None),
             Exit::MmioWrite { addr, size, value } => self.mmio(at, addr, size, Some(value)),

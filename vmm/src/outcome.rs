@@ -20,6 +20,8 @@ pub mod status {
     pub const DIVERGED: u8 = 125;
     /// The log is unreadable, cut short, or could not be written.
     pub const LOG_ERROR: u8 = 126;
+    /// The host stopped the VM (SIGINT/SIGTERM), as shells report 128 + SIGINT.
+    pub const STOPPED: u8 = 130;
 }
 
 /// Why a run ended.
@@ -67,6 +69,7 @@ impl RunOutcome {
             RunOutcome::OutputFailed(_) => status::VMM_ERROR,
             RunOutcome::InputsFailed(InputError::NothingToWaitFor) => status::GUEST_STUCK,
             RunOutcome::InputsFailed(InputError::Diverged(_)) => status::DIVERGED,
+            RunOutcome::InputsFailed(InputError::Stopped) => status::STOPPED,
             RunOutcome::InputsFailed(_) => status::LOG_ERROR,
         }
     }

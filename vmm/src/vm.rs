@@ -12,7 +12,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::devices::{DeviceSet, Devices};
 use crate::inputs::live::HostClock;
-use crate::inputs::{Inputs, LogStats, RunEnd};
+use crate::inputs::{InputError, Inputs, LogStats, RunEnd};
 use crate::loader::{self, LoaderError};
 use crate::machine::{Action, Machine};
 use crate::memory::{self, MemoryError};
@@ -234,7 +234,8 @@ impl Vm {
     /// against) the log. A run the inputs already stopped is not checked again.
     pub fn finish(&mut self, outcome: RunOutcome) -> RunReport {
         let mut report = self.report(outcome);
-        if !matches!(report.outcome, RunOutcome::InputsFailed(_)) {
+        let stopped = report.outcome == RunOutcome::InputsFailed(InputError::Stopped);
+        if stopped || !matches!(report.outcome, RunOutcome::InputsFailed(_)) {
             let end = RunEnd {
                 landmarks: report.landmarks,
                 outcome: report.outcome.to_string(),
@@ -242,6 +243,7 @@ impl Vm {
                 console_hash: report.console_hash,
                 memory_hash: report.memory_hash,
                 regs_hash: report.regs_hash,
+                stopped,
             };
             if let Err(error) = self.machine.inputs_mut().end_of_run(&end) {
                 report.outcome = RunOutcome::InputsFailed(error);

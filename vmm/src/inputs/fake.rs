@@ -59,6 +59,10 @@ impl Inputs for FakeInputs {
         Ok(())
     }
 
+    fn stop_here(&mut self, _at: &At) -> Result<bool, InputError> {
+        Ok(false)
+    }
+
     fn poll_events(&mut self, _at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
         Ok(self.arrived(armed))
     }

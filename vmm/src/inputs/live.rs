@@ -106,6 +106,10 @@ impl Inputs for LiveInputs {
         disk.read_at(offset, buf).map_err(|error| InputError::Host(error.to_string()))
     }
 
+    fn stop_here(&mut self, _at: &At) -> Result<bool, InputError> {
+        Ok(crate::signals::stop_requested())
+    }
+
     fn poll_events(&mut self, _at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
         self.arrived(armed)
     }
@@ -125,26 +129,33 @@ impl Inputs for LiveInputs {
             if !events.is_empty() {
                 return Ok(events);
             }
+            if crate::signals::stop_requested() {
+                return Err(InputError::Stopped);
+            }
             let remaining_ns =
                 armed.timer_deadline_ns.map(|deadline| deadline.saturating_sub(self.now_ns()));
-            match tap_fd {
-                Some(fd) => {
-                    let mut poll_fd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-                    let timeout = remaining_ns.map(|ns| libc::timespec {
-                        tv_sec: (ns / 1_000_000_000) as libc::time_t,
-                        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
-                    });
-                    let timeout_ptr =
-                        timeout.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-                    // SAFETY: one valid pollfd and an optional timespec, both
-                    // alive across the call; the fd is the TAP that
-                    // `self.backends` keeps open.
-                    unsafe { libc::ppoll(&mut poll_fd, 1, timeout_ptr, std::ptr::null()) };
-                }
-                None => {
-                    std::thread::sleep(std::time::Duration::from_nanos(remaining_ns.unwrap_or(0)))
-                }
-            }
+            // ppoll, not sleep: a stop signal interrupts it (EINTR).
+            let mut poll_fds: Vec<libc::pollfd> = tap_fd
+                .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+                .into_iter()
+                .collect();
+            let timeout = remaining_ns.map(|ns| libc::timespec {
+                tv_sec: (ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+            });
+            let timeout_ptr =
+                timeout.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+            // SAFETY: `poll_fds` (0 or 1 valid pollfd) and the optional
+            // timespec live across the call; the fd is the TAP that
+            // `self.backends` keeps open.
+            unsafe {
+                libc::ppoll(
+                    poll_fds.as_mut_ptr(),
+                    poll_fds.len() as libc::nfds_t,
+                    timeout_ptr,
+                    std::ptr::null(),
+                )
+            };
         }
     }
 

@@ -87,6 +87,10 @@ pub enum InputError {
         /// Where the guest is.
         landmark: u64,
     },
+    /// The host asked the VMM to stop (SIGINT/SIGTERM), or the recording
+    /// being replayed was stopped here.
+    #[error("stopped by the host")]
+    Stopped,
     /// The log could not be read: corrupt, truncated, out of order.
     #[error("the log is unreadable: {0}")]
     LogCorrupt(String),
@@ -137,7 +141,11 @@ pub trait Inputs {
     /// The asynchronous events that have arrived by this landmark, at once.
     /// At most `armed.net_rx_capacity` of them are received frames.
     fn poll_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError>;
-    /// Blocks until at least one asynchronous event arrives.
+    /// Whether the run stops at this landmark, before it is handled: the
+    /// host asked to stop (live, record) or the recording stopped here (replay).
+    fn stop_here(&mut self, at: &At) -> Result<bool, InputError>;
+    /// Blocks until at least one asynchronous event arrives
+    /// ([`InputError::Stopped`] if the host asks to stop meanwhile).
     fn wait_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError>;
     /// The run is over: record its end, or check it against the recording.
     fn end_of_run(&mut self, end: &RunEnd) -> Result<(), InputError>;

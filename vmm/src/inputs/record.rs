@@ -93,6 +93,10 @@ impl<S: EntrySink> Inputs for RecordingInputs<S> {
         self.log(at, Input::DiskRead(buf.to_vec()))
     }
 
+    fn stop_here(&mut self, at: &At) -> Result<bool, InputError> {
+        self.live.stop_here(at)
+    }
+
     fn poll_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
         let events = self.live.poll_events(at, armed)?;
         if !events.is_empty() {

@@ -203,6 +203,12 @@ impl<S: EntrySource> Inputs for ReplayInputs<S> {
         Ok(())
     }
 
+    fn stop_here(&mut self, at: &At) -> Result<bool, InputError> {
+        Ok(
+            matches!(self.peek()?, Some((_, Entry::RunEnd(end))) if end.stopped && end.landmarks == at.point.landmark),
+        )
+    }
+
     fn poll_events(&mut self, at: &At, _armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
         let landmark = at.point.landmark;
         let covered_landmark = self.covered_landmark;
@@ -226,6 +232,9 @@ impl<S: EntrySource> Inputs for ReplayInputs<S> {
     }
 
     fn wait_events(&mut self, at: &At, _armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
+        if self.stop_here(at)? {
+            return Err(InputError::Stopped);
+        }
         self.events(at, "events (waited)", |input| matches!(input, Input::Waited(_)))
     }
 
