@@ -100,7 +100,8 @@ fn fail(invariant: &'static str, detail: String, at_ms: u64) -> Failure {
 
 impl Sim {
     fn new(settings: Settings, trace: bool) -> Self {
-        let mut world = World::new(settings.seed, settings.config());
+        let mut world = World::new(settings.seed, settings.config())
+            .with_chunkserver_slots(settings.chunkserver_slots);
         world.drop_per_mille = settings.drop_per_mille;
         world.duplicate_per_mille = settings.duplicate_per_mille;
         world.delay_min_ms = settings.delay_min_ms;

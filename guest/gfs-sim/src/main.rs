@@ -183,7 +183,7 @@ fn median(values: &mut [f64]) -> f64 {
 
 fn bench() -> ExitCode {
     const REPEATS: usize = 7;
-    println!("gfs-sim bench: fault-free cluster (5 chunkservers, 3 clients x 300 ops), {REPEATS} runs, medians");
+    println!("gfs-sim bench: fault-free cluster (5 chunkservers, 3 clients x 150 ops), {REPEATS} runs, medians");
     let mut steps_per_s = Vec::new();
     let mut ops_per_s = Vec::new();
     let mut acked_bytes_per_s = Vec::new();
@@ -194,7 +194,7 @@ fn bench() -> ExitCode {
         let mut settings = Settings::from_seed(repeat as u64);
         settings.chunkservers = 5;
         settings.clients = 3;
-        settings.ops_per_client = 300;
+        settings.ops_per_client = 150;
         settings.drop_per_mille = 0;
         settings.duplicate_per_mille = 0;
         settings.delay_max_ms = 5;
@@ -202,8 +202,9 @@ fn bench() -> ExitCode {
         settings.master_crash_every_ms = 0;
         settings.corruption_every_ms = 0;
         settings.lose_one_disk = false;
-        settings.fault_phase_ms = 100;
-        settings.liveness_phase_ms = 2000;
+        settings.fault_phase_ms = 100_000; // no faults are configured: this is the workload phase
+        settings.liveness_phase_ms = 8000;
+        settings.chunkserver_slots = 256;
         let started = Instant::now();
         let outcome = run(&settings, false);
         let wall_s = started.elapsed().as_secs_f64();

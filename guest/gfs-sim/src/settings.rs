@@ -32,6 +32,8 @@ pub struct Settings {
     pub fault_phase_ms: u64,
     /// How long the fault-free liveness phase runs before its checks.
     pub liveness_phase_ms: u64,
+    /// Chunks each chunkserver's disk holds.
+    pub chunkserver_slots: u64,
     /// How often each chunkserver verifies one idle replica.
     pub scrub_interval_ms: u64,
     /// The deliberately broken invariant, if any.
@@ -67,6 +69,7 @@ impl Settings {
             fault_phase_ms: rng.range_inclusive(3000, 8000),
             liveness_phase_ms: 12_000,
             scrub_interval_ms: 50,
+            chunkserver_slots: 64,
             knobs: TestKnobs::default(),
         }
     }

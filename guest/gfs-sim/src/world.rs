@@ -92,12 +92,12 @@ pub struct World {
     pub client_events: Vec<(NodeId, ClientEvent)>,
     /// Nodes stepped since the driver last looked (for the lease check).
     pub stepped: Vec<usize>,
+    /// Disk size of chunkservers added from now on.
+    pub chunkserver_disk_sectors: u64,
 }
 
 /// Master disk size in sectors.
 pub const MASTER_DISK_SECTORS: u64 = 2048;
-/// Chunkserver disk size in sectors (enough for 64 chunks of the simulator's size).
-pub const CHUNKSERVER_DISK_SECTORS: u64 = 64 * 17;
 
 impl World {
     /// An empty world.
@@ -117,14 +117,23 @@ impl World {
             trace: None,
             client_events: Vec::new(),
             stepped: Vec::new(),
+            chunkserver_disk_sectors: 0,
         }
+        .with_chunkserver_slots(64)
+    }
+
+    /// Sizes chunkserver disks to hold `slots` chunks.
+    pub fn with_chunkserver_slots(mut self, slots: u64) -> Self {
+        let layout = gfs::chunkserver::store::Layout::new(&self.config, u64::MAX / 2);
+        self.chunkserver_disk_sectors = slots * (layout.header_sectors + layout.data_sectors);
+        self
     }
 
     /// Adds a node with a blank disk and boots it.
     pub fn add_node(&mut self, id: NodeId, role: Role) -> usize {
         let sectors = match role {
             Role::Master => MASTER_DISK_SECTORS,
-            Role::Chunkserver => CHUNKSERVER_DISK_SECTORS,
+            Role::Chunkserver => self.chunkserver_disk_sectors,
             Role::Client => 0,
         };
         self.nodes.push(Node {

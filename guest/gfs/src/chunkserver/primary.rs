@@ -214,6 +214,15 @@ impl Chunkserver {
         }
     }
 
+    /// The mutation in flight on `handle` if it is `serial`.
+    fn in_flight_mut(&mut self, handle: ChunkHandle, serial: u64) -> Option<&mut InFlight> {
+        self.replicas
+            .get_mut(&handle)
+            .and_then(|replica| replica.lease.as_mut())
+            .and_then(|lease| lease.in_flight.as_mut())
+            .filter(|in_flight| in_flight.serial == serial)
+    }
+
     pub(super) fn primary_local_done(
         &mut self,
         now_ms: u64,
@@ -222,12 +231,7 @@ impl Chunkserver {
         result: Result<(), GfsError>,
         out: &mut Outputs,
     ) {
-        let in_flight = self
-            .replicas
-            .get_mut(&handle)
-            .and_then(|replica| replica.lease.as_mut())
-            .and_then(|lease| lease.in_flight.as_mut())
-            .filter(|in_flight| in_flight.serial == serial);
+        let in_flight = self.in_flight_mut(handle, serial);
         if let Some(in_flight) = in_flight {
             in_flight.local_done = true;
             if let Err(error) = result {
@@ -246,12 +250,7 @@ impl Chunkserver {
         result: Result<(), GfsError>,
         out: &mut Outputs,
     ) {
-        let in_flight = self
-            .replicas
-            .get_mut(&handle)
-            .and_then(|replica| replica.lease.as_mut())
-            .and_then(|lease| lease.in_flight.as_mut())
-            .filter(|in_flight| in_flight.serial == serial);
+        let in_flight = self.in_flight_mut(handle, serial);
         if let Some(in_flight) = in_flight {
             if in_flight.waiting.remove(&from) && result.is_err() {
                 in_flight.failure = Some(GfsError::ReplicaFailed);
