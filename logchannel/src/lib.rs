@@ -2,12 +2,18 @@
 //!
 //! [`frame`] turns entries into checksummed, sequence-numbered frames on any byte stream and
 //! back; [`file`] stores such a stream in a versioned log file for record and replay; [`entry`]
-//! is what the frames carry: the inputs a guest consumed and where.
+//! is what the frames carry: the inputs a guest consumed and where; [`channel`] carries the
+//! frames from a primary to its backup over TCP, with acks, heartbeats and failure detection.
 
+pub mod channel;
 pub mod entry;
 pub mod file;
 pub mod frame;
 
+pub use channel::{
+    BackupCore, BackupLink, BackupMessage, ChannelConfig, ChannelError, Peer, PrimaryCore,
+    PrimaryLink, PrimaryStats, Received, Sent,
+};
 pub use entry::{AsyncEvent, Entry, EntryLevel, ExecPoint, Input, InputEntry, RunEnd, RunStart};
 pub use file::{LogFileError, LogFileReader, LogFileWriter, FIRST_SEQ, FORMAT_VERSION};
 pub use frame::{

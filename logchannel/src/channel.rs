@@ -1,0 +1,204 @@
+//! The primary -> backup log channel over TCP (DESIGN §5).
+//!
+//! # Wire format
+//!
+//! Primary -> backup: the log itself, frames of [`Entry`] exactly as in a log file
+//! ([`crate::frame`]: length, CRC32C, postcard `(seq, entry)`), sequence numbers from
+//! [`FIRST_SEQ`](crate::FIRST_SEQ). Backup -> primary: frames of [`BackupMessage`] in the same
+//! framing with their own sequence numbers, so acks are CRC-checked and a lost or repeated one is
+//! an error like a lost log frame.
+//!
+//! # Acks, heartbeats and failure detection
+//!
+//! The backup acknowledges the highest contiguous sequence number it has received, as soon as a
+//! read from the socket has been decoded (before anything is replayed), one ack per read however
+//! many frames it held. When it has sent nothing for `heartbeat_interval_ms` it repeats its ack:
+//! that is its heartbeat.
+//!
+//! The primary's heartbeat is an ordinary log entry, [`Entry::Progress`] carrying the highest
+//! landmark the VMM itself has announced in a progress entry (0 before any), sent when nothing
+//! was sent for `heartbeat_interval_ms`. Chosen over a separate message because (1) the
+//! primary -> backup stream stays exactly the log format, one decoder and one set of checks, and
+//! the contiguity check covers heartbeats too; (2) its ack is a round trip that proves the whole
+//! path, backup included, alive; (3) it tells the replayer nothing false (progress never moves
+//! backwards, the replayer keeps the maximum) and costs ~12 bytes per interval, sent only while
+//! the VMM is idle, since the VMM already logs progress about every millisecond while it runs.
+//!
+//! Either side presumes its peer dead when it has received nothing for `failure_timeout_ms`
+//! ([`ChannelError::PeerSilent`]), or at once when the connection ends or fails
+//! ([`ChannelError::Disconnected`]). Both are peer failures ([`ChannelError::is_peer_failure`]):
+//! the side should go to the arbiter. Bad data ([`ChannelError::Corrupt`],
+//! [`ChannelError::Protocol`]) is not: it is reported, and nothing after it is delivered.
+//!
+//! # Layers
+//!
+//! [`PrimaryCore`] and [`BackupCore`] are sans-IO: they take received bytes and the current time
+//! in ns and hand back bytes to send and what happened; no sockets, clock or threads. They are
+//! what the property tests drive. [`PrimaryLink`] and [`BackupLink`] run them over a `TcpStream`
+//! with a reader thread per side (and a writer thread on the primary, so that `send` never
+//! blocks).
+
+mod link;
+mod sans_io;
+
+use std::io;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::entry::Entry;
+use crate::frame::FrameError;
+
+pub use self::link::{BackupLink, PrimaryLink, PrimaryStats};
+pub use self::sans_io::{BackupCore, PrimaryCore, Received, Sent};
+
+/// Timing and buffering of a channel endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelConfig {
+    /// Send a heartbeat when nothing was sent for this long.
+    pub heartbeat_interval_ms: u64,
+    /// Presume the peer dead when nothing was received from it for this long.
+    pub failure_timeout_ms: u64,
+    /// How long [`PrimaryLink::connect`] tries to reach the backup.
+    pub connect_timeout_ms: u64,
+    /// The backup stops reading from the socket while this many bytes of received entries wait
+    /// to be taken by `recv`; the primary's unacknowledged log then grows until its lag bound
+    /// slows it down.
+    pub max_received_bytes: u64,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        ChannelConfig {
+            heartbeat_interval_ms: 20,
+            failure_timeout_ms: 300,
+            connect_timeout_ms: 5_000,
+            max_received_bytes: 32 << 20,
+        }
+    }
+}
+
+impl ChannelConfig {
+    /// How often the link threads wake to send heartbeats and check the peer, in ms.
+    fn tick_ms(&self) -> u64 {
+        self.heartbeat_interval_ms.min(self.failure_timeout_ms / 4).clamp(1, 50)
+    }
+}
+
+/// Which end of the channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// The side that runs the guest and sends the log.
+    Primary,
+    /// The side that replays the log.
+    Backup,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            Peer::Primary => "primary",
+            Peer::Backup => "backup",
+        })
+    }
+}
+
+/// What the backup sends the primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BackupMessage {
+    /// Every log entry up to and including `acked_seq` has been received (0: none yet). Sent on
+    /// receipt, and repeated as the backup's heartbeat.
+    Ack {
+        /// The highest contiguous sequence number received.
+        acked_seq: u64,
+    },
+}
+
+/// Why the channel cannot go on (or, for [`ChannelError::Encode`], why one entry was refused).
+///
+/// Cloneable so that every caller waiting on a failed link gets the same report; the sources are
+/// shared behind `Arc`s for that.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// Nothing arrived from the peer within the failure timeout: it is presumed dead.
+    #[error(
+        "log channel: nothing from the {peer} for {silent_ms} ms (failure timeout \
+         {failure_timeout_ms} ms): the {peer} is presumed dead"
+    )]
+    PeerSilent {
+        /// Who went silent.
+        peer: Peer,
+        /// How long it has been silent.
+        silent_ms: u64,
+        /// The configured failure timeout.
+        failure_timeout_ms: u64,
+    },
+    /// The connection ended or failed (EOF, reset, a send that failed).
+    #[error("log channel: the connection to the {peer} ended: {detail}")]
+    Disconnected {
+        /// The other end.
+        peer: Peer,
+        /// What happened.
+        detail: String,
+    },
+    /// The peer sent bytes that are not the next valid frame: corrupted, duplicated, out of
+    /// order. Nothing from that frame on is delivered.
+    #[error("log channel: bad data from the {peer}: {source}")]
+    Corrupt {
+        /// Who sent it.
+        peer: Peer,
+        /// The frame check that failed.
+        #[source]
+        source: Arc<FrameError>,
+    },
+    /// A well-formed message that makes no sense (an ack of entries never sent, an ack that
+    /// moves backwards).
+    #[error("log channel: protocol violation by the {peer}: {detail}")]
+    Protocol {
+        /// Who sent it.
+        peer: Peer,
+        /// What was wrong.
+        detail: String,
+    },
+    /// This entry cannot be framed (too large); the channel itself is unharmed.
+    #[error("log channel: cannot send this entry: {source}")]
+    Encode {
+        /// Why.
+        #[source]
+        source: Arc<FrameError>,
+    },
+    /// The primary could not connect to the backup.
+    #[error("log channel: cannot connect to the backup at {addr}: {source}")]
+    Connect {
+        /// The address tried.
+        addr: String,
+        /// Why.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// The backup could not accept or set up the primary's connection.
+    #[error("log channel: cannot accept the primary on {addr}: {source}")]
+    Accept {
+        /// The listening address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// This side's link was closed.
+    #[error("log channel: closed by this side")]
+    Closed,
+}
+
+impl ChannelError {
+    /// True when the peer is gone or unreachable (silent past the timeout, or the connection
+    /// ended): the side should ask the arbiter whether to go on alone.
+    pub fn is_peer_failure(&self) -> bool {
+        matches!(self, ChannelError::PeerSilent { .. } | ChannelError::Disconnected { .. })
+    }
+}
+
+/// Heartbeats of the primary are progress entries; see the module documentation.
+fn heartbeat_entry(progress_landmark: u64) -> Entry {
+    Entry::Progress { landmark: progress_landmark }
+}

@@ -1,0 +1,567 @@
+//! The log channel over a `TcpStream`: the sans-IO cores run by a few threads.
+//!
+//! Primary: `send` frames the entry into the core's outbox under a mutex and wakes a writer
+//! thread, which writes whatever has accumulated in one `write_all` (so bursts are batched); a
+//! reader thread takes acks, sends heartbeats and checks the backup's liveness, waking every
+//! tick (a read timeout) to do so. Backup: one reader thread decodes, queues and acks, and stops
+//! reading while `max_received_bytes` wait in its queue (backpressure that reaches the primary's
+//! lag bound through TCP). The clock of both is an `Instant` taken when the link starts.
+//!
+//! When a link fails, its socket is shut down, which ends every blocked read or write, and
+//! every waiter is woken with the error. Dropping a link shuts it down and joins its threads.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::sans_io::{BackupCore, PrimaryCore, Received, Sent};
+use super::{ChannelConfig, ChannelError, Peer};
+use crate::entry::Entry;
+
+/// How much a reader asks its socket for at a time.
+const READ_CHUNK_LEN_BYTES: usize = 64 * 1024;
+
+fn now_ns(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
+}
+
+fn disconnected(peer: Peer, what: &str, error: &std::io::Error) -> ChannelError {
+    ChannelError::Disconnected { peer, detail: format!("{what}: {error}") }
+}
+
+/// A read that ended because the tick (the read timeout) passed, or a signal: not a failure.
+fn is_tick(error: &std::io::Error) -> bool {
+    matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted)
+}
+
+/// Locks, ignoring poisoning: the state is a core whose invariants hold between calls, and a
+/// panicking thread already reports itself.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Waits on `condvar` for at most `timeout`, ignoring poisoning like [`lock`].
+fn wait<'a, T>(
+    condvar: &Condvar,
+    guard: MutexGuard<'a, T>,
+    timeout: Duration,
+) -> MutexGuard<'a, T> {
+    match condvar.wait_timeout(guard, timeout) {
+        Ok((guard, _)) => guard,
+        Err(poisoned) => poisoned.into_inner().0,
+    }
+}
+
+/// Counters of the primary's end, for `--stats`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrimaryStats {
+    /// The highest sequence number sent.
+    pub sent_seq: u64,
+    /// The highest sequence number the backup acknowledged.
+    pub acked_seq: u64,
+    /// Entries sent and not acknowledged.
+    pub unacked_entries: u64,
+    /// Bytes sent and not acknowledged.
+    pub unacked_bytes: u64,
+    /// Age of the oldest unacknowledged entry.
+    pub unacked_age_ms: u64,
+    /// Bytes of log sent since the start.
+    pub sent_bytes: u64,
+    /// Heartbeats sent since the start.
+    pub heartbeats_sent: u64,
+}
+
+struct PrimaryState {
+    core: PrimaryCore,
+    /// Bytes taken by the writer and not yet written.
+    writing: bool,
+    closing: bool,
+}
+
+struct PrimaryShared {
+    state: Mutex<PrimaryState>,
+    /// Acks arrived, output was written, or the link failed.
+    changed: Condvar,
+    /// The outbox has bytes, or the link is closing.
+    output_ready: Condvar,
+    epoch: Instant,
+    tick: Duration,
+}
+
+impl PrimaryShared {
+    /// Records a failure, shuts the socket so blocked I/O ends, and wakes everyone.
+    fn fail(&self, stream: &TcpStream, error: ChannelError) {
+        let mut state = lock(&self.state);
+        if !state.closing {
+            state.core.fail(error);
+        }
+        drop(state);
+        let _ = stream.shutdown(Shutdown::Both);
+        self.changed.notify_all();
+        self.output_ready.notify_all();
+    }
+}
+
+/// The primary's end of the log channel.
+pub struct PrimaryLink {
+    shared: Arc<PrimaryShared>,
+    stream: TcpStream,
+    peer_addr: SocketAddr,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl PrimaryLink {
+    /// Connects to the backup listening at `addr` (each resolved address is tried for
+    /// `connect_timeout_ms`).
+    pub fn connect(addr: impl ToSocketAddrs, config: &ChannelConfig) -> Result<Self, ChannelError> {
+        let timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|source| ChannelError::Connect {
+                addr: "(unresolved)".into(),
+                source: Arc::new(source),
+            })?
+            .collect();
+        let mut last_error = std::io::Error::new(ErrorKind::InvalidInput, "no address to try");
+        for addr in &addrs {
+            match TcpStream::connect_timeout(addr, timeout) {
+                Ok(stream) => return Self::from_stream(stream, config),
+                Err(error) => last_error = error,
+            }
+        }
+        let addr = addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        Err(ChannelError::Connect { addr, source: Arc::new(last_error) })
+    }
+
+    /// Runs the primary's end over an established connection.
+    pub fn from_stream(stream: TcpStream, config: &ChannelConfig) -> Result<Self, ChannelError> {
+        let setup_error = |source| ChannelError::Connect {
+            addr: stream.peer_addr().map_or("(unknown)".into(), |addr| addr.to_string()),
+            source: Arc::new(source),
+        };
+        let tick = Duration::from_millis(config.tick_ms());
+        stream.set_nodelay(true).map_err(setup_error)?;
+        stream.set_read_timeout(Some(tick)).map_err(setup_error)?;
+        let peer_addr = stream.peer_addr().map_err(setup_error)?;
+        let (reader_stream, writer_stream) =
+            (stream.try_clone().map_err(setup_error)?, stream.try_clone().map_err(setup_error)?);
+        let epoch = Instant::now();
+        let shared = Arc::new(PrimaryShared {
+            state: Mutex::new(PrimaryState {
+                core: PrimaryCore::new(config, 0),
+                writing: false,
+                closing: false,
+            }),
+            changed: Condvar::new(),
+            output_ready: Condvar::new(),
+            epoch,
+            tick,
+        });
+        let threads = vec![
+            spawn("ftvm-log-ack-reader", {
+                let shared = Arc::clone(&shared);
+                move || primary_reader(&shared, reader_stream)
+            }),
+            spawn("ftvm-log-writer", {
+                let shared = Arc::clone(&shared);
+                move || primary_writer(&shared, writer_stream)
+            }),
+        ];
+        Ok(PrimaryLink { shared, stream, peer_addr, threads })
+    }
+
+    /// Queues `entry` for the backup and returns its sequence number; never blocks on the
+    /// network. Fails once the link has failed.
+    pub fn send(&self, entry: &Entry) -> Result<Sent, ChannelError> {
+        let mut state = lock(&self.shared.state);
+        let sent = state.core.send(entry, now_ns(self.shared.epoch))?;
+        drop(state);
+        self.shared.output_ready.notify_one();
+        Ok(sent)
+    }
+
+    /// The highest sequence number the backup acknowledged (0: none).
+    pub fn acked_seq(&self) -> u64 {
+        lock(&self.shared.state).core.acked_seq()
+    }
+
+    /// The lag bound: blocks while more than `max_unacked_bytes` are unacknowledged or the
+    /// oldest unacknowledged entry is older than `max_unacked_age_ms`. Returns the link's
+    /// failure if it fails meanwhile (a backup that stops acking entirely is presumed dead after
+    /// the failure timeout, so this does not block forever).
+    pub fn wait_for_room(
+        &self,
+        max_unacked_bytes: u64,
+        max_unacked_age_ms: u64,
+    ) -> Result<(), ChannelError> {
+        let max_unacked_age_ns = max_unacked_age_ms.saturating_mul(1_000_000);
+        let mut state = lock(&self.shared.state);
+        loop {
+            if let Some(error) = state.core.error() {
+                return Err(error.clone());
+            }
+            let now_ns = now_ns(self.shared.epoch);
+            if state.core.unacked_bytes() <= max_unacked_bytes
+                && state.core.unacked_age_ns(now_ns) <= max_unacked_age_ns
+            {
+                return Ok(());
+            }
+            state = wait(&self.shared.changed, state, self.shared.tick);
+        }
+    }
+
+    /// The output rule: waits until the backup has acknowledged `seq`. `Ok(true)` once it has,
+    /// `Ok(false)` if `deadline` passes first, the link's failure if it fails first.
+    pub fn wait_acked(&self, seq: u64, deadline: Instant) -> Result<bool, ChannelError> {
+        let mut state = lock(&self.shared.state);
+        loop {
+            if state.core.acked_seq() >= seq {
+                return Ok(true);
+            }
+            if let Some(error) = state.core.error() {
+                return Err(error.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            state = wait(&self.shared.changed, state, deadline - now);
+        }
+    }
+
+    /// Waits until everything sent so far has been handed to the socket. `Ok(false)` if
+    /// `deadline` passes first.
+    pub fn flush(&self, deadline: Instant) -> Result<bool, ChannelError> {
+        let mut state = lock(&self.shared.state);
+        loop {
+            if let Some(error) = state.core.error() {
+                return Err(error.clone());
+            }
+            if !state.core.has_output() && !state.writing {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            state = wait(&self.shared.changed, state, deadline - now);
+        }
+    }
+
+    /// False once the link has failed (the backup went silent, the connection ended, bad data).
+    pub fn peer_alive(&self) -> bool {
+        lock(&self.shared.state).core.error().is_none()
+    }
+
+    /// The failure, if the link has failed.
+    pub fn error(&self) -> Option<ChannelError> {
+        lock(&self.shared.state).core.error().cloned()
+    }
+
+    /// Where the backup is.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// Counters for reports.
+    pub fn stats(&self) -> PrimaryStats {
+        let state = lock(&self.shared.state);
+        let core = &state.core;
+        PrimaryStats {
+            sent_seq: core.last_seq(),
+            acked_seq: core.acked_seq(),
+            unacked_entries: core.unacked_entries(),
+            unacked_bytes: core.unacked_bytes(),
+            unacked_age_ms: core.unacked_age_ns(now_ns(self.shared.epoch)) / 1_000_000,
+            sent_bytes: core.sent_bytes(),
+            heartbeats_sent: core.heartbeats_sent(),
+        }
+    }
+}
+
+impl Drop for PrimaryLink {
+    fn drop(&mut self) {
+        let mut state = lock(&self.shared.state);
+        state.closing = true;
+        state.core.fail(ChannelError::Closed);
+        drop(state);
+        let _ = self.stream.shutdown(Shutdown::Both);
+        self.shared.changed.notify_all();
+        self.shared.output_ready.notify_all();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    thread::Builder::new().name(name.into()).spawn(body).expect("cannot spawn a log channel thread")
+}
+
+fn primary_reader(shared: &PrimaryShared, mut stream: TcpStream) {
+    let mut chunk = vec![0u8; READ_CHUNK_LEN_BYTES];
+    loop {
+        let read = stream.read(&mut chunk);
+        let mut state = lock(&shared.state);
+        if state.closing || state.core.error().is_some() {
+            return;
+        }
+        let now_ns = now_ns(shared.epoch);
+        let outcome = match read {
+            Ok(0) => Err(ChannelError::Disconnected {
+                peer: Peer::Backup,
+                detail: "the backup closed the connection".into(),
+            }),
+            Ok(len_bytes) => state.core.handle_input(&chunk[..len_bytes], now_ns).map(drop),
+            Err(error) if is_tick(&error) => Ok(()),
+            Err(error) => Err(disconnected(Peer::Backup, "cannot read from the backup", &error)),
+        }
+        .and_then(|()| state.core.poll(now_ns));
+        let has_output = state.core.has_output();
+        drop(state);
+        if let Err(error) = outcome {
+            shared.fail(&stream, error);
+            return;
+        }
+        if has_output {
+            shared.output_ready.notify_one();
+        }
+        shared.changed.notify_all();
+    }
+}
+
+fn primary_writer(shared: &PrimaryShared, mut stream: TcpStream) {
+    let mut bytes = Vec::new();
+    loop {
+        let mut state = lock(&shared.state);
+        while !state.core.has_output() && !state.closing && state.core.error().is_none() {
+            state = wait(&shared.output_ready, state, shared.tick);
+        }
+        if state.closing || state.core.error().is_some() {
+            return;
+        }
+        state.core.take_output(&mut bytes);
+        state.writing = true;
+        drop(state);
+        let written = stream.write_all(&bytes);
+        bytes.clear();
+        lock(&shared.state).writing = false;
+        if let Err(error) = written {
+            shared.fail(&stream, disconnected(Peer::Backup, "cannot send to the backup", &error));
+            return;
+        }
+        shared.changed.notify_all();
+    }
+}
+
+struct BackupState {
+    core: BackupCore,
+    closing: bool,
+}
+
+struct BackupShared {
+    state: Mutex<BackupState>,
+    /// Entries arrived, entries were taken, or the link failed.
+    changed: Condvar,
+    epoch: Instant,
+    tick: Duration,
+    max_received_bytes: u64,
+}
+
+/// The backup's end of the log channel.
+pub struct BackupLink {
+    shared: Arc<BackupShared>,
+    stream: TcpStream,
+    peer_addr: SocketAddr,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl BackupLink {
+    /// Waits for the primary to connect on `listener`, then runs the backup's end.
+    pub fn accept(listener: &TcpListener, config: &ChannelConfig) -> Result<Self, ChannelError> {
+        let accept_error = |source| ChannelError::Accept {
+            addr: listener.local_addr().map_or("(unknown)".into(), |addr| addr.to_string()),
+            source: Arc::new(source),
+        };
+        let (stream, _) = listener.accept().map_err(accept_error)?;
+        Self::from_stream(stream, config).map_err(|error| match error {
+            ChannelError::Accept { source, .. } => ChannelError::Accept {
+                addr: listener.local_addr().map_or("(unknown)".into(), |addr| addr.to_string()),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Runs the backup's end over an established connection.
+    pub fn from_stream(stream: TcpStream, config: &ChannelConfig) -> Result<Self, ChannelError> {
+        let setup_error = |source| ChannelError::Accept {
+            addr: stream.local_addr().map_or("(unknown)".into(), |addr| addr.to_string()),
+            source: Arc::new(source),
+        };
+        let tick = Duration::from_millis(config.tick_ms());
+        stream.set_nodelay(true).map_err(setup_error)?;
+        stream.set_read_timeout(Some(tick)).map_err(setup_error)?;
+        // Acks are tiny: a send that cannot complete within the failure timeout means the
+        // primary stopped reading.
+        let write_timeout = Duration::from_millis(config.failure_timeout_ms.max(1));
+        stream.set_write_timeout(Some(write_timeout)).map_err(setup_error)?;
+        let peer_addr = stream.peer_addr().map_err(setup_error)?;
+        let reader_stream = stream.try_clone().map_err(setup_error)?;
+        let shared = Arc::new(BackupShared {
+            state: Mutex::new(BackupState { core: BackupCore::new(config, 0), closing: false }),
+            changed: Condvar::new(),
+            epoch: Instant::now(),
+            tick,
+            max_received_bytes: config.max_received_bytes.max(1),
+        });
+        let reader = spawn("ftvm-log-reader", {
+            let shared = Arc::clone(&shared);
+            move || backup_reader(&shared, reader_stream)
+        });
+        Ok(BackupLink { shared, stream, peer_addr, reader: Some(reader) })
+    }
+
+    /// The next entry, waiting up to `timeout` for it: `Ok(None)` if none came in time. Entries
+    /// received before a failure are all delivered before the failure is reported; a failure
+    /// where [`ChannelError::is_peer_failure`] holds means the primary is presumed dead.
+    pub fn recv(&self, timeout: Duration) -> Result<Option<Entry>, ChannelError> {
+        Ok(self.recv_frame(timeout)?.map(|received| received.entry))
+    }
+
+    /// Like [`Self::recv`], with the sequence number and frame length (the shape of the VMM's
+    /// entry source).
+    pub fn recv_frame(&self, timeout: Duration) -> Result<Option<Received>, ChannelError> {
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.shared.state);
+        loop {
+            if let Some(received) = state.core.next_entry() {
+                drop(state);
+                self.shared.changed.notify_all();
+                return Ok(Some(received));
+            }
+            if let Some(error) = state.core.error() {
+                return Err(error.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            state = wait(&self.shared.changed, state, deadline - now);
+        }
+    }
+
+    /// The highest contiguous sequence number received.
+    pub fn acked_seq(&self) -> u64 {
+        lock(&self.shared.state).core.acked_seq()
+    }
+
+    /// False once the link has failed.
+    pub fn peer_alive(&self) -> bool {
+        lock(&self.shared.state).core.error().is_none()
+    }
+
+    /// The failure, if the link has failed.
+    pub fn error(&self) -> Option<ChannelError> {
+        lock(&self.shared.state).core.error().cloned()
+    }
+
+    /// Where the primary is.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+}
+
+impl Drop for BackupLink {
+    fn drop(&mut self) {
+        let mut state = lock(&self.shared.state);
+        state.closing = true;
+        state.core.fail(ChannelError::Closed);
+        drop(state);
+        let _ = self.stream.shutdown(Shutdown::Both);
+        self.shared.changed.notify_all();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+fn backup_reader(shared: &BackupShared, mut stream: TcpStream) {
+    let mut chunk = vec![0u8; READ_CHUNK_LEN_BYTES];
+    let mut acks = Vec::new();
+    loop {
+        // Backpressure: while the queue is full, only heartbeats go out.
+        let mut state = lock(&shared.state);
+        loop {
+            if state.closing || state.core.error().is_some() {
+                return;
+            }
+            let full = state.core.queued_bytes() >= shared.max_received_bytes;
+            let now_ns = now_ns(shared.epoch);
+            state.core.set_paused(full, now_ns);
+            if !full {
+                break;
+            }
+            // Cannot fail while paused: silence is not checked.
+            let _ = state.core.poll(now_ns);
+            state.core.take_output(&mut acks);
+            if !acks.is_empty() {
+                drop(state);
+                if let Err(error) = stream.write_all(&acks) {
+                    return backup_fail(shared, &stream, &error);
+                }
+                acks.clear();
+                state = lock(&shared.state);
+                state.core.acks_sent();
+            }
+            state = wait(&shared.changed, state, shared.tick);
+        }
+        drop(state);
+
+        let read = stream.read(&mut chunk);
+        let mut state = lock(&shared.state);
+        if state.closing {
+            return;
+        }
+        let now_ns = now_ns(shared.epoch);
+        let outcome = match read {
+            Ok(0) => Err(state.core.handle_eof()),
+            Ok(len_bytes) => state.core.handle_input(&chunk[..len_bytes], now_ns).map(drop),
+            Err(error) if is_tick(&error) => Ok(()),
+            Err(error) => Err(state.core.fail(disconnected(
+                Peer::Primary,
+                "cannot read from the primary",
+                &error,
+            ))),
+        }
+        .and_then(|()| state.core.poll(now_ns));
+        // Acks of what was received go out even when a later frame was bad, and before the
+        // entries they ack can be taken by `recv`.
+        state.core.take_output(&mut acks);
+        drop(state);
+        if !acks.is_empty() {
+            if let Err(error) = stream.write_all(&acks) {
+                return backup_fail(shared, &stream, &error);
+            }
+            acks.clear();
+        }
+        lock(&shared.state).core.acks_sent();
+        shared.changed.notify_all();
+        if outcome.is_err() {
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+}
+
+fn backup_fail(shared: &BackupShared, stream: &TcpStream, error: &std::io::Error) {
+    let mut state = lock(&shared.state);
+    if !state.closing {
+        state.core.fail(disconnected(Peer::Primary, "cannot send acks to the primary", error));
+    }
+    drop(state);
+    let _ = stream.shutdown(Shutdown::Both);
+    shared.changed.notify_all();
+}

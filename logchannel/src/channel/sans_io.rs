@@ -1,0 +1,438 @@
+//! The sans-IO cores of the log channel: all of its state and rules, none of its I/O.
+//!
+//! Each core is fed the bytes read from the peer and the current time in ns (any monotonic
+//! clock, only differences matter), and accumulates the bytes to send in an outbox the caller
+//! drains with `take_output`. Failures are sticky: once a core has reported an error it reports
+//! the same error to every later call, since nothing after a failure can be trusted.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::{heartbeat_entry, BackupMessage, ChannelConfig, ChannelError, Peer};
+use crate::entry::Entry;
+use crate::file::FIRST_SEQ;
+use crate::frame::{FrameDecoder, FrameEncoder};
+
+const NS_PER_MS: u64 = 1_000_000;
+
+/// An entry the primary core framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sent {
+    /// Its sequence number: wait for the ack of this one before releasing the output it
+    /// precedes.
+    pub seq: u64,
+    /// Bytes its frame takes on the wire.
+    pub frame_len_bytes: u64,
+}
+
+/// An entry the backup core received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The entry.
+    pub entry: Entry,
+    /// Bytes its frame took on the wire.
+    pub frame_len_bytes: u64,
+}
+
+/// When each side last heard from and spoke to its peer.
+#[derive(Debug)]
+struct Liveness {
+    peer: Peer,
+    last_rx_ns: u64,
+    last_tx_ns: u64,
+    heartbeat_interval_ns: u64,
+    failure_timeout_ns: u64,
+}
+
+impl Liveness {
+    fn new(peer: Peer, config: &ChannelConfig, now_ns: u64) -> Self {
+        Liveness {
+            peer,
+            last_rx_ns: now_ns,
+            last_tx_ns: now_ns,
+            heartbeat_interval_ns: config.heartbeat_interval_ms.saturating_mul(NS_PER_MS),
+            failure_timeout_ns: config.failure_timeout_ms.saturating_mul(NS_PER_MS),
+        }
+    }
+
+    /// The error to report if the peer has been silent past the failure timeout.
+    fn check_silence(&self, now_ns: u64) -> Result<(), ChannelError> {
+        let silent_ns = now_ns.saturating_sub(self.last_rx_ns);
+        if silent_ns > self.failure_timeout_ns {
+            return Err(ChannelError::PeerSilent {
+                peer: self.peer,
+                silent_ms: silent_ns / NS_PER_MS,
+                failure_timeout_ms: self.failure_timeout_ns / NS_PER_MS,
+            });
+        }
+        Ok(())
+    }
+
+    fn heartbeat_due(&self, now_ns: u64) -> bool {
+        now_ns.saturating_sub(self.last_tx_ns) >= self.heartbeat_interval_ns
+    }
+
+    /// The next time something is due: a heartbeat or the failure timeout.
+    fn next_wakeup_ns(&self) -> u64 {
+        let heartbeat_ns = self.last_tx_ns.saturating_add(self.heartbeat_interval_ns);
+        let timeout_ns = self.last_rx_ns.saturating_add(self.failure_timeout_ns).saturating_add(1);
+        heartbeat_ns.min(timeout_ns)
+    }
+}
+
+/// Records the first error and returns it; later errors are dropped in favour of the first.
+fn fail(slot: &mut Option<ChannelError>, error: ChannelError) -> ChannelError {
+    slot.get_or_insert(error).clone()
+}
+
+fn check(slot: &Option<ChannelError>) -> Result<(), ChannelError> {
+    slot.as_ref().map_or(Ok(()), |error| Err(error.clone()))
+}
+
+/// A frame sent and not yet acknowledged.
+#[derive(Debug)]
+struct InFlight {
+    seq: u64,
+    /// Stream offset just past its frame.
+    end_offset_bytes: u64,
+    /// When it was handed to the core.
+    sent_ns: u64,
+}
+
+/// The primary's end: frames entries, tracks acks and the unacknowledged tail, heartbeats, and
+/// watches the backup's liveness.
+#[derive(Debug)]
+pub struct PrimaryCore {
+    frames: FrameEncoder<Entry>,
+    acks: FrameDecoder<BackupMessage>,
+    outbox: Vec<u8>,
+    in_flight: VecDeque<InFlight>,
+    acked_seq: u64,
+    /// Stream offset of the first unacknowledged byte.
+    acked_offset_bytes: u64,
+    progress_landmark: u64,
+    heartbeats_sent: u64,
+    liveness: Liveness,
+    error: Option<ChannelError>,
+}
+
+impl PrimaryCore {
+    /// A core whose first entry gets sequence number [`FIRST_SEQ`].
+    pub fn new(config: &ChannelConfig, now_ns: u64) -> Self {
+        PrimaryCore {
+            frames: FrameEncoder::new(FIRST_SEQ, 0),
+            acks: FrameDecoder::new(FIRST_SEQ, 0),
+            outbox: Vec::new(),
+            in_flight: VecDeque::new(),
+            acked_seq: FIRST_SEQ - 1,
+            acked_offset_bytes: 0,
+            progress_landmark: 0,
+            heartbeats_sent: 0,
+            liveness: Liveness::new(Peer::Backup, config, now_ns),
+            error: None,
+        }
+    }
+
+    /// Frames `entry` into the outbox. After a failure, returns the failure and frames nothing.
+    pub fn send(&mut self, entry: &Entry, now_ns: u64) -> Result<Sent, ChannelError> {
+        check(&self.error)?;
+        let start_offset_bytes = self.frames.offset_bytes();
+        let seq = self
+            .frames
+            .encode(entry, &mut self.outbox)
+            .map_err(|source| ChannelError::Encode { source: Arc::new(source) })?;
+        let end_offset_bytes = self.frames.offset_bytes();
+        self.in_flight.push_back(InFlight { seq, end_offset_bytes, sent_ns: now_ns });
+        self.liveness.last_tx_ns = now_ns;
+        if let Entry::Progress { landmark } = entry {
+            self.progress_landmark = self.progress_landmark.max(*landmark);
+        }
+        Ok(Sent { seq, frame_len_bytes: end_offset_bytes - start_offset_bytes })
+    }
+
+    /// Takes bytes received from the backup; returns the acked sequence number afterwards.
+    pub fn handle_input(&mut self, bytes: &[u8], now_ns: u64) -> Result<u64, ChannelError> {
+        check(&self.error)?;
+        if bytes.is_empty() {
+            return Ok(self.acked_seq);
+        }
+        self.liveness.last_rx_ns = now_ns;
+        self.acks.push(bytes);
+        loop {
+            match self.acks.next_frame() {
+                Ok(Some((_, BackupMessage::Ack { acked_seq }))) => self.apply_ack(acked_seq)?,
+                Ok(None) => return Ok(self.acked_seq),
+                Err(source) => {
+                    let error =
+                        ChannelError::Corrupt { peer: Peer::Backup, source: Arc::new(source) };
+                    return Err(self.fail(error));
+                }
+            }
+        }
+    }
+
+    fn apply_ack(&mut self, acked_seq: u64) -> Result<(), ChannelError> {
+        let last_seq = self.last_seq();
+        let violation = if acked_seq > last_seq {
+            format!("ack of seq {acked_seq}, but only up to seq {last_seq} was sent")
+        } else if acked_seq < self.acked_seq {
+            format!("ack of seq {acked_seq} after an ack of seq {}", self.acked_seq)
+        } else {
+            while self.in_flight.front().is_some_and(|frame| frame.seq <= acked_seq) {
+                let frame = self.in_flight.pop_front().expect("front exists");
+                self.acked_offset_bytes = frame.end_offset_bytes;
+            }
+            self.acked_seq = acked_seq;
+            return Ok(());
+        };
+        Err(self.fail(ChannelError::Protocol { peer: Peer::Backup, detail: violation }))
+    }
+
+    /// Advances time: sends a heartbeat if one is due, and fails if the backup has been silent
+    /// past the failure timeout.
+    pub fn poll(&mut self, now_ns: u64) -> Result<(), ChannelError> {
+        check(&self.error)?;
+        if let Err(error) = self.liveness.check_silence(now_ns) {
+            return Err(self.fail(error));
+        }
+        if self.liveness.heartbeat_due(now_ns) {
+            self.send(&heartbeat_entry(self.progress_landmark), now_ns)?;
+            self.heartbeats_sent += 1;
+        }
+        Ok(())
+    }
+
+    /// Records a failure found outside the core (the connection ended, a send failed); returns
+    /// the error the core now reports, the first one recorded.
+    pub fn fail(&mut self, error: ChannelError) -> ChannelError {
+        fail(&mut self.error, error)
+    }
+
+    /// The failure, if any.
+    pub fn error(&self) -> Option<&ChannelError> {
+        self.error.as_ref()
+    }
+
+    /// Moves the bytes to send to the end of `out`.
+    pub fn take_output(&mut self, out: &mut Vec<u8>) {
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.outbox);
+        } else {
+            out.append(&mut self.outbox);
+        }
+    }
+
+    /// Whether there are bytes to send.
+    pub fn has_output(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
+    /// When `poll` should next be called, on the caller's clock.
+    pub fn next_wakeup_ns(&self) -> u64 {
+        self.liveness.next_wakeup_ns()
+    }
+
+    /// The highest sequence number the backup acknowledged (0: none).
+    pub fn acked_seq(&self) -> u64 {
+        self.acked_seq
+    }
+
+    /// The highest sequence number framed (0: none).
+    pub fn last_seq(&self) -> u64 {
+        self.frames.next_seq() - 1
+    }
+
+    /// Bytes of frames sent and not yet acknowledged.
+    pub fn unacked_bytes(&self) -> u64 {
+        self.frames.offset_bytes() - self.acked_offset_bytes
+    }
+
+    /// Entries sent and not yet acknowledged.
+    pub fn unacked_entries(&self) -> u64 {
+        self.last_seq() - self.acked_seq
+    }
+
+    /// How long the oldest unacknowledged entry has waited (0 when all are acknowledged).
+    pub fn unacked_age_ns(&self, now_ns: u64) -> u64 {
+        self.in_flight.front().map_or(0, |frame| now_ns.saturating_sub(frame.sent_ns))
+    }
+
+    /// Bytes framed since the start.
+    pub fn sent_bytes(&self) -> u64 {
+        self.frames.offset_bytes()
+    }
+
+    /// Heartbeats sent since the start.
+    pub fn heartbeats_sent(&self) -> u64 {
+        self.heartbeats_sent
+    }
+}
+
+/// The backup's end: decodes and checks frames, queues entries for replay, acks on receipt,
+/// heartbeats, and watches the primary's liveness.
+#[derive(Debug)]
+pub struct BackupCore {
+    frames: FrameDecoder<Entry>,
+    acks: FrameEncoder<BackupMessage>,
+    outbox: Vec<u8>,
+    received: VecDeque<Received>,
+    /// How many entries at the back of `received` wait for their ack to be sent.
+    awaiting_ack_sent: usize,
+    queued_bytes: u64,
+    paused: bool,
+    liveness: Liveness,
+    error: Option<ChannelError>,
+}
+
+impl BackupCore {
+    /// A core expecting sequence number [`FIRST_SEQ`] first.
+    pub fn new(config: &ChannelConfig, now_ns: u64) -> Self {
+        BackupCore {
+            frames: FrameDecoder::new(FIRST_SEQ, 0),
+            acks: FrameEncoder::new(FIRST_SEQ, 0),
+            outbox: Vec::new(),
+            received: VecDeque::new(),
+            awaiting_ack_sent: 0,
+            queued_bytes: 0,
+            paused: false,
+            liveness: Liveness::new(Peer::Primary, config, now_ns),
+            error: None,
+        }
+    }
+
+    /// Takes bytes received from the primary: queues every complete, valid frame and acks the
+    /// highest. Returns how many entries were queued; a bad frame is an error, and neither it nor
+    /// anything after it is ever queued (those before it are).
+    ///
+    /// The entries are handed out by `next_entry` only once the caller has sent the ack (taken
+    /// the output, written it, and called [`Self::acks_sent`]): the backup acks on receipt,
+    /// before it replays.
+    pub fn handle_input(&mut self, bytes: &[u8], now_ns: u64) -> Result<usize, ChannelError> {
+        check(&self.error)?;
+        if bytes.is_empty() {
+            return Ok(0);
+        }
+        self.liveness.last_rx_ns = now_ns;
+        self.frames.push(bytes);
+        let mut queued = 0;
+        let outcome = loop {
+            let start_offset_bytes = self.frames.offset_bytes();
+            match self.frames.next_frame() {
+                Ok(Some((seq, entry))) => {
+                    let frame_len_bytes = self.frames.offset_bytes() - start_offset_bytes;
+                    self.queued_bytes += frame_len_bytes;
+                    self.received.push_back(Received { seq, entry, frame_len_bytes });
+                    self.awaiting_ack_sent += 1;
+                    queued += 1;
+                }
+                Ok(None) => break Ok(queued),
+                Err(source) => {
+                    break Err(ChannelError::Corrupt {
+                        peer: Peer::Primary,
+                        source: Arc::new(source),
+                    })
+                }
+            }
+        };
+        if queued > 0 {
+            self.send_ack(now_ns);
+        }
+        outcome.map_err(|error| self.fail(error))
+    }
+
+    /// The primary closed the connection: a peer failure, whose report says whether the stream
+    /// ended inside a frame.
+    pub fn handle_eof(&mut self) -> ChannelError {
+        let detail = match self.frames.finish() {
+            Ok(()) => "the primary closed the connection".to_owned(),
+            Err(cut) => format!("the primary closed the connection inside a frame ({cut})"),
+        };
+        self.fail(ChannelError::Disconnected { peer: Peer::Primary, detail })
+    }
+
+    /// Advances time: sends a heartbeat (a repeated ack) if one is due, and fails if the primary
+    /// has been silent past the failure timeout (not checked while paused).
+    pub fn poll(&mut self, now_ns: u64) -> Result<(), ChannelError> {
+        check(&self.error)?;
+        if !self.paused {
+            if let Err(error) = self.liveness.check_silence(now_ns) {
+                return Err(self.fail(error));
+            }
+        }
+        if self.liveness.heartbeat_due(now_ns) {
+            self.send_ack(now_ns);
+        }
+        Ok(())
+    }
+
+    /// Says whether the caller has stopped reading from the primary (its queue is full). While
+    /// paused the primary's silence proves nothing, so it is not held against it; the silence
+    /// clock restarts when reading resumes.
+    pub fn set_paused(&mut self, paused: bool, now_ns: u64) {
+        if self.paused && !paused {
+            self.liveness.last_rx_ns = now_ns;
+        }
+        self.paused = paused;
+    }
+
+    fn send_ack(&mut self, now_ns: u64) {
+        let ack = BackupMessage::Ack { acked_seq: self.acked_seq() };
+        self.acks.encode(&ack, &mut self.outbox).expect("an ack is far below the frame size limit");
+        self.liveness.last_tx_ns = now_ns;
+    }
+
+    /// Says the output taken so far has been sent: the entries it acks may now be handed out.
+    pub fn acks_sent(&mut self) {
+        self.awaiting_ack_sent = 0;
+    }
+
+    /// The next received entry whose ack has been sent, in order. Entries received before a
+    /// failure are all handed out after it, acked or not (they are valid; only the primary's
+    /// knowledge of them is in doubt).
+    pub fn next_entry(&mut self) -> Option<Received> {
+        if self.received.len() <= self.awaiting_ack_sent {
+            return None;
+        }
+        let received = self.received.pop_front()?;
+        self.queued_bytes -= received.frame_len_bytes;
+        Some(received)
+    }
+
+    /// Records a failure found outside the core; returns the error the core now reports.
+    pub fn fail(&mut self, error: ChannelError) -> ChannelError {
+        self.awaiting_ack_sent = 0;
+        fail(&mut self.error, error)
+    }
+
+    /// The failure, if any.
+    pub fn error(&self) -> Option<&ChannelError> {
+        self.error.as_ref()
+    }
+
+    /// Moves the bytes to send to the end of `out`; call [`Self::acks_sent`] once they are sent.
+    pub fn take_output(&mut self, out: &mut Vec<u8>) {
+        out.append(&mut self.outbox);
+    }
+
+    /// When `poll` should next be called, on the caller's clock.
+    pub fn next_wakeup_ns(&self) -> u64 {
+        self.liveness.next_wakeup_ns()
+    }
+
+    /// The highest contiguous sequence number received (and acked or about to be).
+    pub fn acked_seq(&self) -> u64 {
+        self.frames.next_seq() - 1
+    }
+
+    /// Bytes of received entries not yet taken with `next_entry`.
+    pub fn queued_bytes(&self) -> u64 {
+        self.queued_bytes
+    }
+
+    /// Received entries not yet taken with `next_entry`.
+    pub fn queued_entries(&self) -> usize {
+        self.received.len()
+    }
+}
