@@ -1,12 +1,13 @@
 //! The network event loop shared by every networked role.
 //!
-//! One iteration: poll the interface with the current time, run the role's
+//! One iteration: feed every received frame to the interface (with the
+//! service's per-frame hook between frames), poll it, run the role's
 //! [`Service`], poll again so whatever the service queued goes out, hand all
 //! queued frames to the NIC in one exit, arm the one-shot timer for the next
 //! deadline (only when that deadline moves earlier), and wait on the event
 //! register. The time comes from the event page the VMM refreshes on every
 //! `wait`, so an idle-to-busy round trip costs no clock read.
-use smoltcp::iface::{Interface, SocketSet};
+use smoltcp::iface::{Interface, PollIngressSingleResult, SocketSet};
 
 use super::{instant_from_ns, Network};
 use crate::drivers::{clock, timer};
@@ -35,6 +36,11 @@ pub trait Service {
         sockets: &mut SocketSet<'static>,
         now_ns: u64,
     ) -> Step<Self::Output>;
+
+    /// Called after each received frame, before the next one of the same
+    /// batch is processed: the place for cheap upkeep that cannot wait for the
+    /// end of the batch (e.g. replacing a listening socket a SYN just took).
+    fn after_frame(&mut self, _sockets: &mut SocketSet<'static>) {}
 }
 
 fn earliest(first: Option<u64>, second: Option<u64>) -> Option<u64> {
@@ -56,6 +62,12 @@ impl Network {
                 armed_deadline_ns = None;
             }
             let now = instant_from_ns(now_ns);
+            while !matches!(
+                self.iface.poll_ingress_single(now, &mut *self.device, &mut self.sockets),
+                PollIngressSingleResult::None
+            ) {
+                service.after_frame(&mut self.sockets);
+            }
             self.iface.poll(now, &mut *self.device, &mut self.sockets);
             let wake_at_ns = match service.poll(&mut self.iface, &mut self.sockets, now_ns) {
                 Step::Continue { wake_at_ns } => wake_at_ns,

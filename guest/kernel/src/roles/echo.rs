@@ -1,7 +1,8 @@
 //! `role=echo port=P ip=A/N [gw=G] [mac=M] [exit_after=N]`: a TCP echo server.
 //!
 //! Any number of simultaneous connections: a pool of idle listening sockets is
-//! kept topped up, so a new connection can always be accepted. Every byte
+//! topped up after every received frame, so even a burst of SYNs in one batch
+//! finds a listener for each. Every byte
 //! received is sent back in order; when the peer half-closes, the rest is
 //! echoed and then the server closes its side too. One console line per
 //! connection opened and closed. With `exit_after=N` the role ends after N
@@ -23,16 +24,17 @@ const IDLE_LISTENERS: usize = 4;
 /// Receive and send buffer of each connection.
 const SOCKET_BUFFER_BYTES: usize = 64 * 1024;
 
-/// One socket of the pool: listening, or carrying connection `id`.
+/// An accepted socket: handshaking (`id` 0) or carrying connection `id`.
 struct Connection {
     handle: SocketHandle,
-    /// 0 while the socket is still listening or handshaking.
     id: u64,
     echoed_bytes: u64,
 }
 
 struct EchoService {
     port: u16,
+    /// Sockets in the Listen state, waiting for a SYN.
+    listeners: Vec<SocketHandle>,
     connections: Vec<Connection>,
     last_id: u64,
     closed_count: u64,
@@ -41,20 +43,30 @@ struct EchoService {
 }
 
 impl EchoService {
-    fn listen(&mut self, sockets: &mut SocketSet<'static>) -> Result<(), RoleError> {
-        let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(alloc::vec![0u8; SOCKET_BUFFER_BYTES]),
-            tcp::SocketBuffer::new(alloc::vec![0u8; SOCKET_BUFFER_BYTES]),
-        );
-        // Echo replies go out as soon as they are queued; each loop
-        // iteration already batches them into one exit.
-        socket.set_nagle_enabled(false);
-        socket.listen(self.port).map_err(|error| {
-            RoleError::Check(alloc::format!("listen on port {}: {error}", self.port))
-        })?;
-        let handle = sockets.add(socket);
-        self.connections.push(Connection { handle, id: 0, echoed_bytes: 0 });
-        Ok(())
+    /// Moves listeners that took a SYN to the connections and opens new ones
+    /// until [`IDLE_LISTENERS`] are waiting again.
+    fn refill_listeners(&mut self, sockets: &mut SocketSet<'static>) {
+        let mut index = 0;
+        while index < self.listeners.len() {
+            let handle = self.listeners[index];
+            if sockets.get::<tcp::Socket>(handle).state() == State::Listen {
+                index += 1;
+            } else {
+                self.listeners.swap_remove(index);
+                self.connections.push(Connection { handle, id: 0, echoed_bytes: 0 });
+            }
+        }
+        while self.listeners.len() < IDLE_LISTENERS {
+            let mut socket = tcp::Socket::new(
+                tcp::SocketBuffer::new(alloc::vec![0u8; SOCKET_BUFFER_BYTES]),
+                tcp::SocketBuffer::new(alloc::vec![0u8; SOCKET_BUFFER_BYTES]),
+            );
+            // Echo replies go out as soon as they are queued; each loop
+            // iteration already batches them into one exit.
+            socket.set_nagle_enabled(false);
+            socket.listen(self.port).expect("a fresh socket listens on a non-zero port");
+            self.listeners.push(sockets.add(socket));
+        }
     }
 
     /// Moves everything received into the send buffer, as far as it has room.
@@ -85,7 +97,7 @@ impl Service for EchoService {
         sockets: &mut SocketSet<'static>,
         _now_ns: u64,
     ) -> Step<Self::Output> {
-        let mut idle_listeners = 0;
+        self.refill_listeners(sockets);
         let mut index = 0;
         while index < self.connections.len() {
             let connection = &mut self.connections[index];
@@ -93,9 +105,8 @@ impl Service for EchoService {
             let state = socket.state();
             if connection.id == 0 {
                 match state {
-                    State::Listen => idle_listeners += 1,
                     State::SynReceived => {}
-                    State::Closed => {
+                    State::Closed | State::Listen => {
                         // A handshake that never completed.
                         sockets.remove(connection.handle);
                         self.connections.swap_remove(index);
@@ -136,12 +147,11 @@ impl Service for EchoService {
         if self.exit_after_closed.is_some_and(|limit| self.closed_count >= limit) {
             return Step::Done(Ok(()));
         }
-        for _ in idle_listeners..IDLE_LISTENERS {
-            if let Err(error) = self.listen(sockets) {
-                return Step::Done(Err(error));
-            }
-        }
         Step::Continue { wake_at_ns: None }
+    }
+
+    fn after_frame(&mut self, sockets: &mut SocketSet<'static>) {
+        self.refill_listeners(sockets);
     }
 }
 
@@ -160,12 +170,14 @@ pub fn run(args: &Cmdline, info: &BootInfo) -> Result<(), RoleError> {
     println!("echo: listening on {address} port {port} (mac {})", network.mac);
     let mut service = EchoService {
         port,
+        listeners: Vec::new(),
         connections: Vec::new(),
         last_id: 0,
         closed_count: 0,
         exit_after_closed,
         scratch: alloc::vec![0u8; SOCKET_BUFFER_BYTES],
     };
+    service.refill_listeners(&mut network.sockets);
     let result = network.run(&mut service);
     let stats = network.device.stats();
     println!(

@@ -28,9 +28,10 @@ const HEADER_BYTES: usize = 12;
 const BUFFER_BYTES: usize = 2048;
 const QUEUE_RECEIVE: u16 = 0;
 const QUEUE_TRANSMIT: u16 = 1;
-/// Notify the receive queue after re-posting only when fewer buffers than this
-/// were left with the device (it may have stopped for lack of buffers).
-const RECEIVE_LOW_WATER: usize = QUEUE_SIZE / 4;
+/// Notify the receive queue after re-posting only when the device filled this
+/// many buffers since the last notify: it may have been left with too few.
+/// (The VMM reads the available ring at every landmark, so this is a hint.)
+const RECEIVE_NOTIFY_AFTER_FILLED: usize = QUEUE_SIZE * 3 / 4;
 
 bitflags! {
     /// The feature bits this driver accepts.
@@ -76,9 +77,8 @@ struct ReceiveRing {
     queue: VirtQueue<KernelHal, QUEUE_SIZE>,
     buffers: BufferPool,
     slot_of_token: [u16; QUEUE_SIZE],
-    posted: usize,
-    /// The fewest buffers the device held since the last receive notify.
-    posted_low_water: usize,
+    /// Buffers the device filled since the last receive notify.
+    filled_since_notify: usize,
 }
 
 impl ReceiveRing {
@@ -89,7 +89,6 @@ impl ReceiveRing {
         let token = unsafe { self.queue.add(&[], &mut [buffer]) }
             .expect("a receive slot always has a free descriptor");
         self.slot_of_token[usize::from(token)] = slot as u16;
-        self.posted += 1;
     }
 
     /// The next filled buffer: `(slot, frame_bytes)`; the frame starts after the header.
@@ -101,8 +100,7 @@ impl ReceiveRing {
             // SAFETY: `token` was returned by `add` for exactly this buffer.
             let used_bytes = unsafe { self.queue.pop_used(token, &[], &mut [buffer]) }
                 .expect("the peeked token is next in the used ring");
-            self.posted -= 1;
-            self.posted_low_water = self.posted_low_water.min(self.posted);
+            self.filled_since_notify += 1;
             let used_bytes = used_bytes as usize;
             if (HEADER_BYTES..=BUFFER_BYTES).contains(&used_bytes) {
                 stats.frames_received += 1;
@@ -217,8 +215,7 @@ impl NetDevice {
                 queue: receive_queue,
                 buffers: BufferPool::new(QUEUE_SIZE),
                 slot_of_token: [0; QUEUE_SIZE],
-                posted: 0,
-                posted_low_water: 0,
+                filled_since_notify: 0,
             },
             transmit: TransmitRing {
                 queue: transmit_queue,
@@ -234,7 +231,7 @@ impl NetDevice {
         for slot in 0..QUEUE_SIZE {
             device.receive.post(slot);
         }
-        device.flush();
+        device.transport.notify(QUEUE_RECEIVE);
         Ok(device)
     }
 
@@ -249,17 +246,16 @@ impl NetDevice {
     }
 
     /// Hands queued frames to the device (one exit when there are any) and
-    /// tells it about re-posted receive buffers if it was running low.
+    /// tells it about re-posted receive buffers if it may have run low.
     pub fn flush(&mut self) {
         self.transmit.flush(&mut self.transport, &mut self.stats);
         let receive = &mut self.receive;
-        if receive.posted_low_water < RECEIVE_LOW_WATER && receive.posted > receive.posted_low_water
-        {
+        if receive.filled_since_notify >= RECEIVE_NOTIFY_AFTER_FILLED {
             if receive.queue.should_notify() {
                 self.transport.notify(QUEUE_RECEIVE);
                 self.stats.receive_notifies += 1;
             }
-            receive.posted_low_water = receive.posted;
+            receive.filled_since_notify = 0;
         }
     }
 }
