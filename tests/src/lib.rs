@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests: run the ftvm CLI as a child
 //! process that is killed if the test fails (kill on drop), and collect what
 //! it printed.
+pub mod netns;
+
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 
@@ -55,6 +57,17 @@ impl Reaped {
         stderr.push_str(&reader.join().expect("reader thread"));
         let status = child.wait().expect("wait for ftvm").code();
         Finished { status, stdout, stderr }
+    }
+}
+
+impl Reaped {
+    /// Sends SIGTERM (an orderly stop: ftvm finishes its log) and collects the output.
+    pub fn stop(mut self) -> Finished {
+        if let Some(child) = self.0.as_ref() {
+            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        Reaped(self.0.take()).finish()
     }
 }
 

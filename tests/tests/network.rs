@@ -1,0 +1,99 @@
+//! The guest on a real network: a host client in its own namespace (a Python
+//! program, not ftvm code) pushes 10 MiB through the guest's TCP echo service
+//! over several connections; ping; record and replay of an echo session.
+use std::process::Output;
+
+use ftvm_tests::netns::Lab;
+use ftvm_tests::{ftvm, summary_field, Finished};
+
+const FTVM: &str = env!("CARGO_BIN_EXE_ftvm-e2e");
+const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/echo_client.py");
+const PORT: &str = "7";
+
+fn run_client(lab: &Lab, args: &[&str]) -> Output {
+    lab.client_command("python3", &[&[CLIENT][..], args].concat())
+        .output()
+        .expect("python3 runs the test client")
+}
+
+fn client_ok(lab: &Lab, args: &[&str]) -> String {
+    let output = run_client(lab, args);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "client {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn echo_cmdline() -> String {
+    format!("role=echo port={PORT} {}", Lab::guest_net_args(0))
+}
+
+#[test]
+fn ten_mib_through_the_echo_service_and_ping() {
+    let lab = Lab::new(1);
+    let vm =
+        lab.spawn_in_host(FTVM, &["run", "--net", &lab.net_flag(0), "--cmdline", &echo_cmdline()]);
+    let ip = Lab::guest_ip(0);
+    client_ok(&lab, &["wait", &ip, PORT, "20"]);
+    let result = client_ok(&lab, &["stream", &ip, PORT, "4", &(10 * 1024 * 1024 / 4).to_string()]);
+    assert!(result.starts_with("ok 10485760 "), "{result}");
+    let ping = lab
+        .client_command("ping", &["-c", "3", "-i", "0.2", "-W", "2", &ip])
+        .output()
+        .expect("ping (iputils-ping)");
+    assert!(ping.status.success(), "ping: {}", String::from_utf8_lossy(&ping.stdout));
+    let finished = vm.stop();
+    assert_eq!(finished.status, Some(130), "an orderly stop: {finished:?}");
+    assert!(finished.stdout.contains("connection 4 closed"), "{}", finished.stdout);
+    assert!(finished.stderr.contains("net-rx"), "{}", finished.stderr);
+}
+
+#[test]
+fn an_echo_session_replays_exactly() {
+    let lab = Lab::new(1);
+    let dir = std::env::temp_dir().join(format!("ftvm-echo-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("echo.ftlog");
+    let log = log.to_str().unwrap();
+    let vm = lab.spawn_in_host(
+        FTVM,
+        &["record", "--log", log, "--net", &lab.net_flag(0), "--cmdline", &echo_cmdline()],
+    );
+    let ip = Lab::guest_ip(0);
+    client_ok(&lab, &["wait", &ip, PORT, "20"]);
+    client_ok(&lab, &["stream", &ip, PORT, "3", "200000"]);
+    client_ok(&lab, &["rtt", &ip, PORT, "50"]);
+    let recorded = vm.stop();
+    assert_eq!(recorded.status, Some(130), "{recorded:?}");
+    let replayed: Finished = ftvm(FTVM, &["replay", "--log", log]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        replayed.status,
+        Some(130),
+        "the replay stops where the recording was stopped: {replayed:?}"
+    );
+    for key in ["exit", "landmarks", "console", "memory", "vcpu"] {
+        assert_eq!(
+            summary_field(&replayed.stderr, key),
+            summary_field(&recorded.stderr, key),
+            "{key}"
+        );
+    }
+    let net_line = |stderr: &str| {
+        stderr.lines().find(|line| line.starts_with("ftvm: net-tx")).map(str::to_owned)
+    };
+    assert!(
+        net_line(&recorded.stderr).is_some_and(|line| !line.contains("net-tx 0 ")),
+        "{}",
+        recorded.stderr
+    );
+    assert_eq!(
+        net_line(&replayed.stderr),
+        net_line(&recorded.stderr),
+        "the same frames transmitted, in order"
+    );
+    assert_eq!(replayed.stdout, recorded.stdout);
+}
