@@ -8,7 +8,10 @@
       Sends one byte at a time and waits for it; prints `rtt MEDIAN_US P99_US`.
   echo_client.py wait HOST PORT SECONDS
       Retries connecting until the service answers (or gives up after SECONDS).
+  echo_client.py serve HOST PORT
+      A threaded TCP echo server: the host-side reference the benchmark compares with.
 """
+import random
 import socket
 import sys
 import threading
@@ -16,17 +19,12 @@ import time
 
 
 def pattern(seed, length):
-    out = bytearray(length)
-    state = (seed * 2654435761 + 1) & 0xFFFFFFFF
-    for i in range(length):
-        state = (state * 1103515245 + 12345) & 0xFFFFFFFF
-        out[i] = state >> 24
-    return bytes(out)
+    return random.Random(seed).randbytes(length)
 
 
-def stream_one(host, port, seed, length, errors):
+def stream_one(host, port, data, seed, errors):
+    length = len(data)
     try:
-        data = pattern(seed, length)
         sock = socket.create_connection((host, port), timeout=30)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         received = bytearray()
@@ -52,8 +50,11 @@ def stream_one(host, port, seed, length, errors):
 
 def stream(host, port, connections, length):
     errors = []
+    patterns = [pattern(seed, length) for seed in range(connections)]
     start = time.time()
-    threads = [threading.Thread(target=stream_one, args=(host, port, seed, length, errors)) for seed in range(connections)]
+    threads = [
+        threading.Thread(target=stream_one, args=(host, port, data, seed, errors)) for seed, data in enumerate(patterns)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -94,6 +95,27 @@ def wait(host, port, seconds):
     sys.exit(1)
 
 
+def serve(host, port):
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(64)
+
+    def echo(conn):
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            conn.sendall(chunk)
+        conn.close()
+
+    print("serving", flush=True)
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=echo, args=(conn,), daemon=True).start()
+
+
 if __name__ == "__main__":
     mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if mode == "stream":
@@ -102,5 +124,7 @@ if __name__ == "__main__":
         rtt(host, port, int(sys.argv[4]))
     elif mode == "wait":
         wait(host, port, float(sys.argv[4]))
+    elif mode == "serve":
+        serve(host, port)
     else:
         sys.exit(f"unknown mode {mode}")

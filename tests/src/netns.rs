@@ -105,6 +105,13 @@ impl Lab {
         Reaped::spawn(command)
     }
 
+    /// A command that runs `program args...` in the host namespace.
+    pub fn host_command(&self, program: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.host_ns, program]).args(args);
+        command
+    }
+
     /// A command that runs `program args...` in the client namespace.
     pub fn client_command(&self, program: &str, args: &[&str]) -> Command {
         let mut command = Command::new("ip");
