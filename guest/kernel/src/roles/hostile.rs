@@ -6,7 +6,7 @@
 //! report what the guest did.
 use super::RoleError;
 use crate::{arch, drivers, println};
-use ftvm_abi::boot::BootInfo;
+use ftvm_abi::boot::{device, BootInfo};
 use ftvm_abi::buf;
 use ftvm_abi::mmio::{self, clock, console, entropy, events, power, timer, virtio};
 
@@ -43,6 +43,74 @@ fn read_sized(addr: u64, size: u64) -> u64 {
 fn is_terminal(base: u64, offset: u64) -> bool {
     (base == power::BASE && (offset == power::SHUTDOWN || offset == power::FAULT_REPORT))
         || (base == events::BASE && offset == events::WAIT)
+}
+
+/// A 32-bit virtio-mmio register write.
+fn virtio_write(base: u64, offset: u64, value: u32) {
+    write_sized(base + offset, 4, u64::from(value));
+}
+
+/// Sets up every queue of the device at `base` over a page of garbage
+/// descriptors (huge lengths, addresses outside RAM, NEXT loops), marks it
+/// live and notifies; then points rings outside RAM; then writes garbage to
+/// every register. The VMM must refuse all of it and stay up.
+fn attack_virtio(base: u64, ram_end: u64) {
+    const STATUS: u64 = 0x70;
+    let table = alloc::vec![0u8; 3 * 4096 + 4096];
+    let page = (table.as_ptr() as u64 + 4095) & !4095;
+    for queue_size in [256u32, 16] {
+        for slot in 0..(4096 / 16) {
+            let desc = (page + slot * 16) as *mut [u64; 2];
+            let addr = match slot % 4 {
+                0 => ram_end - 8,
+                1 => 0xffff_ffff_0000,
+                2 => page,
+                _ => 0,
+            };
+            let len_flags_next = 0xffff_ffffu64 | (1 << 32) | (((slot + 1) % 7) << 48);
+            // SAFETY: writes inside `table`, which this function owns.
+            unsafe { desc.write_volatile([addr, len_flags_next]) };
+        }
+        let avail = (page + 4096) as *mut u16;
+        // SAFETY: the avail ring lives in the second page of `table`.
+        unsafe {
+            avail.add(1).write_volatile(200);
+            for entry in 0..256 {
+                avail.add(2 + entry).write_volatile((entry * 37) as u16);
+            }
+        }
+        virtio_write(base, STATUS, 0);
+        virtio_write(base, STATUS, 1 | 2);
+        virtio_write(base, 0x24, 1);
+        virtio_write(base, 0x20, 1);
+        virtio_write(base, STATUS, 1 | 2 | 8);
+        for queue in 0..2 {
+            virtio_write(base, 0x30, queue);
+            virtio_write(base, 0x38, queue_size);
+            for (offset, addr) in [(0x80, page), (0x90, page + 4096), (0xa0, page + 8192)] {
+                virtio_write(base, offset, addr as u32);
+                virtio_write(base, offset + 4, (addr >> 32) as u32);
+            }
+            virtio_write(base, 0x44, 1);
+        }
+        virtio_write(base, STATUS, 1 | 2 | 8 | 4);
+        for queue in 0..4 {
+            virtio_write(base, 0x50, queue);
+        }
+    }
+    // Rings outside RAM: QueueReady must not stick.
+    virtio_write(base, 0x30, 0);
+    virtio_write(base, 0x80, (ram_end + 4096) as u32);
+    virtio_write(base, 0x84, 0x10);
+    virtio_write(base, 0x44, 1);
+    virtio_write(base, 0x50, 0);
+    for offset in (0..0x120).step_by(4) {
+        if offset != STATUS {
+            virtio_write(base, offset, 0xdead_beef);
+        }
+        let _ = read_sized(base + offset, 4);
+    }
+    virtio_write(base, STATUS, 0);
 }
 
 pub fn run(info: &BootInfo) -> Result<(), RoleError> {
@@ -95,6 +163,13 @@ pub fn run(info: &BootInfo) -> Result<(), RoleError> {
         let _ = drivers::events::wait();
     }
     drivers::write(events::BASE, events::EVENT_PAGE, 0);
+
+    for (bit, base, name) in [(device::NET, virtio::NET_BASE, "virtio-net"), (device::BLOCK, virtio::BLOCK_BASE, "virtio-blk")] {
+        if info.devices & bit != 0 {
+            println!("hostile: {name}: garbage descriptor tables, rings outside RAM, register garbage");
+            attack_virtio(base, ram_end);
+        }
+    }
 
     println!("hostile: MMIO where no device lives");
     for addr in
