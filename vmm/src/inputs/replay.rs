@@ -6,17 +6,19 @@ use logchannel::{Entry, FrameError, Input, InputEntry, LogFileReader};
 
 use super::{Armed, AsyncEvent, At, Divergence, InputError, Inputs, LogStats, RunEnd};
 
-/// Where a replayer reads entries from (a log file; later the log channel).
+/// Where a replayer reads entries from: a log file, or the log channel from
+/// a live primary.
 pub trait EntrySource {
-    /// The next entry and its sequence number, `None` at a clean end, and the
-    /// bytes it took.
-    fn next_entry(&mut self) -> Result<Option<(u64, Entry, u64)>, FrameError>;
+    /// The next entry, its sequence number and the bytes it took. With
+    /// `wait`, blocks until one arrives (`None` only at the clean end of a
+    /// file); without, `None` also means "none has arrived yet".
+    fn next_entry(&mut self, wait: bool) -> Result<Option<(u64, Entry, u64)>, InputError>;
 }
 
 impl EntrySource for LogFileReader<Entry> {
-    fn next_entry(&mut self) -> Result<Option<(u64, Entry, u64)>, FrameError> {
+    fn next_entry(&mut self, _wait: bool) -> Result<Option<(u64, Entry, u64)>, InputError> {
         let before = self.offset_bytes();
-        let next = self.read_entry()?;
+        let next = self.read_entry().map_err(|error: FrameError| InputError::LogCorrupt(error.to_string()))?;
         Ok(next.map(|(seq, entry)| (seq, entry, self.offset_bytes() - before)))
     }
 }
@@ -79,25 +81,27 @@ impl<S: EntrySource> ReplayInputs<S> {
     }
 
     /// The next entry that is not a progress entry (progress is absorbed
-    /// into `covered_landmark` on the way).
-    fn peek(&mut self) -> Result<Option<&(u64, Entry)>, InputError> {
+    /// into `covered_landmark` on the way). Waits for one, except when
+    /// `landmark` is already covered by progress: then `None` means nothing
+    /// more is known yet and nothing more is needed to go on.
+    fn peek_at(&mut self, landmark: Option<u64>) -> Result<Option<&(u64, Entry)>, InputError> {
         while self.peeked.is_none() {
-            let next = self
-                .source
-                .next_entry()
-                .map_err(|error| InputError::LogCorrupt(error.to_string()))?;
-            let Some((seq, entry, bytes)) = next else {
+            let wait = landmark.is_none_or(|landmark| landmark > self.covered_landmark);
+            let Some((seq, entry, bytes)) = self.source.next_entry(wait)? else {
                 return Ok(None);
             };
             self.stats.count(entry.kind(), bytes);
             match entry {
-                Entry::Progress { landmark } => {
-                    self.covered_landmark = self.covered_landmark.max(landmark)
-                }
+                Entry::Progress { landmark } => self.covered_landmark = self.covered_landmark.max(landmark),
                 entry => self.peeked = Some((seq, entry)),
             }
         }
         Ok(self.peeked.as_ref())
+    }
+
+    /// The next entry that is not a progress entry, waiting for one.
+    fn peek(&mut self) -> Result<Option<&(u64, Entry)>, InputError> {
+        self.peek_at(None)
     }
 
     fn diverged(&self, seq: u64, expected: String, wants: &str, at: &At) -> InputError {
@@ -205,14 +209,19 @@ impl<S: EntrySource> Inputs for ReplayInputs<S> {
 
     fn stop_here(&mut self, at: &At) -> Result<bool, InputError> {
         Ok(
-            matches!(self.peek()?, Some((_, Entry::RunEnd(end))) if end.stopped && end.landmarks == at.point.landmark),
+            matches!(self.peek_at(Some(at.point.landmark))?, Some((_, Entry::RunEnd(end))) if end.stopped && end.landmarks == at.point.landmark),
         )
     }
 
     fn poll_events(&mut self, at: &At, _armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
         let landmark = at.point.landmark;
-        let covered_landmark = self.covered_landmark;
-        match self.peek()? {
+        if self.peek_at(Some(landmark))?.is_none() {
+            return match landmark <= self.covered_landmark {
+                true => Ok(Vec::new()),
+                false => Err(InputError::LogEnded { covered_landmark: self.covered_landmark, landmark }),
+            };
+        }
+        match self.peeked.as_ref() {
             // The recorded guest found events here.
             Some((_, Entry::Input(entry)))
                 if entry.point.landmark == landmark && matches!(entry.input, Input::Polled(_)) =>
@@ -226,8 +235,7 @@ impl<S: EntrySource> Inputs for ReplayInputs<S> {
             }
             // The next input belongs to this landmark (not a poll) or a later one.
             Some(_) => Ok(Vec::new()),
-            None if landmark <= covered_landmark => Ok(Vec::new()),
-            None => Err(InputError::LogEnded { covered_landmark, landmark }),
+            None => unreachable!("peeked above"),
         }
     }
 
