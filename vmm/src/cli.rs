@@ -6,6 +6,7 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::ft::FtConfig;
 use crate::outcome::status;
 use crate::runs::{self, Attachments, DiskAttachment, NetAttachment, RunError};
 use crate::vm::{RunReport, VmConfig};
@@ -25,7 +26,8 @@ use clap::{Args, Parser, Subcommand};
         codes become 255), or 120 VMM error (bad kernel, no KVM, ...), 121 guest CPU \
         exception, 122 guest triple fault, 123 KVM error, 124 guest stuck (waits with \
         nothing armed), 125 replay diverged from the log, 126 log unreadable, cut short or \
-        unwritable."
+        unwritable, 127 this side of an FT pair lost the arbiter and halted, 130 stopped by \
+        SIGINT/SIGTERM."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -74,6 +76,38 @@ enum Command {
         #[arg(long)]
         stats: bool,
     },
+    /// Run a guest as the primary of a fault-tolerant pair: every input goes
+    /// to the backup, output waits for the backup's acknowledgement, and if
+    /// the backup dies the primary goes on alone once the arbiter agrees.
+    ///
+    /// Example (start the backup first):
+    ///   ftvm primary --backup 10.0.0.2:7000 --arbiter /shared/ftvm --net tap=tap0 --cmdline "role=echo port=7 ip=10.10.0.2/24 gw=10.10.0.1"
+    #[command(verbatim_doc_comment)]
+    Primary {
+        /// The backup's address (host:port).
+        #[arg(long)]
+        backup: String,
+        #[command(flatten)]
+        pair: PairArgs,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Wait for a primary, replay its guest, and take over (go live) if the
+    /// primary dies and the arbiter agrees. The guest's configuration comes
+    /// from the primary; --net/--disk/--console name this host's attachments.
+    ///
+    /// Example:
+    ///   ftvm backup --listen 0.0.0.0:7000 --arbiter /shared/ftvm --net tap=tap1
+    #[command(verbatim_doc_comment)]
+    Backup {
+        /// Where to listen for the primary (host:port).
+        #[arg(long)]
+        listen: String,
+        #[command(flatten)]
+        pair: PairArgs,
+        #[command(flatten)]
+        host: HostArgs,
+    },
     /// Measure the platform: boot time, exit costs, timer latency and guest
     /// compute speed next to the host's, as a table of medians.
     Bench {
@@ -83,18 +117,31 @@ enum Command {
     },
 }
 
+/// What runs in the guest.
 #[derive(Args)]
 struct RunArgs {
     /// Guest RAM: bytes, or with a K/M/G suffix (8M .. 3G).
     #[arg(long, default_value = "128M", value_parser = parse_size)]
     mem: u64,
     /// The guest command line: `role=NAME key=value ...`. Roles of the built-in
-    /// kernel: selftest, compute, hostile, fault, panic, bench.
+    /// kernel: selftest, stress, compute, echo, disk-selftest, hostile, fault,
+    /// panic, bench.
     #[arg(long, default_value = "role=selftest")]
     cmdline: String,
     /// A guest kernel ELF to boot instead of the built-in one.
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// Privilege level at entry: cpl3 (direct, default) or cpl0 (the guest drops
+    /// to CPL3 with iretq).
+    #[arg(long, value_enum, default_value_t = EntryMode::Cpl3)]
+    entry: EntryMode,
+    #[command(flatten)]
+    host: HostArgs,
+}
+
+/// What this host attaches to the guest.
+#[derive(Args)]
+struct HostArgs {
     /// Write the guest console here instead of stdout.
     #[arg(long)]
     console: Option<PathBuf>,
@@ -109,10 +156,42 @@ struct RunArgs {
     /// its data.
     #[arg(long, value_parser = parse_disk, value_name = "PATH[,size=SIZE][,create]")]
     disk: Option<DiskAttachment>,
-    /// Privilege level at entry: cpl3 (direct, default) or cpl0 (the guest drops
-    /// to CPL3 with iretq).
-    #[arg(long, value_enum, default_value_t = EntryMode::Cpl3)]
-    entry: EntryMode,
+}
+
+/// Settings of the fault-tolerant pair, the same on both sides.
+#[derive(Args)]
+struct PairArgs {
+    /// A directory on storage both hosts reach, for the arbiter's
+    /// test-and-set records (one per generation).
+    #[arg(long)]
+    arbiter: PathBuf,
+    /// The pair's generation (a new pair, or a pair re-formed after a
+    /// failover, takes a new one).
+    #[arg(long, default_value_t = 1)]
+    generation: u64,
+    /// Presume the other side dead after this long without a word from it.
+    #[arg(long, default_value_t = 300, value_name = "MS")]
+    failure_timeout_ms: u64,
+    /// Lag bound: the most unacknowledged log the primary may have before it
+    /// waits for its backup.
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    max_lag_bytes: u64,
+    /// Lag bound: the oldest an unacknowledged entry may get before the
+    /// primary waits for its backup.
+    #[arg(long, default_value_t = 200, value_name = "MS")]
+    max_lag_ms: u64,
+}
+
+impl PairArgs {
+    fn ft_config(&self) -> FtConfig {
+        let mut ft = FtConfig::new(self.arbiter.clone());
+        ft.generation = self.generation;
+        ft.channel.failure_timeout_ms = self.failure_timeout_ms;
+        ft.channel.heartbeat_interval_ms = (self.failure_timeout_ms / 10).clamp(1, 50);
+        ft.max_unacked_bytes = self.max_lag_bytes;
+        ft.max_unacked_age_ms = self.max_lag_ms;
+        ft
+    }
 }
 
 /// Default MAC of the guest NIC (a locally administered QEMU-style address).
@@ -191,6 +270,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Record { log, run: args } => record(log, args),
+        Command::Primary { backup, pair, run: args } => primary(&backup, &pair, args),
+        Command::Backup { listen, pair, host } => backup(&listen, &pair, &host),
         Command::Replay { log, console, stats } => replay(log, console, stats),
         Command::Bench { runs } => crate::bench::run(runs.max(1)).map(|table| {
             print!("{table}");
@@ -230,13 +311,16 @@ fn vm_config(args: &RunArgs) -> anyhow::Result<VmConfig> {
     })
 }
 
-fn attachments(args: &RunArgs) -> Attachments {
-    Attachments { net: args.net.clone(), disk: args.disk.clone() }
+fn attachments(host: &HostArgs) -> Attachments {
+    Attachments { net: host.net.clone(), disk: host.disk.clone() }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<u8> {
-    let report =
-        runs::live(&vm_config(&args)?, &attachments(&args), console_sink(args.console.as_ref())?)?;
+    let report = runs::live(
+        &vm_config(&args)?,
+        &attachments(&args.host),
+        console_sink(args.host.console.as_ref())?,
+    )?;
     print_summary(&report);
     Ok(report.outcome.exit_status())
 }
@@ -244,8 +328,8 @@ fn run(args: RunArgs) -> anyhow::Result<u8> {
 fn record(log: PathBuf, args: RunArgs) -> anyhow::Result<u8> {
     let report = runs::record(
         &vm_config(&args)?,
-        &attachments(&args),
-        console_sink(args.console.as_ref())?,
+        &attachments(&args.host),
+        console_sink(args.host.console.as_ref())?,
         &log,
     )?;
     print_summary(&report);
@@ -255,6 +339,29 @@ fn record(log: PathBuf, args: RunArgs) -> anyhow::Result<u8> {
         report.log_stats.bytes(),
         log.display()
     );
+    Ok(report.outcome.exit_status())
+}
+
+fn primary(backup_addr: &str, pair: &PairArgs, args: RunArgs) -> anyhow::Result<u8> {
+    let report = runs::primary(
+        &vm_config(&args)?,
+        &attachments(&args.host),
+        console_sink(args.host.console.as_ref())?,
+        &pair.ft_config(),
+        backup_addr,
+    )?;
+    print_summary(&report);
+    Ok(report.outcome.exit_status())
+}
+
+fn backup(listen: &str, pair: &PairArgs, host: &HostArgs) -> anyhow::Result<u8> {
+    let report = runs::backup(
+        listen,
+        &attachments(host),
+        console_sink(host.console.as_ref())?,
+        &pair.ft_config(),
+    )?;
+    print_summary(&report);
     Ok(report.outcome.exit_status())
 }
 

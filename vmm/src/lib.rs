@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod cli;
 pub mod devices;
+pub mod ft;
 pub mod inputs;
 pub mod kernel;
 pub mod loader;

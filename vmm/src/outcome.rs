@@ -20,6 +20,8 @@ pub mod status {
     pub const DIVERGED: u8 = 125;
     /// The log is unreadable, cut short, or could not be written.
     pub const LOG_ERROR: u8 = 126;
+    /// This side of an FT pair lost the arbiter and halted (the other side runs the guest).
+    pub const HALTED: u8 = 127;
     /// The host stopped the VM (SIGINT/SIGTERM), as shells report 128 + SIGINT.
     pub const STOPPED: u8 = 130;
 }
@@ -70,6 +72,7 @@ impl RunOutcome {
             RunOutcome::InputsFailed(InputError::NothingToWaitFor) => status::GUEST_STUCK,
             RunOutcome::InputsFailed(InputError::Diverged(_)) => status::DIVERGED,
             RunOutcome::InputsFailed(InputError::Stopped) => status::STOPPED,
+            RunOutcome::InputsFailed(InputError::Halted(_)) => status::HALTED,
             RunOutcome::InputsFailed(_) => status::LOG_ERROR,
         }
     }

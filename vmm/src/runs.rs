@@ -5,11 +5,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use logchannel::{Entry, LogFileReader, LogFileWriter, RunStart};
+use std::net::TcpListener;
+
+use logchannel::{BackupLink, Entry, LogFileReader, LogFileWriter, PrimaryLink, RunStart};
 use storage::{BlockStore, BlockStoreError};
 use thiserror::Error;
 
 use crate::devices::DeviceSet;
+use crate::ft::backup::{backup_io, LinkSource};
+use crate::ft::primary::{HeldOutputs, LinkSink, PrimarySide};
+use crate::ft::FtConfig;
 use crate::inputs::live::{Backends, LiveInputs};
 use crate::inputs::record::RecordingInputs;
 use crate::inputs::replay::ReplayInputs;
@@ -36,6 +41,17 @@ pub enum RunError {
     /// The disk image could not be opened.
     #[error(transparent)]
     Disk(#[from] BlockStoreError),
+    /// The log channel could not be set up.
+    #[error("log channel: {0}")]
+    Channel(#[from] logchannel::ChannelError),
+    /// The backup could not listen for its primary.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
 }
 
 /// A NIC attached to a host TAP device.
@@ -68,7 +84,7 @@ pub struct Attachments {
 }
 
 /// Opens the host side of `attachments`.
-fn open(attachments: &Attachments) -> Result<(Backends, DeviceSet), RunError> {
+pub fn open(attachments: &Attachments) -> Result<(Backends, DeviceSet), RunError> {
     let tap = attachments.net.as_ref().map(|net| Tap::open(&net.tap)).transpose()?.map(Arc::new);
     let disk = attachments
         .disk
@@ -80,7 +96,7 @@ fn open(attachments: &Attachments) -> Result<(Backends, DeviceSet), RunError> {
         net_mac: attachments.net.as_ref().map(|net| net.mac),
         disk_bytes: disk.as_ref().map(|disk| disk.capacity_bytes()),
     };
-    Ok((Backends { tap, disk }, devices))
+    Ok((Backends { tap, disk, before_disk_read: None }, devices))
 }
 
 fn live_outputs(console: Box<dyn Write + Send>, backends: &Backends) -> Box<LiveOutputs> {
@@ -106,31 +122,93 @@ pub fn record(
     log: &Path,
 ) -> Result<RunReport, RunError> {
     let (backends, devices) = open(attachments)?;
-    let start = RunStart {
+    let outputs = live_outputs(console, &backends);
+    let inputs = RecordingInputs::new(
+        LogFileWriter::<Entry>::create(log)?,
+        &run_start(config, devices),
+        backends,
+    )?;
+    Ok(Vm::new(config, devices, Box::new(inputs), outputs)?.run()?)
+}
+
+fn run_start(config: &VmConfig, devices: DeviceSet) -> RunStart {
+    RunStart {
         mem_bytes: config.mem_bytes,
         cmdline: config.cmdline.clone(),
         entry_level: config.entry_mode.into(),
         kernel: config.kernel.clone(),
         net_mac: devices.net_mac,
         disk_bytes: devices.disk_bytes,
-    };
-    let outputs = live_outputs(console, &backends);
-    let inputs = RecordingInputs::new(LogFileWriter::<Entry>::create(log)?, &start, backends)?;
-    Ok(Vm::new(config, devices, Box::new(inputs), outputs)?.run()?)
+    }
 }
 
-/// Replays the run recorded in `log`, from the log alone: no TAP, no disk
-/// image; the guest's network and disk output is counted, not sent.
-pub fn replay(log: &Path, console: Box<dyn Write + Send>) -> Result<RunReport, RunError> {
-    let mut inputs = ReplayInputs::new(LogFileReader::<Entry>::open(log)?);
-    let start = inputs.read_start()?;
+fn config_of(start: RunStart) -> (VmConfig, DeviceSet) {
+    let devices = DeviceSet { net_mac: start.net_mac, disk_bytes: start.disk_bytes };
     let config = VmConfig {
         mem_bytes: start.mem_bytes,
         kernel: start.kernel,
         cmdline: start.cmdline,
         entry_mode: start.entry_level.into(),
     };
-    let devices = DeviceSet { net_mac: start.net_mac, disk_bytes: start.disk_bytes };
+    (config, devices)
+}
+
+/// Runs `config` as the primary of an FT pair whose backup listens at `backup_addr`.
+pub fn primary(
+    config: &VmConfig,
+    attachments: &Attachments,
+    console: Box<dyn Write + Send>,
+    ft: &FtConfig,
+    backup_addr: &str,
+) -> Result<RunReport, RunError> {
+    let (mut backends, devices) = open(attachments)?;
+    eprintln!(
+        "ftvm: role: primary, generation {}, connecting to the backup at {backup_addr}",
+        ft.generation
+    );
+    let link = PrimaryLink::connect(backup_addr, &ft.channel)?;
+    let side = PrimarySide::new(link, ft.clone());
+    let live = LiveOutputs::new(console, backends.tap.clone(), backends.disk.clone());
+    let (held, queue, releaser) = HeldOutputs::start(side.clone(), live);
+    let barrier = queue.clone();
+    backends.before_disk_read = Some(Arc::new(move || barrier.wait_disk_drained()));
+    let inputs =
+        RecordingInputs::new(LinkSink::new(side.clone()), &run_start(config, devices), backends)?;
+    let result =
+        Vm::new(config, devices, Box::new(inputs), Box::new(held)).and_then(|mut vm| vm.run());
+    // Whatever the guest produced is released (or dropped by a halt) before the process ends.
+    queue.close_and_drain();
+    let _ = releaser.join();
+    Ok(result?)
+}
+
+/// Runs as the backup of an FT pair: waits for the primary on `listen`,
+/// replays its guest, and goes live if the primary dies and the arbiter agrees.
+pub fn backup(
+    listen: &str,
+    attachments: &Attachments,
+    console: Box<dyn Write + Send>,
+    ft: &FtConfig,
+) -> Result<RunReport, RunError> {
+    let listener = TcpListener::bind(listen)
+        .map_err(|source| RunError::Listen { addr: listen.to_string(), source })?;
+    eprintln!(
+        "ftvm: role: backup, generation {}, waiting for the primary on {listen}",
+        ft.generation
+    );
+    let link = BackupLink::accept(&listener, &ft.channel)?;
+    let mut replay = ReplayInputs::new(LinkSource::new(link));
+    let (config, devices) = config_of(replay.read_start()?);
+    eprintln!("ftvm: role: backup, replaying `{}`", config.cmdline);
+    let (inputs, outputs) = backup_io(replay, ft.clone(), attachments.clone(), devices, console);
+    Ok(Vm::new(&config, devices, Box::new(inputs), Box::new(outputs))?.run()?)
+}
+
+/// Replays the run recorded in `log`, from the log alone: no TAP, no disk
+/// image; the guest's network and disk output is counted, not sent.
+pub fn replay(log: &Path, console: Box<dyn Write + Send>) -> Result<RunReport, RunError> {
+    let mut inputs = ReplayInputs::new(LogFileReader::<Entry>::open(log)?);
+    let (config, devices) = config_of(inputs.read_start()?);
     let outputs = Box::new(ReplayOutputs::new(console));
     Ok(Vm::new(&config, devices, Box::new(inputs), outputs)?.run()?)
 }

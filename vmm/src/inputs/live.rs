@@ -30,6 +30,10 @@ impl HostClock {
     }
 }
 
+/// A hook run before each disk read (an FT primary uses it to let the
+/// guest's held writes reach the disk first).
+pub type DiskReadBarrier = Arc<dyn Fn() + Send + Sync>;
+
 /// The host resources a live guest reads: its NIC's TAP and its disk image.
 #[derive(Clone, Default)]
 pub struct Backends {
@@ -37,23 +41,33 @@ pub struct Backends {
     pub tap: Option<Arc<Tap>>,
     /// The disk image behind the block device.
     pub disk: Option<Arc<BlockStore>>,
+    /// Run before every disk read.
+    pub before_disk_read: Option<DiskReadBarrier>,
 }
 
 /// Inputs taken from the host as they happen.
 pub struct LiveInputs {
     boot: HostClock,
+    monotonic_base_ns: u64,
     backends: Backends,
 }
 
 impl LiveInputs {
     /// Guest monotonic time starts at zero now.
     pub fn new(backends: Backends) -> Self {
-        LiveInputs { boot: HostClock::start(), backends }
+        LiveInputs { boot: HostClock::start(), monotonic_base_ns: 0, backends }
     }
 
-    /// Host ns since this guest booted (its monotonic clock).
+    /// Live inputs for a guest whose monotonic clock already reads
+    /// `monotonic_ns` (a backup going live continues its guest's clock).
+    pub fn continuing_at(monotonic_ns: u64, backends: Backends) -> Self {
+        LiveInputs { boot: HostClock::start(), monotonic_base_ns: monotonic_ns, backends }
+    }
+
+    /// The guest's monotonic clock: host ns since it booted (or since it
+    /// went live, plus where its clock stood then).
     pub fn now_ns(&self) -> u64 {
-        self.boot.elapsed_ns()
+        self.monotonic_base_ns + self.boot.elapsed_ns()
     }
 
     /// Everything that has arrived, without blocking: an expired timer and
@@ -100,6 +114,9 @@ impl Inputs for LiveInputs {
     }
 
     fn disk_read(&mut self, _at: &At, offset: u64, buf: &mut [u8]) -> Result<(), InputError> {
+        if let Some(barrier) = &self.backends.before_disk_read {
+            barrier();
+        }
         let disk = self.backends.disk.as_ref().ok_or_else(|| {
             InputError::Host("the guest read a disk the VMM has no image for".into())
         })?;

@@ -91,6 +91,12 @@ pub enum InputError {
     /// being replayed was stopped here.
     #[error("stopped by the host")]
     Stopped,
+    /// The primary is presumed dead (the log channel failed or fell silent).
+    #[error("the primary is presumed dead: {0}")]
+    PrimaryLost(String),
+    /// This side lost the arbiter: the other side runs the guest now.
+    #[error("{0}")]
+    Halted(String),
     /// The log could not be read: corrupt, truncated, out of order.
     #[error("the log is unreadable: {0}")]
     LogCorrupt(String),

@@ -8,20 +8,20 @@ use super::{Armed, AsyncEvent, At, InputError, Inputs, LogStats, RunEnd};
 /// Where a recorder writes entries (a log file; later the log channel).
 pub trait EntrySink {
     /// Appends one entry; returns the bytes it took.
-    fn append(&mut self, entry: &Entry) -> Result<u64, String>;
+    fn append(&mut self, entry: &Entry) -> Result<u64, InputError>;
     /// Pushes buffered entries out.
-    fn flush(&mut self) -> Result<(), String>;
+    fn flush(&mut self) -> Result<(), InputError>;
 }
 
 impl EntrySink for LogFileWriter<Entry> {
-    fn append(&mut self, entry: &Entry) -> Result<u64, String> {
+    fn append(&mut self, entry: &Entry) -> Result<u64, InputError> {
         let before = self.len_bytes();
-        self.write_entry(entry).map_err(|error| error.to_string())?;
+        self.write_entry(entry).map_err(|error| InputError::LogWrite(error.to_string()))?;
         Ok(self.len_bytes() - before)
     }
 
-    fn flush(&mut self) -> Result<(), String> {
-        LogFileWriter::flush(self).map_err(|error| error.to_string())
+    fn flush(&mut self) -> Result<(), InputError> {
+        LogFileWriter::flush(self).map_err(|error| InputError::LogWrite(error.to_string()))
     }
 }
 
@@ -43,7 +43,7 @@ impl<S: EntrySink> RecordingInputs<S> {
     pub fn new(mut sink: S, start: &RunStart, backends: Backends) -> Result<Self, InputError> {
         let entry = Entry::RunStart(start.clone());
         let mut stats = LogStats::default();
-        stats.count(entry.kind(), sink.append(&entry).map_err(InputError::LogWrite)?);
+        stats.count(entry.kind(), sink.append(&entry)?);
         Ok(RecordingInputs {
             live: LiveInputs::new(backends),
             sink,
@@ -54,7 +54,7 @@ impl<S: EntrySink> RecordingInputs<S> {
     }
 
     fn append(&mut self, entry: Entry) -> Result<(), InputError> {
-        let bytes = self.sink.append(&entry).map_err(InputError::LogWrite)?;
+        let bytes = self.sink.append(&entry)?;
         self.stats.count(entry.kind(), bytes);
         self.last_entry_ns = self.live.now_ns();
         Ok(())
@@ -117,7 +117,7 @@ impl<S: EntrySink> Inputs for RecordingInputs<S> {
 
     fn end_of_run(&mut self, end: &RunEnd) -> Result<(), InputError> {
         self.append(Entry::RunEnd(end.clone()))?;
-        self.sink.flush().map_err(InputError::LogWrite)
+        self.sink.flush()
     }
 
     fn log_stats(&self) -> LogStats {

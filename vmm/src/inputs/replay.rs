@@ -18,7 +18,9 @@ pub trait EntrySource {
 impl EntrySource for LogFileReader<Entry> {
     fn next_entry(&mut self, _wait: bool) -> Result<Option<(u64, Entry, u64)>, InputError> {
         let before = self.offset_bytes();
-        let next = self.read_entry().map_err(|error: FrameError| InputError::LogCorrupt(error.to_string()))?;
+        let next = self
+            .read_entry()
+            .map_err(|error: FrameError| InputError::LogCorrupt(error.to_string()))?;
         Ok(next.map(|(seq, entry)| (seq, entry, self.offset_bytes() - before)))
     }
 }
@@ -92,7 +94,9 @@ impl<S: EntrySource> ReplayInputs<S> {
             };
             self.stats.count(entry.kind(), bytes);
             match entry {
-                Entry::Progress { landmark } => self.covered_landmark = self.covered_landmark.max(landmark),
+                Entry::Progress { landmark } => {
+                    self.covered_landmark = self.covered_landmark.max(landmark)
+                }
                 entry => self.peeked = Some((seq, entry)),
             }
         }
@@ -218,7 +222,9 @@ impl<S: EntrySource> Inputs for ReplayInputs<S> {
         if self.peek_at(Some(landmark))?.is_none() {
             return match landmark <= self.covered_landmark {
                 true => Ok(Vec::new()),
-                false => Err(InputError::LogEnded { covered_landmark: self.covered_landmark, landmark }),
+                false => {
+                    Err(InputError::LogEnded { covered_landmark: self.covered_landmark, landmark })
+                }
             };
         }
         match self.peeked.as_ref() {

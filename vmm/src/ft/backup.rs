@@ -1,0 +1,281 @@
+//! The backup's side of the pair: it replays the primary's log as it
+//! arrives over the channel (never running past what the primary reported),
+//! sends nothing to the outside, and remembers the guest's recent disk writes.
+//! When the primary is presumed dead it asks the arbiter; having won, it goes
+//! live at exactly the point its replay reached: the inputs switch from the
+//! log to the host (the guest clock continuing from its last logged value),
+//! the outputs to the real console, TAP and disk (re-applying the recent
+//! writes the primary may not have released), and the VMM announces the
+//! guest's MAC with a RARP frame so the bridge learns the new port.
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::Write;
+use std::rc::Rc;
+use std::time::Duration;
+
+use logchannel::{BackupLink, ChannelError, Entry};
+
+use super::{arbitrate, FtConfig};
+use crate::devices::DeviceSet;
+use crate::inputs::live::LiveInputs;
+use crate::inputs::replay::{EntrySource, ReplayInputs};
+use crate::inputs::{Armed, AsyncEvent, At, InputError, Inputs, LogStats, RunEnd};
+use crate::outputs::{LiveOutputs, OutputError, Outputs};
+use crate::runs::{self, Attachments};
+
+/// How long one wait for the next entry lasts before it is retried (the
+/// channel reports a dead primary on its own, after the failure timeout).
+const RECV_SLICE: Duration = Duration::from_millis(100);
+/// How many bytes of recent guest disk writes the backup keeps to re-apply at go-live.
+const RECENT_WRITES_MAX_BYTES: u64 = 64 << 20;
+
+/// The log channel as an entry source.
+pub struct LinkSource {
+    link: BackupLink,
+}
+
+impl LinkSource {
+    /// A source over an accepted link.
+    pub fn new(link: BackupLink) -> Self {
+        LinkSource { link }
+    }
+}
+
+fn channel_error(error: ChannelError) -> InputError {
+    if error.is_peer_failure() {
+        InputError::PrimaryLost(error.to_string())
+    } else {
+        // A corrupt or out-of-order frame is never replayed; the channel is
+        // unusable, which for the pair is the same as losing the primary.
+        eprintln!("ftvm: the log channel failed: {error}");
+        InputError::PrimaryLost(format!("the log channel failed: {error}"))
+    }
+}
+
+impl EntrySource for LinkSource {
+    fn next_entry(&mut self, wait: bool) -> Result<Option<(u64, Entry, u64)>, InputError> {
+        loop {
+            let slice = if wait { RECV_SLICE } else { Duration::ZERO };
+            match self.link.recv_frame(slice).map_err(channel_error)? {
+                Some(received) => {
+                    return Ok(Some((received.seq, received.entry, received.frame_len_bytes)))
+                }
+                None if wait => continue,
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+/// State the backup's inputs and outputs share (both live on the vCPU thread).
+#[derive(Default)]
+struct Shared {
+    /// The real outputs, once live.
+    live: Option<LiveOutputs>,
+    /// The guest's recent disk writes, in order (re-applied at go-live).
+    recent_writes: VecDeque<(u64, Vec<u8>)>,
+    recent_write_bytes: u64,
+}
+
+/// The backup's outputs: nothing leaves while it is a backup.
+pub struct BackupOutputs {
+    shared: Rc<RefCell<Shared>>,
+}
+
+impl Outputs for BackupOutputs {
+    fn console(&mut self, bytes: &[u8]) {
+        if let Some(live) = self.shared.borrow_mut().live.as_mut() {
+            live.console(bytes);
+        }
+    }
+
+    fn transmit(&mut self, frame: &[u8]) {
+        if let Some(live) = self.shared.borrow_mut().live.as_mut() {
+            live.transmit(frame);
+        }
+    }
+
+    fn disk_write(&mut self, offset: u64, data: &[u8]) -> Result<(), OutputError> {
+        let mut shared = self.shared.borrow_mut();
+        if let Some(live) = shared.live.as_mut() {
+            return live.disk_write(offset, data);
+        }
+        shared.recent_write_bytes += data.len() as u64;
+        shared.recent_writes.push_back((offset, data.to_vec()));
+        while shared.recent_write_bytes > RECENT_WRITES_MAX_BYTES {
+            let (_, oldest) = shared.recent_writes.pop_front().expect("bytes counted are queued");
+            shared.recent_write_bytes -= oldest.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn disk_flush(&mut self) -> Result<(), OutputError> {
+        match self.shared.borrow_mut().live.as_mut() {
+            Some(live) => live.disk_flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What going live needs.
+struct GoLive {
+    config: FtConfig,
+    attachments: Attachments,
+    devices: DeviceSet,
+    console: Option<Box<dyn Write + Send>>,
+}
+
+/// The backup's inputs: the replayed log, then, after go-live, the host.
+pub struct BackupInputs {
+    replay: Option<ReplayInputs<LinkSource>>,
+    live: Option<LiveInputs>,
+    last_monotonic_ns: u64,
+    go_live: GoLive,
+    shared: Rc<RefCell<Shared>>,
+}
+
+/// The backup's inputs and outputs for a run whose start was read from `replay`.
+pub fn backup_io(
+    replay: ReplayInputs<LinkSource>,
+    config: FtConfig,
+    attachments: Attachments,
+    devices: DeviceSet,
+    console: Box<dyn Write + Send>,
+) -> (BackupInputs, BackupOutputs) {
+    let shared = Rc::new(RefCell::new(Shared::default()));
+    let go_live = GoLive { config, attachments, devices, console: Some(console) };
+    let inputs = BackupInputs {
+        replay: Some(replay),
+        live: None,
+        last_monotonic_ns: 0,
+        go_live,
+        shared: shared.clone(),
+    };
+    (inputs, BackupOutputs { shared })
+}
+
+/// A gratuitous RARP from `mac` (what VMware FT sends): every bridge on the
+/// way learns the guest's new port without the VMM knowing its IP address.
+fn rarp_announcement(mac: [u8; 6]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(60);
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0x80, 0x35]); // EtherType: RARP
+    frame.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 3]); // Ethernet/IPv4, "request reverse"
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0; 4]);
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0; 4]);
+    frame.resize(60, 0);
+    frame
+}
+
+impl BackupInputs {
+    /// The primary is gone: win the arbiter, then switch to the host.
+    fn go_live(&mut self, at: &At, why: String) -> Result<(), InputError> {
+        arbitrate(&self.go_live.config, "backup", &format!("primary presumed dead ({why})"))
+            .map_err(|reason| {
+                eprintln!("ftvm: {reason}");
+                InputError::Halted(reason)
+            })?;
+        let (backends, devices) = runs::open(&self.go_live.attachments)
+            .map_err(|error| InputError::Host(format!("going live: {error}")))?;
+        if devices != self.go_live.devices {
+            return Err(InputError::Host(format!(
+                "going live: this backup's devices {devices:?} differ from the primary's {:?}",
+                self.go_live.devices
+            )));
+        }
+        let mut shared = self.shared.borrow_mut();
+        let console = self.go_live.console.take().expect("go-live happens once");
+        let mut live_outputs =
+            LiveOutputs::new(console, backends.tap.clone(), backends.disk.clone());
+        let recent = std::mem::take(&mut shared.recent_writes);
+        let rewritten = recent.len();
+        for (offset, data) in recent {
+            live_outputs
+                .disk_write(offset, &data)
+                .map_err(|error| InputError::Host(error.to_string()))?;
+        }
+        if backends.disk.is_some() {
+            live_outputs.disk_flush().map_err(|error| InputError::Host(error.to_string()))?;
+        }
+        if let (Some(mac), Some(_)) = (devices.net_mac, backends.tap.as_ref()) {
+            live_outputs.transmit(&rarp_announcement(mac));
+        }
+        shared.live = Some(live_outputs);
+        let replayed = self.replay.take().map(|replay| replay.log_stats().entries()).unwrap_or(0);
+        self.live = Some(LiveInputs::continuing_at(self.last_monotonic_ns + 1, backends));
+        eprintln!(
+            "ftvm: role: backup -> live, generation {}, at landmark {} rip {:#x}, {replayed} entries replayed, {rewritten} recent disk writes re-applied",
+            self.go_live.config.generation, at.point.landmark, at.point.rip
+        );
+        Ok(())
+    }
+
+    /// Runs `call` on the replay, or after go-live on the host; a lost
+    /// primary in the middle of a call makes the backup go live and redo it.
+    fn with<T>(
+        &mut self,
+        at: &At,
+        mut call: impl FnMut(&mut dyn Inputs) -> Result<T, InputError>,
+    ) -> Result<T, InputError> {
+        if let Some(replay) = self.replay.as_mut() {
+            match call(replay) {
+                Err(InputError::PrimaryLost(why)) => self.go_live(at, why)?,
+                other => return other,
+            }
+        }
+        call(self.live.as_mut().expect("live after go-live"))
+    }
+}
+
+impl Inputs for BackupInputs {
+    fn monotonic_ns(&mut self, at: &At) -> Result<u64, InputError> {
+        let value = self.with(at, |inputs| inputs.monotonic_ns(at))?;
+        self.last_monotonic_ns = self.last_monotonic_ns.max(value);
+        Ok(value)
+    }
+
+    fn wall_ns(&mut self, at: &At) -> Result<u64, InputError> {
+        self.with(at, |inputs| inputs.wall_ns(at))
+    }
+
+    fn entropy(&mut self, at: &At, buf: &mut [u8]) -> Result<(), InputError> {
+        self.with(at, |inputs| inputs.entropy(at, buf))
+    }
+
+    fn disk_read(&mut self, at: &At, offset: u64, buf: &mut [u8]) -> Result<(), InputError> {
+        self.with(at, |inputs| inputs.disk_read(at, offset, buf))
+    }
+
+    fn stop_here(&mut self, at: &At) -> Result<bool, InputError> {
+        if crate::signals::stop_requested() {
+            return Ok(true);
+        }
+        self.with(at, |inputs| inputs.stop_here(at))
+    }
+
+    fn poll_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
+        self.with(at, |inputs| inputs.poll_events(at, armed))
+    }
+
+    fn wait_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
+        self.with(at, |inputs| inputs.wait_events(at, armed))
+    }
+
+    fn end_of_run(&mut self, end: &RunEnd) -> Result<(), InputError> {
+        match self.replay.as_mut() {
+            Some(replay) => match replay.end_of_run(end) {
+                // The primary died after its guest ended: nothing left to check.
+                Err(InputError::PrimaryLost(_)) => Ok(()),
+                other => other,
+            },
+            None => Ok(()),
+        }
+    }
+
+    fn log_stats(&self) -> LogStats {
+        self.replay.as_ref().map(|replay| replay.log_stats()).unwrap_or_default()
+    }
+}

@@ -1,0 +1,297 @@
+//! The primary's side of the pair: every log entry goes to the backup over
+//! the channel, with the lag bound applied as it is sent; every output is held
+//! until the backup has acknowledged the last entry sent before it (the
+//! output rule) and is then released, in order, by one thread. Execution goes
+//! on meanwhile; only output waits. When the backup is presumed dead the
+//! primary asks the arbiter: it goes on solo (releasing what it held) or halts.
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use logchannel::{ChannelError, Entry, PrimaryLink};
+
+use super::{arbitrate, FtConfig};
+use crate::inputs::record::EntrySink;
+use crate::inputs::InputError;
+use crate::outputs::{LiveOutputs, OutputError, Outputs};
+
+/// The pair as the primary sees it; shared by the log sink and the releaser.
+pub struct PrimarySide {
+    link: PrimaryLink,
+    config: FtConfig,
+    solo: AtomicBool,
+    halted: Mutex<Option<String>>,
+    last_sent_seq: AtomicU64,
+}
+
+impl PrimarySide {
+    /// The primary's side over a connected link.
+    pub fn new(link: PrimaryLink, config: FtConfig) -> Arc<Self> {
+        Arc::new(PrimarySide {
+            link,
+            config,
+            solo: AtomicBool::new(false),
+            halted: Mutex::new(None),
+            last_sent_seq: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether the primary runs alone (the backup is gone and it won the arbiter).
+    pub fn is_solo(&self) -> bool {
+        self.solo.load(Ordering::SeqCst)
+    }
+
+    /// The log channel.
+    pub fn link(&self) -> &PrimaryLink {
+        &self.link
+    }
+
+    /// The backup is presumed dead: win the arbiter and go solo, or halt.
+    /// Called by whichever thread notices first; the others wait for its answer.
+    fn backup_failed(&self, error: &ChannelError) -> Result<(), String> {
+        let mut halted = self.halted.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.is_solo() {
+            return Ok(());
+        }
+        if let Some(reason) = halted.as_ref() {
+            return Err(reason.clone());
+        }
+        match arbitrate(&self.config, "primary", &format!("backup presumed dead ({error})")) {
+            Ok(()) => {
+                eprintln!("ftvm: role: primary -> solo, generation {}", self.config.generation);
+                self.solo.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(reason) => {
+                eprintln!("ftvm: {reason}");
+                *halted = Some(reason.clone());
+                Err(reason)
+            }
+        }
+    }
+}
+
+/// The primary's log sink: entries go to the backup, and the lag bound holds
+/// the guest back when the backup falls behind.
+pub struct LinkSink {
+    side: Arc<PrimarySide>,
+}
+
+impl LinkSink {
+    /// A sink over `side`'s link.
+    pub fn new(side: Arc<PrimarySide>) -> Self {
+        LinkSink { side }
+    }
+}
+
+impl EntrySink for LinkSink {
+    fn append(&mut self, entry: &Entry) -> Result<u64, InputError> {
+        if self.side.is_solo() {
+            return Ok(0);
+        }
+        let sent = self.side.link.send(entry).and_then(|sent| {
+            self.side.last_sent_seq.store(sent.seq, Ordering::SeqCst);
+            let config = &self.side.config;
+            self.side
+                .link
+                .wait_for_room(config.max_unacked_bytes, config.max_unacked_age_ms)
+                .map(|()| sent)
+        });
+        match sent {
+            Ok(sent) => Ok(sent.frame_len_bytes),
+            Err(error) => self.side.backup_failed(&error).map(|()| 0).map_err(InputError::Halted),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), InputError> {
+        if self.side.is_solo() {
+            return Ok(());
+        }
+        let deadline =
+            Instant::now() + Duration::from_millis(self.side.config.channel.failure_timeout_ms * 2);
+        match self.side.link.flush(deadline) {
+            Ok(_) => Ok(()),
+            Err(error) => self.side.backup_failed(&error).map_err(InputError::Halted),
+        }
+    }
+}
+
+/// An output waiting for its acknowledgement.
+enum Held {
+    Console(Vec<u8>),
+    Frame(Vec<u8>),
+    DiskWrite(u64, Vec<u8>),
+    DiskFlush,
+}
+
+impl Held {
+    fn is_disk(&self) -> bool {
+        matches!(self, Held::DiskWrite(..) | Held::DiskFlush)
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    held: VecDeque<(u64, Held)>,
+    /// Outputs queued or being performed.
+    in_flight: usize,
+    /// Disk outputs queued or being performed.
+    disk_pending: usize,
+    /// Set when the run is over: the releaser drains what it holds and stops.
+    closing: bool,
+    /// A disk output failed on the host: the next disk output reports it.
+    disk_error: Option<String>,
+}
+
+/// The output queue shared by the guest's outputs and the releaser thread.
+pub struct OutputQueue {
+    state: Mutex<Queue>,
+    changed: Condvar,
+}
+
+impl OutputQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn push(&self, seq: u64, held: Held) {
+        let mut queue = self.lock();
+        if held.is_disk() {
+            queue.disk_pending += 1;
+        }
+        queue.in_flight += 1;
+        queue.held.push_back((seq, held));
+        self.changed.notify_all();
+    }
+
+    /// Blocks until no disk write or flush is held or in progress, so a disk
+    /// read sees every write the guest made before it.
+    pub fn wait_disk_drained(&self) {
+        let mut queue = self.lock();
+        while queue.disk_pending > 0 {
+            queue = self.changed.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// Blocks until every held output was released (or dropped by a halt).
+    pub fn close_and_drain(&self) {
+        let mut queue = self.lock();
+        queue.closing = true;
+        self.changed.notify_all();
+        while queue.in_flight > 0 {
+            queue = self.changed.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
+/// The primary's outputs: held until acknowledged, then released in order
+/// by a thread of their own.
+pub struct HeldOutputs {
+    side: Arc<PrimarySide>,
+    queue: Arc<OutputQueue>,
+}
+
+impl HeldOutputs {
+    /// Holds outputs for `live` (the real console, TAP and disk) and starts the releaser.
+    pub fn start(
+        side: Arc<PrimarySide>,
+        live: LiveOutputs,
+    ) -> (HeldOutputs, Arc<OutputQueue>, JoinHandle<()>) {
+        let queue =
+            Arc::new(OutputQueue { state: Mutex::new(Queue::default()), changed: Condvar::new() });
+        let releaser = {
+            let (side, queue) = (side.clone(), queue.clone());
+            std::thread::Builder::new()
+                .name("ftvm-output".into())
+                .spawn(move || release(side, queue, live))
+                .expect("spawning the output thread")
+        };
+        (HeldOutputs { side, queue: queue.clone() }, queue, releaser)
+    }
+
+    fn hold(&self, held: Held) {
+        self.queue.push(self.side.last_sent_seq.load(Ordering::SeqCst), held);
+    }
+
+    fn disk_error(&self) -> Result<(), OutputError> {
+        match self.queue.lock().disk_error.clone() {
+            Some(error) => Err(OutputError::Disk(error)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Outputs for HeldOutputs {
+    fn console(&mut self, bytes: &[u8]) {
+        self.hold(Held::Console(bytes.to_vec()));
+    }
+
+    fn transmit(&mut self, frame: &[u8]) {
+        self.hold(Held::Frame(frame.to_vec()));
+    }
+
+    fn disk_write(&mut self, offset: u64, data: &[u8]) -> Result<(), OutputError> {
+        self.disk_error()?;
+        self.hold(Held::DiskWrite(offset, data.to_vec()));
+        Ok(())
+    }
+
+    fn disk_flush(&mut self) -> Result<(), OutputError> {
+        self.disk_error()?;
+        self.hold(Held::DiskFlush);
+        Ok(())
+    }
+}
+
+/// The releaser: waits for each output's acknowledgement, then performs it.
+fn release(side: Arc<PrimarySide>, queue: Arc<OutputQueue>, mut live: LiveOutputs) {
+    loop {
+        let (seq, held) = {
+            let mut state = queue.lock();
+            loop {
+                if let Some(next) = state.held.pop_front() {
+                    break next;
+                }
+                if state.closing {
+                    return;
+                }
+                state = queue.changed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+        };
+        let released = loop {
+            if side.is_solo() {
+                break true;
+            }
+            match side.link.wait_acked(seq, Instant::now() + Duration::from_millis(100)) {
+                Ok(true) => break true,
+                Ok(false) => continue,
+                Err(error) => break side.backup_failed(&error).is_ok(),
+            }
+        };
+        let is_disk = held.is_disk();
+        let result = match (released, held) {
+            (false, _) => Ok(()),
+            (true, Held::Console(bytes)) => {
+                live.console(&bytes);
+                Ok(())
+            }
+            (true, Held::Frame(frame)) => {
+                live.transmit(&frame);
+                Ok(())
+            }
+            (true, Held::DiskWrite(offset, data)) => live.disk_write(offset, &data),
+            (true, Held::DiskFlush) => live.disk_flush(),
+        };
+        let mut state = queue.lock();
+        if let Err(error) = result {
+            state.disk_error = Some(error.to_string());
+        }
+        if is_disk {
+            state.disk_pending -= 1;
+        }
+        state.in_flight -= 1;
+        queue.changed.notify_all();
+    }
+}
