@@ -17,16 +17,30 @@ pub enum Machine {
     Master(Box<Master>),
     Chunkserver(Box<Chunkserver>),
     Client(Box<Client>),
+    /// Up, but driven by a layer above the world (see [`Role::External`]).
+    External,
 }
 
 impl Machine {
-    fn as_state_machine(&mut self) -> &mut dyn StateMachine {
+    fn as_state_machine(&mut self) -> Option<&mut dyn StateMachine> {
         match self {
-            Machine::Master(m) => m.as_mut(),
-            Machine::Chunkserver(c) => c.as_mut(),
-            Machine::Client(c) => c.as_mut(),
+            Machine::Master(m) => Some(m.as_mut()),
+            Machine::Chunkserver(c) => Some(c.as_mut()),
+            Machine::Client(c) => Some(c.as_mut()),
+            Machine::External => None,
         }
     }
+}
+
+/// An input for an [`Role::External`] node, handed to the layer that drives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExternalInput {
+    /// A frame arrived (undecoded: the layer knows the sender's wire format).
+    Frame { from: NodeId, frame: Vec<u8> },
+    /// One of its disk requests completed.
+    Disk(DiskCompletion),
+    /// The poll time it set with [`World::set_poll`] has come.
+    Tick,
 }
 
 /// Which role a node plays (kept while the node is down).
@@ -35,6 +49,10 @@ pub enum Role {
     Master,
     Chunkserver,
     Client,
+    /// A node of another service (e.g. MapReduce) that shares this world's clock, network,
+    /// disks and crashes, but whose state machine lives in a layer above: its inputs are
+    /// queued in [`World::external_inputs`] and its outputs enter with [`World::emit`].
+    External,
 }
 
 /// One node: its role, its running instance (if up), its disk.
@@ -46,6 +64,8 @@ pub struct Node {
     pub disk: Vec<u8>,
     /// Earliest time the node wants a tick (cached after each step).
     pub poll_ms: Option<u64>,
+    /// Added to every message it sends and every disk request it issues (a slow machine).
+    pub extra_latency_ms: u64,
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -94,6 +114,8 @@ pub struct World {
     pub stepped: Vec<usize>,
     /// Disk size of chunkservers added from now on.
     pub chunkserver_disk_sectors: u64,
+    /// Inputs for [`Role::External`] nodes, in order, for the layer above to step.
+    pub external_inputs: Vec<(usize, ExternalInput)>,
 }
 
 /// Master disk size in sectors.
@@ -118,6 +140,7 @@ impl World {
             client_events: Vec::new(),
             stepped: Vec::new(),
             chunkserver_disk_sectors: 0,
+            external_inputs: Vec::new(),
         }
         .with_chunkserver_slots(64)
     }
@@ -134,8 +157,13 @@ impl World {
         let sectors = match role {
             Role::Master => MASTER_DISK_SECTORS,
             Role::Chunkserver => self.chunkserver_disk_sectors,
-            Role::Client => 0,
+            Role::Client | Role::External => 0,
         };
+        self.add_node_with_disk(id, role, sectors)
+    }
+
+    /// Adds a node with a blank disk of `sectors` sectors and boots it.
+    pub fn add_node_with_disk(&mut self, id: NodeId, role: Role, sectors: u64) -> usize {
         self.nodes.push(Node {
             id,
             role,
@@ -143,6 +171,7 @@ impl World {
             incarnation: 0,
             disk: vec![0; sectors as usize * SECTOR_BYTES],
             poll_ms: None,
+            extra_latency_ms: 0,
         });
         let index = self.nodes.len() - 1;
         self.boot(index);
@@ -166,8 +195,9 @@ impl World {
                 Machine::Chunkserver(Box::new(Chunkserver::new(node.id, config, sectors)))
             }
             Role::Client => Machine::Client(Box::new(Client::new(node.id, config, seed))),
+            Role::External => Machine::External,
         });
-        node.poll_ms = Some(self.now_ms);
+        node.poll_ms = if node.role == Role::External { None } else { Some(self.now_ms) };
         let id = node.id;
         self.log(format!("boot node {id}"));
     }
@@ -231,7 +261,18 @@ impl World {
             self.log(line);
         }
         let machine = self.nodes[index].machine.as_mut().expect("checked");
-        let state_machine = machine.as_state_machine();
+        let Some(state_machine) = machine.as_state_machine() else {
+            let external = match input {
+                Input::Message { .. } => unreachable!("frames for external nodes stay undecoded"),
+                Input::Disk(done) => ExternalInput::Disk(done),
+                Input::Tick => {
+                    self.nodes[index].poll_ms = None;
+                    ExternalInput::Tick
+                }
+            };
+            self.external_inputs.push((index, external));
+            return;
+        };
         state_machine.step(now_ms, input, &mut out);
         let poll = state_machine.next_poll_ms();
         self.nodes[index].poll_ms = poll;
@@ -257,29 +298,58 @@ impl World {
         Some(result)
     }
 
-    fn route(&mut self, index: usize, out: Outputs) {
-        let from = self.nodes[index].id;
-        for envelope in out.messages {
-            let frame = encode_frame(&envelope.msg);
-            self.stats.messages += 1;
-            self.stats.message_bytes += frame.len() as u64;
-            if self.rng.chance(self.drop_per_mille, 1000) {
-                if self.trace.is_some() {
-                    self.log(format!("drop {from}->{} {}", envelope.to, short_msg(&envelope.msg)));
-                }
-                continue;
-            }
-            let copies = if self.rng.chance(self.duplicate_per_mille, 1000) { 2 } else { 1 };
-            for _ in 0..copies {
-                let delay = self.rng.range_inclusive(self.delay_min_ms, self.delay_max_ms);
-                let event = Event::Deliver { from, to: envelope.to, frame: frame.clone() };
-                self.push(self.now_ms + delay, event);
-            }
+    /// Sends what an [`Role::External`] node emitted: frames already encoded in the wire
+    /// format their receiver speaks, and requests for its own disk. Nothing if it is down.
+    pub fn emit(&mut self, index: usize, frames: Vec<(NodeId, Vec<u8>)>, disk: Vec<DiskRequest>) {
+        if self.nodes[index].machine.is_none() {
+            return;
         }
+        let from = self.nodes[index].id;
+        for (to, frame) in frames {
+            self.send_frame(index, from, to, frame, None);
+        }
+        self.issue_disk(index, disk);
+    }
+
+    /// Sets when an [`Role::External`] node next wants an [`ExternalInput::Tick`].
+    pub fn set_poll(&mut self, index: usize, poll_ms: Option<u64>) {
+        if self.nodes[index].machine.is_some() {
+            self.nodes[index].poll_ms = poll_ms.map(|at| at.max(self.now_ms));
+        }
+    }
+
+    fn send_frame(
+        &mut self,
+        index: usize,
+        from: NodeId,
+        to: NodeId,
+        frame: Vec<u8>,
+        msg: Option<&gfs::wire::Message>,
+    ) {
+        self.stats.messages += 1;
+        self.stats.message_bytes += frame.len() as u64;
+        if self.rng.chance(self.drop_per_mille, 1000) {
+            if self.trace.is_some() {
+                let what = msg.map_or_else(|| format!("{}B frame", frame.len()), short_msg);
+                self.log(format!("drop {from}->{to} {what}"));
+            }
+            return;
+        }
+        let copies = if self.rng.chance(self.duplicate_per_mille, 1000) { 2 } else { 1 };
+        let extra_ms = self.nodes[index].extra_latency_ms;
+        for _ in 0..copies {
+            let delay = self.rng.range_inclusive(self.delay_min_ms, self.delay_max_ms) + extra_ms;
+            let event = Event::Deliver { from, to, frame: frame.clone() };
+            self.push(self.now_ms + delay, event);
+        }
+    }
+
+    fn issue_disk(&mut self, index: usize, disk: Vec<DiskRequest>) {
         let incarnation = self.nodes[index].incarnation;
-        for DiskRequest { id, op } in out.disk {
+        let extra_ms = self.nodes[index].extra_latency_ms;
+        for DiskRequest { id, op } in disk {
             self.stats.disk_ops += 1;
-            let latency = self.rng.range_inclusive(1, 4);
+            let latency = self.rng.range_inclusive(1, 4) + extra_ms;
             let (write, read) = match op {
                 DiskOp::Write { sector, data } => {
                     self.stats.disk_write_bytes += data.len() as u64;
@@ -290,6 +360,15 @@ impl World {
             let event = Event::DiskDone { node: index, incarnation, request_id: id, write, read };
             self.push(self.now_ms + latency, event);
         }
+    }
+
+    fn route(&mut self, index: usize, out: Outputs) {
+        let from = self.nodes[index].id;
+        for envelope in out.messages {
+            let frame = encode_frame(&envelope.msg);
+            self.send_frame(index, from, envelope.to, frame, Some(&envelope.msg));
+        }
+        self.issue_disk(index, out.disk);
         for event in out.client_events {
             self.client_events.push((from, event));
         }
@@ -339,6 +418,10 @@ impl World {
                 let Some(index) = self.nodes.iter().position(|node| node.id == to) else {
                     return;
                 };
+                if matches!(self.nodes[index].machine, Some(Machine::External)) {
+                    self.external_inputs.push((index, ExternalInput::Frame { from, frame }));
+                    return;
+                }
                 let (msg, _) = decode_frame(&frame).expect("frames decode");
                 self.step(index, Input::Message { from, msg });
             }

@@ -26,13 +26,43 @@ pub type OpId = u64;
 /// What a client can ask for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientOp {
-    Create { path: String },
-    Delete { path: String },
-    List { prefix: String },
-    Snapshot { source: String, target: String },
-    Read { path: String, offset: u64, len: u64 },
-    Write { path: String, offset: u64, data: Vec<u8> },
-    Append { path: String, data: Vec<u8> },
+    Create {
+        path: String,
+    },
+    Delete {
+        path: String,
+    },
+    List {
+        prefix: String,
+    },
+    Snapshot {
+        source: String,
+        target: String,
+    },
+    /// Number of chunks of `path` (the last may be partly written).
+    ChunkCount {
+        path: String,
+    },
+    /// Where chunk `index` of `path` lives (`None`: never written), e.g. to schedule work near
+    /// a replica.
+    Locate {
+        path: String,
+        index: u64,
+    },
+    Read {
+        path: String,
+        offset: u64,
+        len: u64,
+    },
+    Write {
+        path: String,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Append {
+        path: String,
+        data: Vec<u8>,
+    },
 }
 
 /// What a successful operation returns.
@@ -41,6 +71,10 @@ pub enum OpOutput {
     Done,
     Listing(Vec<String>),
     Data(Vec<u8>),
+    /// Answer to [`ClientOp::ChunkCount`].
+    ChunkCount(u64),
+    /// Answer to [`ClientOp::Locate`].
+    Location(Option<ChunkLocation>),
     /// File offset at which the record was appended.
     Appended {
         offset: u64,
@@ -155,6 +189,10 @@ impl Client {
             ClientOp::List { prefix } => OpKind::Meta { request: MasterOp::List { prefix } },
             ClientOp::Snapshot { source, target } => {
                 OpKind::Meta { request: MasterOp::Snapshot { source, target } }
+            }
+            ClientOp::ChunkCount { path } => OpKind::Meta { request: MasterOp::FileInfo { path } },
+            ClientOp::Locate { path, index } => {
+                OpKind::Meta { request: MasterOp::Lookup { path, index } }
             }
             ClientOp::Read { path, offset, len } => OpKind::Read(ReadState {
                 path,
@@ -413,6 +451,10 @@ impl Client {
                         Ok(OpOutput::Done)
                     }
                     (_, Ok(MasterAnswer::Listing(names))) => Ok(OpOutput::Listing(names)),
+                    (_, Ok(MasterAnswer::FileInfo { chunk_count })) => {
+                        Ok(OpOutput::ChunkCount(chunk_count))
+                    }
+                    (_, Ok(MasterAnswer::Chunk(location))) => Ok(OpOutput::Location(location)),
                     (_, Ok(_)) => Ok(OpOutput::Done),
                     (_, Err(error)) => Err(error),
                 };

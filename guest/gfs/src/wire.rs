@@ -262,7 +262,8 @@ pub struct CopyPiece {
 }
 
 /// Encodes byte vectors as one length-prefixed run (serde's default is element by element).
-mod byte_vec {
+/// Public so other wire formats (MapReduce) can use it with `#[serde(with = "gfs::wire::byte_vec")]`.
+pub mod byte_vec {
     use alloc::vec::Vec;
     use core::fmt;
     use serde::de::{Error, SeqAccess, Visitor};
@@ -318,7 +319,18 @@ const FRAME_HEADER_BYTES: usize = 8;
 
 /// Encodes `msg` as one frame.
 pub fn encode_frame(msg: &Message) -> Vec<u8> {
-    let payload = postcard::to_allocvec(msg).expect("messages always serialize");
+    encode_frame_of(msg)
+}
+
+/// Decodes the first frame in `bytes`, returning the message and the bytes it used.
+pub fn decode_frame(bytes: &[u8]) -> Result<(Message, usize), FrameError> {
+    decode_frame_of(bytes)
+}
+
+/// Encodes any serializable value in the same frame format (used by other services' wire
+/// formats, e.g. MapReduce).
+pub fn encode_frame_of<T: Serialize>(value: &T) -> Vec<u8> {
+    let payload = postcard::to_allocvec(value).expect("messages always serialize");
     let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
     frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     frame.extend_from_slice(&CRC32C.checksum(&payload).to_le_bytes());
@@ -326,8 +338,10 @@ pub fn encode_frame(msg: &Message) -> Vec<u8> {
     frame
 }
 
-/// Decodes the first frame in `bytes`, returning the message and the bytes it used.
-pub fn decode_frame(bytes: &[u8]) -> Result<(Message, usize), FrameError> {
+/// Decodes the first frame in `bytes` as a `T`, returning it and the bytes it used.
+pub fn decode_frame_of<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, usize), FrameError> {
     if bytes.len() < FRAME_HEADER_BYTES {
         return Err(FrameError::Incomplete);
     }
