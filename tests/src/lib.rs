@@ -2,6 +2,7 @@
 //! process that is killed if the test fails (kill on drop), and collect what
 //! it printed.
 pub mod netns;
+pub mod proxy;
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -61,6 +62,13 @@ impl Reaped {
 }
 
 impl Reaped {
+    /// Kills the process with SIGKILL (a host crash, as far as the peer can tell).
+    pub fn kill(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+        }
+    }
+
     /// Sends SIGTERM (an orderly stop: ftvm finishes its log) and collects the output.
     pub fn stop(mut self) -> Finished {
         if let Some(child) = self.0.as_ref() {

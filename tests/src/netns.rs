@@ -97,6 +97,13 @@ impl Lab {
         format!("tap=tap{index},mac=52:54:00:10:00:{:02x}", index + 2)
     }
 
+    /// `--net` value for a NIC on `tapN` carrying the MAC of the guest on
+    /// `tapG` (the two halves of an FT pair run one guest, one MAC).
+    pub fn net_flag_for(&self, tap: usize, guest: usize) -> String {
+        assert!(tap < self.taps, "the lab has {} TAPs", self.taps);
+        format!("tap=tap{tap},mac=52:54:00:10:00:{:02x}", guest + 2)
+    }
+
     /// Starts `exe args...` inside the host namespace; killed on drop.
     pub fn spawn_in_host(&self, exe: &str, args: &[&str]) -> Reaped {
         crate::require_kvm();

@@ -104,11 +104,22 @@ fn a_hostile_guest_attacking_its_nic_and_disk_leaves_the_vmm_alive() {
     let dir = std::env::temp_dir().join(format!("ftvm-hostile-virtio-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let disk = format!("{},size=1M,create", dir.join("disk.img").display());
-    let vm = lab.spawn_in_host(FTVM, &["run", "--net", &lab.net_flag(0), "--disk", &disk, "--cmdline", "role=hostile"]);
+    let vm = lab.spawn_in_host(
+        FTVM,
+        &["run", "--net", &lab.net_flag(0), "--disk", &disk, "--cmdline", "role=hostile"],
+    );
     let finished = vm.finish();
     std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(finished.status, Some(122), "the guest's own triple fault ends the run: {finished:?}");
-    for step in ["virtio-net: garbage descriptor tables", "virtio-blk: garbage descriptor tables", "expect a triple fault"] {
+    assert_eq!(
+        finished.status,
+        Some(122),
+        "the guest's own triple fault ends the run: {finished:?}"
+    );
+    for step in [
+        "virtio-net: garbage descriptor tables",
+        "virtio-blk: garbage descriptor tables",
+        "expect a triple fault",
+    ] {
         assert!(finished.stdout.contains(step), "the guest reached `{step}`: {}", finished.stdout);
     }
     assert!(finished.stderr.contains("virtio misuses"), "{}", finished.stderr);

@@ -180,6 +180,9 @@ struct PairArgs {
     /// primary waits for its backup.
     #[arg(long, default_value_t = 200, value_name = "MS")]
     max_lag_ms: u64,
+    /// Testing only: send the backup a wrong Nth clock reading.
+    #[arg(long, hide = true, value_name = "N")]
+    inject_divergence_at: Option<u64>,
 }
 
 impl PairArgs {
@@ -190,6 +193,7 @@ impl PairArgs {
         ft.channel.heartbeat_interval_ms = (self.failure_timeout_ms / 10).clamp(1, 50);
         ft.max_unacked_bytes = self.max_lag_bytes;
         ft.max_unacked_age_ms = self.max_lag_ms;
+        ft.inject_divergence_at = self.inject_divergence_at;
         ft
     }
 }

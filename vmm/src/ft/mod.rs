@@ -32,6 +32,10 @@ pub struct FtConfig {
     pub max_unacked_bytes: u64,
     /// Lag bound: the oldest an unacknowledged entry may get before the primary waits, in ms.
     pub max_unacked_age_ms: u64,
+    /// Testing only: the primary sends its Nth clock reading to the backup
+    /// off by one ns (its own guest gets the true value), so the backup must
+    /// detect the divergence.
+    pub inject_divergence_at: Option<u64>,
 }
 
 impl FtConfig {
@@ -43,6 +47,7 @@ impl FtConfig {
             channel: ChannelConfig::default(),
             max_unacked_bytes: 4 << 20,
             max_unacked_age_ms: 200,
+            inject_divergence_at: None,
         }
     }
 }

@@ -77,12 +77,25 @@ impl PrimarySide {
 /// the guest back when the backup falls behind.
 pub struct LinkSink {
     side: Arc<PrimarySide>,
+    clock_readings: u64,
 }
 
 impl LinkSink {
     /// A sink over `side`'s link.
     pub fn new(side: Arc<PrimarySide>) -> Self {
-        LinkSink { side }
+        LinkSink { side, clock_readings: 0 }
+    }
+
+    /// The testing hook of [`FtConfig::inject_divergence_at`].
+    fn maybe_falsify(&mut self, entry: &Entry) -> Option<Entry> {
+        let Entry::Input(input) = entry else { return None };
+        let logchannel::Input::MonotonicNs(value) = input.input else { return None };
+        self.clock_readings += 1;
+        (self.side.config.inject_divergence_at == Some(self.clock_readings)).then(|| {
+            let mut falsified = input.clone();
+            falsified.input = logchannel::Input::MonotonicNs(value + 1);
+            Entry::Input(falsified)
+        })
     }
 }
 
@@ -91,7 +104,8 @@ impl EntrySink for LinkSink {
         if self.side.is_solo() {
             return Ok(0);
         }
-        let sent = self.side.link.send(entry).and_then(|sent| {
+        let falsified = self.maybe_falsify(entry);
+        let sent = self.side.link.send(falsified.as_ref().unwrap_or(entry)).and_then(|sent| {
             self.side.last_sent_seq.store(sent.seq, Ordering::SeqCst);
             let config = &self.side.config;
             self.side

@@ -1,0 +1,265 @@
+//! The fault-tolerant pair end to end: a client that is not ftvm code
+//! streams through the guest's echo service while the primary is SIGKILLed
+//! (or the backup is); the log channel is cut with both sides alive; a frame
+//! is corrupted on the channel; a divergence is injected. Every VM and
+//! namespace is reaped even when a test fails.
+//!
+//! `FTVM_FT_TRIALS=N` runs N kill points (and N channel cuts) instead of 3.
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ftvm_tests::netns::Lab;
+use ftvm_tests::proxy::Proxy;
+use ftvm_tests::{Finished, Reaped};
+
+const FTVM: &str = env!("CARGO_BIN_EXE_ftvm-e2e");
+const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/echo_client.py");
+const CHANNEL: &str = "127.0.0.1:7000";
+
+fn trials() -> u64 {
+    std::env::var("FTVM_FT_TRIALS").ok().and_then(|value| value.parse().ok()).unwrap_or(3)
+}
+
+/// A scratch directory for the arbiter, removed at the end.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "ftvm-ft-{name}-{}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A small seeded generator for kill points (printed, so a failure reruns).
+fn kill_delay_ms(seed: u64) -> u64 {
+    let mixed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17) ^ 0x5851_f42d_4c95_7f2d;
+    150 + mixed % 900
+}
+
+struct Pair {
+    lab: Lab,
+    _arbiter: Scratch,
+    primary: Reaped,
+    backup: Reaped,
+}
+
+fn echo_pair(name: &str) -> Pair {
+    let lab = Lab::new(2);
+    let arbiter = Scratch::new(name);
+    let backup = lab.spawn_in_host(
+        FTVM,
+        &[
+            "backup",
+            "--listen",
+            CHANNEL,
+            "--arbiter",
+            arbiter.path(),
+            "--net",
+            &lab.net_flag_for(1, 0),
+        ],
+    );
+    let cmdline = format!("role=echo port=7 {}", Lab::guest_net_args(0));
+    let primary = lab.spawn_in_host(
+        FTVM,
+        &[
+            "primary",
+            "--backup",
+            CHANNEL,
+            "--arbiter",
+            arbiter.path(),
+            "--net",
+            &lab.net_flag_for(0, 0),
+            "--cmdline",
+            &cmdline,
+        ],
+    );
+    let pair = Pair { lab, _arbiter: arbiter, primary, backup };
+    let up = pair.client(&["wait", &Lab::guest_ip(0), "7", "20"]).output().expect("python3");
+    assert!(
+        up.status.success(),
+        "the echo service never answered: {}",
+        String::from_utf8_lossy(&up.stdout)
+    );
+    pair
+}
+
+impl Pair {
+    fn client(&self, args: &[&str]) -> Command {
+        self.lab.client_command("python3", &[&[CLIENT][..], args].concat())
+    }
+
+    fn stream(&self, connections: usize, bytes_each: usize) -> Reaped {
+        Reaped::spawn(self.client(&[
+            "stream",
+            &Lab::guest_ip(0),
+            "7",
+            &connections.to_string(),
+            &bytes_each.to_string(),
+        ]))
+    }
+}
+
+fn assert_stream_ok(client: Finished, context: &str) {
+    assert_eq!(
+        client.status,
+        Some(0),
+        "{context}: the client saw a lost, duplicated or reordered byte, or a reset: {}{}",
+        client.stdout,
+        client.stderr
+    );
+    assert!(client.stdout.starts_with("ok "), "{context}: {}", client.stdout);
+}
+
+#[test]
+fn killing_the_primary_mid_stream_loses_no_byte() {
+    for trial in 0..trials() {
+        let delay_ms = kill_delay_ms(trial);
+        eprintln!("ft kill trial {trial}: SIGKILL of the primary {delay_ms} ms into the stream");
+        let mut pair = echo_pair("kill");
+        let client = pair.stream(2, 12_000_000);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        pair.primary.kill();
+        let client = client.finish();
+        let backup = pair.backup.stop();
+        assert_stream_ok(client, &format!("trial {trial} (kill at {delay_ms} ms)"));
+        assert!(
+            backup.stderr.contains("role: backup -> live, generation 1"),
+            "trial {trial}: {}",
+            backup.stderr
+        );
+        assert!(
+            backup.stdout.contains("closed (12000000 bytes echoed)"),
+            "trial {trial}: {}",
+            backup.stdout
+        );
+    }
+}
+
+#[test]
+fn killing_the_backup_leaves_the_primary_solo() {
+    let mut pair = echo_pair("solo");
+    let client = pair.stream(2, 8_000_000);
+    std::thread::sleep(Duration::from_millis(300));
+    pair.backup.kill();
+    let client = client.finish();
+    let primary = pair.primary.stop();
+    assert_stream_ok(client, "backup killed");
+    assert!(primary.stderr.contains("role: primary -> solo, generation 1"), "{}", primary.stderr);
+    assert_eq!(primary.status, Some(130), "{primary:?}");
+}
+
+/// A pair over a proxy (no network: the guest is the stress role), in this namespace.
+fn proxied_pair(arbiter: &Scratch, backup_port: u16, extra: &[&str]) -> (Reaped, Reaped, Proxy) {
+    ftvm_tests::require_kvm();
+    let listen = format!("127.0.0.1:{backup_port}");
+    let mut backup = Command::new(FTVM);
+    backup.args([
+        "backup",
+        "--listen",
+        &listen,
+        "--arbiter",
+        arbiter.path(),
+        "--failure-timeout-ms",
+        "200",
+    ]);
+    let backup = Reaped::spawn(backup);
+    let proxy = Proxy::start(&listen);
+    let mut primary = Command::new(FTVM);
+    primary
+        .args([
+            "primary",
+            "--backup",
+            &proxy.addr,
+            "--arbiter",
+            arbiter.path(),
+            "--failure-timeout-ms",
+            "200",
+        ])
+        .args(["--cmdline", "role=stress seed=3 ms=600000"])
+        .args(extra);
+    (Reaped::spawn(primary), backup, proxy)
+}
+
+/// Frees a loopback port number for a backup to listen on.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn cutting_the_channel_lets_exactly_one_side_go_on() {
+    for trial in 0..trials() {
+        let arbiter = Scratch::new("cut");
+        let (primary, backup, proxy) = proxied_pair(&arbiter, free_port(), &[]);
+        std::thread::sleep(Duration::from_millis(600 + 100 * trial));
+        proxy.cut();
+        // Both sides notice within the failure timeout and ask the arbiter;
+        // the loser halts on its own (127), the winner runs until stopped.
+        std::thread::sleep(Duration::from_millis(1500));
+        let (primary, backup) = (primary.stop(), backup.stop());
+        let primary_solo = primary.stderr.contains("role: primary -> solo");
+        let backup_live = backup.stderr.contains("role: backup -> live");
+        assert!(
+            primary_solo != backup_live,
+            "trial {trial}: exactly one side goes on:\nprimary {primary:?}\nbackup {backup:?}"
+        );
+        let (winner, loser) = if primary_solo { (&primary, &backup) } else { (&backup, &primary) };
+        assert_eq!(loser.status, Some(127), "trial {trial}: the loser halts: {loser:?}");
+        assert!(loser.stderr.contains("halts"), "trial {trial}: {}", loser.stderr);
+        assert_eq!(
+            winner.status,
+            Some(130),
+            "trial {trial}: the winner ran until stopped: {winner:?}"
+        );
+    }
+}
+
+#[test]
+fn a_corrupted_frame_is_reported_and_never_replayed() {
+    let arbiter = Scratch::new("corrupt");
+    let (primary, backup, proxy) = proxied_pair(&arbiter, free_port(), &[]);
+    // Past the run-start entry (the kernel image, ~170 KB), inside the input stream.
+    proxy.corrupt_at(300_000);
+    std::thread::sleep(Duration::from_millis(2500));
+    let (primary, backup) = (primary.stop(), backup.stop());
+    assert!(
+        backup.stderr.contains("the log channel failed") && backup.stderr.contains("checksum"),
+        "{}",
+        backup.stderr
+    );
+    assert!(!backup.stderr.contains("diverged"), "garbage was never replayed: {}", backup.stderr);
+    let primary_solo = primary.stderr.contains("role: primary -> solo");
+    let backup_live = backup.stderr.contains("role: backup -> live");
+    assert!(
+        primary_solo != backup_live,
+        "exactly one side goes on:\nprimary {primary:?}\nbackup {backup:?}"
+    );
+}
+
+#[test]
+fn an_injected_divergence_stops_the_backup_which_never_goes_live() {
+    let arbiter = Scratch::new("diverge");
+    let (primary, backup, _proxy) =
+        proxied_pair(&arbiter, free_port(), &["--inject-divergence-at", "500"]);
+    let backup = backup.finish();
+    std::thread::sleep(Duration::from_millis(800));
+    let primary = primary.stop();
+    assert_eq!(backup.status, Some(125), "{backup:?}");
+    assert!(backup.stderr.contains("replay diverged at log entry"), "{}", backup.stderr);
+    assert!(!backup.stderr.contains("-> live"), "{}", backup.stderr);
+    assert!(primary.stderr.contains("role: primary -> solo"), "{}", primary.stderr);
+}
