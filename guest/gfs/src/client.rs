@@ -23,46 +23,20 @@ use crate::wire::{
 /// Names a submitted operation.
 pub type OpId = u64;
 
-/// What a client can ask for.
+/// What a client can ask for. `ChunkCount` answers how many chunks a file has (the last may
+/// be partly written); `Locate` where chunk `index` of a file lives (`None`: never written),
+/// e.g. to schedule work near a replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientOp {
-    Create {
-        path: String,
-    },
-    Delete {
-        path: String,
-    },
-    List {
-        prefix: String,
-    },
-    Snapshot {
-        source: String,
-        target: String,
-    },
-    /// Number of chunks of `path` (the last may be partly written).
-    ChunkCount {
-        path: String,
-    },
-    /// Where chunk `index` of `path` lives (`None`: never written), e.g. to schedule work near
-    /// a replica.
-    Locate {
-        path: String,
-        index: u64,
-    },
-    Read {
-        path: String,
-        offset: u64,
-        len: u64,
-    },
-    Write {
-        path: String,
-        offset: u64,
-        data: Vec<u8>,
-    },
-    Append {
-        path: String,
-        data: Vec<u8>,
-    },
+    Create { path: String },
+    Delete { path: String },
+    List { prefix: String },
+    Snapshot { source: String, target: String },
+    ChunkCount { path: String },
+    Locate { path: String, index: u64 },
+    Read { path: String, offset: u64, len: u64 },
+    Write { path: String, offset: u64, data: Vec<u8> },
+    Append { path: String, data: Vec<u8> },
 }
 
 /// What a successful operation returns.
@@ -155,13 +129,18 @@ struct MutationState {
 impl Client {
     /// A client with node id `id`; `seed` drives its retry jitter.
     pub fn new(id: NodeId, config: Config, seed: u64) -> Self {
+        let mut rng = Pcg32::new(seed, u64::from(id));
+        // Request and data ids start at random, so a restarted client (a new seed) never takes
+        // a late reply or buffered data meant for its previous life.
+        let next_request_id = rng.next_u64() >> 1;
+        let next_data_id = rng.next_u64() >> 25;
         Client {
             id,
             config,
-            rng: Pcg32::new(seed, u64::from(id)),
-            next_request_id: 1,
+            rng,
+            next_request_id,
             next_op_id: 1,
-            next_data_id: 1,
+            next_data_id,
             ops: BTreeMap::new(),
             replies: BTreeMap::new(),
             pushes: BTreeMap::new(),

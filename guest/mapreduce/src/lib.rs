@@ -30,6 +30,7 @@ mod gfs_link;
 pub mod job_client;
 pub mod node;
 pub mod records;
+pub mod split;
 pub mod wire;
 pub mod worker;
 

@@ -30,6 +30,7 @@ use crate::coordinator::output_path;
 use crate::gfs_link::GfsLink;
 use crate::node::{Event, Input, Outputs, StateMachine};
 use crate::records::{map_to_runs, reduce_runs};
+use crate::split::SplitReader;
 use crate::wire::{
     Assignment, AttemptId, Directive, FetchError, FetchId, Incarnation, JobId, MapOutputLocation,
     MrMessage, PartitionPiece, TaskError, TaskIndex, TaskOutcome, TaskSpec, WorkerStatus,
@@ -60,14 +61,8 @@ enum DiskWait {
 }
 
 struct MapRun {
-    /// Bytes of the lines read so far and the file offset of `text[0]`.
-    text: Vec<u8>,
-    base_offset: u64,
-    /// File offset where the next tail piece starts.
-    tail_offset: u64,
+    reader: SplitReader,
     read_op: Option<OpId>,
-    /// The chunk itself has been read (later reads are tail pieces).
-    chunk_read: bool,
     writes_pending: usize,
     extents: Vec<Extent>,
 }
@@ -93,6 +88,7 @@ struct ReduceRun {
     fetches: Vec<Fetch>,
     stage: ReduceStage,
     output: Vec<u8>,
+    output_bytes: u64,
     temp_path: String,
 }
 
@@ -140,6 +136,8 @@ impl Worker {
     ) -> Self {
         let mut rng = Pcg32::new(seed, u64::from(id));
         let incarnation = rng.next_u64();
+        // Random start: a restarted worker never takes a reply to its previous life's fetch.
+        let next_fetch_id = rng.next_u64() >> 1;
         Worker {
             id,
             gfs: GfsLink::new(id, config.gfs.clone(), rng.next_u64()),
@@ -157,7 +155,7 @@ impl Worker {
             next_disk_id: 1,
             disk_waits: BTreeMap::new(),
             gfs_ops: BTreeMap::new(),
-            next_fetch_id: 1,
+            next_fetch_id,
         }
     }
 
@@ -262,22 +260,15 @@ impl Worker {
         let work = match &assignment.spec {
             TaskSpec::Map { split } => {
                 let chunk_bytes = u64::from(self.config.gfs.chunk_size_bytes);
-                let chunk_start = split.chunk_index * chunk_bytes;
-                // From one byte early: a line starts at the chunk's first byte iff that byte is '\n'.
-                let read_start = chunk_start.saturating_sub(1);
-                let op = ClientOp::Read {
-                    path: split.path.clone(),
-                    offset: read_start,
-                    len: chunk_start + chunk_bytes - read_start,
-                };
+                let tail_bytes = u64::from(self.config.tail_piece_bytes);
+                let reader = SplitReader::new(split.chunk_index, chunk_bytes, tail_bytes);
+                let (offset, len) = reader.next_read().expect("a new reader reads the chunk");
+                let op = ClientOp::Read { path: split.path.clone(), offset, len };
                 let op_id = self.gfs.submit(now_ms, op, out);
                 self.gfs_ops.insert(op_id, attempt);
                 Work::Map(MapRun {
-                    text: Vec::new(),
-                    base_offset: read_start,
-                    tail_offset: chunk_start + chunk_bytes,
+                    reader,
                     read_op: Some(op_id),
-                    chunk_read: false,
                     writes_pending: 0,
                     extents: Vec::new(),
                 })
@@ -302,6 +293,7 @@ impl Worker {
                     fetches,
                     stage: ReduceStage::Fetching,
                     output: Vec::new(),
+                    output_bytes: 0,
                     temp_path,
                 })
             }
@@ -323,14 +315,13 @@ impl Worker {
     // ---- map ----
 
     fn on_map_read(&mut self, now_ms: u64, result: Result<OpOutput, GfsError>, out: &mut Outputs) {
-        let tail_piece = u64::from(self.config.tail_piece_bytes);
-        let chunk_bytes = u64::from(self.config.gfs.chunk_size_bytes);
         let Some(Running { assignment, work: Work::Map(map) }) = self.running.as_mut() else {
             return;
         };
         let TaskSpec::Map { split } = &assignment.spec else { return };
-        let bytes = match result {
-            Ok(OpOutput::Data(bytes)) => bytes,
+        map.read_op = None;
+        match result {
+            Ok(OpOutput::Data(bytes)) => map.reader.on_data(&bytes),
             Ok(_) => {
                 return self.finish(
                     now_ms,
@@ -341,45 +332,17 @@ impl Worker {
             Err(error) => {
                 return self.finish(now_ms, TaskOutcome::Failed(TaskError::Gfs(error)), out)
             }
-        };
-        map.read_op = None;
-        // NUL bytes mean the end of the file (GFS reads past the end as zeros).
-        let end_of_file = bytes.iter().position(|b| *b == 0);
-        let data = &bytes[..end_of_file.unwrap_or(bytes.len())];
-        let line_complete = if !map.chunk_read {
-            map.chunk_read = true;
-            if split.chunk_index == 0 {
-                map.text = data.to_vec();
-            } else if let Some(at) = data.iter().position(|b| *b == b'\n') {
-                // Skip the end of a line that started in the previous chunk.
-                map.base_offset += at as u64 + 1;
-                map.text = data[at + 1..].to_vec();
-            }
-            map.text.is_empty() || map.text.last() == Some(&b'\n')
-        } else if let Some(at) = data.iter().position(|b| *b == b'\n') {
-            map.text.extend_from_slice(&data[..=at]);
-            true
-        } else {
-            map.text.extend_from_slice(data);
-            map.tail_offset += tail_piece;
-            false
-        };
-        debug_assert!(map.tail_offset >= (split.chunk_index + 1) * chunk_bytes);
-        if !line_complete && end_of_file.is_none() {
-            let op = ClientOp::Read {
-                path: split.path.clone(),
-                offset: map.tail_offset,
-                len: tail_piece,
-            };
-            let attempt = assignment.attempt;
-            let op_id = self.gfs.submit(now_ms, op, out);
-            self.gfs_ops.insert(op_id, attempt);
-            if let Some(Running { work: Work::Map(map), .. }) = self.running.as_mut() {
-                map.read_op = Some(op_id);
-            }
-            return;
         }
-        self.run_map(now_ms, out);
+        let Some((offset, len)) = map.reader.next_read() else {
+            return self.run_map(now_ms, out);
+        };
+        let op = ClientOp::Read { path: split.path.clone(), offset, len };
+        let attempt = assignment.attempt;
+        let op_id = self.gfs.submit(now_ms, op, out);
+        self.gfs_ops.insert(op_id, attempt);
+        if let Some(Running { work: Work::Map(map), .. }) = self.running.as_mut() {
+            map.read_op = Some(op_id);
+        }
     }
 
     fn run_map(&mut self, now_ms: u64, out: &mut Outputs) {
@@ -388,17 +351,14 @@ impl Worker {
         };
         let TaskSpec::Map { split } = &assignment.spec else { return };
         let app = app_for(&assignment.app);
-        let runs = map_to_runs(
-            app.as_ref(),
-            &split.path,
-            map.base_offset,
-            &map.text,
-            assignment.reduce_tasks,
-        );
+        let text = map.reader.text();
+        let base_offset = map.reader.base_offset();
+        let runs =
+            map_to_runs(app.as_ref(), &split.path, base_offset, text, assignment.reduce_tasks);
         out.events.push(Event::MapApplied {
             job: assignment.job,
             task: assignment.task,
-            input_bytes: map.text.len() as u64,
+            input_bytes: text.len() as u64,
         });
         let sectors: u64 = runs.iter().map(|run| sectors_for(run.len())).sum();
         if self.store.next_free_sector + sectors > self.disk_sectors {
@@ -596,7 +556,10 @@ impl Worker {
         let app = app_for(&assignment.app);
         let runs: Vec<&[u8]> = reduce.fetches.iter().map(|f| f.bytes.as_slice()).collect();
         match reduce_runs(app.as_ref(), &runs) {
-            Ok(output) => reduce.output = output,
+            Ok(output) => {
+                reduce.output_bytes = output.len() as u64;
+                reduce.output = output;
+            }
             Err(_) => {
                 let error = TaskError::CorruptPartition { map_task: 0 };
                 return self.finish(now_ms, TaskOutcome::Failed(error), out);
@@ -634,7 +597,7 @@ impl Worker {
                 out.events.push(Event::ReduceCommitted {
                     job: assignment.job,
                     task: assignment.task,
-                    output_bytes: reduce.output.len() as u64,
+                    output_bytes: reduce.output_bytes,
                 });
                 reduce.stage = ReduceStage::DeleteTemp;
                 ClientOp::Delete { path: reduce.temp_path.clone() }
