@@ -13,9 +13,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use mapreduce_sim::{run, Outcome, Settings};
+use mapreduce_sim::{app_named, run, Outcome, Settings};
 
 mod bench;
+
+const USAGE: &str = "usage: mapreduce-sim [--seeds A..B | --seed N [--trace]] [--threads N] \
+    [--app wc|ii|grep|sort] [--workers N] [--reduces N] [--crash-every-ms MS] \
+    [--slow-worker-ms MS] [--no-backups] | --bench";
 
 struct Args {
     seeds: Range<u64>,
@@ -23,6 +27,8 @@ struct Args {
     trace: bool,
     bench: bool,
     threads: usize,
+    /// Overrides of the drawn settings.
+    overrides: Vec<(String, String)>,
 }
 
 fn parse_range(text: &str) -> Result<Range<u64>, String> {
@@ -40,6 +46,7 @@ fn parse_args() -> Result<Args, String> {
         trace: false,
         bench: false,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        overrides: Vec::new(),
     };
     let mut iter = std::env::args().skip(1);
     while let Some(arg) = iter.next() {
@@ -57,14 +64,36 @@ fn parse_args() -> Result<Args, String> {
                 args.threads =
                     value("--threads")?.parse().map_err(|e| format!("bad --threads: {e}"))?
             }
-            "--help" | "-h" => return Err(
-                "usage: mapreduce-sim [--seeds A..B | --seed N [--trace]] [--threads N] | --bench"
-                    .into(),
-            ),
+            "--app" | "--workers" | "--slow-worker-ms" | "--crash-every-ms" | "--reduces" => {
+                let given = value(&arg)?;
+                args.overrides.push((arg.clone(), given))
+            }
+            "--no-backups" => args.overrides.push((arg.clone(), String::new())),
+            "--help" | "-h" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
     }
     Ok(args)
+}
+
+fn settings_for(seed: u64, args: &Args) -> Settings {
+    let mut settings = Settings::from_seed(seed);
+    for (name, value) in &args.overrides {
+        let number =
+            || value.parse::<u64>().unwrap_or_else(|e| panic!("bad {name} {value:?}: {e}"));
+        match name.as_str() {
+            "--app" => {
+                settings.app = app_named(value).unwrap_or_else(|| panic!("unknown app {value:?}"))
+            }
+            "--workers" => settings.workers = number() as u32,
+            "--reduces" => settings.reduce_tasks = number() as u32,
+            "--crash-every-ms" => settings.worker_crash_every_ms = number(),
+            "--slow-worker-ms" => settings.slow_worker = Some((0, number())),
+            "--no-backups" => settings.backup_tasks = false,
+            _ => unreachable!("parsed above"),
+        }
+    }
+    settings
 }
 
 fn report_failure(outcome: &Outcome) {
@@ -82,7 +111,7 @@ fn sweep(args: &Args) -> ExitCode {
         args.seeds.start,
         args.seeds.end,
         args.threads,
-        Settings::from_seed(args.seeds.start)
+        settings_for(args.seeds.start, args)
     );
     let started = Instant::now();
     let next = AtomicU64::new(args.seeds.start);
@@ -95,7 +124,7 @@ fn sweep(args: &Args) -> ExitCode {
                 if seed >= args.seeds.end {
                     return;
                 }
-                let outcome = run(&Settings::from_seed(seed), false);
+                let outcome = run(&settings_for(seed, args), false);
                 if outcome.failure.is_some() {
                     report_failure(&outcome);
                     failures.lock().expect("lock").push(seed);
@@ -124,7 +153,7 @@ fn sweep(args: &Args) -> ExitCode {
 }
 
 fn single(args: &Args) -> ExitCode {
-    let settings = Settings::from_seed(args.seeds.start);
+    let settings = settings_for(args.seeds.start, args);
     println!("mapreduce-sim: {settings}");
     let outcome = run(&settings, true);
     let print_trace = args.trace || outcome.failure.is_some();

@@ -185,7 +185,8 @@ impl App for Grep {
     }
 }
 
-/// Every line, in byte order; partitions by the first byte so the parts in order are sorted.
+/// Every line, in byte order; range-partitioned by the first byte so the parts in order are
+/// sorted.
 pub struct Sort;
 
 impl App for Sort {
@@ -203,8 +204,10 @@ impl App for Sort {
     }
 
     fn partition(&self, key: &[u8], reduce_tasks: u32) -> u32 {
+        // Ranges of the first byte over printable ASCII (control bytes first, the rest last).
         let first = u32::from(key.first().copied().unwrap_or(0));
-        first * reduce_tasks / 256
+        let printable = first.clamp(0x20, 0x7f) - 0x20;
+        printable * reduce_tasks / 0x60
     }
 }
 

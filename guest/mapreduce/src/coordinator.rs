@@ -356,8 +356,10 @@ impl Coordinator {
                     self.finish_job(out);
                 }
             }
-            TaskOutcome::Failed(TaskError::FetchFailed { location }) => {
-                // The reducer could not get this map output: run the map again.
+            TaskOutcome::Failed(
+                TaskError::FetchFailed { location } | TaskError::CorruptPartition { location },
+            ) => {
+                // The reducer could not get this map output (intact): run the map again.
                 if let Some(map) = job.maps.get_mut(location.map_task as usize) {
                     if map.done == Some((location.worker, location.incarnation)) {
                         map.done = None;

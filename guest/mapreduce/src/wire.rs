@@ -111,8 +111,10 @@ pub enum TaskError {
     DiskFull,
     /// A mapper's partition could not be fetched (its worker is gone or unreachable).
     FetchFailed { location: MapOutputLocation },
-    /// Fetched intermediate data failed its checksum or did not decode.
-    CorruptPartition { map_task: TaskIndex },
+    /// A fetched partition failed its checksum or did not decode.
+    CorruptPartition { location: MapOutputLocation },
+    /// The merged runs did not decode (a bug: each was checked when fetched).
+    Records,
 }
 
 /// How an attempt ended.

@@ -29,7 +29,7 @@ use crate::config::MrConfig;
 use crate::coordinator::output_path;
 use crate::gfs_link::GfsLink;
 use crate::node::{Event, Input, Outputs, StateMachine};
-use crate::records::{map_to_runs, reduce_runs};
+use crate::records::{decode_run, map_to_runs, reduce_runs};
 use crate::split::SplitReader;
 use crate::wire::{
     Assignment, AttemptId, Directive, FetchError, FetchId, Incarnation, JobId, MapOutputLocation,
@@ -69,7 +69,8 @@ struct MapRun {
 
 struct Fetch {
     location: MapOutputLocation,
-    request: FetchId,
+    /// Requests sent for the current offset (a late reply to an earlier one is as good).
+    requests: Vec<FetchId>,
     bytes: Vec<u8>,
     done: bool,
     attempts: u32,
@@ -278,7 +279,7 @@ impl Worker {
                     .iter()
                     .map(|location| Fetch {
                         location: *location,
-                        request: 0,
+                        requests: Vec::new(),
                         bytes: Vec::new(),
                         done: false,
                         attempts: 0,
@@ -493,7 +494,7 @@ impl Worker {
             return;
         };
         let fetch = &mut reduce.fetches[index];
-        fetch.request = request;
+        fetch.requests.push(request);
         fetch.deadline_ms = now_ms + timeout_ms;
         let msg = MrMessage::Fetch {
             id: request,
@@ -517,7 +518,8 @@ impl Worker {
         let Some(Running { work: Work::Reduce(reduce), .. }) = self.running.as_mut() else {
             return;
         };
-        let Some(index) = reduce.fetches.iter().position(|f| !f.done && f.request == id) else {
+        let Some(index) = reduce.fetches.iter().position(|f| !f.done && f.requests.contains(&id))
+        else {
             return;
         };
         let fetch = &mut reduce.fetches[index];
@@ -528,15 +530,16 @@ impl Worker {
             }
             Ok(piece) => {
                 fetch.bytes.extend_from_slice(&piece.bytes);
+                fetch.requests.clear();
                 fetch.attempts = 0;
                 if (fetch.bytes.len() as u64) < piece.total_bytes {
                     return self.send_fetch(now_ms, index, out);
                 }
                 if fetch.bytes.len() as u64 != piece.total_bytes
                     || CRC32C.checksum(&fetch.bytes) != piece.crc32c
+                    || decode_run(&fetch.bytes).is_err()
                 {
-                    let map_task = fetch.location.map_task;
-                    let error = TaskError::CorruptPartition { map_task };
+                    let error = TaskError::CorruptPartition { location: fetch.location };
                     return self.finish(now_ms, TaskOutcome::Failed(error), out);
                 }
                 fetch.done = true;
@@ -561,7 +564,7 @@ impl Worker {
                 reduce.output = output;
             }
             Err(_) => {
-                let error = TaskError::CorruptPartition { map_task: 0 };
+                let error = TaskError::Records;
                 return self.finish(now_ms, TaskOutcome::Failed(error), out);
             }
         }
