@@ -259,7 +259,9 @@ impl Sim {
             ExternalInput::Tick => Input::Tick,
         };
         let Some(machine) = self.machines.get_mut(&index) else { return Ok(()) };
-        if self.world.trace.is_some() {
+        // The world already traced ticks and disk completions; frames are traced here, decoded.
+        let frame = matches!(input, Input::Mr { .. } | Input::Gfs { .. });
+        if frame && self.world.trace.is_some() {
             let line = format!("node {} <- {}", self.world.nodes[index].id, short_input(&input));
             self.world.log(line);
         }

@@ -130,7 +130,7 @@ fn sweep(args: &Args) -> ExitCode {
                     failures.lock().expect("lock").push(seed);
                 }
                 let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if finished % 1000 == 0 {
+                if finished.is_multiple_of(1000) {
                     eprintln!("  {finished} seeds done, {:.1}s", started.elapsed().as_secs_f64());
                 }
             });
@@ -195,7 +195,7 @@ fn main() -> ExitCode {
         }
     };
     if args.bench {
-        bench::run()
+        bench::run_all()
     } else if args.single {
         single(&args)
     } else {

@@ -102,7 +102,7 @@ fn no_worker_exits_before_the_job_is_done() {
 fn random_seeds_with_crashes_restarts_and_message_loss_give_exact_output() {
     let mut crashes = 0;
     let mut lost = 0;
-    for seed in 1000..1400 {
+    for seed in 1000..2000 {
         let outcome = run_ok(&Settings::from_seed(seed));
         crashes += outcome.worker_crashes;
         lost += outcome.workers_lost;

@@ -61,8 +61,11 @@ fn push_record(run: &mut Vec<u8>, key: &[u8], value: &[u8]) {
     run.extend_from_slice(value);
 }
 
+/// One record: a key and a value.
+pub type Record<'a> = (&'a [u8], &'a [u8]);
+
 /// Decodes a run into its records, in order.
-pub fn decode_run(run: &[u8]) -> Result<Vec<(&[u8], &[u8])>, RecordError> {
+pub fn decode_run(run: &[u8]) -> Result<Vec<Record<'_>>, RecordError> {
     let mut records = Vec::new();
     let mut at = 0;
     while at < run.len() {
@@ -130,9 +133,10 @@ pub fn runs_from_pairs(app: &dyn App, pairs: &PairBuffer, reduce_tasks: u32) -> 
 /// Merges sorted runs (one per map task) with a k-way heap merge, groups equal keys and
 /// applies the app's reduce: the output file of one partition.
 pub fn reduce_runs(app: &dyn App, runs: &[&[u8]]) -> Result<Vec<u8>, RecordError> {
-    let decoded: Vec<Vec<(&[u8], &[u8])>> =
+    let decoded: Vec<Vec<Record>> =
         runs.iter().map(|run| decode_run(run)).collect::<Result<_, _>>()?;
-    let mut heap: BinaryHeap<Reverse<((&[u8], &[u8]), usize, usize)>> = decoded
+    // (next record, run, index in run), smallest record first.
+    let mut heap: BinaryHeap<Reverse<(Record, usize, usize)>> = decoded
         .iter()
         .enumerate()
         .filter(|(_, records)| !records.is_empty())
