@@ -14,6 +14,7 @@
 //! - after faults stop, every chunk is back at the replication goal and every replica of a
 //!   deleted chunk is collected.
 
+pub mod cli;
 mod final_checks;
 pub mod model;
 pub mod settings;

@@ -10,10 +10,9 @@
 
 use std::ops::Range;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
+use gfs_sim::cli::{median, parse_seed_range, sweep_seeds};
 use gfs_sim::{run, Outcome, Settings};
 
 struct Args {
@@ -24,14 +23,6 @@ struct Args {
     bench: bool,
     threads: usize,
     stop_after_failures: usize,
-}
-
-fn parse_range(text: &str) -> Result<Range<u64>, String> {
-    let (start, end) =
-        text.split_once("..").ok_or_else(|| format!("--seeds wants START..END, got {text:?}"))?;
-    let start = start.parse().map_err(|e| format!("bad seed range start {start:?}: {e}"))?;
-    let end = end.parse().map_err(|e| format!("bad seed range end {end:?}: {e}"))?;
-    Ok(start..end)
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -48,7 +39,7 @@ fn parse_args() -> Result<Args, String> {
     while let Some(arg) = iter.next() {
         let mut value = |name: &str| iter.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
-            "--seeds" => args.seeds = parse_range(&value("--seeds")?)?,
+            "--seeds" => args.seeds = parse_seed_range(&value("--seeds")?)?,
             "--seed" => {
                 let seed: u64 = value("--seed")?.parse().map_err(|e| format!("bad --seed: {e}"))?;
                 args.seeds = seed..seed + 1;
@@ -98,44 +89,23 @@ fn sweep(args: &Args) -> ExitCode {
         "gfs-sim: seeds {}..{} on {} threads; settings drawn per seed (e.g. {}); break stale-version check: {}",
         args.seeds.start, args.seeds.end, args.threads, first, args.break_stale_version
     );
-    let started = Instant::now();
-    let next = AtomicU64::new(args.seeds.start);
-    let failures: Mutex<Vec<(u64, String)>> = Mutex::new(Vec::new());
-    let done = AtomicU64::new(0);
-    std::thread::scope(|scope| {
-        for _ in 0..args.threads {
-            scope.spawn(|| loop {
-                if failures.lock().expect("lock").len() >= args.stop_after_failures {
-                    return;
-                }
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= args.seeds.end {
-                    return;
-                }
-                let outcome = run(&settings_for(seed, args), false);
-                if let Some(failure) = &outcome.failure {
-                    report_failure(&outcome);
-                    let elapsed = started.elapsed().as_secs_f64();
-                    println!("  (found after {elapsed:.2}s of sweeping)");
-                    failures.lock().expect("lock").push((seed, failure.invariant.to_string()));
-                }
-                let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if finished.is_multiple_of(10_000) {
-                    eprintln!("  {finished} seeds done, {:.1}s", started.elapsed().as_secs_f64());
-                }
-            });
+    let result = sweep_seeds(args.seeds.clone(), args.threads, args.stop_after_failures, |seed| {
+        let outcome = run(&settings_for(seed, args), false);
+        if outcome.failure.is_some() {
+            report_failure(&outcome);
         }
+        outcome.failure.is_none()
     });
-    let failures = failures.into_inner().expect("lock");
-    let ran = done.load(Ordering::Relaxed);
-    let passed = ran - failures.len() as u64;
     println!(
-        "gfs-sim: {ran} seeds in {:.2}s; failing seeds: {:?}",
-        started.elapsed().as_secs_f64(),
-        failures.iter().map(|(seed, _)| *seed).collect::<Vec<_>>()
+        "gfs-sim: {} seeds in {:.2}s; failing seeds: {:?}",
+        result.ran, result.elapsed_s, result.failing_seeds
     );
-    println!("{passed} passed, {} failed", failures.len());
-    if failures.is_empty() {
+    println!(
+        "{} passed, {} failed",
+        result.ran - result.failing_seeds.len() as u64,
+        result.failing_seeds.len()
+    );
+    if result.failing_seeds.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -174,11 +144,6 @@ fn single(args: &Args) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
 }
 
 fn bench() -> ExitCode {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use gfs_sim::cli::median;
 use mapreduce::app::{App, WordCount};
 use mapreduce::records::{map_to_runs, PairBuffer};
 use mapreduce::wire::AppKind;
@@ -13,11 +14,6 @@ use mapreduce_sim::{inputs, run, Settings};
 
 const SEEDS: u64 = 5;
 const THROUGHPUT_REPEATS: usize = 5;
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
-}
 
 /// The same job (word count over 8 files of up to 6 chunks, R = 8, no faults) per seed.
 fn job_settings(seed: u64, workers: u32) -> Settings {

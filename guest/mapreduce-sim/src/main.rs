@@ -7,13 +7,10 @@
 //! mapreduce-sim --bench                  job time vs workers; word-count map throughput
 //! ```
 
+use gfs_sim::cli::{parse_seed_range, sweep_seeds};
+use mapreduce_sim::{app_named, run, Outcome, Settings};
 use std::ops::Range;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
-use std::time::Instant;
-
-use mapreduce_sim::{app_named, run, Outcome, Settings};
 
 mod bench;
 
@@ -31,14 +28,6 @@ struct Args {
     overrides: Vec<(String, String)>,
 }
 
-fn parse_range(text: &str) -> Result<Range<u64>, String> {
-    let (start, end) =
-        text.split_once("..").ok_or_else(|| format!("--seeds wants START..END, got {text:?}"))?;
-    let start = start.parse().map_err(|e| format!("bad seed range start {start:?}: {e}"))?;
-    let end = end.parse().map_err(|e| format!("bad seed range end {end:?}: {e}"))?;
-    Ok(start..end)
-}
-
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         seeds: 0..1000,
@@ -52,7 +41,7 @@ fn parse_args() -> Result<Args, String> {
     while let Some(arg) = iter.next() {
         let mut value = |name: &str| iter.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
-            "--seeds" => args.seeds = parse_range(&value("--seeds")?)?,
+            "--seeds" => args.seeds = parse_seed_range(&value("--seeds")?)?,
             "--seed" => {
                 let seed: u64 = value("--seed")?.parse().map_err(|e| format!("bad --seed: {e}"))?;
                 args.seeds = seed..seed + 1;
@@ -113,39 +102,22 @@ fn sweep(args: &Args) -> ExitCode {
         args.threads,
         settings_for(args.seeds.start, args)
     );
-    let started = Instant::now();
-    let next = AtomicU64::new(args.seeds.start);
-    let done = AtomicU64::new(0);
-    let failures: Mutex<Vec<u64>> = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..args.threads {
-            scope.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= args.seeds.end {
-                    return;
-                }
-                let outcome = run(&settings_for(seed, args), false);
-                if outcome.failure.is_some() {
-                    report_failure(&outcome);
-                    failures.lock().expect("lock").push(seed);
-                }
-                let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if finished.is_multiple_of(1000) {
-                    eprintln!("  {finished} seeds done, {:.1}s", started.elapsed().as_secs_f64());
-                }
-            });
+    let result = sweep_seeds(args.seeds.clone(), args.threads, usize::MAX, |seed| {
+        let outcome = run(&settings_for(seed, args), false);
+        if outcome.failure.is_some() {
+            report_failure(&outcome);
         }
+        outcome.failure.is_none()
     });
-    let mut failures = failures.into_inner().expect("lock");
-    failures.sort_unstable();
-    let ran = done.load(Ordering::Relaxed);
+    let failed = result.failing_seeds.len() as u64;
     println!(
-        "mapreduce-sim: {ran} seeds in {:.2}s; {} passed, {} failed; failing seeds: {failures:?}",
-        started.elapsed().as_secs_f64(),
-        ran - failures.len() as u64,
-        failures.len()
+        "mapreduce-sim: {} seeds in {:.2}s; {} passed, {failed} failed; failing seeds: {:?}",
+        result.ran,
+        result.elapsed_s,
+        result.ran - failed,
+        result.failing_seeds
     );
-    if failures.is_empty() {
+    if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -162,6 +162,19 @@ pub struct PartitionPiece {
     pub bytes: Vec<u8>,
 }
 
+/// Reducer -> mapper: bytes `offset..offset+max_bytes` of partition `partition` of map task
+/// `map_task` of `job`, as written by incarnation `incarnation` of the mapper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    pub id: FetchId,
+    pub job: JobId,
+    pub map_task: TaskIndex,
+    pub partition: TaskIndex,
+    pub incarnation: Incarnation,
+    pub offset: u64,
+    pub max_bytes: u32,
+}
+
 /// Why a mapper could not serve a partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FetchError {
@@ -195,17 +208,8 @@ pub enum MrMessage {
     Heartbeat(WorkerStatus),
     /// Coordinator -> worker.
     Directive(Directive),
-    /// Reducer -> mapper: bytes `offset..offset+max_bytes` of partition `partition` of map
-    /// task `map_task` of `job`, as written by incarnation `incarnation`.
-    Fetch {
-        id: FetchId,
-        job: JobId,
-        map_task: TaskIndex,
-        partition: TaskIndex,
-        incarnation: Incarnation,
-        offset: u64,
-        max_bytes: u32,
-    },
+    /// Reducer -> mapper.
+    Fetch(FetchRequest),
     /// Mapper -> reducer.
     FetchReply { id: FetchId, result: Result<PartitionPiece, FetchError> },
 }

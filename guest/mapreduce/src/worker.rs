@@ -32,8 +32,9 @@ use crate::node::{Event, Input, Outputs, StateMachine};
 use crate::records::{decode_run, map_to_runs, reduce_runs};
 use crate::split::SplitReader;
 use crate::wire::{
-    Assignment, AttemptId, Directive, FetchError, FetchId, Incarnation, JobId, MapOutputLocation,
-    MrMessage, PartitionPiece, TaskError, TaskIndex, TaskOutcome, TaskSpec, WorkerStatus,
+    Assignment, AttemptId, Directive, FetchError, FetchId, FetchRequest, Incarnation, JobId,
+    MapOutputLocation, MrMessage, PartitionPiece, TaskError, TaskIndex, TaskOutcome, TaskSpec,
+    WorkerStatus,
 };
 
 /// Attempt ids remembered after they finish, to ignore late duplicate assignments.
@@ -399,19 +400,8 @@ impl Worker {
 
     // ---- serving map outputs ----
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_fetch(
-        &mut self,
-        from: NodeId,
-        id: FetchId,
-        job: JobId,
-        map_task: TaskIndex,
-        partition: TaskIndex,
-        incarnation: Incarnation,
-        offset: u64,
-        max_bytes: u32,
-        out: &mut Outputs,
-    ) {
+    fn on_fetch(&mut self, from: NodeId, request: FetchRequest, out: &mut Outputs) {
+        let FetchRequest { id, job, map_task, partition, incarnation, offset, max_bytes } = request;
         let extent = (incarnation == self.incarnation && self.store.job == Some(job))
             .then(|| {
                 self.store
@@ -496,7 +486,7 @@ impl Worker {
         let fetch = &mut reduce.fetches[index];
         fetch.requests.push(request);
         fetch.deadline_ms = now_ms + timeout_ms;
-        let msg = MrMessage::Fetch {
+        let msg = MrMessage::Fetch(FetchRequest {
             id: request,
             job: assignment.job,
             map_task: fetch.location.map_task,
@@ -504,7 +494,7 @@ impl Worker {
             incarnation: fetch.location.incarnation,
             offset: fetch.bytes.len() as u64,
             max_bytes,
-        };
+        });
         out.send(fetch.location.worker, msg);
     }
 
@@ -675,25 +665,7 @@ impl StateMachine for Worker {
         match input {
             Input::Mr { from, msg } => match msg {
                 MrMessage::Directive(directive) => self.on_directive(now_ms, directive, out),
-                MrMessage::Fetch {
-                    id,
-                    job,
-                    map_task,
-                    partition,
-                    incarnation,
-                    offset,
-                    max_bytes,
-                } => self.on_fetch(
-                    from,
-                    id,
-                    job,
-                    map_task,
-                    partition,
-                    incarnation,
-                    offset,
-                    max_bytes,
-                    out,
-                ),
+                MrMessage::Fetch(request) => self.on_fetch(from, request, out),
                 MrMessage::FetchReply { id, result } => {
                     self.on_fetch_reply(now_ms, id, result, out)
                 }
