@@ -6,7 +6,7 @@
 //!
 //! `FTVM_FT_TRIALS=N` runs N kill points (and N channel cuts) instead of 3.
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ftvm_tests::netns::Lab;
 use ftvm_tests::proxy::Proxy;
@@ -25,11 +25,10 @@ struct Scratch(std::path::PathBuf);
 
 impl Scratch {
     fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "ftvm-ft-{name}-{}-{:?}",
-            std::process::id(),
-            Instant::now()
-        ));
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let count = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir =
+            std::env::temp_dir().join(format!("ftvm-ft-{name}-{}-{count}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
     }
@@ -90,11 +89,13 @@ fn echo_pair(name: &str) -> Pair {
     );
     let pair = Pair { lab, _arbiter: arbiter, primary, backup };
     let up = pair.client(&["wait", &Lab::guest_ip(0), "7", "20"]).output().expect("python3");
-    assert!(
-        up.status.success(),
-        "the echo service never answered: {}",
-        String::from_utf8_lossy(&up.stdout)
-    );
+    if !up.status.success() {
+        let (primary, backup) = (pair.primary.stop(), pair.backup.stop());
+        panic!(
+            "the echo service never answered: {}\nprimary: {primary:?}\nbackup: {backup:?}",
+            String::from_utf8_lossy(&up.stdout)
+        );
+    }
     pair
 }
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 
 use logchannel::{BackupLink, Entry, LogFileReader, LogFileWriter, PrimaryLink, RunStart};
 use storage::{BlockStore, BlockStoreError};
@@ -182,6 +183,31 @@ pub fn primary(
     Ok(result?)
 }
 
+/// Waits for the primary's connection; a stop signal ends the wait.
+fn accept_primary(listener: &TcpListener, listen: &str) -> Result<std::net::TcpStream, RunError> {
+    let io_error = |source| RunError::Listen { addr: listen.to_string(), source };
+    listener.set_nonblocking(true).map_err(io_error)?;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false).map_err(io_error)?;
+                return Ok(stream);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                if crate::signals::stop_requested() {
+                    return Err(RunError::Log(InputError::Stopped));
+                }
+                // Until a connection is pending; a stop signal interrupts the wait (EINTR).
+                let mut poll_fd =
+                    libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd on the listener, which outlives the call.
+                unsafe { libc::poll(&mut poll_fd, 1, -1) };
+            }
+            Err(error) => return Err(io_error(error)),
+        }
+    }
+}
+
 /// Runs as the backup of an FT pair: waits for the primary on `listen`,
 /// replays its guest, and goes live if the primary dies and the arbiter agrees.
 pub fn backup(
@@ -196,7 +222,7 @@ pub fn backup(
         "ftvm: role: backup, generation {}, waiting for the primary on {listen}",
         ft.generation
     );
-    let link = BackupLink::accept(&listener, &ft.channel)?;
+    let link = BackupLink::from_stream(accept_primary(&listener, listen)?, &ft.channel)?;
     let mut replay = ReplayInputs::new(LinkSource::new(link));
     let (config, devices) = config_of(replay.read_start()?);
     eprintln!("ftvm: role: backup, replaying `{}`", config.cmdline);

@@ -20,6 +20,9 @@ use super::sans_io::{BackupCore, PrimaryCore, Received, Sent};
 use super::{ChannelConfig, ChannelError, Peer};
 use crate::entry::Entry;
 
+/// How long a primary waits before trying a refusing backup again.
+const CONNECT_RETRY: Duration = Duration::from_millis(50);
+
 /// How much a reader asks its socket for at a time.
 const READ_CHUNK_LEN_BYTES: usize = 64 * 1024;
 
@@ -113,10 +116,10 @@ pub struct PrimaryLink {
 }
 
 impl PrimaryLink {
-    /// Connects to the backup listening at `addr` (each resolved address is tried for
-    /// `connect_timeout_ms`).
+    /// Connects to the backup listening at `addr`, retrying for up to
+    /// `connect_timeout_ms` while it refuses (a backup that is still starting).
     pub fn connect(addr: impl ToSocketAddrs, config: &ChannelConfig) -> Result<Self, ChannelError> {
-        let timeout = Duration::from_millis(config.connect_timeout_ms.max(1));
+        let deadline = Instant::now() + Duration::from_millis(config.connect_timeout_ms.max(1));
         let addrs: Vec<SocketAddr> = addr
             .to_socket_addrs()
             .map_err(|source| ChannelError::Connect {
@@ -125,11 +128,20 @@ impl PrimaryLink {
             })?
             .collect();
         let mut last_error = std::io::Error::new(ErrorKind::InvalidInput, "no address to try");
-        for addr in &addrs {
-            match TcpStream::connect_timeout(addr, timeout) {
-                Ok(stream) => return Self::from_stream(stream, config),
-                Err(error) => last_error = error,
+        loop {
+            for addr in &addrs {
+                let remaining = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1));
+                match TcpStream::connect_timeout(addr, remaining) {
+                    Ok(stream) => return Self::from_stream(stream, config),
+                    Err(error) => last_error = error,
+                }
             }
+            if Instant::now() >= deadline || last_error.kind() != ErrorKind::ConnectionRefused {
+                break;
+            }
+            thread::sleep(CONNECT_RETRY);
         }
         let addr = addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         Err(ChannelError::Connect { addr, source: Arc::new(last_error) })
