@@ -1,57 +1,14 @@
-//! `cargo bench -p ftvm-tests --bench network`: the guest's network and disk,
-//! as medians of several runs, next to the same Python client talking to a
-//! Python echo server on the host side of the same namespace link.
-//!
-//! Needs root (namespaces), /dev/kvm, python3 and ping. Run with `-- --runs N`.
+//! `cargo bench -p ftvm-tests --bench network -- --runs N`: the guest's
+//! network and disk, as medians of several runs, next to the same Python
+//! client talking to a Python echo server on the host side of the same
+//! namespace link. Needs root (namespaces), /dev/kvm, python3 and ping.
+use ftvm_tests::bench::{measure_echo, runs_arg, Table, CLIENT};
 use ftvm_tests::netns::{Lab, BRIDGE_IP};
 use ftvm_tests::{ftvm, summary_field, Reaped};
 
 const FTVM: &str = env!("CARGO_BIN_EXE_ftvm-e2e");
-const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/echo_client.py");
 const STREAM_BYTES: usize = 8 << 20;
 const CONNECTIONS: usize = 4;
-
-struct Row {
-    name: &'static str,
-    unit: &'static str,
-    samples: Vec<f64>,
-}
-
-fn median(samples: &[f64]) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
-}
-
-fn client(lab: &Lab, args: &[&str]) -> String {
-    let output =
-        lab.client_command("python3", &[&[CLIENT][..], args].concat()).output().expect("python3");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "client {args:?}: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
-/// (MB/s, rtt median us, rtt p99 us) against `ip`.
-fn measure_echo(lab: &Lab, ip: &str) -> (f64, f64, f64) {
-    client(lab, &["wait", ip, "7", "20"]);
-    let stream = client(
-        lab,
-        &["stream", ip, "7", &CONNECTIONS.to_string(), &(STREAM_BYTES / CONNECTIONS).to_string()],
-    );
-    let mb_per_s: f64 = stream
-        .split_whitespace()
-        .nth(3)
-        .and_then(|v| v.parse().ok())
-        .expect("ok BYTES SECONDS MB/s");
-    let rtt = client(lab, &["rtt", ip, "7", "500"]);
-    let mut fields =
-        rtt.split_whitespace().skip(1).map(|v| v.parse::<f64>().expect("rtt MEDIAN P99"));
-    (mb_per_s, fields.next().unwrap(), fields.next().unwrap())
-}
 
 fn ping_median_ms(lab: &Lab, ip: &str) -> f64 {
     let output =
@@ -68,19 +25,8 @@ fn ping_median_ms(lab: &Lab, ip: &str) -> f64 {
 }
 
 fn main() {
-    let runs: usize = std::env::args()
-        .skip_while(|arg| arg != "--runs")
-        .nth(1)
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(5);
-    let mut rows: Vec<Row> = Vec::new();
-    let mut add = |name: &'static str, unit: &'static str, sample: f64| match rows
-        .iter_mut()
-        .find(|row| row.name == name)
-    {
-        Some(row) => row.samples.push(sample),
-        None => rows.push(Row { name, unit, samples: vec![sample] }),
-    };
+    let runs = runs_arg(5);
+    let mut table = Table::default();
     for run in 0..runs {
         eprintln!("network bench: run {}/{runs}", run + 1);
         let lab = Lab::new(1);
@@ -88,27 +34,33 @@ fn main() {
         let cmdline = format!("role=echo port=7 {}", Lab::guest_net_args(0));
         let vm =
             lab.spawn_in_host(FTVM, &["run", "--net", &lab.net_flag(0), "--cmdline", &cmdline]);
-        let (mb_per_s, rtt_us, rtt_p99_us) = measure_echo(&lab, &ip);
-        add("guest echo: TCP throughput host -> guest -> host", "MB/s", mb_per_s);
-        add("guest echo: 1-byte round trip, median", "us", rtt_us);
-        add("guest echo: 1-byte round trip, p99", "us", rtt_p99_us);
-        add("guest: ping round trip, median", "ms", ping_median_ms(&lab, &ip));
+        let (mb_per_s, rtt_us, rtt_p99_us) =
+            measure_echo(&lab, &ip, CONNECTIONS, STREAM_BYTES / CONNECTIONS);
+        table.add("guest echo: TCP throughput host -> guest -> host", "MB/s", mb_per_s);
+        table.add("guest echo: 1-byte round trip, median", "us", rtt_us);
+        table.add("guest echo: 1-byte round trip, p99", "us", rtt_p99_us);
+        table.add("guest: ping round trip, median", "ms", ping_median_ms(&lab, &ip));
         let finished = vm.stop();
         let landmarks: f64 = summary_field(&finished.stderr, "landmarks")
             .and_then(|v| v.parse().ok())
             .expect("summary");
         // Each stream byte crosses the NIC twice; the rtt loop moves little.
         let moved_mb = (2 * STREAM_BYTES) as f64 / 1e6;
-        add("guest echo: VM exits per MB moved (whole session)", "exits/MB", landmarks / moved_mb);
+        table.add(
+            "guest echo: VM exits per MB moved (whole session)",
+            "exits/MB",
+            landmarks / moved_mb,
+        );
 
         let server = Reaped::spawn(lab.host_command("python3", &[CLIENT, "serve", BRIDGE_IP, "7"]));
-        let (ref_mb_per_s, ref_rtt_us, ref_rtt_p99_us) = measure_echo(&lab, BRIDGE_IP);
+        let (ref_mb_per_s, ref_rtt_us, ref_rtt_p99_us) =
+            measure_echo(&lab, BRIDGE_IP, CONNECTIONS, STREAM_BYTES / CONNECTIONS);
         drop(server);
-        add("reference host echo (same link): TCP throughput", "MB/s", ref_mb_per_s);
-        add("reference host echo: 1-byte round trip, median", "us", ref_rtt_us);
-        add("reference host echo: 1-byte round trip, p99", "us", ref_rtt_p99_us);
-        add("reference host: ping round trip, median", "ms", ping_median_ms(&lab, BRIDGE_IP));
-        add("guest / reference throughput", "x", mb_per_s / ref_mb_per_s);
+        table.add("reference host echo (same link): TCP throughput", "MB/s", ref_mb_per_s);
+        table.add("reference host echo: 1-byte round trip, median", "us", ref_rtt_us);
+        table.add("reference host echo: 1-byte round trip, p99", "us", ref_rtt_p99_us);
+        table.add("reference host: ping round trip, median", "ms", ping_median_ms(&lab, BRIDGE_IP));
+        table.add("guest / reference throughput", "x", mb_per_s / ref_mb_per_s);
 
         let dir = std::env::temp_dir().join(format!("ftvm-bench-disk-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -121,27 +73,14 @@ fn main() {
             .lines()
             .find(|line| line.contains(" wrote "))
             .expect("disk-selftest timing line");
-        let numbers: Vec<f64> = line
+        let rates: Vec<f64> = line
             .split('(')
             .skip(1)
             .filter_map(|part| part.split_whitespace().next()?.parse().ok())
             .collect();
-        assert_eq!(numbers.len(), 2, "write and read rates in `{line}`");
-        add("guest disk: sequential write, flush included", "MB/s", numbers[0]);
-        add("guest disk: sequential read", "MB/s", numbers[1]);
+        assert_eq!(rates.len(), 2, "write and read rates in `{line}`");
+        table.add("guest disk: sequential write, flush included", "MB/s", rates[0]);
+        table.add("guest disk: sequential read", "MB/s", rates[1]);
     }
-    println!("| measurement ({runs} runs) | median | unit | min | max |");
-    println!("|---|---:|---|---:|---:|");
-    for row in &rows {
-        let min = row.samples.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = row.samples.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        println!(
-            "| {} | {:.2} | {} | {:.2} | {:.2} |",
-            row.name,
-            median(&row.samples),
-            row.unit,
-            min,
-            max
-        );
-    }
+    table.print(runs);
 }

@@ -8,6 +8,9 @@
       Sends one byte at a time and waits for it; prints `rtt MEDIAN_US P99_US`.
   echo_client.py wait HOST PORT SECONDS
       Retries connecting until the service answers (or gives up after SECONDS).
+  echo_client.py probe HOST PORT SECONDS
+      Echoes one byte every millisecond for SECONDS; prints `probe ECHOES MAX_GAP_MS`, the
+      longest time without an echo (how long a failover looked to a client).
   echo_client.py serve HOST PORT
       A threaded TCP echo server: the host-side reference the benchmark compares with.
 """
@@ -95,6 +98,26 @@ def wait(host, port, seconds):
     sys.exit(1)
 
 
+def probe(host, port, seconds):
+    sock = socket.create_connection((host, port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    end = time.perf_counter() + seconds
+    last = time.perf_counter()
+    max_gap = 0.0
+    echoes = 0
+    while time.perf_counter() < end:
+        sock.sendall(b"p")
+        if sock.recv(1) != b"p":
+            print("echo returned the wrong byte")
+            sys.exit(1)
+        now = time.perf_counter()
+        max_gap = max(max_gap, now - last)
+        last = now
+        echoes += 1
+        time.sleep(0.001)
+    print(f"probe {echoes} {max_gap * 1000:.1f}")
+
+
 def serve(host, port):
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -124,6 +147,8 @@ if __name__ == "__main__":
         rtt(host, port, int(sys.argv[4]))
     elif mode == "wait":
         wait(host, port, float(sys.argv[4]))
+    elif mode == "probe":
+        probe(host, port, float(sys.argv[4]))
     elif mode == "serve":
         serve(host, port)
     else:

@@ -1,6 +1,7 @@
 //! Helpers shared by the end-to-end tests: run the ftvm CLI as a child
 //! process that is killed if the test fails (kill on drop), and collect what
 //! it printed.
+pub mod bench;
 pub mod netns;
 pub mod proxy;
 
@@ -62,6 +63,11 @@ impl Reaped {
 }
 
 impl Reaped {
+    /// The process id (for /proc measurements), while it runs.
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
     /// Kills the process with SIGKILL (a host crash, as far as the peer can tell).
     pub fn kill(&mut self) {
         if let Some(child) = self.0.as_mut() {

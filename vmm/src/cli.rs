@@ -87,6 +87,10 @@ enum Command {
         /// The backup's address (host:port).
         #[arg(long)]
         backup: String,
+        /// At the end, also print the pair's statistics: role, generation,
+        /// sent/acked sequence, log bytes and bandwidth, backup lag.
+        #[arg(long)]
+        stats: bool,
         #[command(flatten)]
         pair: PairArgs,
         #[command(flatten)]
@@ -274,7 +278,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Record { log, run: args } => record(log, args),
-        Command::Primary { backup, pair, run: args } => primary(&backup, &pair, args),
+        Command::Primary { backup, stats, pair, run: args } => primary(&backup, stats, &pair, args),
         Command::Backup { listen, pair, host } => backup(&listen, &pair, &host),
         Command::Replay { log, console, stats } => replay(log, console, stats),
         Command::Bench { runs } => crate::bench::run(runs.max(1)).map(|table| {
@@ -346,7 +350,7 @@ fn record(log: PathBuf, args: RunArgs) -> anyhow::Result<u8> {
     Ok(report.outcome.exit_status())
 }
 
-fn primary(backup_addr: &str, pair: &PairArgs, args: RunArgs) -> anyhow::Result<u8> {
+fn primary(backup_addr: &str, stats: bool, pair: &PairArgs, args: RunArgs) -> anyhow::Result<u8> {
     let report = runs::primary(
         &vm_config(&args)?,
         &attachments(&args.host),
@@ -355,6 +359,15 @@ fn primary(backup_addr: &str, pair: &PairArgs, args: RunArgs) -> anyhow::Result<
         backup_addr,
     )?;
     print_summary(&report);
+    if let (true, Some(pair)) = (stats, report.pair.as_ref()) {
+        let seconds = report.wall_ns as f64 / 1e9;
+        eprintln!(
+            "ftvm: pair: role {} generation {} sent seq {} acked seq {} log {} bytes ({:.0} bytes/s) lag entries {}/{} bytes {}/{} ms {}/{} (median/p99) landmarks/s {:.0}",
+            pair.role, pair.generation, pair.sent_seq, pair.acked_seq, pair.sent_bytes,
+            pair.sent_bytes as f64 / seconds, pair.lag_entries.0, pair.lag_entries.1, pair.lag_bytes.0,
+            pair.lag_bytes.1, pair.lag_ms.0, pair.lag_ms.1, report.landmarks as f64 / seconds
+        );
+    }
     Ok(report.outcome.exit_status())
 }
 

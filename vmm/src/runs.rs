@@ -180,7 +180,9 @@ pub fn primary(
     // Whatever the guest produced is released (or dropped by a halt) before the process ends.
     queue.close_and_drain();
     let _ = releaser.join();
-    Ok(result?)
+    let mut report = result?;
+    report.pair = Some(side.report());
+    Ok(report)
 }
 
 /// Waits for the primary's connection; a stop signal ends the wait.

@@ -111,6 +111,8 @@ pub struct RunReport {
     pub net_rx_frames: u64,
     /// Disk requests served.
     pub disk_requests: u64,
+    /// The FT pair as the primary saw it (primary runs only).
+    pub pair: Option<crate::ft::PairReport>,
 }
 
 /// A booted VM, ready to run.
@@ -286,6 +288,7 @@ impl Vm {
                 .block
                 .as_ref()
                 .map_or(0, |block| block.device().requests()),
+            pair: None,
         }
     }
 

@@ -52,6 +52,37 @@ impl FtConfig {
     }
 }
 
+/// What the primary saw of its pair, for `--stats` and the benchmark.
+#[derive(Clone, Debug, Default)]
+pub struct PairReport {
+    /// The primary's role at the end: `primary` or `solo`.
+    pub role: String,
+    /// The pair's generation.
+    pub generation: u64,
+    /// The highest sequence number sent.
+    pub sent_seq: u64,
+    /// The highest sequence number the backup acknowledged.
+    pub acked_seq: u64,
+    /// Bytes of log sent.
+    pub sent_bytes: u64,
+    /// Backup lag in entries, sampled at every entry sent: (median, p99).
+    pub lag_entries: (u64, u64),
+    /// Backup lag in bytes: (median, p99).
+    pub lag_bytes: (u64, u64),
+    /// Backup lag in ms (age of the oldest unacknowledged entry): (median, p99).
+    pub lag_ms: (u64, u64),
+}
+
+/// (median, p99) of `samples`.
+pub fn median_p99(samples: &mut [u64]) -> (u64, u64) {
+    if samples.is_empty() {
+        return (0, 0);
+    }
+    samples.sort_unstable();
+    let at = |fraction: f64| samples[((samples.len() - 1) as f64 * fraction) as usize];
+    (at(0.5), at(0.99))
+}
+
 /// How often an unreachable arbiter is tried again.
 const ARBITER_RETRY: Duration = Duration::from_millis(50);
 

@@ -8,11 +8,15 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use logchannel::{ChannelError, Entry, PrimaryLink};
 
-use super::{arbitrate, FtConfig};
+use super::{arbitrate, median_p99, FtConfig, PairReport};
+
+/// Lag samples kept for the report (one per entry sent, up to this many).
+const MAX_LAG_SAMPLES: usize = 1 << 20;
+use crate::inputs::live::deadline_after;
 use crate::inputs::record::EntrySink;
 use crate::inputs::InputError;
 use crate::outputs::{LiveOutputs, OutputError, Outputs};
@@ -24,6 +28,8 @@ pub struct PrimarySide {
     solo: AtomicBool,
     halted: Mutex<Option<String>>,
     last_sent_seq: AtomicU64,
+    /// (entries, bytes, ms) the backup lagged behind, sampled at each entry sent.
+    lag_samples: Mutex<Vec<(u64, u64, u64)>>,
 }
 
 impl PrimarySide {
@@ -35,6 +41,7 @@ impl PrimarySide {
             solo: AtomicBool::new(false),
             halted: Mutex::new(None),
             last_sent_seq: AtomicU64::new(0),
+            lag_samples: Mutex::new(Vec::new()),
         })
     }
 
@@ -43,9 +50,23 @@ impl PrimarySide {
         self.solo.load(Ordering::SeqCst)
     }
 
-    /// The log channel.
-    pub fn link(&self) -> &PrimaryLink {
-        &self.link
+    /// What the pair looked like from here.
+    pub fn report(&self) -> PairReport {
+        let stats = self.link.stats();
+        let samples = self.lag_samples.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let column = |pick: fn(&(u64, u64, u64)) -> u64| {
+            median_p99(&mut samples.iter().map(pick).collect::<Vec<_>>())
+        };
+        PairReport {
+            role: if self.is_solo() { "solo" } else { "primary" }.into(),
+            generation: self.config.generation,
+            sent_seq: stats.sent_seq,
+            acked_seq: stats.acked_seq,
+            sent_bytes: stats.sent_bytes,
+            lag_entries: column(|sample| sample.0),
+            lag_bytes: column(|sample| sample.1),
+            lag_ms: column(|sample| sample.2),
+        }
     }
 
     /// The backup is presumed dead: win the arbiter and go solo, or halt.
@@ -107,6 +128,13 @@ impl EntrySink for LinkSink {
         let falsified = self.maybe_falsify(entry);
         let sent = self.side.link.send(falsified.as_ref().unwrap_or(entry)).and_then(|sent| {
             self.side.last_sent_seq.store(sent.seq, Ordering::SeqCst);
+            let stats = self.side.link.stats();
+            let mut samples =
+                self.side.lag_samples.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if samples.len() < MAX_LAG_SAMPLES {
+                samples.push((stats.unacked_entries, stats.unacked_bytes, stats.unacked_age_ms));
+            }
+            drop(samples);
             let config = &self.side.config;
             self.side
                 .link
@@ -124,7 +152,7 @@ impl EntrySink for LinkSink {
             return Ok(());
         }
         let deadline =
-            Instant::now() + Duration::from_millis(self.side.config.channel.failure_timeout_ms * 2);
+            deadline_after(Duration::from_millis(self.side.config.channel.failure_timeout_ms * 2));
         match self.side.link.flush(deadline) {
             Ok(_) => Ok(()),
             Err(error) => self.side.backup_failed(&error).map_err(InputError::Halted),
@@ -278,7 +306,7 @@ fn release(side: Arc<PrimarySide>, queue: Arc<OutputQueue>, mut live: LiveOutput
             if side.is_solo() {
                 break true;
             }
-            match side.link.wait_acked(seq, Instant::now() + Duration::from_millis(100)) {
+            match side.link.wait_acked(seq, deadline_after(Duration::from_millis(100))) {
                 Ok(true) => break true,
                 Ok(false) => continue,
                 Err(error) => break side.backup_failed(&error).is_ok(),

@@ -34,6 +34,13 @@ impl HostClock {
 /// guest's held writes reach the disk first).
 pub type DiskReadBarrier = Arc<dyn Fn() + Send + Sync>;
 
+/// A host deadline `duration` from now, for VMM-side waits that never reach
+/// the guest (the FT pair's ack and flush waits). It lives here so that this
+/// module stays the only one that reads the host clock.
+pub fn deadline_after(duration: std::time::Duration) -> Instant {
+    Instant::now() + duration
+}
+
 /// The host resources a live guest reads: its NIC's TAP and its disk image.
 #[derive(Clone, Default)]
 pub struct Backends {

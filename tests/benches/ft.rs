@@ -1,0 +1,138 @@
+//! `cargo bench -p ftvm-tests --bench ft -- --runs N`: the FT pair against
+//! a standalone VM, in one run: echo throughput and 1-byte round trip (and
+//! their ratios), log bandwidth, backup lag, the backup's CPU time relative
+//! to the primary's, and the failover time a client sees (SIGKILL of the
+//! primary to the next echoed byte; at least 10 trials). Needs root,
+//! /dev/kvm and python3.
+use std::time::Duration;
+
+use ftvm_tests::bench::{client, cpu_seconds, measure_echo, runs_arg, Table};
+use ftvm_tests::netns::Lab;
+use ftvm_tests::Reaped;
+
+const FTVM: &str = env!("CARGO_BIN_EXE_ftvm-e2e");
+const CHANNEL: &str = "127.0.0.1:7000";
+const CONNECTIONS: usize = 2;
+const BYTES_EACH: usize = 4 << 20;
+
+fn arbiter_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ftvm-bench-ft-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A pair running the echo guest in `lab` (tap0: primary, tap1: backup).
+fn pair(lab: &Lab, arbiter: &std::path::Path) -> (Reaped, Reaped) {
+    let arbiter = arbiter.to_str().unwrap();
+    let backup = lab.spawn_in_host(
+        FTVM,
+        &["backup", "--listen", CHANNEL, "--arbiter", arbiter, "--net", &lab.net_flag_for(1, 0)],
+    );
+    let cmdline = format!("role=echo port=7 {}", Lab::guest_net_args(0));
+    let primary = lab.spawn_in_host(
+        FTVM,
+        &[
+            "primary",
+            "--stats",
+            "--backup",
+            CHANNEL,
+            "--arbiter",
+            arbiter,
+            "--net",
+            &lab.net_flag_for(0, 0),
+            "--cmdline",
+            &cmdline,
+        ],
+    );
+    (primary, backup)
+}
+
+/// The numbers after `key` in the primary's `ftvm: pair:` line.
+fn pair_field(stderr: &str, key: &str) -> Vec<f64> {
+    let line = stderr
+        .lines()
+        .find(|line| line.starts_with("ftvm: pair:"))
+        .expect("the primary's --stats line");
+    let rest = line.split(key).nth(1).unwrap_or("");
+    let first = rest.split_whitespace().next().unwrap_or("");
+    first.trim_start_matches('(').split('/').filter_map(|part| part.parse().ok()).collect()
+}
+
+fn main() {
+    let runs = runs_arg(5);
+    let failovers = runs.max(10);
+    let mut table = Table::default();
+    for run in 0..runs {
+        eprintln!("ft bench: run {}/{runs}", run + 1);
+        let ip = Lab::guest_ip(0);
+        let lab = Lab::new(1);
+        let cmdline = format!("role=echo port=7 {}", Lab::guest_net_args(0));
+        let vm =
+            lab.spawn_in_host(FTVM, &["run", "--net", &lab.net_flag(0), "--cmdline", &cmdline]);
+        let (solo_mb_per_s, solo_rtt_us, solo_rtt_p99_us) =
+            measure_echo(&lab, &ip, CONNECTIONS, BYTES_EACH);
+        drop(vm);
+        drop(lab);
+
+        let lab = Lab::new(2);
+        let arbiter = arbiter_dir("pair");
+        let (primary, backup) = pair(&lab, &arbiter);
+        let (ft_mb_per_s, ft_rtt_us, ft_rtt_p99_us) =
+            measure_echo(&lab, &ip, CONNECTIONS, BYTES_EACH);
+        let (primary_cpu, backup_cpu) = (cpu_seconds(primary.pid()), cpu_seconds(backup.pid()));
+        let primary_out = primary.stop();
+        drop(backup);
+        let _ = std::fs::remove_dir_all(&arbiter);
+
+        table.add("standalone echo: throughput", "MB/s", solo_mb_per_s);
+        table.add("FT echo: throughput", "MB/s", ft_mb_per_s);
+        table.add("FT / standalone throughput", "x", ft_mb_per_s / solo_mb_per_s);
+        table.add("standalone echo: 1-byte round trip, median", "us", solo_rtt_us);
+        table.add("FT echo: 1-byte round trip, median", "us", ft_rtt_us);
+        table.add("FT / standalone round trip (output-rule cost)", "x", ft_rtt_us / solo_rtt_us);
+        table.add("standalone echo: 1-byte round trip, p99", "us", solo_rtt_p99_us);
+        table.add("FT echo: 1-byte round trip, p99", "us", ft_rtt_p99_us);
+        let bandwidth = pair_field(&primary_out.stderr, "bytes (");
+        table.add(
+            "log bandwidth, whole session",
+            "KB/s",
+            bandwidth.first().copied().unwrap_or(0.0) / 1e3,
+        );
+        let lag_ms = pair_field(&primary_out.stderr, " ms ");
+        table.add("backup lag, median", "ms", lag_ms[0]);
+        table.add("backup lag, p99", "ms", lag_ms[1]);
+        let lag_entries = pair_field(&primary_out.stderr, "lag entries ");
+        table.add("backup lag, p99", "entries", lag_entries[1]);
+        table.add("backup CPU time / primary CPU time", "x", backup_cpu / primary_cpu);
+    }
+    for trial in 0..failovers {
+        eprintln!("ft bench: failover {}/{failovers}", trial + 1);
+        let lab = Lab::new(2);
+        let arbiter = arbiter_dir("failover");
+        let (mut primary, backup) = pair(&lab, &arbiter);
+        let ip = Lab::guest_ip(0);
+        client(&lab, &["wait", &ip, "7", "20"]);
+        let probe = Reaped::spawn(
+            lab.client_command("python3", &[ftvm_tests::bench::CLIENT, "probe", &ip, "7", "3"]),
+        );
+        std::thread::sleep(Duration::from_millis(1000));
+        primary.kill();
+        let probe = probe.finish();
+        drop(backup);
+        let _ = std::fs::remove_dir_all(&arbiter);
+        assert_eq!(probe.status, Some(0), "the probe lost its connection: {probe:?}");
+        let gap_ms: f64 = probe
+            .stdout
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.parse().ok())
+            .expect("probe ECHOES GAP");
+        table.add(
+            "failover: SIGKILL of the primary -> next echoed byte (client's longest gap)",
+            "ms",
+            gap_ms,
+        );
+    }
+    table.print(runs);
+}

@@ -1,0 +1,95 @@
+//! Helpers for the benchmarks (cargo bench targets of this crate): a table
+//! of medians, the Python echo client's measurements, and process CPU time.
+use crate::netns::Lab;
+
+/// The test client (a Python program, not ftvm code).
+pub const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/echo_client.py");
+
+/// Rows of samples, printed as a markdown table of medians.
+#[derive(Default)]
+pub struct Table {
+    rows: Vec<(String, &'static str, Vec<f64>)>,
+}
+
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+impl Table {
+    /// Adds a sample to the row `name` (created on first use).
+    pub fn add(&mut self, name: &str, unit: &'static str, sample: f64) {
+        match self.rows.iter_mut().find(|row| row.0 == name) {
+            Some(row) => row.2.push(sample),
+            None => self.rows.push((name.to_string(), unit, vec![sample])),
+        }
+    }
+
+    /// The median of row `name`.
+    pub fn median(&self, name: &str) -> Option<f64> {
+        self.rows.iter().find(|row| row.0 == name).map(|row| median(&row.2))
+    }
+
+    /// Prints the table.
+    pub fn print(&self, runs: usize) {
+        println!("| measurement ({runs} runs) | median | unit | min | max |");
+        println!("|---|---:|---|---:|---:|");
+        for (name, unit, samples) in &self.rows {
+            let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = samples.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            println!("| {name} | {:.2} | {unit} | {min:.2} | {max:.2} |", median(samples));
+        }
+    }
+}
+
+/// `--runs N` from the bench's arguments, or `default`.
+pub fn runs_arg(default: usize) -> usize {
+    std::env::args()
+        .skip_while(|arg| arg != "--runs")
+        .nth(1)
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs the client in the lab's client namespace; panics with its output on failure.
+pub fn client(lab: &Lab, args: &[&str]) -> String {
+    let output =
+        lab.client_command("python3", &[&[CLIENT][..], args].concat()).output().expect("python3");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "client {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Echo throughput (MB/s over `connections` streams of `bytes_each`) and
+/// the 1-byte round trip (median, p99 in us) against `ip:7`.
+pub fn measure_echo(lab: &Lab, ip: &str, connections: usize, bytes_each: usize) -> (f64, f64, f64) {
+    client(lab, &["wait", ip, "7", "20"]);
+    let stream =
+        client(lab, &["stream", ip, "7", &connections.to_string(), &bytes_each.to_string()]);
+    let mb_per_s: f64 = stream
+        .split_whitespace()
+        .nth(3)
+        .and_then(|v| v.parse().ok())
+        .expect("ok BYTES SECONDS MB/s");
+    let rtt = client(lab, &["rtt", ip, "7", "500"]);
+    let mut fields =
+        rtt.split_whitespace().skip(1).map(|v| v.parse::<f64>().expect("rtt MEDIAN P99"));
+    (mb_per_s, fields.next().expect("median"), fields.next().expect("p99"))
+}
+
+/// User plus system CPU seconds a process has used so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process is alive");
+    // Fields after the command name (which may contain spaces) start after ')'.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / ticks_per_second
+}
