@@ -264,3 +264,42 @@ fn an_injected_divergence_stops_the_backup_which_never_goes_live() {
     assert!(!backup.stderr.contains("-> live"), "{}", backup.stderr);
     assert!(primary.stderr.contains("role: primary -> solo"), "{}", primary.stderr);
 }
+
+#[test]
+fn killing_the_primary_mid_disk_test_keeps_the_shared_disk_whole() {
+    // Shared-disk mode: only the live side writes the image; writes are held
+    // until acknowledged; the backup re-applies its recent writes at go-live.
+    let arbiter = Scratch::new("disk");
+    let image = arbiter.0.join("shared.img");
+    let image = image.to_str().unwrap();
+    let mut create = Command::new(FTVM);
+    create.args([
+        "run",
+        "--cmdline",
+        "role=compute rounds=1",
+        "--disk",
+        &format!("{image},size=64M,create"),
+    ]);
+    assert_eq!(Reaped::spawn(create).finish().status, Some(0));
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let mut backup = Command::new(FTVM);
+    backup.args(["backup", "--listen", &listen, "--arbiter", arbiter.path(), "--disk", image]);
+    let backup = Reaped::spawn(backup);
+    let mut primary = Command::new(FTVM);
+    primary
+        .args(["primary", "--backup", &listen, "--arbiter", arbiter.path(), "--disk", image])
+        .args(["--cmdline", "role=disk-selftest mib=48"]);
+    let mut primary = Reaped::spawn(primary);
+    std::thread::sleep(Duration::from_millis(400));
+    primary.kill();
+    let backup = backup.finish();
+    assert!(backup.stderr.contains("role: backup -> live"), "{}", backup.stderr);
+    assert_eq!(backup.status, Some(0), "the backup finished the disk test: {backup:?}");
+    assert!(backup.stdout.contains("disk ok: generation 1"), "{}", backup.stdout);
+    // The image holds what the guest believes it wrote: a second run verifies it.
+    let mut verify = Command::new(FTVM);
+    verify.args(["run", "--cmdline", "role=disk-selftest mib=48", "--disk", image]);
+    let verify = Reaped::spawn(verify).finish();
+    assert!(verify.stdout.contains("generation 1 verified"), "{verify:?}");
+}

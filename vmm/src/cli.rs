@@ -174,7 +174,7 @@ struct PairArgs {
     #[arg(long, default_value_t = 1)]
     generation: u64,
     /// Presume the other side dead after this long without a word from it.
-    #[arg(long, default_value_t = 300, value_name = "MS")]
+    #[arg(long, alias = "failure-timeout", default_value_t = 300, value_name = "MS")]
     failure_timeout_ms: u64,
     /// Lag bound: the most unacknowledged log the primary may have before it
     /// waits for its backup.
