@@ -103,7 +103,7 @@ fn main() {
         table.add("backup lag, median", "ms", lag_ms[0]);
         table.add("backup lag, p99", "ms", lag_ms[1]);
         let lag_entries = pair_field(&primary_out.stderr, "lag entries ");
-        table.add("backup lag, p99", "entries", lag_entries[1]);
+        table.add("backup lag in entries, p99", "entries", lag_entries[1]);
         table.add("backup CPU time / primary CPU time", "x", backup_cpu / primary_cpu);
     }
     for trial in 0..failovers {

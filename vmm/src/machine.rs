@@ -15,6 +15,21 @@ use crate::outputs::Outputs;
 use crate::vcpu::Exit;
 use ftvm_abi::mmio;
 
+/// The context a device works in, borrowed field by field from a
+/// [`Machine`] so the devices themselves stay borrowable.
+macro_rules! device_ctx {
+    ($machine:ident, $at:expr) => {
+        DeviceCtx {
+            memory: &$machine.memory,
+            inputs: $machine.inputs.as_mut(),
+            outputs: $machine.outputs.as_mut(),
+            at: $at,
+            events: &mut $machine.events,
+            misbehaviour: &mut $machine.misbehaviour,
+        }
+    };
+}
+
 /// What the vCPU loop does after an exit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -143,14 +158,7 @@ impl Machine {
             let events = self.inputs.wait_events(&at, armed)?;
             self.apply_events(events, at)?;
         }
-        let mut ctx = DeviceCtx {
-            memory: &self.memory,
-            inputs: self.inputs.as_mut(),
-            outputs: self.outputs.as_mut(),
-            at,
-            events: &mut self.events,
-            misbehaviour: &mut self.misbehaviour,
-        };
+        let mut ctx = device_ctx!(self, at);
         self.devices.access(addr, size, write, &mut ctx)
     }
 
@@ -169,14 +177,7 @@ impl Machine {
                         )
                         .into());
                     };
-                    let mut ctx = DeviceCtx {
-                        memory: &self.memory,
-                        inputs: self.inputs.as_mut(),
-                        outputs: self.outputs.as_mut(),
-                        at,
-                        events: &mut self.events,
-                        misbehaviour: &mut self.misbehaviour,
-                    };
+                    let mut ctx = device_ctx!(self, at);
                     match net.deliver(&frame, &mut ctx) {
                         Ok(()) => {}
                         Err(QueueFault::Guest) => net.needs_reset(&mut ctx),
