@@ -40,6 +40,9 @@ fn ten_mib_through_the_echo_service_and_ping() {
     client_ok(&lab, &["wait", &ip, PORT, "20"]);
     let result = client_ok(&lab, &["stream", &ip, PORT, "4", &(10 * 1024 * 1024 / 4).to_string()]);
     assert!(result.starts_with("ok 10485760 "), "{result}");
+    // A burst of simultaneous connects: every one is accepted.
+    let burst = client_ok(&lab, &["stream", &ip, PORT, "100", "10000"]);
+    assert!(burst.starts_with("ok 1000000 "), "{burst}");
     let ping = lab
         .client_command("ping", &["-c", "3", "-i", "0.2", "-W", "2", &ip])
         .output()
@@ -47,7 +50,7 @@ fn ten_mib_through_the_echo_service_and_ping() {
     assert!(ping.status.success(), "ping: {}", String::from_utf8_lossy(&ping.stdout));
     let finished = vm.stop();
     assert_eq!(finished.status, Some(130), "an orderly stop: {finished:?}");
-    assert!(finished.stdout.contains("connection 4 closed"), "{}", finished.stdout);
+    assert!(finished.stdout.contains("connection 104 closed"), "{}", finished.stdout);
     assert!(finished.stderr.contains("net-rx"), "{}", finished.stderr);
 }
 

@@ -51,6 +51,21 @@ fn earliest(first: Option<u64>, second: Option<u64>) -> Option<u64> {
 }
 
 impl Network {
+    /// Every received frame through the stack one at a time, the service's
+    /// per-frame hook after each (frames can arrive at any exit, so a plain
+    /// `poll` could ingest a burst of SYNs before the hook refills the
+    /// listeners), then the stack's timers and egress.
+    fn pump<S: Service>(&mut self, service: &mut S, now: smoltcp::time::Instant) {
+        self.iface.poll_maintenance(now);
+        while !matches!(
+            self.iface.poll_ingress_single(now, &mut *self.device, &mut self.sockets),
+            PollIngressSingleResult::None
+        ) {
+            service.after_frame(&mut self.sockets);
+        }
+        self.iface.poll_egress(now, &mut *self.device, &mut self.sockets);
+    }
+
     /// Runs `service` until it is done; returns its result.
     pub fn run<S: Service>(&mut self, service: &mut S) -> S::Output {
         let mut now_ns = clock::monotonic_ns();
@@ -62,22 +77,16 @@ impl Network {
                 armed_deadline_ns = None;
             }
             let now = instant_from_ns(now_ns);
-            while !matches!(
-                self.iface.poll_ingress_single(now, &mut *self.device, &mut self.sockets),
-                PollIngressSingleResult::None
-            ) {
-                service.after_frame(&mut self.sockets);
-            }
-            self.iface.poll(now, &mut *self.device, &mut self.sockets);
+            self.pump(service, now);
             let wake_at_ns = match service.poll(&mut self.iface, &mut self.sockets, now_ns) {
                 Step::Continue { wake_at_ns } => wake_at_ns,
                 Step::Done(output) => {
-                    self.iface.poll(now, &mut *self.device, &mut self.sockets);
+                    self.pump(service, now);
                     self.device.flush();
                     return output;
                 }
             };
-            self.iface.poll(now, &mut *self.device, &mut self.sockets);
+            self.pump(service, now);
             self.device.flush();
 
             let stack_deadline_ns = self

@@ -164,9 +164,14 @@ pub fn run(info: &BootInfo) -> Result<(), RoleError> {
     }
     drivers::write(events::BASE, events::EVENT_PAGE, 0);
 
-    for (bit, base, name) in [(device::NET, virtio::NET_BASE, "virtio-net"), (device::BLOCK, virtio::BLOCK_BASE, "virtio-blk")] {
+    for (bit, base, name) in [
+        (device::NET, virtio::NET_BASE, "virtio-net"),
+        (device::BLOCK, virtio::BLOCK_BASE, "virtio-blk"),
+    ] {
         if info.devices & bit != 0 {
-            println!("hostile: {name}: garbage descriptor tables, rings outside RAM, register garbage");
+            println!(
+                "hostile: {name}: garbage descriptor tables, rings outside RAM, register garbage"
+            );
             attack_virtio(base, ram_end);
         }
     }
