@@ -21,6 +21,7 @@ use crate::inputs::record::RecordingInputs;
 use crate::inputs::replay::ReplayInputs;
 use crate::inputs::InputError;
 use crate::outputs::{LiveOutputs, ReplayOutputs};
+use crate::signals;
 use crate::tap::{Tap, TapError};
 use crate::vm::{RunReport, Vm, VmConfig, VmError};
 
@@ -167,10 +168,13 @@ pub fn primary(
         "ftvm: role: primary, generation {}, connecting to the backup at {backup_addr}",
         ft.generation
     );
-    let link = PrimaryLink::connect(backup_addr, &ft.channel)?;
-    let side = PrimarySide::new(link, ft.clone());
-    let live = LiveOutputs::new(console, backends.tap.clone(), backends.disk.clone());
-    let (held, queue, releaser) = HeldOutputs::start(side.clone(), live);
+    let (side, held, queue, releaser) = signals::spawning_helpers(|| {
+        let link = PrimaryLink::connect(backup_addr, &ft.channel)?;
+        let side = PrimarySide::new(link, ft.clone());
+        let live = LiveOutputs::new(console, backends.tap.clone(), backends.disk.clone());
+        let (held, queue, releaser) = HeldOutputs::start(side.clone(), live);
+        Ok::<_, RunError>((side, held, queue, releaser))
+    })?;
     let barrier = queue.clone();
     backends.before_disk_read = Some(Arc::new(move || barrier.wait_disk_drained()));
     let inputs =
@@ -224,7 +228,8 @@ pub fn backup(
         "ftvm: role: backup, generation {}, waiting for the primary on {listen}",
         ft.generation
     );
-    let link = BackupLink::from_stream(accept_primary(&listener, listen)?, &ft.channel)?;
+    let stream = accept_primary(&listener, listen)?;
+    let link = signals::spawning_helpers(|| BackupLink::from_stream(stream, &ft.channel))?;
     let mut replay = ReplayInputs::new(LinkSource::new(link));
     let (config, devices) = config_of(replay.read_start()?);
     eprintln!("ftvm: role: backup, replaying `{}`", config.cmdline);

@@ -29,3 +29,22 @@ pub fn install_stop_handlers() {
 pub fn stop_requested() -> bool {
     STOP_REQUESTED.load(Ordering::SeqCst)
 }
+
+/// Runs `spawn` (which starts helper threads) with SIGINT and SIGTERM
+/// blocked, so the threads it starts inherit the block and every stop signal
+/// goes to the calling (vCPU) thread, where it interrupts KVM_RUN or a wait.
+pub fn spawning_helpers<T>(spawn: impl FnOnce() -> T) -> T {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use;
+    // pthread_sigmask only changes this thread's mask.
+    unsafe {
+        let mut stop_signals: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut stop_signals);
+        libc::sigaddset(&mut stop_signals, libc::SIGINT);
+        libc::sigaddset(&mut stop_signals, libc::SIGTERM);
+        let mut previous: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, &stop_signals, &mut previous);
+        let result = spawn();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
+        result
+    }
+}
