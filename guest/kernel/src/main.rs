@@ -20,7 +20,6 @@ mod console;
 mod drivers;
 mod heap;
 mod net;
-mod rng;
 mod roles;
 mod runtime;
 

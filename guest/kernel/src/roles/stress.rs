@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use super::{number, RoleError};
 use crate::cmdline::Cmdline;
 use crate::drivers::{clock, entropy};
-use crate::rng::Pcg;
+use gfs::pcg::Pcg32;
 use crate::{check, println, runtime};
 
 const COMPUTE_CHUNK_BYTES: usize = 64 * 1024;
@@ -30,7 +30,7 @@ pub fn run(args: &Cmdline) -> Result<(), RoleError> {
     let seed = number(args, "seed", 1)?;
     let duration_ns = number(args, "ms", 3000)? * 1_000_000;
     let op_limit = number(args, "ops", u64::MAX)?;
-    let mut rng = Pcg::new(seed);
+    let mut rng = Pcg32::new(seed, 0);
     let mut digest = Digest(seed);
     let mut live_allocations: Vec<Vec<u8>> = Vec::new();
     let mut compute_buffer = vec![0u8; COMPUTE_CHUNK_BYTES];
