@@ -93,7 +93,7 @@ fn main() {
         table.add("FT / standalone round trip (output-rule cost)", "x", ft_rtt_us / solo_rtt_us);
         table.add("standalone echo: 1-byte round trip, p99", "us", solo_rtt_p99_us);
         table.add("FT echo: 1-byte round trip, p99", "us", ft_rtt_p99_us);
-        let bandwidth = pair_field(&primary_out.stderr, "bytes (");
+        let bandwidth = pair_field(&primary_out.stderr, "log bandwidth ");
         table.add(
             "log bandwidth, whole session",
             "KB/s",

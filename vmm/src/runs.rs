@@ -168,6 +168,7 @@ pub fn primary(
         "ftvm: role: primary, generation {}, connecting to the backup at {backup_addr}",
         ft.generation
     );
+    signals::block_stats_signal();
     let (side, held, queue, releaser) = signals::spawning_helpers(|| {
         let link = PrimaryLink::connect(backup_addr, &ft.channel)?;
         let side = PrimarySide::new(link, ft.clone());
@@ -175,6 +176,8 @@ pub fn primary(
         let (held, queue, releaser) = HeldOutputs::start(side.clone(), live);
         Ok::<_, RunError>((side, held, queue, releaser))
     })?;
+    let stats_side = side.clone();
+    signals::serve_stats_signal(move || eprintln!("ftvm: pair: {}", stats_side.report()));
     let barrier = queue.clone();
     backends.before_disk_read = Some(Arc::new(move || barrier.wait_disk_drained()));
     let inputs =

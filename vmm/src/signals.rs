@@ -48,3 +48,37 @@ pub fn spawning_helpers<T>(spawn: impl FnOnce() -> T) -> T {
         result
     }
 }
+
+fn stats_signal_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        set
+    }
+}
+
+/// Blocks SIGUSR1 in this thread and every thread it starts afterwards, so
+/// only the thread of [`serve_stats_signal`] takes it. Call it first.
+pub fn block_stats_signal() {
+    let set = stats_signal_set();
+    // SAFETY: pthread_sigmask only changes this thread's mask.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Runs `on_signal` (e.g. print statistics) on a thread of its own each time
+/// SIGUSR1 arrives, whatever the vCPU is doing.
+pub fn serve_stats_signal(on_signal: impl Fn() + Send + 'static) {
+    let set = stats_signal_set();
+    let spawned = std::thread::Builder::new().name("ftvm-stats".into()).spawn(move || loop {
+        let mut signal = 0;
+        // SAFETY: sigwait reads an initialised set and writes the signal number.
+        if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
+            on_signal();
+        }
+    });
+    if let Err(error) = spawned {
+        eprintln!("ftvm: no statistics on SIGUSR1: {error}");
+    }
+}

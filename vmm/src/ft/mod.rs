@@ -73,6 +73,26 @@ pub struct PairReport {
     pub lag_ms: (u64, u64),
 }
 
+impl std::fmt::Display for PairReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "role {} generation {} sent seq {} acked seq {} log {} bytes lag entries {}/{} bytes {}/{} ms {}/{} (median/p99)",
+            self.role,
+            self.generation,
+            self.sent_seq,
+            self.acked_seq,
+            self.sent_bytes,
+            self.lag_entries.0,
+            self.lag_entries.1,
+            self.lag_bytes.0,
+            self.lag_bytes.1,
+            self.lag_ms.0,
+            self.lag_ms.1
+        )
+    }
+}
+
 /// (median, p99) of `samples`.
 pub fn median_p99(samples: &mut [u64]) -> (u64, u64) {
     if samples.is_empty() {
