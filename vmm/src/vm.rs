@@ -133,12 +133,17 @@ struct Timing {
     longest_stretch_ns: u64,
 }
 
-fn open_kvm() -> Result<Kvm, VmError> {
-    Kvm::new().map_err(|error| match error.errno() {
-        libc::ENOENT => VmError::NoKvm,
+/// What failing to open /dev/kvm means for the user.
+fn kvm_open_error(error: kvm_ioctls::Error) -> VmError {
+    match error.errno() {
+        libc::ENOENT | libc::ENXIO | libc::ENODEV => VmError::NoKvm,
         libc::EACCES | libc::EPERM => VmError::KvmPermission,
         _ => VmError::Kvm { what: "open /dev/kvm", source: error },
-    })
+    }
+}
+
+fn open_kvm() -> Result<Kvm, VmError> {
+    Kvm::new().map_err(kvm_open_error)
 }
 
 impl Vm {
@@ -295,5 +300,23 @@ impl Vm {
     /// The vCPU, for the benchmark's bare KVM_RUN measurement.
     pub fn vcpu_mut(&mut self) -> &mut Vcpu {
         &mut self.vcpu
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvm_open_failures_say_what_to_do() {
+        let missing = kvm_open_error(kvm_ioctls::Error::new(libc::ENOENT)).to_string();
+        assert!(
+            missing.contains("/dev/kvm does not exist") && missing.contains("kvm_intel"),
+            "{missing}"
+        );
+        let denied = kvm_open_error(kvm_ioctls::Error::new(libc::EACCES)).to_string();
+        assert!(denied.contains("permission denied") && denied.contains("kvm` group"), "{denied}");
+        let other = kvm_open_error(kvm_ioctls::Error::new(libc::EMFILE)).to_string();
+        assert!(other.contains("open /dev/kvm failed"), "{other}");
     }
 }
