@@ -13,7 +13,7 @@ use storage::{BlockStore, BlockStoreError};
 use thiserror::Error;
 
 use crate::devices::DeviceSet;
-use crate::ft::backup::{backup_io, LinkSource};
+use crate::ft::backup::{backup_io, BackupStatus, LinkSource};
 use crate::ft::primary::{HeldOutputs, LinkSink, PrimarySide};
 use crate::ft::FtConfig;
 use crate::inputs::live::{Backends, LiveInputs};
@@ -231,12 +231,20 @@ pub fn backup(
         "ftvm: role: backup, generation {}, waiting for the primary on {listen}",
         ft.generation
     );
+    signals::block_stats_signal();
     let stream = accept_primary(&listener, listen)?;
-    let link = signals::spawning_helpers(|| BackupLink::from_stream(stream, &ft.channel))?;
-    let mut replay = ReplayInputs::new(LinkSource::new(link));
+    let link =
+        Arc::new(signals::spawning_helpers(|| BackupLink::from_stream(stream, &ft.channel))?);
+    let status = Arc::new(BackupStatus::default());
+    let (stats_link, stats_status, generation) = (link.clone(), status.clone(), ft.generation);
+    signals::serve_stats_signal(move || {
+        eprintln!("ftvm: pair: {}", stats_status.describe(&stats_link, generation))
+    });
+    let mut replay = ReplayInputs::new(LinkSource::new(link, status.clone()));
     let (config, devices) = config_of(replay.read_start()?);
     eprintln!("ftvm: role: backup, replaying `{}`", config.cmdline);
-    let (inputs, outputs) = backup_io(replay, ft.clone(), attachments.clone(), devices, console);
+    let (inputs, outputs) =
+        backup_io(replay, status, ft.clone(), attachments.clone(), devices, console);
     Ok(Vm::new(&config, devices, Box::new(inputs), Box::new(outputs))?.run()?)
 }
 

@@ -11,6 +11,8 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use logchannel::{BackupLink, ChannelError, Entry};
@@ -29,15 +31,37 @@ const RECV_SLICE: Duration = Duration::from_millis(100);
 /// How many bytes of recent guest disk writes the backup keeps to re-apply at go-live.
 const RECENT_WRITES_MAX_BYTES: u64 = 64 << 20;
 
+/// What the backup is doing, readable from any thread (for SIGUSR1).
+#[derive(Default)]
+pub struct BackupStatus {
+    /// The sequence number of the last entry handed to the replay.
+    replayed_seq: AtomicU64,
+    /// Set at go-live.
+    live: AtomicBool,
+}
+
+impl BackupStatus {
+    /// One line: role, generation, how far the log was received and replayed.
+    pub fn describe(&self, link: &BackupLink, generation: u64) -> String {
+        let role = if self.live.load(Ordering::SeqCst) { "live" } else { "backup" };
+        let (received, replayed) = (link.acked_seq(), self.replayed_seq.load(Ordering::SeqCst));
+        format!(
+            "role {role} generation {generation} received seq {received} replayed seq {replayed} lag entries {}",
+            received.saturating_sub(replayed)
+        )
+    }
+}
+
 /// The log channel as an entry source.
 pub struct LinkSource {
-    link: BackupLink,
+    link: Arc<BackupLink>,
+    status: Arc<BackupStatus>,
 }
 
 impl LinkSource {
-    /// A source over an accepted link.
-    pub fn new(link: BackupLink) -> Self {
-        LinkSource { link }
+    /// A source over an accepted link, reporting progress to `status`.
+    pub fn new(link: Arc<BackupLink>, status: Arc<BackupStatus>) -> Self {
+        LinkSource { link, status }
     }
 }
 
@@ -58,7 +82,8 @@ impl EntrySource for LinkSource {
             let slice = if wait { RECV_SLICE } else { Duration::ZERO };
             match self.link.recv_frame(slice).map_err(channel_error)? {
                 Some(received) => {
-                    return Ok(Some((received.seq, received.entry, received.frame_len_bytes)))
+                    self.status.replayed_seq.store(received.seq, Ordering::SeqCst);
+                    return Ok(Some((received.seq, received.entry, received.frame_len_bytes)));
                 }
                 None if wait => continue,
                 None => return Ok(None),
@@ -132,11 +157,13 @@ pub struct BackupInputs {
     last_monotonic_ns: u64,
     go_live: GoLive,
     shared: Rc<RefCell<Shared>>,
+    status: Arc<BackupStatus>,
 }
 
 /// The backup's inputs and outputs for a run whose start was read from `replay`.
 pub fn backup_io(
     replay: ReplayInputs<LinkSource>,
+    status: Arc<BackupStatus>,
     config: FtConfig,
     attachments: Attachments,
     devices: DeviceSet,
@@ -150,6 +177,7 @@ pub fn backup_io(
         last_monotonic_ns: 0,
         go_live,
         shared: shared.clone(),
+        status,
     };
     (inputs, BackupOutputs { shared })
 }
@@ -204,6 +232,7 @@ impl BackupInputs {
             live_outputs.transmit(&rarp_announcement(mac));
         }
         shared.live = Some(live_outputs);
+        self.status.live.store(true, Ordering::SeqCst);
         let replayed = self.replay.take().map(|replay| replay.log_stats().entries()).unwrap_or(0);
         self.live = Some(LiveInputs::continuing_at(self.last_monotonic_ns + 1, backends));
         eprintln!(
