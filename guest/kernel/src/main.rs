@@ -19,6 +19,7 @@ mod cmdline;
 mod console;
 mod drivers;
 mod heap;
+mod mesh;
 mod net;
 mod roles;
 mod runtime;

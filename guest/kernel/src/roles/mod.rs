@@ -9,6 +9,7 @@ mod compute;
 mod disk;
 mod echo;
 mod fault;
+mod gfs;
 mod hostile;
 mod selftest;
 mod stress;
@@ -25,6 +26,9 @@ pub fn run(args: &Cmdline, info: &BootInfo) -> u32 {
         Some("bench") => bench::run(args),
         Some("echo") => echo::run(args, info),
         Some("disk-selftest") => disk::run(args, info),
+        Some("gfs-master") => gfs::run(gfs::Kind::Master, args, info),
+        Some("gfs-chunkserver") => gfs::run(gfs::Kind::Chunkserver, args, info),
+        Some("gfs-client") => gfs::run(gfs::Kind::Client, args, info),
         Some(other) => Err(RoleError::BadCmdline(alloc::format!("role={other}: unknown role"))),
         None => Err(RoleError::BadCmdline("missing role=...".into())),
     };
@@ -35,7 +39,7 @@ pub fn run(args: &Cmdline, info: &BootInfo) -> u32 {
             exit::FAILURE
         }
         Err(RoleError::BadCmdline(problem)) => {
-            println!("bad command line: {problem} (roles: selftest, stress, compute, hostile, fault, panic, bench, echo, disk-selftest)");
+            println!("bad command line: {problem} (roles: selftest, stress, compute, hostile, fault, panic, bench, echo, disk-selftest, gfs-master, gfs-chunkserver, gfs-client)");
             exit::BAD_CMDLINE
         }
     }

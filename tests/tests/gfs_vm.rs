@@ -1,0 +1,115 @@
+//! GFS in VMs: a master, two chunkservers (each with its own disk image) and a
+//! scripted client, four VMs on one bridge. The client creates a file, writes
+//! a seeded pattern through the chunkservers with replication goal 2, reads it
+//! back and verifies it, and exits 0 with `gfs client ok`.
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ftvm_tests::netns::Lab;
+use ftvm_tests::Reaped;
+
+const FTVM: &str = env!("CARGO_BIN_EXE_ftvm-e2e");
+/// The client fails itself after this long (its own `limit_s=`).
+const CLIENT_LIMIT_S: u64 = 40;
+/// A client VM still running this long after its start is killed (a hang).
+const WATCHDOG: Duration = Duration::from_secs(CLIENT_LIMIT_S + 20);
+/// The cluster settings every node must agree on.
+const CLUSTER: &str = "port=7100 replicas=2 chunk_kib=1024 lease_ms=2000";
+const MASTER_ID: u32 = 1;
+const CLIENT_ID: u32 = 9;
+
+/// `ID:ADDRESS` of the VM on `tapN`.
+fn peer(id: u32, tap: usize) -> String {
+    format!("{id}:{}", Lab::guest_ip(tap))
+}
+
+fn spawn(lab: &Lab, tap: usize, disk: Option<&str>, cmdline: &str) -> Reaped {
+    let net = lab.net_flag(tap);
+    let mut args = vec!["run", "--mem", "256M", "--net", net.as_str()];
+    if let Some(disk) = disk {
+        args.extend(["--disk", disk]);
+    }
+    args.extend(["--cmdline", cmdline]);
+    lab.spawn_in_host(FTVM, &args)
+}
+
+#[test]
+fn a_client_vm_writes_and_reads_back_a_file_through_master_and_chunkserver_vms() {
+    let lab = Lab::new(4);
+    let dir = std::env::temp_dir().join(format!("ftvm-gfs-vm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = |name: &str, size: &str| format!("{},size={size},create", dir.join(name).display());
+
+    let master_disk = disk("master.img", "16M");
+    let master = spawn(
+        &lab,
+        0,
+        Some(&master_disk),
+        &format!("role=gfs-master node={MASTER_ID} {} {CLUSTER}", Lab::guest_net_args(0)),
+    );
+    let chunkservers: Vec<Reaped> = [(2u32, 1usize, 3u32, 2usize), (3, 2, 2, 1)]
+        .into_iter()
+        .map(|(id, tap, other_id, other_tap)| {
+            let image = disk(&format!("chunkserver{id}.img"), "64M");
+            let cmdline = format!(
+                "role=gfs-chunkserver node={id} {} master={} peers={} {CLUSTER}",
+                Lab::guest_net_args(tap),
+                peer(MASTER_ID, 0),
+                peer(other_id, other_tap)
+            );
+            spawn(&lab, tap, Some(&image), &cmdline)
+        })
+        .collect();
+    let client_cmdline = format!(
+        "role=gfs-client node={CLIENT_ID} {} master={} peers={},{} mib=4 seed=7 \
+         limit_s={CLIENT_LIMIT_S} {CLUSTER}",
+        Lab::guest_net_args(3),
+        peer(MASTER_ID, 0),
+        peer(2, 1),
+        peer(3, 2)
+    );
+    let started = Instant::now();
+    let client = spawn(&lab, 3, None, &client_cmdline);
+
+    // A watchdog: a hung client VM is killed, so `finish` returns.
+    let client_pid = client.pid() as i32;
+    let (done, finished_signal) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished_signal.recv_timeout(WATCHDOG).is_err() {
+            // SAFETY: kill(2) on the pid of a child the test spawned; it is
+            // reaped only after this thread is told (or gives up) below.
+            unsafe { libc::kill(client_pid, libc::SIGKILL) };
+        }
+    });
+    let finished = client.finish();
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    let elapsed = started.elapsed();
+
+    let others: Vec<_> = std::iter::once(master).chain(chunkservers).map(Reaped::stop).collect();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let consoles: String = others
+        .iter()
+        .map(|vm| format!("--- exit {:?}\n{}{}", vm.status, vm.stdout, vm.stderr))
+        .collect();
+    assert_eq!(
+        finished.status,
+        Some(0),
+        "the client VM exits 0 (after {elapsed:?}): {}{}\n{consoles}",
+        finished.stdout,
+        finished.stderr
+    );
+    assert!(finished.stdout.contains("gfs client ok"), "{}\n{consoles}", finished.stdout);
+    for vm in &others {
+        assert_eq!(vm.status, Some(130), "stopped by SIGTERM, not dead before: {consoles}");
+        assert!(vm.stdout.contains(" ready"), "{consoles}");
+    }
+    // Shown with --nocapture.
+    println!("client after {elapsed:?}:\n{}{}\n{consoles}", finished.stdout, finished.stderr);
+    // Replication goal 2 on two chunkservers: each holds all four 1 MiB chunks.
+    for (index, vm) in others.iter().enumerate().skip(1) {
+        let id = index + 1;
+        let full = format!("node {id} holds 4 replicas, {} bytes", 4 << 20);
+        assert!(vm.stdout.contains(&full), "chunkserver {id} has every chunk: {consoles}");
+    }
+}
