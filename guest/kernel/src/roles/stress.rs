@@ -11,8 +11,8 @@ use alloc::vec::Vec;
 use super::{number, RoleError};
 use crate::cmdline::Cmdline;
 use crate::drivers::{clock, entropy};
-use gfs::pcg::Pcg32;
 use crate::{check, println, runtime};
+use gfs::pcg::Pcg32;
 
 const COMPUTE_CHUNK_BYTES: usize = 64 * 1024;
 const MAX_LIVE_ALLOCATIONS: usize = 64;
