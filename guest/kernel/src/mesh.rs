@@ -26,12 +26,12 @@ use smoltcp::time::Duration;
 use smoltcp::wire::{IpAddress, Ipv4Address};
 
 use crate::drivers::entropy;
+use crate::net::listeners::ListenerPool;
 use crate::println;
 
 /// First field of the hello frame ("GFSH").
 const HELLO_MAGIC: u32 = 0x4746_5348;
 /// Idle listening sockets kept ready for new streams.
-const IDLE_LISTENERS: usize = 4;
 /// Receive and send buffer of each stream.
 const SOCKET_BUFFER_BYTES: usize = 256 * 1024;
 /// How long after a dialled stream broke (or was refused) it is dialled again.
@@ -104,7 +104,7 @@ pub struct Mesh {
     /// Larger frames break the stream (a corrupt length or not a GFS peer).
     max_frame_bytes: usize,
     peers: BTreeMap<NodeId, Peer>,
-    listeners: Vec<SocketHandle>,
+    listeners: ListenerPool,
     greetings: Vec<Greeting>,
     next_local_port: u16,
     /// Console prefix, e.g. `gfs-master`.
@@ -151,7 +151,7 @@ impl Mesh {
             port,
             max_frame_bytes,
             peers,
-            listeners: Vec::new(),
+            listeners: ListenerPool::new(port),
             greetings: Vec::new(),
             next_local_port,
             label,
@@ -159,24 +159,13 @@ impl Mesh {
         }
     }
 
-    /// Moves listeners that took a SYN to the greetings and opens new ones
-    /// until [`IDLE_LISTENERS`] wait again. Cheap; call after every frame.
+    /// Hands streams that took a SYN to the greetings and keeps listeners
+    /// ready. Cheap; call after every frame.
     pub fn refill_listeners(&mut self, sockets: &mut SocketSet<'static>) {
-        let mut index = 0;
-        while index < self.listeners.len() {
-            let handle = self.listeners[index];
-            if sockets.get::<tcp::Socket>(handle).state() == State::Listen {
-                index += 1;
-            } else {
-                self.listeners.swap_remove(index);
-                self.greetings.push(Greeting { handle, rx: Vec::new(), since_ns: None });
-            }
-        }
-        while self.listeners.len() < IDLE_LISTENERS {
-            let mut socket = new_socket();
-            socket.listen(self.port).expect("a fresh socket listens on a non-zero port");
-            self.listeners.push(sockets.add(socket));
-        }
+        let greetings = &mut self.greetings;
+        self.listeners.refill(sockets, new_socket, |handle| {
+            greetings.push(Greeting { handle, rx: Vec::new(), since_ns: None });
+        });
     }
 
     /// Queues `msg` for `to`; it goes out once a stream to `to` is up.

@@ -15,6 +15,7 @@ use crate::drivers::virtio::net::NetDevice;
 use crate::drivers::{clock, entropy};
 use ftvm_abi::boot::{device, BootInfo};
 
+pub mod listeners;
 pub mod service;
 
 /// Why the network could not be brought up.

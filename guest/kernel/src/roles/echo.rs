@@ -14,13 +14,12 @@ use smoltcp::socket::tcp::{self, State};
 
 use super::{net_error, number, RoleError};
 use crate::cmdline::Cmdline;
+use crate::net::listeners::ListenerPool;
 use crate::net::service::{Service, Step};
 use crate::net::Network;
 use crate::println;
 use ftvm_abi::boot::BootInfo;
 
-/// Idle listening sockets kept ready for new connections.
-const IDLE_LISTENERS: usize = 4;
 /// Receive and send buffer of each connection.
 const SOCKET_BUFFER_BYTES: usize = 64 * 1024;
 
@@ -32,9 +31,8 @@ struct Connection {
 }
 
 struct EchoService {
-    port: u16,
     /// Sockets in the Listen state, waiting for a SYN.
-    listeners: Vec<SocketHandle>,
+    listeners: ListenerPool,
     connections: Vec<Connection>,
     last_id: u64,
     closed_count: u64,
@@ -42,31 +40,24 @@ struct EchoService {
     scratch: Vec<u8>,
 }
 
+/// A connection's socket: echo replies go out as soon as they are queued
+/// (each loop iteration already batches them into one exit).
+fn new_socket() -> tcp::Socket<'static> {
+    let mut socket = tcp::Socket::new(
+        tcp::SocketBuffer::new(alloc::vec![0u8; SOCKET_BUFFER_BYTES]),
+        tcp::SocketBuffer::new(alloc::vec![0u8; SOCKET_BUFFER_BYTES]),
+    );
+    socket.set_nagle_enabled(false);
+    socket
+}
+
 impl EchoService {
-    /// Moves listeners that took a SYN to the connections and opens new ones
-    /// until [`IDLE_LISTENERS`] are waiting again.
+    /// Hands connections that took a SYN over and keeps listeners ready.
     fn refill_listeners(&mut self, sockets: &mut SocketSet<'static>) {
-        let mut index = 0;
-        while index < self.listeners.len() {
-            let handle = self.listeners[index];
-            if sockets.get::<tcp::Socket>(handle).state() == State::Listen {
-                index += 1;
-            } else {
-                self.listeners.swap_remove(index);
-                self.connections.push(Connection { handle, id: 0, echoed_bytes: 0 });
-            }
-        }
-        while self.listeners.len() < IDLE_LISTENERS {
-            let mut socket = tcp::Socket::new(
-                tcp::SocketBuffer::new(alloc::vec![0u8; SOCKET_BUFFER_BYTES]),
-                tcp::SocketBuffer::new(alloc::vec![0u8; SOCKET_BUFFER_BYTES]),
-            );
-            // Echo replies go out as soon as they are queued; each loop
-            // iteration already batches them into one exit.
-            socket.set_nagle_enabled(false);
-            socket.listen(self.port).expect("a fresh socket listens on a non-zero port");
-            self.listeners.push(sockets.add(socket));
-        }
+        let connections = &mut self.connections;
+        self.listeners.refill(sockets, new_socket, |handle| {
+            connections.push(Connection { handle, id: 0, echoed_bytes: 0 });
+        });
     }
 
     /// Moves everything received into the send buffer, as far as it has room.
@@ -169,8 +160,7 @@ pub fn run(args: &Cmdline, info: &BootInfo) -> Result<(), RoleError> {
     let address = network.address().expect("Network::open sets an address");
     println!("echo: listening on {address} port {port} (mac {})", network.mac);
     let mut service = EchoService {
-        port,
-        listeners: Vec::new(),
+        listeners: ListenerPool::new(port),
         connections: Vec::new(),
         last_id: 0,
         closed_count: 0,
