@@ -1,12 +1,15 @@
-//! A mesh of framed TCP streams between GFS nodes, over smoltcp: one stream
-//! per pair of nodes, addressed by GFS node id.
+//! A mesh of framed TCP streams between GFS and MapReduce nodes, over
+//! smoltcp: one stream per pair of nodes, addressed by node id (GFS and
+//! MapReduce nodes share one id space).
 //!
 //! Who dials: a node dials every peer it has an address for whose id is
 //! *lower* than its own, and accepts streams from everyone else. So the
 //! master (the lowest id) only accepts, chunkservers dial the master and the
 //! chunkservers below them, and a client (the highest id) dials everyone it
 //! knows. A stream carries frames in the `gfs::wire` format (length, CRC32C,
-//! postcard); the dialler's first frame is a hello, `(HELLO_MAGIC, node id)`,
+//! postcard); what a frame's payload is, the mesh's owner decides (its
+//! decoder is told the sender: a MapReduce node tells GFS replies from
+//! MapReduce messages by who sent them). The dialler's first frame is a hello, `(HELLO_MAGIC, node id)`,
 //! which tells the acceptor who is on the other end. A hello from a node that
 //! already has a stream replaces the old stream (the peer reconnected).
 //!
@@ -19,7 +22,9 @@
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
-use gfs::wire::{self, FrameError, Message, NodeId};
+use alloc::boxed::Box;
+
+use gfs::wire::{self, FrameError, NodeId};
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::Duration;
@@ -97,8 +102,12 @@ struct Greeting {
     since_ns: Option<u64>,
 }
 
-/// The streams of one node to its peers.
-pub struct Mesh {
+/// Decodes the first frame of the bytes received from a node into a message
+/// and the bytes it used.
+pub type Decoder<M> = Box<dyn Fn(NodeId, &[u8]) -> Result<(M, usize), FrameError>>;
+
+/// The streams of one node to its peers, carrying messages of type `M`.
+pub struct Mesh<M> {
     me: NodeId,
     port: u16,
     /// Larger frames break the stream (a corrupt length or not a GFS peer).
@@ -109,6 +118,7 @@ pub struct Mesh {
     next_local_port: u16,
     /// Console prefix, e.g. `gfs-master`.
     label: &'static str,
+    decode: Decoder<M>,
     pub stats: MeshStats,
 }
 
@@ -129,15 +139,17 @@ fn usable(state: State) -> bool {
     matches!(state, State::SynSent | State::SynReceived | State::Established)
 }
 
-impl Mesh {
+impl<M> Mesh<M> {
     /// A mesh for node `me` listening on `port`; `addresses` are the peers it
-    /// knows (it dials those with lower ids).
+    /// knows (it dials those with lower ids); `decode` turns received frames
+    /// into messages.
     pub fn new(
         label: &'static str,
         me: NodeId,
         port: u16,
         addresses: &[(NodeId, Ipv4Address)],
         max_frame_bytes: usize,
+        decode: Decoder<M>,
     ) -> Self {
         let mut peers = BTreeMap::new();
         for (node, address) in addresses {
@@ -155,6 +167,7 @@ impl Mesh {
             greetings: Vec::new(),
             next_local_port,
             label,
+            decode,
             stats: MeshStats::default(),
         }
     }
@@ -168,14 +181,14 @@ impl Mesh {
         });
     }
 
-    /// Queues `msg` for `to`; it goes out once a stream to `to` is up.
-    pub fn send(&mut self, to: NodeId, msg: &Message) {
+    /// Queues a whole `frame` (as from [`wire::encode_frame_of`]) for `to`;
+    /// it goes out once a stream to `to` is up.
+    pub fn send_frame(&mut self, to: NodeId, frame: Vec<u8>) {
         let peer = self.peers.entry(to).or_default();
         if peer.queued_bytes >= MAX_QUEUED_BYTES {
             self.stats.messages_dropped += 1;
             return;
         }
-        let frame = wire::encode_frame(msg);
         peer.queued_bytes += frame.len();
         peer.queue.push_back(frame);
         self.stats.messages_sent += 1;
@@ -188,7 +201,7 @@ impl Mesh {
         iface: &mut Interface,
         sockets: &mut SocketSet<'static>,
         now_ns: u64,
-        inbox: &mut Vec<(NodeId, Message)>,
+        inbox: &mut Vec<(NodeId, M)>,
     ) {
         self.refill_listeners(sockets);
         self.greet(sockets, now_ns);
@@ -284,7 +297,7 @@ impl Mesh {
         sockets: &mut SocketSet<'static>,
         now_ns: u64,
         node: NodeId,
-        inbox: &mut Vec<(NodeId, Message)>,
+        inbox: &mut Vec<(NodeId, M)>,
     ) {
         let me = self.me;
         let max_frame_bytes = self.max_frame_bytes;
@@ -306,7 +319,7 @@ impl Mesh {
         let before = link.rx.len();
         receive_into(socket, &mut link.rx);
         self.stats.bytes_received += (link.rx.len() - before) as u64;
-        let decoded = decode_frames(&mut link.rx, max_frame_bytes, node, inbox);
+        let decoded = decode_frames(&mut link.rx, max_frame_bytes, node, &self.decode, inbox);
         self.stats.messages_received += decoded.count;
         let stuck = !link.announced && now_ns - link.since_ns >= SETUP_TIMEOUT_NS;
         if decoded.broken || !usable(state) || stuck {
@@ -408,11 +421,12 @@ struct Decoded {
 }
 
 /// Decodes every complete frame at the front of `rx` into `inbox`.
-fn decode_frames(
+fn decode_frames<M>(
     rx: &mut Vec<u8>,
     max_frame_bytes: usize,
     from: NodeId,
-    inbox: &mut Vec<(NodeId, Message)>,
+    decode: &Decoder<M>,
+    inbox: &mut Vec<(NodeId, M)>,
 ) -> Decoded {
     let mut start = 0;
     let mut decoded = Decoded { count: 0, broken: false };
@@ -425,7 +439,7 @@ fn decode_frames(
                 break;
             }
         }
-        match wire::decode_frame(rest) {
+        match decode(from, rest) {
             Ok((msg, used)) => {
                 inbox.push((from, msg));
                 decoded.count += 1;

@@ -39,6 +39,7 @@
 use alloc::collections::VecDeque;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::fmt::Debug;
 
 use gfs::chunkserver::Chunkserver;
 use gfs::client::{Client, ClientEvent, ClientOp, OpId, OpOutput};
@@ -54,16 +55,16 @@ use super::{net_error, number, RoleError};
 use crate::cmdline::Cmdline;
 use crate::drivers::clock;
 use crate::drivers::virtio::block::{BlockDevice, BlockError};
-use crate::mesh::Mesh;
+use crate::mesh::{Mesh, MeshStats};
 use crate::net::service::{Service, Step};
 use crate::net::Network;
 use crate::println;
 use ftvm_abi::boot::{device, BootInfo};
 
 /// The TCP port every node listens on unless `port=` says otherwise.
-const DEFAULT_PORT: u64 = 7100;
+pub(super) const DEFAULT_PORT: u64 = 7100;
 /// Frames larger than a chunk plus this much are refused.
-const FRAME_SLACK_BYTES: usize = 64 * 1024;
+pub(super) const FRAME_SLACK_BYTES: usize = 64 * 1024;
 /// How long the client script waits before retrying a failed step.
 const SCRIPT_RETRY_MS: u64 = 500;
 
@@ -85,12 +86,12 @@ impl Kind {
     }
 }
 
-fn bad(message: String) -> RoleError {
+pub(super) fn bad(message: String) -> RoleError {
     RoleError::BadCmdline(message)
 }
 
 /// Parses `ID:ADDRESS`.
-fn parse_peer(key: &str, text: &str) -> Result<(NodeId, Ipv4Address), RoleError> {
+pub(super) fn parse_peer(key: &str, text: &str) -> Result<(NodeId, Ipv4Address), RoleError> {
     let problem = || bad(alloc::format!("{key}={text}: expected ID:ADDRESS such as 2:10.10.0.3"));
     let (id, address) = text.split_once(':').ok_or_else(problem)?;
     let id = id.parse::<NodeId>().map_err(|_| problem())?;
@@ -98,8 +99,30 @@ fn parse_peer(key: &str, text: &str) -> Result<(NodeId, Ipv4Address), RoleError>
     Ok((id, address))
 }
 
+/// The node's own id, from `node=`.
+pub(super) fn node_id(args: &Cmdline) -> Result<NodeId, RoleError> {
+    match args.get("node") {
+        None => Err(bad("missing node=ID (the node's GFS or MapReduce id)".into())),
+        Some(_) => Ok(bounded(args, "node", 0, 0)? as NodeId),
+    }
+}
+
+/// Parses `key=ID:ADDRESS,...` (nothing when `key=` is absent).
+pub(super) fn parse_peers(
+    args: &Cmdline,
+    key: &'static str,
+) -> Result<Vec<(NodeId, Ipv4Address)>, RoleError> {
+    let text = args.get(key).unwrap_or("");
+    text.split(',').filter(|item| !item.is_empty()).map(|item| parse_peer(key, item)).collect()
+}
+
 /// A numeric command-line value that must fit a `u32` and be at least `min`.
-fn bounded(args: &Cmdline, key: &'static str, default: u64, min: u64) -> Result<u64, RoleError> {
+pub(super) fn bounded(
+    args: &Cmdline,
+    key: &'static str,
+    default: u64,
+    min: u64,
+) -> Result<u64, RoleError> {
     let value = number(args, key, default)?;
     if value < min || value > u64::from(u32::MAX) {
         return Err(bad(alloc::format!("{key}={value}: expected {min}..={}", u32::MAX)));
@@ -108,7 +131,7 @@ fn bounded(args: &Cmdline, key: &'static str, default: u64, min: u64) -> Result<
 }
 
 /// The cluster configuration: the paper's design, scaled to VMs and seconds.
-fn cluster_config(args: &Cmdline, master_id: NodeId) -> Result<Config, RoleError> {
+pub(super) fn cluster_config(args: &Cmdline, master_id: NodeId) -> Result<Config, RoleError> {
     let checksum_block_bytes: u32 = 64 * 1024;
     let chunk_kib = bounded(args, "chunk_kib", 1024, 64)?;
     if chunk_kib % 64 != 0 || chunk_kib > 64 * 1024 {
@@ -178,7 +201,7 @@ impl Machine {
 
 /// Counters for the end-of-run line.
 #[derive(Default)]
-struct DiskStats {
+pub(super) struct DiskStats {
     reads: u64,
     writes: u64,
     flushes: u64,
@@ -190,10 +213,9 @@ struct Node {
     kind: Kind,
     me: NodeId,
     machine: Machine,
-    mesh: Mesh,
+    mesh: Mesh<Message>,
     disk: Option<BlockDevice>,
-    /// Cluster time minus monotonic time, in nanoseconds.
-    clock_offset_ns: u64,
+    clock: ClusterClock,
     inbox: Vec<(NodeId, Message)>,
     outputs: Outputs,
     inputs: VecDeque<Input>,
@@ -212,15 +234,140 @@ fn disk_error(error: BlockError) -> DiskError {
     }
 }
 
-impl Node {
-    fn cluster_ms(&self, now_ns: u64) -> u64 {
-        (now_ns + self.clock_offset_ns) / 1_000_000
+/// Cluster time (see the module doc) from monotonic time and back.
+pub(super) struct ClusterClock {
+    /// Cluster time minus monotonic time, in nanoseconds.
+    offset_ns: u64,
+}
+
+impl ClusterClock {
+    /// Samples the wall clock once.
+    pub(super) fn start() -> Self {
+        ClusterClock { offset_ns: clock::wall_ns().saturating_sub(clock::monotonic_ns()) }
     }
 
+    /// Cluster milliseconds at monotonic `now_ns`.
+    pub(super) fn cluster_ms(&self, now_ns: u64) -> u64 {
+        (now_ns + self.offset_ns) / 1_000_000
+    }
+
+    /// The monotonic time of cluster millisecond `cluster_ms`.
     fn monotonic_ns_of(&self, cluster_ms: u64) -> u64 {
-        cluster_ms.saturating_mul(1_000_000).saturating_sub(self.clock_offset_ns)
+        cluster_ms.saturating_mul(1_000_000).saturating_sub(self.offset_ns)
     }
 
+    /// When a node is next polled without network news: the earliest of its
+    /// state machines' poll time (`machine_ms`), its script's (`script_ms`)
+    /// and its mesh's (`mesh_ns`, monotonic).
+    pub(super) fn wake_at_ns(
+        &self,
+        now_ms: u64,
+        machine_ms: Option<u64>,
+        script_ms: Option<u64>,
+        mesh_ns: Option<u64>,
+    ) -> Option<u64> {
+        // Already due (a tick left more work): come back in a millisecond.
+        let machine_ns = machine_ms.map(|at_ms| self.monotonic_ns_of(at_ms.max(now_ms + 1)));
+        let script_ns = script_ms.map(|at_ms| self.monotonic_ns_of(at_ms));
+        [machine_ns, script_ns, mesh_ns].into_iter().flatten().min()
+    }
+}
+
+/// Carries out disk requests in order on `disk` (every one fails without a
+/// disk); writes are flushed before the completions are returned, so a
+/// completed write is durable.
+pub(super) fn run_disk(
+    label: &str,
+    disk: Option<&mut BlockDevice>,
+    requests: Vec<DiskRequest>,
+    stats: &mut DiskStats,
+) -> Vec<DiskCompletion> {
+    let mut completions = Vec::with_capacity(requests.len());
+    let mut wrote = false;
+    let Some(disk) = disk else {
+        for DiskRequest { id, .. } in requests {
+            stats.errors += 1;
+            completions.push(DiskCompletion { id, result: Err(DiskError::Io) });
+        }
+        return completions;
+    };
+    let mut written = Vec::with_capacity(requests.len());
+    for DiskRequest { id, op } in requests {
+        let (is_write, result) = match op {
+            DiskOp::Read { sector, count } => {
+                stats.reads += 1;
+                let mut buf = alloc::vec![0u8; count as usize * SECTOR_BYTES];
+                (false, disk.read(sector, &mut buf).map(|()| buf).map_err(disk_error))
+            }
+            DiskOp::Write { sector, data } => {
+                stats.writes += 1;
+                (true, disk.write(sector, &data).map(|()| Vec::new()).map_err(disk_error))
+            }
+        };
+        wrote |= is_write && result.is_ok();
+        written.push(is_write);
+        completions.push(DiskCompletion { id, result });
+    }
+    if wrote {
+        stats.flushes += 1;
+        if let Err(error) = disk.flush() {
+            println!("{label}: disk flush failed: {error}");
+            for (is_write, completion) in written.iter().zip(completions.iter_mut()) {
+                if *is_write {
+                    completion.result = Err(DiskError::Io);
+                }
+            }
+        }
+    }
+    stats.errors +=
+        completions.iter().filter(|completion| completion.result.is_err()).count() as u64;
+    completions
+}
+
+/// Opens the VM's disk for a role that keeps its state there.
+pub(super) fn open_disk(label: &str, info: &BootInfo) -> Result<BlockDevice, RoleError> {
+    if info.devices & device::BLOCK == 0 {
+        return Err(RoleError::Check(alloc::format!(
+            "{label} keeps its state on a disk: start the VM with --disk PATH"
+        )));
+    }
+    let disk = BlockDevice::open()
+        .map_err(|error| RoleError::Check(alloc::format!("virtio-blk: {error}")))?;
+    if disk.read_only() {
+        return Err(RoleError::Check("the disk is read-only".into()));
+    }
+    Ok(disk)
+}
+
+/// The mesh's TCP port from `port=`.
+pub(super) fn parse_port(args: &Cmdline) -> Result<u16, RoleError> {
+    let port = number(args, "port", DEFAULT_PORT)?;
+    u16::try_from(port)
+        .ok()
+        .filter(|port| *port != 0)
+        .ok_or_else(|| bad(alloc::format!("port={port}: expected 1..65535")))
+}
+
+/// The end-of-run line.
+pub(super) fn print_stats(label: &str, mesh: &MeshStats, disk: &DiskStats) {
+    println!(
+        "{label}: messages sent {} received {} dropped {}, bytes sent {} received {}, \
+         streams opened {} broken {}; disk reads {} writes {} flushes {} errors {}",
+        mesh.messages_sent,
+        mesh.messages_received,
+        mesh.messages_dropped,
+        mesh.bytes_sent,
+        mesh.bytes_received,
+        mesh.streams_opened,
+        mesh.streams_broken,
+        disk.reads,
+        disk.writes,
+        disk.flushes,
+        disk.errors
+    );
+}
+
+impl Node {
     /// Feeds `input` and everything it causes (disk completions, messages to
     /// itself) through the state machine, carrying out the outputs.
     fn step(&mut self, now_ms: u64, input: Input) {
@@ -237,7 +384,7 @@ impl Node {
             if envelope.to == self.me {
                 self.inputs.push_back(Input::Message { from: self.me, msg: envelope.msg });
             } else {
-                self.mesh.send(envelope.to, &envelope.msg);
+                self.mesh.send_frame(envelope.to, gfs::wire::encode_frame(&envelope.msg));
             }
         }
         let requests: Vec<DiskRequest> = self.outputs.disk.drain(..).collect();
@@ -247,48 +394,11 @@ impl Node {
         self.events.append(&mut self.outputs.client_events);
     }
 
-    /// Carries out disk requests in order; writes are flushed before any
-    /// completion goes back to the state machine.
+    /// Carries out disk requests; their completions become inputs.
     fn run_disk(&mut self, requests: Vec<DiskRequest>) {
-        let mut completions = Vec::with_capacity(requests.len());
-        let mut wrote = false;
-        for DiskRequest { id, op } in requests {
-            let Some(disk) = self.disk.as_mut() else {
-                completions.push((false, DiskCompletion { id, result: Err(DiskError::Io) }));
-                continue;
-            };
-            let (is_write, result) = match op {
-                DiskOp::Read { sector, count } => {
-                    self.disk_stats.reads += 1;
-                    let mut buf = alloc::vec![0u8; count as usize * SECTOR_BYTES];
-                    (false, disk.read(sector, &mut buf).map(|()| buf).map_err(disk_error))
-                }
-                DiskOp::Write { sector, data } => {
-                    self.disk_stats.writes += 1;
-                    (true, disk.write(sector, &data).map(|()| Vec::new()).map_err(disk_error))
-                }
-            };
-            wrote |= is_write && result.is_ok();
-            completions.push((is_write, DiskCompletion { id, result }));
-        }
-        if wrote {
-            let disk = self.disk.as_mut().expect("writes went to a disk");
-            self.disk_stats.flushes += 1;
-            if let Err(error) = disk.flush() {
-                println!("{}: disk flush failed: {error}", self.kind.label());
-                for (is_write, completion) in completions.iter_mut() {
-                    if *is_write {
-                        completion.result = Err(DiskError::Io);
-                    }
-                }
-            }
-        }
-        for (_, completion) in completions {
-            if completion.result.is_err() {
-                self.disk_stats.errors += 1;
-            }
-            self.inputs.push_back(Input::Disk(completion));
-        }
+        let completions =
+            run_disk(self.kind.label(), self.disk.as_mut(), requests, &mut self.disk_stats);
+        self.inputs.extend(completions.into_iter().map(Input::Disk));
     }
 
     /// Prints a chunkserver's replica count and their bytes when they change.
@@ -321,7 +431,7 @@ impl Node {
         let script = self.script.as_mut()?;
         if let Some(op) = script.next_op(now_ms) {
             let id = client.submit(now_ms, op, &mut self.outputs);
-            script.pending = Some(id);
+            script.attempts.pending = Some(id);
             self.carry_out();
             // The submit's messages may have caused disk work or self-messages.
             while let Some(input) = self.inputs.pop_front() {
@@ -348,7 +458,7 @@ impl Service for Node {
         sockets: &mut SocketSet<'static>,
         now_ns: u64,
     ) -> Step<Self::Output> {
-        let now_ms = self.cluster_ms(now_ns);
+        let now_ms = self.clock.cluster_ms(now_ns);
         self.mesh.poll(iface, sockets, now_ns, &mut self.inbox);
         let inbox = core::mem::take(&mut self.inbox);
         for (from, msg) in inbox {
@@ -367,14 +477,12 @@ impl Service for Node {
         if let Some(result) = finished {
             return Step::Done(result);
         }
-        let machine_wake_ns = self.machine.next_poll_ms().map(|at_ms| {
-            // Already due (a tick left more work): come back in a millisecond.
-            self.monotonic_ns_of(at_ms.max(now_ms + 1))
-        });
-        let script_wake_ns =
-            self.script.as_ref().map(|script| self.monotonic_ns_of(script.wake_at_ms()));
-        let wake_at_ns =
-            [machine_wake_ns, script_wake_ns, self.mesh.wake_at_ns()].into_iter().flatten().min();
+        let wake_at_ns = self.clock.wake_at_ns(
+            now_ms,
+            self.machine.next_poll_ms(),
+            self.script.as_ref().map(Script::wake_at_ms),
+            self.mesh.wake_at_ns(),
+        );
         Step::Continue { wake_at_ns }
     }
 
@@ -396,15 +504,85 @@ struct Script {
     path: String,
     data: Vec<u8>,
     stage: Stage,
-    /// The submitted operation of the current stage.
-    pending: Option<OpId>,
-    /// Failed attempts of the current stage.
-    failures: u32,
-    retry_at_ms: u64,
-    deadline_ms: u64,
-    started_ms: u64,
+    attempts: Attempts,
     stage_started_ms: u64,
     write_ms: u64,
+}
+
+/// A script's bookkeeping of one GFS operation at a time: the operation in
+/// flight, the failed attempts of the current step and when to retry, and
+/// the time limit of the whole script.
+pub(super) struct Attempts {
+    /// Console prefix, e.g. `gfs client`.
+    label: &'static str,
+    /// The submitted operation of the current step.
+    pub(super) pending: Option<OpId>,
+    /// Failed attempts of the current step.
+    pub(super) failures: u32,
+    retry_at_ms: u64,
+    deadline_ms: u64,
+    pub(super) started_ms: u64,
+}
+
+impl Attempts {
+    pub(super) fn new(label: &'static str, now_ms: u64, limit_s: u64) -> Self {
+        Attempts {
+            label,
+            pending: None,
+            failures: 0,
+            retry_at_ms: now_ms,
+            deadline_ms: now_ms + limit_s * 1000,
+            started_ms: now_ms,
+        }
+    }
+
+    /// True when no operation is in flight and no retry is waiting.
+    pub(super) fn ready(&self, now_ms: u64) -> bool {
+        self.pending.is_none() && now_ms >= self.retry_at_ms
+    }
+
+    /// True (and nothing is in flight any more) when `op` is the operation in flight.
+    pub(super) fn complete(&mut self, op: OpId) -> bool {
+        let ours = self.pending == Some(op);
+        if ours {
+            self.pending = None;
+        }
+        ours
+    }
+
+    /// When the script wants to run again; `busy`: it waits for something besides GFS.
+    pub(super) fn wake_at_ms(&self, busy: bool) -> u64 {
+        if self.pending.is_some() || busy {
+            self.deadline_ms
+        } else {
+            self.retry_at_ms.min(self.deadline_ms)
+        }
+    }
+
+    /// The step at `stage` failed with `error`: it is retried after a pause.
+    pub(super) fn failed(&mut self, now_ms: u64, stage: &dyn Debug, error: Option<GfsError>) {
+        self.failures += 1;
+        println!(
+            "{}: {stage:?} attempt {} failed: {:?}; retrying",
+            self.label, self.failures, error
+        );
+        self.retry_at_ms = now_ms + SCRIPT_RETRY_MS;
+    }
+
+    /// The role's failure once the time limit has run out at `stage`.
+    pub(super) fn check_deadline(
+        &self,
+        now_ms: u64,
+        stage: &dyn Debug,
+    ) -> Option<Result<(), RoleError>> {
+        (now_ms >= self.deadline_ms).then(|| {
+            Err(RoleError::Check(alloc::format!(
+                "{}: still at {stage:?} (after {} failed attempts) when the time limit ran out",
+                self.label,
+                self.failures
+            )))
+        })
+    }
 }
 
 /// `len` bytes drawn from `seed`.
@@ -426,7 +604,7 @@ fn rate(bytes: usize, elapsed_ms: u64) -> String {
 
 impl Script {
     fn next_op(&mut self, now_ms: u64) -> Option<ClientOp> {
-        if self.pending.is_some() || now_ms < self.retry_at_ms {
+        if !self.attempts.ready(now_ms) {
             return None;
         }
         let path = self.path.clone();
@@ -438,24 +616,19 @@ impl Script {
     }
 
     fn wake_at_ms(&self) -> u64 {
-        if self.pending.is_some() {
-            self.deadline_ms
-        } else {
-            self.retry_at_ms.min(self.deadline_ms)
-        }
+        self.attempts.wake_at_ms(false)
     }
 
     fn advance(&mut self, now_ms: u64, next: Stage) {
         self.stage = next;
-        self.failures = 0;
+        self.attempts.failures = 0;
         self.stage_started_ms = now_ms;
     }
 
     fn on_event(&mut self, now_ms: u64, event: ClientEvent) -> Option<Result<(), RoleError>> {
-        if self.pending != Some(event.op) {
+        if !self.attempts.complete(event.op) {
             return None;
         }
-        self.pending = None;
         let stage = self.stage;
         match (stage, event.result) {
             (Stage::Create, Ok(_)) => {
@@ -463,7 +636,7 @@ impl Script {
                 self.advance(now_ms, Stage::Write);
             }
             // An earlier attempt may have created it before its reply was lost.
-            (Stage::Create, Err(GfsError::AlreadyExists)) if self.failures > 0 => {
+            (Stage::Create, Err(GfsError::AlreadyExists)) if self.attempts.failures > 0 => {
                 println!("gfs client: {} exists (an earlier attempt made it)", self.path);
                 self.advance(now_ms, Stage::Write);
             }
@@ -486,15 +659,7 @@ impl Script {
                 );
                 return Some(self.verify(&read, now_ms));
             }
-            (stage, result) => {
-                self.failures += 1;
-                println!(
-                    "gfs client: {stage:?} attempt {} failed: {:?}; retrying",
-                    self.failures,
-                    result.err()
-                );
-                self.retry_at_ms = now_ms + SCRIPT_RETRY_MS;
-            }
+            (stage, result) => self.attempts.failed(now_ms, &stage, result.err()),
         }
         None
     }
@@ -517,7 +682,7 @@ impl Script {
         println!(
             "gfs client: {} bytes verified; {} ms in all, write {} ms",
             read.len(),
-            now_ms - self.started_ms,
+            now_ms - self.attempts.started_ms,
             self.write_ms
         );
         println!("gfs client ok");
@@ -525,23 +690,14 @@ impl Script {
     }
 
     fn check_deadline(&self, now_ms: u64) -> Option<Result<(), RoleError>> {
-        (now_ms >= self.deadline_ms).then(|| {
-            Err(RoleError::Check(alloc::format!(
-                "gfs client: still at {:?} (after {} failed attempts) when the time limit ran out",
-                self.stage,
-                self.failures
-            )))
-        })
+        self.attempts.check_deadline(now_ms, &self.stage)
     }
 }
 
 /// Runs the GFS role `kind`; only the client ever returns on success.
 pub fn run(kind: Kind, args: &Cmdline, info: &BootInfo) -> Result<(), RoleError> {
     let label = kind.label();
-    let me = match args.get("node") {
-        None => return Err(bad("missing node=ID (the GFS node id)".into())),
-        Some(_) => bounded(args, "node", 0, 0)? as NodeId,
-    };
+    let me = node_id(args)?;
     let mut addresses: Vec<(NodeId, Ipv4Address)> = Vec::new();
     let master_id = match (kind, args.get("master")) {
         (Kind::Master, None) => me,
@@ -555,11 +711,7 @@ pub fn run(kind: Kind, args: &Cmdline, info: &BootInfo) -> Result<(), RoleError>
             id
         }
     };
-    if let Some(text) = args.get("peers") {
-        for item in text.split(',').filter(|item| !item.is_empty()) {
-            addresses.push(parse_peer("peers", item)?);
-        }
-    }
+    addresses.extend(parse_peers(args, "peers")?);
     for (id, _) in &addresses {
         if *id == me || (*id != master_id && *id < master_id) {
             return Err(bad(alloc::format!(
@@ -570,29 +722,11 @@ pub fn run(kind: Kind, args: &Cmdline, info: &BootInfo) -> Result<(), RoleError>
     if me < master_id {
         return Err(bad(alloc::format!("node={me}: below the master's id {master_id}")));
     }
-    let port = number(args, "port", DEFAULT_PORT)?;
-    let port = u16::try_from(port)
-        .ok()
-        .filter(|port| *port != 0)
-        .ok_or_else(|| bad(alloc::format!("port={port}: expected 1..65535")))?;
+    let port = parse_port(args)?;
     let config = cluster_config(args, master_id)?;
     let max_frame_bytes = config.chunk_size_bytes as usize + FRAME_SLACK_BYTES;
 
-    let disk = if kind == Kind::Client {
-        None
-    } else {
-        if info.devices & device::BLOCK == 0 {
-            return Err(RoleError::Check(alloc::format!(
-                "{label} keeps its state on a disk: start the VM with --disk PATH"
-            )));
-        }
-        let disk = BlockDevice::open()
-            .map_err(|error| RoleError::Check(alloc::format!("virtio-blk: {error}")))?;
-        if disk.read_only() {
-            return Err(RoleError::Check("the disk is read-only".into()));
-        }
-        Some(disk)
-    };
+    let disk = if kind == Kind::Client { None } else { Some(open_disk(label, info)?) };
     let disk_sectors = disk.as_ref().map_or(0, BlockDevice::capacity_sectors);
     let seed = crate::drivers::entropy::random_u64();
     let machine = match kind {
@@ -632,10 +766,11 @@ pub fn run(kind: Kind, args: &Cmdline, info: &BootInfo) -> Result<(), RoleError>
 
     let mut network = Network::open(info, args).map_err(net_error)?;
     let address = network.address().expect("Network::open sets an address");
-    let mesh = Mesh::new(label, me, port, &addresses, max_frame_bytes);
-    let monotonic_ns = clock::monotonic_ns();
-    let clock_offset_ns = clock::wall_ns().saturating_sub(monotonic_ns);
-    let now_ms = (monotonic_ns + clock_offset_ns) / 1_000_000;
+    let decode: crate::mesh::Decoder<Message> =
+        alloc::boxed::Box::new(|_, bytes| gfs::wire::decode_frame(bytes));
+    let mesh = Mesh::new(label, me, port, &addresses, max_frame_bytes, decode);
+    let cluster_clock = ClusterClock::start();
+    let now_ms = cluster_clock.cluster_ms(clock::monotonic_ns());
     let script = if kind == Kind::Client {
         let mib = number(args, "mib", 4)?;
         if mib == 0 || mib > 64 {
@@ -648,11 +783,7 @@ pub fn run(kind: Kind, args: &Cmdline, info: &BootInfo) -> Result<(), RoleError>
             path,
             data,
             stage: Stage::Create,
-            pending: None,
-            failures: 0,
-            retry_at_ms: now_ms,
-            deadline_ms: now_ms + limit_s * 1000,
-            started_ms: now_ms,
+            attempts: Attempts::new("gfs client", now_ms, limit_s),
             stage_started_ms: now_ms,
             write_ms: 0,
         })
@@ -672,7 +803,7 @@ pub fn run(kind: Kind, args: &Cmdline, info: &BootInfo) -> Result<(), RoleError>
         machine,
         mesh,
         disk,
-        clock_offset_ns,
+        clock: cluster_clock,
         inbox: Vec::new(),
         outputs: Outputs::default(),
         inputs: VecDeque::new(),
@@ -684,22 +815,6 @@ pub fn run(kind: Kind, args: &Cmdline, info: &BootInfo) -> Result<(), RoleError>
     };
     node.mesh.refill_listeners(&mut network.sockets);
     let result = network.run(&mut node);
-    let mesh = &node.mesh.stats;
-    let disk = &node.disk_stats;
-    println!(
-        "{label}: messages sent {} received {} dropped {}, bytes sent {} received {}, \
-         streams opened {} broken {}; disk reads {} writes {} flushes {} errors {}",
-        mesh.messages_sent,
-        mesh.messages_received,
-        mesh.messages_dropped,
-        mesh.bytes_sent,
-        mesh.bytes_received,
-        mesh.streams_opened,
-        mesh.streams_broken,
-        disk.reads,
-        disk.writes,
-        disk.flushes,
-        disk.errors
-    );
+    print_stats(label, &node.mesh.stats, &node.disk_stats);
     result
 }

@@ -11,6 +11,7 @@ mod echo;
 mod fault;
 mod gfs;
 mod hostile;
+mod mr;
 mod selftest;
 mod stress;
 
@@ -29,6 +30,9 @@ pub fn run(args: &Cmdline, info: &BootInfo) -> u32 {
         Some("gfs-master") => gfs::run(gfs::Kind::Master, args, info),
         Some("gfs-chunkserver") => gfs::run(gfs::Kind::Chunkserver, args, info),
         Some("gfs-client") => gfs::run(gfs::Kind::Client, args, info),
+        Some("mr-coordinator") => mr::run(mr::Kind::Coordinator, args, info),
+        Some("mr-worker") => mr::run(mr::Kind::Worker, args, info),
+        Some("mr-job") => mr::run(mr::Kind::Job, args, info),
         Some(other) => Err(RoleError::BadCmdline(alloc::format!("role={other}: unknown role"))),
         None => Err(RoleError::BadCmdline("missing role=...".into())),
     };
@@ -39,7 +43,7 @@ pub fn run(args: &Cmdline, info: &BootInfo) -> u32 {
             exit::FAILURE
         }
         Err(RoleError::BadCmdline(problem)) => {
-            println!("bad command line: {problem} (roles: selftest, stress, compute, hostile, fault, panic, bench, echo, disk-selftest, gfs-master, gfs-chunkserver, gfs-client)");
+            println!("bad command line: {problem} (roles: selftest, stress, compute, hostile, fault, panic, bench, echo, disk-selftest, gfs-master, gfs-chunkserver, gfs-client, mr-coordinator, mr-worker, mr-job)");
             exit::BAD_CMDLINE
         }
     }
