@@ -68,6 +68,24 @@ impl Reaped {
         self.0.as_ref().expect("running").id()
     }
 
+    /// Waits for the process like [`Reaped::finish`], but kills it first if
+    /// it is still running after `limit` (a hung VM must not hang the test).
+    pub fn finish_within(self, limit: std::time::Duration) -> Finished {
+        let pid = self.pid() as i32;
+        let (done, finished_signal) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if finished_signal.recv_timeout(limit).is_err() {
+                // SAFETY: kill(2) on the pid of our child, which is reaped
+                // only after this thread is told (or gives up).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
+        let finished = self.finish();
+        let _ = done.send(());
+        let _ = watchdog.join();
+        finished
+    }
+
     /// Kills the process with SIGKILL (a host crash, as far as the peer can tell).
     pub fn kill(&mut self) {
         if let Some(child) = self.0.as_mut() {
@@ -83,6 +101,17 @@ impl Reaped {
         }
         Reaped(self.0.take()).finish()
     }
+}
+
+/// Stops every VM (SIGTERM) and returns what each left behind, plus all of
+/// it as one text for assertion messages.
+pub fn stop_all(vms: impl IntoIterator<Item = Reaped>) -> (Vec<Finished>, String) {
+    let finished: Vec<Finished> = vms.into_iter().map(Reaped::stop).collect();
+    let consoles = finished
+        .iter()
+        .map(|vm| format!("--- exit {:?}\n{}{}", vm.status, vm.stdout, vm.stderr))
+        .collect();
+    (finished, consoles)
 }
 
 /// Runs the ftvm CLI (`exe` is `env!("CARGO_BIN_EXE_ftvm-e2e")`) with `args`.

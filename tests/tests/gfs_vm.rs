@@ -4,11 +4,10 @@
 //! back and verifies it, and exits 0 with `gfs client ok`. A second test runs
 //! the master as an FT pair (DESIGN §6: the single points run as pairs) and
 //! kills its primary while the client writes.
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ftvm_tests::netns::Lab;
-use ftvm_tests::Reaped;
+use ftvm_tests::{stop_all, Reaped};
 
 const FTVM: &str = env!("CARGO_BIN_EXE_ftvm-e2e");
 /// The client fails itself after this long (its own `limit_s=`).
@@ -128,23 +127,11 @@ fn cluster(master_mode: Master, mib: u32) {
     let started = Instant::now();
     let client = spawn(&lab, 3, None, &client_cmdline);
 
-    // A watchdog: a hung client VM is killed, so `finish` returns.
-    let client_pid = client.pid() as i32;
-    let (done, finished_signal) = mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if finished_signal.recv_timeout(WATCHDOG).is_err() {
-            // SAFETY: kill(2) on the pid of a child the test spawned; it is
-            // reaped only after this thread is told (or gives up) below.
-            unsafe { libc::kill(client_pid, libc::SIGKILL) };
-        }
-    });
     if let Master::PairKilledAfter(delay) = master_mode {
         std::thread::sleep(delay);
         master.kill();
     }
-    let finished = client.finish();
-    let _ = done.send(());
-    watchdog.join().unwrap();
+    let finished = client.finish_within(WATCHDOG);
     let elapsed = started.elapsed();
 
     let master_end = match master_backup {
@@ -155,13 +142,8 @@ fn cluster(master_mode: Master, mib: u32) {
         }
         None => master,
     };
-    let others: Vec<_> =
-        std::iter::once(master_end).chain(chunkservers).map(Reaped::stop).collect();
+    let (others, consoles) = stop_all(std::iter::once(master_end).chain(chunkservers));
     std::fs::remove_dir_all(&dir).unwrap();
-    let consoles: String = others
-        .iter()
-        .map(|vm| format!("--- exit {:?}\n{}{}", vm.status, vm.stdout, vm.stderr))
-        .collect();
     assert_eq!(
         finished.status,
         Some(0),

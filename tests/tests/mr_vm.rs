@@ -4,11 +4,10 @@
 //! writes two text files into GFS, submits a word count with two reduce
 //! tasks, waits for it, reads the output files back, compares them with a
 //! word count it computes itself and exits 0 with `mr job ok`.
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ftvm_tests::netns::Lab;
-use ftvm_tests::Reaped;
+use ftvm_tests::{stop_all, Reaped};
 
 const FTVM: &str = env!("CARGO_BIN_EXE_ftvm-e2e");
 /// The job fails itself after this long (its own `limit_s=`).
@@ -107,27 +106,11 @@ fn a_job_vm_runs_word_count_on_coordinator_and_worker_vms_over_gfs_vms() {
     let started = Instant::now();
     let job = spawn(&lab, JOB_ID, None, &job_cmdline);
 
-    // A watchdog: a hung job VM is killed, so `finish` returns.
-    let job_pid = job.pid() as i32;
-    let (done, finished_signal) = mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if finished_signal.recv_timeout(WATCHDOG).is_err() {
-            // SAFETY: kill(2) on the pid of a child the test spawned; it is
-            // reaped only after this thread is told (or gives up) below.
-            unsafe { libc::kill(job_pid, libc::SIGKILL) };
-        }
-    });
-    let finished = job.finish();
-    let _ = done.send(());
-    watchdog.join().unwrap();
+    let finished = job.finish_within(WATCHDOG);
     let elapsed = started.elapsed();
 
-    let others: Vec<_> = services.into_iter().map(Reaped::stop).collect();
+    let (others, consoles) = stop_all(services);
     std::fs::remove_dir_all(&dir).unwrap();
-    let consoles: String = others
-        .iter()
-        .map(|vm| format!("--- exit {:?}\n{}{}", vm.status, vm.stdout, vm.stderr))
-        .collect();
     assert_eq!(
         finished.status,
         Some(0),
