@@ -1,31 +1,12 @@
 //! The guest on a real network: a host client in its own namespace (a Python
 //! program, not ftvm code) pushes 10 MiB through the guest's TCP echo service
 //! over several connections; ping; record and replay of an echo session.
-use std::process::Output;
-
+use ftvm_tests::bench::client;
 use ftvm_tests::netns::Lab;
 use ftvm_tests::{ftvm, summary_field, Finished};
 
 const FTVM: &str = env!("CARGO_BIN_EXE_ftvm-e2e");
-const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/echo_client.py");
 const PORT: &str = "7";
-
-fn run_client(lab: &Lab, args: &[&str]) -> Output {
-    lab.client_command("python3", &[&[CLIENT][..], args].concat())
-        .output()
-        .expect("python3 runs the test client")
-}
-
-fn client_ok(lab: &Lab, args: &[&str]) -> String {
-    let output = run_client(lab, args);
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "client {args:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
 
 fn echo_cmdline() -> String {
     format!("role=echo port={PORT} {}", Lab::guest_net_args(0))
@@ -37,11 +18,11 @@ fn ten_mib_through_the_echo_service_and_ping() {
     let vm =
         lab.spawn_in_host(FTVM, &["run", "--net", &lab.net_flag(0), "--cmdline", &echo_cmdline()]);
     let ip = Lab::guest_ip(0);
-    client_ok(&lab, &["wait", &ip, PORT, "20"]);
-    let result = client_ok(&lab, &["stream", &ip, PORT, "4", &(10 * 1024 * 1024 / 4).to_string()]);
+    client(&lab, &["wait", &ip, PORT, "20"]);
+    let result = client(&lab, &["stream", &ip, PORT, "4", &(10 * 1024 * 1024 / 4).to_string()]);
     assert!(result.starts_with("ok 10485760 "), "{result}");
     // A burst of simultaneous connects: every one is accepted.
-    let burst = client_ok(&lab, &["stream", &ip, PORT, "100", "10000"]);
+    let burst = client(&lab, &["stream", &ip, PORT, "100", "10000"]);
     assert!(burst.starts_with("ok 1000000 "), "{burst}");
     let ping = lab
         .client_command("ping", &["-c", "3", "-i", "0.2", "-W", "2", &ip])
@@ -66,9 +47,9 @@ fn an_echo_session_replays_exactly() {
         &["record", "--log", log, "--net", &lab.net_flag(0), "--cmdline", &echo_cmdline()],
     );
     let ip = Lab::guest_ip(0);
-    client_ok(&lab, &["wait", &ip, PORT, "20"]);
-    client_ok(&lab, &["stream", &ip, PORT, "3", "200000"]);
-    client_ok(&lab, &["rtt", &ip, PORT, "50"]);
+    client(&lab, &["wait", &ip, PORT, "20"]);
+    client(&lab, &["stream", &ip, PORT, "3", "200000"]);
+    client(&lab, &["rtt", &ip, PORT, "50"]);
     let recorded = vm.stop();
     assert_eq!(recorded.status, Some(130), "{recorded:?}");
     let replayed: Finished = ftvm(FTVM, &["replay", "--log", log]);

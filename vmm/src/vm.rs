@@ -10,7 +10,7 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-use crate::devices::{DeviceSet, Devices};
+use crate::devices::DeviceSet;
 use crate::inputs::live::HostClock;
 use crate::inputs::{InputError, Inputs, LogStats, RunEnd};
 use crate::loader::{self, LoaderError};
@@ -161,7 +161,7 @@ impl Vm {
         let info = BootInfo {
             ram_bytes: config.mem_bytes,
             image_end: kernel.image_end,
-            devices: Devices::new(devices).boot_info_bits(),
+            devices: devices.boot_info_bits(),
             cmdline: &config.cmdline,
         };
         let mut block = [0u8; BOOT_INFO_BYTES];

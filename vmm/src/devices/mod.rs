@@ -73,6 +73,15 @@ pub struct DeviceSet {
     pub disk_bytes: Option<u64>,
 }
 
+impl DeviceSet {
+    /// The boot-info device bits for these devices.
+    pub fn boot_info_bits(&self) -> u64 {
+        let net = if self.net_mac.is_some() { ftvm_abi::boot::device::NET } else { 0 };
+        let block = if self.disk_bytes.is_some() { ftvm_abi::boot::device::BLOCK } else { 0 };
+        net | block
+    }
+}
+
 /// All devices of a VM.
 pub struct Devices {
     /// Text output.
@@ -108,13 +117,6 @@ impl Devices {
                 .disk_bytes
                 .map(|bytes| VirtioMmio::new(Block::new(bytes), mmio::virtio::BLOCK_BASE)),
         }
-    }
-
-    /// The boot-info device bits for the devices present.
-    pub fn boot_info_bits(&self) -> u64 {
-        let net = if self.net.is_some() { ftvm_abi::boot::device::NET } else { 0 };
-        let block = if self.block.is_some() { ftvm_abi::boot::device::BLOCK } else { 0 };
-        net | block
     }
 
     /// What could produce an asynchronous event now.
