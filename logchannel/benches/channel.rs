@@ -1,7 +1,8 @@
 //! Throughput and ack latency of the log channel over loopback TCP: a primary sends entries as
 //! fast as its lag bound allows while a backup thread receives them; reported in entries/s and
 //! MB/s of frames, for small entries (a clock read, ~25 bytes framed) and 4 KiB ones (a disk
-//! read). Then the round trip the output rule waits for: one entry sent, its ack received.
+//! read). Then the round trip the output rule waits for: one entry sent, its ack received; and
+//! the cost of opening a channel: TCP connect plus the authenticated handshake.
 //!
 //! A plain timing harness (`cargo bench -p logchannel --bench channel`), since each figure is one
 //! long run over a real socket rather than a micro-benchmark.
@@ -10,20 +11,49 @@ use std::net::TcpListener;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use logchannel::channel::{BackupLink, ChannelConfig, PrimaryLink};
-use logchannel::{Entry, ExecPoint, Input, InputEntry};
+use logchannel::channel::{BackupLink, BackupListener, ChannelConfig, PrimaryLink};
+use logchannel::{Credentials, Devices, Entry, ExecPoint, Input, InputEntry};
 
 const MAX_UNACKED_BYTES: u64 = 8 << 20;
 const MAX_UNACKED_AGE_MS: u64 = 500;
 
-fn pair() -> (PrimaryLink, BackupLink) {
+fn credentials() -> Credentials {
+    Credentials { pair_id: "bench".into(), key: [9; 32], generation: 1 }
+}
+
+/// A connected pair, and how long the primary's connect (TCP and handshake) took.
+fn timed_pair() -> (PrimaryLink, BackupLink, Duration) {
     let config = ChannelConfig::default();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let backup_config = config.clone();
-    let backup = thread::spawn(move || BackupLink::accept(&listener, &backup_config).unwrap());
-    let primary = PrimaryLink::connect(addr, &config).unwrap();
-    (primary, backup.join().unwrap())
+    let backup = thread::spawn(move || {
+        let listener =
+            BackupListener::start(listener, &backup_config, &credentials(), |_| Ok(()), |_| {})
+                .unwrap();
+        let accepted = listener.next(Duration::from_secs(10)).expect("a primary");
+        BackupLink::from_stream(accepted.stream, &backup_config, &accepted.session).unwrap()
+    });
+    let start = Instant::now();
+    let primary = PrimaryLink::connect(addr, &config, &credentials(), Devices::default()).unwrap();
+    let took = start.elapsed();
+    (primary, backup.join().unwrap(), took)
+}
+
+fn pair() -> (PrimaryLink, BackupLink) {
+    let (primary, backup, _) = timed_pair();
+    (primary, backup)
+}
+
+fn connect_cost() {
+    let mut samples_ms: Vec<f64> = (0..21).map(|_| timed_pair().2.as_secs_f64() * 1e3).collect();
+    samples_ms.sort_by(f64::total_cmp);
+    println!(
+        "connect + handshake          {} samples: median {:.2} ms, max {:.2} ms",
+        samples_ms.len(),
+        samples_ms[samples_ms.len() / 2],
+        samples_ms[samples_ms.len() - 1]
+    );
 }
 
 fn entry(landmark: u64, input: Input) -> Entry {
@@ -57,7 +87,7 @@ fn throughput(label: &str, count: u64, make: impl Fn(u64) -> Entry) {
             room.unwrap_or_else(|error| panic!("{error}"));
         }
     }
-    let acked = primary.wait_acked(last_seq, Instant::now() + Duration::from_secs(30));
+    let acked = primary.wait_releasable(last_seq, Instant::now() + Duration::from_secs(30));
     assert!(acked.unwrap_or_else(|error| panic!("{error}")), "not acked within 30 s");
     let seconds = start.elapsed().as_secs_f64();
     consumer.join().unwrap();
@@ -79,7 +109,7 @@ fn round_trip() {
     for landmark in 0..2_000 {
         let start = Instant::now();
         let seq = primary.send(&entry(landmark, Input::MonotonicNs(landmark))).unwrap().seq;
-        assert!(primary.wait_acked(seq, Instant::now() + Duration::from_secs(5)).unwrap());
+        assert!(primary.wait_releasable(seq, Instant::now() + Duration::from_secs(5)).unwrap());
         samples_us.push(start.elapsed().as_secs_f64() * 1e6);
     }
     samples_us.sort_by(f64::total_cmp);
@@ -103,4 +133,5 @@ fn main() {
         entry(landmark, Input::Entropy(vec![landmark as u8; 4096]))
     });
     round_trip();
+    connect_cost();
 }

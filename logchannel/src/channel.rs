@@ -38,8 +38,10 @@
 //! with a reader thread per side (and a writer thread on the primary, so that `send` never
 //! blocks).
 
+pub mod handshake;
 mod link;
 mod sans_io;
+pub mod session;
 
 use std::io;
 use std::sync::Arc;
@@ -49,8 +51,10 @@ use serde::{Deserialize, Serialize};
 use crate::entry::Entry;
 use crate::frame::FrameError;
 
-pub use self::link::{BackupLink, PrimaryLink, PrimaryStats};
+pub use self::handshake::{Credentials, Devices, HandshakeError, Hello, PROTOCOL_VERSION};
+pub use self::link::{AcceptedPrimary, BackupLink, BackupListener, PrimaryLink, PrimaryStats};
 pub use self::sans_io::{BackupCore, PrimaryCore, Received, Sent};
+pub use self::session::{Direction, SessionKey};
 
 /// Timing and buffering of a channel endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +65,8 @@ pub struct ChannelConfig {
     pub failure_timeout_ms: u64,
     /// How long [`PrimaryLink::connect`] tries to reach the backup.
     pub connect_timeout_ms: u64,
+    /// How long each step of the handshake may wait for the peer.
+    pub handshake_timeout_ms: u64,
     /// The backup stops reading from the socket while this many bytes of received entries wait
     /// to be taken by `recv`; the primary's unacknowledged log then grows until its lag bound
     /// slows it down.
@@ -73,6 +79,7 @@ impl Default for ChannelConfig {
             heartbeat_interval_ms: 20,
             failure_timeout_ms: 300,
             connect_timeout_ms: 5_000,
+            handshake_timeout_ms: 3_000,
             max_received_bytes: 32 << 20,
         }
     }
@@ -82,6 +89,13 @@ impl ChannelConfig {
     /// How often the link threads wake to send heartbeats and check the peer, in ms.
     fn tick_ms(&self) -> u64 {
         self.heartbeat_interval_ms.min(self.failure_timeout_ms / 4).clamp(1, 50)
+    }
+
+    /// How much shorter than the failure timeout the primary's lease is, in ms: it covers a
+    /// difference in clock rate between the two hosts and the scheduling delay between the
+    /// lease check and the write it allows. A tenth of the timeout, at least 1 ms.
+    pub fn lease_margin_ms(&self) -> u64 {
+        (self.failure_timeout_ms / 10).max(1)
     }
 }
 
@@ -111,6 +125,10 @@ pub enum BackupMessage {
     Ack {
         /// The highest contiguous sequence number received.
         acked_seq: u64,
+        /// False while the backup has stopped reading the log because its replay is behind
+        /// (backpressure): acks then stall although the backup is alive, and it cannot go live
+        /// while it does not read, so the primary waits instead of presuming it dead.
+        receiving: bool,
     },
 }
 
@@ -160,6 +178,45 @@ pub enum ChannelError {
         /// What was wrong.
         detail: String,
     },
+    /// The backup has received nothing new for the failure timeout while it said it was
+    /// reading: its acks (and so the primary's lease) stopped although its heartbeats may still
+    /// arrive, as when the link fails in one direction only.
+    #[error(
+        "log channel: the backup acknowledged nothing new for {silent_ms} ms (failure timeout \
+         {failure_timeout_ms} ms) although it is reading: it no longer hears the primary"
+    )]
+    Unacknowledged {
+        /// How long no new ack came.
+        silent_ms: u64,
+        /// The configured failure timeout.
+        failure_timeout_ms: u64,
+    },
+    /// A frame failed its session tag: corrupted on the wire, forged, or from another session.
+    #[error("log channel: bad data from the {peer}: {source}")]
+    Unauthenticated {
+        /// Who sent it.
+        peer: Peer,
+        /// Which frame and why.
+        #[source]
+        source: session::OpenError,
+    },
+    /// The handshake failed: the peer is not an ftvm log channel, broke off, or timed out.
+    #[error("log channel: handshake with {addr} failed: {detail}")]
+    Handshake {
+        /// The peer's address.
+        addr: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The two sides cannot form a pair: another pair, generation, key, protocol version or
+    /// guest devices. Retrying does not help.
+    #[error("log channel: {addr}: {reason}")]
+    Refused {
+        /// The peer's address.
+        addr: String,
+        /// What differs, naming both sides' values.
+        reason: String,
+    },
     /// This entry cannot be framed (too large); the channel itself is unharmed.
     #[error("log channel: cannot send this entry: {source}")]
     Encode {
@@ -194,7 +251,12 @@ impl ChannelError {
     /// True when the peer is gone or unreachable (silent past the timeout, or the connection
     /// ended): the side should ask the arbiter whether to go on alone.
     pub fn is_peer_failure(&self) -> bool {
-        matches!(self, ChannelError::PeerSilent { .. } | ChannelError::Disconnected { .. })
+        matches!(
+            self,
+            ChannelError::PeerSilent { .. }
+                | ChannelError::Disconnected { .. }
+                | ChannelError::Unacknowledged { .. }
+        )
     }
 }
 

@@ -11,8 +11,9 @@ pub mod file;
 pub mod frame;
 
 pub use channel::{
-    BackupCore, BackupLink, BackupMessage, ChannelConfig, ChannelError, Peer, PrimaryCore,
-    PrimaryLink, PrimaryStats, Received, Sent,
+    AcceptedPrimary, BackupCore, BackupLink, BackupListener, BackupMessage, ChannelConfig,
+    ChannelError, Credentials, Devices, HandshakeError, Hello, Peer, PrimaryCore, PrimaryLink,
+    PrimaryStats, Received, Sent, SessionKey, PROTOCOL_VERSION,
 };
 pub use entry::{AsyncEvent, Entry, EntryLevel, ExecPoint, Input, InputEntry, RunEnd, RunStart};
 pub use file::{LogFileError, LogFileReader, LogFileWriter, FIRST_SEQ, FORMAT_VERSION};

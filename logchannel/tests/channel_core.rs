@@ -2,11 +2,29 @@
 //! streams, acks, the unacknowledged tail, heartbeats, failure timeouts, and bad data that is
 //! reported and never delivered.
 
+use logchannel::channel::session::{Direction, OpenError, TAG_LEN_BYTES};
 use logchannel::channel::{BackupCore, BackupMessage, ChannelConfig, ChannelError, PrimaryCore};
-use logchannel::{Entry, ExecPoint, FrameEncoder, Input, InputEntry};
+use logchannel::{Entry, ExecPoint, FrameEncoder, Input, InputEntry, SessionKey};
 use proptest::prelude::*;
 
 const MS: u64 = 1_000_000;
+
+fn session() -> SessionKey {
+    SessionKey::from_bytes([5; 32])
+}
+
+/// Sealed ack frames as the backup would send them, for acked sequence numbers `acked`.
+fn acks_of(acked: &[(u64, bool)]) -> Vec<u8> {
+    let (mut encoder, mut sealer) =
+        (FrameEncoder::new(1, 0), session().sealer(Direction::BackupToPrimary));
+    let mut bytes = Vec::new();
+    for &(acked_seq, receiving) in acked {
+        let start = bytes.len();
+        encoder.encode(&BackupMessage::Ack { acked_seq, receiving }, &mut bytes).unwrap();
+        sealer.seal(&mut bytes, start);
+    }
+    bytes
+}
 
 fn input(landmark: u64, input: Input) -> Entry {
     Entry::Input(InputEntry {
@@ -55,8 +73,8 @@ impl Pair {
     fn new() -> Self {
         let config = ChannelConfig::default();
         Pair {
-            primary: PrimaryCore::new(&config, 0),
-            backup: BackupCore::new(&config, 0),
+            primary: PrimaryCore::new(&config, 0, &session()),
+            backup: BackupCore::new(&config, 0, &session()),
             delivered: Vec::new(),
             backup_error: None,
         }
@@ -135,7 +153,8 @@ proptest! {
         let mut offset_bytes = 0;
         for entry in &entries {
             frame_starts_bytes.push(offset_bytes);
-            offset_bytes += pair.primary.send(entry, 1).unwrap().frame_len_bytes;
+            offset_bytes +=
+                pair.primary.send(entry, 1).unwrap().frame_len_bytes + TAG_LEN_BYTES as u64;
         }
         let position = position.index(offset_bytes as usize) as u64;
         let corrupted_frame = frame_starts_bytes.partition_point(|&start| start <= position) - 1;
@@ -145,8 +164,12 @@ proptest! {
         prop_assert_eq!(&pair.delivered, &numbered(&entries[..corrupted_frame]));
         prop_assert_eq!(pair.primary.acked_seq(), corrupted_frame as u64);
         match &pair.backup_error {
-            Some(ChannelError::Corrupt { source, .. }) => {
-                prop_assert_eq!(source.expected_seq(), corrupted_frame as u64 + 1);
+            Some(ChannelError::Unauthenticated { source: OpenError::BadTag { index }, .. }) => {
+                prop_assert_eq!(*index, corrupted_frame as u64);
+            }
+            Some(ChannelError::Unauthenticated { source: OpenError::TooLong { index, .. }, .. }) => {
+                prop_assert_eq!(*index, corrupted_frame as u64);
+                prop_assert!(position - frame_starts_bytes[corrupted_frame] < 4);
             }
             Some(other) => prop_assert!(false, "unexpected error {}", other),
             // Only a length field corrupted upwards can leave the backup waiting for bytes that
@@ -173,7 +196,7 @@ fn duplicated_frame_is_reported_and_delivered_once() {
     pair.exchange(Some(&mut duplicate), &[1000], &[64]);
     assert_eq!(pair.delivered, vec![(1, Entry::Progress { landmark: 1 })]);
     let error = pair.backup_error.expect("duplicate reported");
-    assert!(error.to_string().contains("duplicate"), "{error}");
+    assert!(error.to_string().contains("authentication checksum"), "{error}");
     assert!(!error.is_peer_failure());
 }
 
@@ -181,8 +204,8 @@ fn duplicated_frame_is_reported_and_delivered_once() {
 fn heartbeats_are_sent_when_idle_and_carry_the_last_progress() {
     let config =
         ChannelConfig { heartbeat_interval_ms: 20, failure_timeout_ms: 300, ..Default::default() };
-    let mut primary = PrimaryCore::new(&config, 0);
-    let mut backup = BackupCore::new(&config, 0);
+    let mut primary = PrimaryCore::new(&config, 0, &session());
+    let mut backup = BackupCore::new(&config, 0, &session());
     let mut bytes = Vec::new();
     primary.poll(19 * MS).unwrap();
     backup.poll(19 * MS).unwrap();
@@ -217,8 +240,8 @@ fn heartbeats_are_sent_when_idle_and_carry_the_last_progress() {
 fn silence_past_the_timeout_is_peer_death_on_both_sides() {
     let config =
         ChannelConfig { heartbeat_interval_ms: 20, failure_timeout_ms: 300, ..Default::default() };
-    let mut primary = PrimaryCore::new(&config, 0);
-    let mut backup = BackupCore::new(&config, 0);
+    let mut primary = PrimaryCore::new(&config, 0, &session());
+    let mut backup = BackupCore::new(&config, 0, &session());
     primary.poll(300 * MS).unwrap();
     backup.poll(300 * MS).unwrap();
     let error = primary.poll(301 * MS).unwrap_err();
@@ -237,7 +260,7 @@ fn silence_past_the_timeout_is_peer_death_on_both_sides() {
 fn a_paused_backup_does_not_hold_silence_against_the_primary() {
     let config =
         ChannelConfig { heartbeat_interval_ms: 20, failure_timeout_ms: 300, ..Default::default() };
-    let mut backup = BackupCore::new(&config, 0);
+    let mut backup = BackupCore::new(&config, 0, &session());
     backup.set_paused(true, 100 * MS);
     backup.poll(1_000 * MS).unwrap();
     backup.set_paused(false, 1_000 * MS);
@@ -247,13 +270,12 @@ fn a_paused_backup_does_not_hold_silence_against_the_primary() {
 
 #[test]
 fn the_unacknowledged_tail_is_measured_in_bytes_and_age() {
-    let mut primary = PrimaryCore::new(&ChannelConfig::default(), 0);
+    let mut primary = PrimaryCore::new(&ChannelConfig::default(), 0, &session());
     let first = primary.send(&input(1, Input::Entropy(vec![7; 100])), 10 * MS).unwrap();
     let second = primary.send(&input(2, Input::MonotonicNs(5)), 15 * MS).unwrap();
     assert_eq!(primary.unacked_bytes(), first.frame_len_bytes + second.frame_len_bytes);
     assert_eq!(primary.unacked_age_ns(25 * MS), 15 * MS);
-    let mut acks = Vec::new();
-    FrameEncoder::new(1, 0).encode(&BackupMessage::Ack { acked_seq: 1 }, &mut acks).unwrap();
+    let acks = acks_of(&[(1, true)]);
     assert_eq!(primary.handle_input(&acks, 26 * MS).unwrap(), 1);
     assert_eq!(primary.unacked_bytes(), second.frame_len_bytes);
     assert_eq!(primary.unacked_age_ns(25 * MS), 10 * MS);
@@ -261,10 +283,9 @@ fn the_unacknowledged_tail_is_measured_in_bytes_and_age() {
 
 #[test]
 fn an_ack_of_entries_never_sent_is_a_protocol_violation() {
-    let mut primary = PrimaryCore::new(&ChannelConfig::default(), 0);
+    let mut primary = PrimaryCore::new(&ChannelConfig::default(), 0, &session());
     primary.send(&Entry::Progress { landmark: 1 }, 0).unwrap();
-    let mut acks = Vec::new();
-    FrameEncoder::new(1, 0).encode(&BackupMessage::Ack { acked_seq: 2 }, &mut acks).unwrap();
+    let acks = acks_of(&[(2, true)]);
     let error = primary.handle_input(&acks, 1).unwrap_err();
     assert!(matches!(error, ChannelError::Protocol { .. }), "{error}");
     assert!(!primary.error().unwrap().is_peer_failure());
@@ -272,11 +293,82 @@ fn an_ack_of_entries_never_sent_is_a_protocol_violation() {
 
 #[test]
 fn a_corrupted_ack_is_reported() {
-    let mut primary = PrimaryCore::new(&ChannelConfig::default(), 0);
+    let mut primary = PrimaryCore::new(&ChannelConfig::default(), 0, &session());
     primary.send(&Entry::Progress { landmark: 1 }, 0).unwrap();
-    let mut acks = Vec::new();
-    FrameEncoder::new(1, 0).encode(&BackupMessage::Ack { acked_seq: 1 }, &mut acks).unwrap();
+    let mut acks = acks_of(&[(1, true)]);
     *acks.last_mut().unwrap() ^= 0x40;
-    assert!(matches!(primary.handle_input(&acks, 1), Err(ChannelError::Corrupt { .. })));
+    assert!(matches!(primary.handle_input(&acks, 1), Err(ChannelError::Unauthenticated { .. })));
     assert_eq!(primary.acked_seq(), 0);
+}
+
+const TIMEOUT: ChannelConfig = ChannelConfig {
+    heartbeat_interval_ms: 20,
+    failure_timeout_ms: 300,
+    connect_timeout_ms: 5_000,
+    handshake_timeout_ms: 3_000,
+    max_received_bytes: 1 << 20,
+};
+
+#[test]
+fn an_ack_extends_the_lease_from_the_send_time_of_its_entry_only() {
+    // Failure timeout 300 ms, margin 30 ms: an ack of an entry sent at T allows release until
+    // T + 270 ms, however late the ack arrives and however often it is repeated.
+    let mut primary = PrimaryCore::new(&TIMEOUT, 0, &session());
+    assert!(!primary.lease_valid(MS), "no lease before any ack");
+    primary.send(&Entry::Progress { landmark: 1 }, 10 * MS).unwrap();
+    primary.handle_input(&acks_of(&[(1, true)]), 200 * MS).unwrap();
+    assert!(primary.lease_valid(279 * MS));
+    assert!(!primary.lease_valid(280 * MS));
+    // A heartbeat (a repeated ack) arriving later proves nothing new.
+    let repeated = acks_of(&[(1, true), (1, true)]);
+    primary.handle_input(&repeated[repeated.len() / 2..], 290 * MS).unwrap();
+    assert!(!primary.lease_valid(290 * MS));
+}
+
+#[test]
+fn repeated_heartbeats_do_not_renew_the_lease() {
+    let mut primary = PrimaryCore::new(&TIMEOUT, 0, &session());
+    primary.send(&Entry::Progress { landmark: 1 }, 10 * MS).unwrap();
+    primary.handle_input(&acks_of(&[(1, true), (1, true), (1, true)]), 20 * MS).unwrap();
+    assert!(!primary.lease_valid(280 * MS));
+    primary.send(&Entry::Progress { landmark: 2 }, 250 * MS).unwrap();
+    assert!(!primary.lease_valid(281 * MS), "sending alone renews nothing");
+}
+
+#[test]
+fn a_backup_that_hears_nothing_new_is_presumed_dead_though_its_heartbeats_arrive() {
+    // The link cut from the primary to the backup only: the backup's heartbeats still arrive,
+    // acking nothing new.
+    let mut primary = PrimaryCore::new(&TIMEOUT, 0, &session());
+    primary.send(&Entry::Progress { landmark: 1 }, 0).unwrap();
+    let heartbeats = acks_of(&[(0, true); 20]);
+    let one = heartbeats.len() / 20;
+    for (index, at_ms) in (0..20).zip((20..).step_by(20)) {
+        let outcome = primary
+            .handle_input(&heartbeats[index * one..(index + 1) * one], at_ms * MS)
+            .and_then(|_| primary.poll(at_ms * MS));
+        if at_ms <= 300 {
+            outcome.unwrap();
+        } else {
+            let error = outcome.unwrap_err();
+            assert!(matches!(error, ChannelError::Unacknowledged { .. }), "{error}");
+            assert!(error.is_peer_failure());
+            return;
+        }
+    }
+    panic!("never presumed dead");
+}
+
+#[test]
+fn a_backup_behind_on_replay_is_waited_for() {
+    // Acks stall because the backup stopped reading (its queue is full) and says so.
+    let mut primary = PrimaryCore::new(&TIMEOUT, 0, &session());
+    primary.send(&Entry::Progress { landmark: 1 }, 0).unwrap();
+    let heartbeats = acks_of(&[(0, false); 50]);
+    let one = heartbeats.len() / 50;
+    for (index, at_ms) in (0..50).zip((20..).step_by(20)) {
+        primary.handle_input(&heartbeats[index * one..(index + 1) * one], at_ms * MS).unwrap();
+        primary.poll(at_ms * MS).unwrap();
+    }
+    assert!(!primary.lease_valid(MS), "but nothing may be released meanwhile");
 }

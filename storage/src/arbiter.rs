@@ -140,6 +140,25 @@ impl ArbiterError {
     pub fn is_transient(&self) -> bool {
         matches!(self, ArbiterError::Io { .. })
     }
+
+    /// What an operator should do, when the error is one of configuration rather than of
+    /// storage that does not answer: the directory is missing or not a directory, read-only,
+    /// full, or not writable by this user. `None` for errors worth retrying (EIO, ESTALE, a
+    /// timeout, ...). At start a side stops on these; once running it retries everything, since
+    /// a side must not go on without a verdict and an operator can still fix the storage.
+    pub fn fix(&self) -> Option<&'static str> {
+        let ArbiterError::Io { source, .. } = self else { return None };
+        Some(match source.kind() {
+            ErrorKind::NotFound => "create the directory (mkdir -p) or mount the shared storage",
+            ErrorKind::NotADirectory => "name a directory (on storage both hosts reach)",
+            ErrorKind::ReadOnlyFilesystem => "mount the shared storage read-write",
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+                "free some space (or quota) on the shared storage"
+            }
+            ErrorKind::PermissionDenied => "give this user write access to the directory",
+            _ => return None,
+        })
+    }
 }
 
 /// A record as stored.
@@ -251,6 +270,51 @@ impl Arbiter {
                 }
                 outcome => return outcome,
             }
+        }
+    }
+
+    /// Checks that records can be set here, before a side depends on it: creates a probe file,
+    /// hard-links it (the test-and-set's own primitive), and removes both. Errors name the
+    /// directory and the step; [`ArbiterError::fix`] says whether it is a configuration error.
+    pub fn probe(&self) -> Result<(), ArbiterError> {
+        let token = new_token("probe");
+        let probe = self.dir.join(format!(".probe.{token}.tmp"));
+        let linked = self.dir.join(format!(".probe.{token}.link"));
+        let outcome = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&probe)
+                .map_err(|error| self.io_error("create a file in", &self.dir, error))?;
+            file.write_all(RECORD_MAGIC_LINE.as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|error| self.io_error("write and sync", &probe, error))?;
+            fs::hard_link(&probe, &linked)
+                .map_err(|error| self.io_error("hard-link a file in", &self.dir, error))?;
+            fs::remove_file(&linked)
+                .and_then(|()| fs::remove_file(&probe))
+                .map_err(|error| self.io_error("remove a file in", &self.dir, error))
+        })();
+        let _ = fs::remove_file(&linked);
+        let _ = fs::remove_file(&probe);
+        outcome.map_err(|error| match error {
+            // A missing or non-directory path reads better as "reach" than "create a file in".
+            ArbiterError::Io { source, .. } if source.kind() == ErrorKind::NotFound => {
+                self.reach_error()
+            }
+            other => other,
+        })
+    }
+
+    fn reach_error(&self) -> ArbiterError {
+        match fs::metadata(&self.dir) {
+            Ok(meta) if !meta.is_dir() => self.io_error(
+                "use",
+                &self.dir,
+                io::Error::new(ErrorKind::NotADirectory, "not a directory"),
+            ),
+            Ok(_) => self.io_error("use", &self.dir, io::Error::from(ErrorKind::NotFound)),
+            Err(error) => self.io_error("reach", &self.dir, error),
         }
     }
 

@@ -19,6 +19,7 @@ fn arbiter_dir(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("ftvm-bench-ft-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    ftvm_tests::init_pair(FTVM, &dir);
     dir
 }
 

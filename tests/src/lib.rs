@@ -122,6 +122,22 @@ pub fn ftvm(exe: &str, args: &[&str]) -> Finished {
     Reaped::spawn(command).finish()
 }
 
+/// Creates an FT pair's identity in `dir` (`ftvm pair init`), as a user does
+/// once before a pair's first start.
+pub fn init_pair(exe: &str, dir: &std::path::Path) {
+    let output = Command::new(exe)
+        .args(["pair", "init"])
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {exe}: {error}"));
+    assert!(
+        output.status.success(),
+        "ftvm pair init {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Fails loudly (never skips) when this machine cannot run VMs.
 pub fn require_kvm() {
     if let Err(error) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {

@@ -30,6 +30,7 @@ impl Scratch {
         let dir =
             std::env::temp_dir().join(format!("ftvm-ft-{name}-{}-{count}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        ftvm_tests::init_pair(FTVM, &dir);
         Scratch(dir)
     }
 
@@ -238,7 +239,8 @@ fn a_corrupted_frame_is_reported_and_never_replayed() {
     std::thread::sleep(Duration::from_millis(2500));
     let (primary, backup) = (primary.stop(), backup.stop());
     assert!(
-        backup.stderr.contains("the log channel failed") && backup.stderr.contains("checksum"),
+        backup.stderr.contains("the log channel failed")
+            && backup.stderr.contains("authentication checksum"),
         "{}",
         backup.stderr
     );

@@ -64,6 +64,7 @@ fn cluster(master_mode: Master, mib: u32) {
         format!("role=gfs-master node={MASTER_ID} {} {CLUSTER}", Lab::guest_net_args(0));
     let arbiter = dir.join("arbiter");
     std::fs::create_dir_all(&arbiter).unwrap();
+    ftvm_tests::init_pair(FTVM, &arbiter);
     let arbiter = arbiter.to_str().unwrap().to_string();
     let (mut master, master_backup) = match master_mode {
         Master::Plain => (spawn(&lab, 0, Some(&master_disk), &master_cmdline), None),

@@ -26,8 +26,10 @@ use clap::{Args, Parser, Subcommand};
         codes become 255), or 120 VMM error (bad kernel, no KVM, ...), 121 guest CPU \
         exception, 122 guest triple fault, 123 KVM error, 124 guest stuck (waits with \
         nothing armed), 125 replay diverged from the log, 126 log unreadable, cut short or \
-        unwritable, 127 this side of an FT pair lost the arbiter and halted, 130 stopped by \
-        SIGINT/SIGTERM."
+        unwritable, 127 this side of an FT pair lost the arbiter and halted, 119 this side \
+        of an FT pair cannot take part (arbiter directory missing, read-only, full or not \
+        writable; no pair identity; its generation already decided; the peer has another \
+        key, pair, generation, protocol version or devices), 130 stopped by SIGINT/SIGTERM."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -113,12 +115,46 @@ enum Command {
         #[command(flatten)]
         host: HostArgs,
     },
+    /// Create or advance a fault-tolerant pair's identity in its arbiter
+    /// directory: the pair id, its secret key and its current generation,
+    /// which both sides read from there.
+    ///
+    /// Examples:
+    ///   ftvm pair init /shared/ftvm    # once, before the pair's first start
+    ///   ftvm pair show /shared/ftvm    # id, generation, who won it (if decided)
+    ///   ftvm pair next /shared/ftvm    # after a failover, before starting the pair again
+    #[command(verbatim_doc_comment, subcommand)]
+    Pair(PairCommand),
     /// Measure the platform: boot time, exit costs, timer latency and guest
     /// compute speed next to the host's, as a table of medians.
     Bench {
         /// Fresh runs per measurement (the table shows medians).
         #[arg(long, default_value_t = 5)]
         runs: usize,
+    },
+}
+
+/// `ftvm pair ...`.
+#[derive(Subcommand)]
+enum PairCommand {
+    /// Create a new pair in DIR (a directory on storage both hosts reach):
+    /// a random pair id and key, generation 1. Refuses if DIR holds a pair.
+    Init {
+        /// The arbiter directory.
+        dir: PathBuf,
+    },
+    /// Print the pair in DIR: id, current generation, and who won it if a
+    /// failover decided it.
+    Show {
+        /// The arbiter directory.
+        dir: PathBuf,
+    },
+    /// Move the pair in DIR to its next generation; only once the current
+    /// one is decided (a failover happened), so a running pair is never
+    /// pulled from under its feet.
+    Next {
+        /// The arbiter directory.
+        dir: PathBuf,
     },
 }
 
@@ -166,15 +202,21 @@ struct HostArgs {
 /// Settings of the fault-tolerant pair, the same on both sides.
 #[derive(Args)]
 struct PairArgs {
-    /// A directory on storage both hosts reach, for the arbiter's
-    /// test-and-set records (one per generation).
+    /// The pair's directory on storage both hosts reach: its identity (id,
+    /// key, current generation; see `ftvm pair init`) and the arbiter's
+    /// test-and-set records. Both sides must name the same one.
     #[arg(long)]
     arbiter: PathBuf,
-    /// The pair's generation (a new pair, or a pair re-formed after a
-    /// failover, takes a new one).
-    #[arg(long, default_value_t = 1)]
-    generation: u64,
+    /// Read the pair's key from this file instead of DIR/pair.key (to keep
+    /// the secret off the shared storage).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
     /// Presume the other side dead after this long without a word from it.
+    /// The primary releases output only while the backup acknowledged an
+    /// entry sent within this time (minus a tenth), and a backup goes live no
+    /// earlier than this after it last heard the primary: a failover costs
+    /// the client at least this pause; shorter risks false failovers on a
+    /// loaded host.
     #[arg(long, alias = "failure-timeout", default_value_t = 300, value_name = "MS")]
     failure_timeout_ms: u64,
     /// Lag bound: the most unacknowledged log the primary may have before it
@@ -193,7 +235,7 @@ struct PairArgs {
 impl PairArgs {
     fn ft_config(&self) -> FtConfig {
         let mut ft = FtConfig::new(self.arbiter.clone());
-        ft.generation = self.generation;
+        ft.key_file = self.key.clone();
         ft.channel.failure_timeout_ms = self.failure_timeout_ms;
         ft.channel.heartbeat_interval_ms = (self.failure_timeout_ms / 10).clamp(1, 50);
         ft.max_unacked_bytes = self.max_lag_bytes;
@@ -282,6 +324,7 @@ pub fn main() -> ExitCode {
         Command::Primary { backup, stats, pair, run: args } => primary(&backup, stats, &pair, args),
         Command::Backup { listen, pair, host } => backup(&listen, &pair, &host),
         Command::Replay { log, console, stats } => replay(log, console, stats),
+        Command::Pair(command) => pair(command),
         Command::Bench { runs } => crate::bench::run(runs.max(1)).map(|table| {
             print!("{table}");
             0
@@ -291,9 +334,47 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("ftvm: error: {error:#}");
-            ExitCode::from(status::VMM_ERROR)
+            ExitCode::from(error_status(&error))
         }
     }
+}
+
+/// The exit status of a run that could not start or go on.
+fn error_status(error: &anyhow::Error) -> u8 {
+    match error.downcast_ref::<RunError>() {
+        Some(RunError::PairSetup(_)) => status::PAIR_REFUSED,
+        Some(RunError::Log(crate::inputs::InputError::Stopped)) => status::STOPPED,
+        _ => status::VMM_ERROR,
+    }
+}
+
+fn pair(command: PairCommand) -> anyhow::Result<u8> {
+    use storage::pair::PairDir;
+    match command {
+        PairCommand::Init { dir } => {
+            let identity = PairDir::new(&dir).init()?;
+            println!(
+                "pair {} created in {}: generation 1, key in {}",
+                identity.id,
+                dir.display(),
+                PairDir::new(&dir).key_path().display()
+            );
+        }
+        PairCommand::Show { dir } => {
+            let identity = PairDir::new(&dir).load(None)?;
+            let holder = storage::arbiter::Arbiter::new(&dir).holder(identity.generation)?;
+            let state = match holder {
+                Some(holder) => format!("decided: won by {holder}"),
+                None => "undecided (a pair may be running in it)".into(),
+            };
+            println!("pair {} generation {}: {state}", identity.id, identity.generation);
+        }
+        PairCommand::Next { dir } => {
+            let identity = PairDir::new(&dir).next()?;
+            println!("pair {} now at generation {}", identity.id, identity.generation);
+        }
+    }
+    Ok(0)
 }
 
 fn console_sink(path: Option<&PathBuf>) -> anyhow::Result<Box<dyn Write + Send>> {

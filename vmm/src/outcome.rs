@@ -24,6 +24,10 @@ pub mod status {
     pub const HALTED: u8 = 127;
     /// The host stopped the VM (SIGINT/SIGTERM), as shells report 128 + SIGINT.
     pub const STOPPED: u8 = 130;
+    /// This side of an FT pair cannot take part: a configuration error (the
+    /// arbiter directory, the pair identity, a decided generation) or a peer
+    /// that cannot be its partner. Nothing ran.
+    pub const PAIR_REFUSED: u8 = 119;
 }
 
 /// Why a run ended.

@@ -6,16 +6,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
+use std::time::Duration;
 
-use logchannel::{BackupLink, Entry, LogFileReader, LogFileWriter, PrimaryLink, RunStart};
+use logchannel::{
+    BackupLink, BackupListener, ChannelError, Devices, Entry, LogFileReader, LogFileWriter,
+    PrimaryLink, RunStart,
+};
 use storage::{BlockStore, BlockStoreError};
 use thiserror::Error;
 
 use crate::devices::DeviceSet;
-use crate::ft::backup::{backup_io, BackupStatus, LinkSource};
+use crate::ft::backup::{backup_io, BackupPair, BackupStatus, LinkSource};
 use crate::ft::primary::{HeldOutputs, LinkSink, PrimarySide};
-use crate::ft::FtConfig;
+use crate::ft::{self, FtConfig, PairSetupError};
 use crate::inputs::live::{Backends, LiveInputs};
 use crate::inputs::record::RecordingInputs;
 use crate::inputs::replay::ReplayInputs;
@@ -46,6 +49,9 @@ pub enum RunError {
     /// The log channel could not be set up.
     #[error("log channel: {0}")]
     Channel(#[from] logchannel::ChannelError),
+    /// This side cannot take part in its pair (exit status 119).
+    #[error(transparent)]
+    PairSetup(#[from] PairSetupError),
     /// The backup could not listen for its primary.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -155,6 +161,10 @@ fn config_of(start: RunStart) -> (VmConfig, DeviceSet) {
     (config, devices)
 }
 
+fn channel_devices(devices: DeviceSet) -> Devices {
+    Devices { net_mac: devices.net_mac, disk_bytes: devices.disk_bytes }
+}
+
 /// Runs `config` as the primary of an FT pair whose backup listens at `backup_addr`.
 pub fn primary(
     config: &VmConfig,
@@ -163,15 +173,23 @@ pub fn primary(
     ft: &FtConfig,
     backup_addr: &str,
 ) -> Result<RunReport, RunError> {
+    let credentials = ft::prepare(ft)?;
     let (mut backends, devices) = open(attachments)?;
     eprintln!(
-        "ftvm: role: primary, generation {}, connecting to the backup at {backup_addr}",
-        ft.generation
+        "ftvm: role: primary of pair {}, generation {}, connecting to the backup at {backup_addr}",
+        credentials.pair_id, credentials.generation
     );
     signals::block_stats_signal();
     let (side, held, queue, releaser) = signals::spawning_helpers(|| {
-        let link = PrimaryLink::connect(backup_addr, &ft.channel)?;
-        let side = PrimarySide::new(link, ft.clone());
+        let link =
+            PrimaryLink::connect(backup_addr, &ft.channel, &credentials, channel_devices(devices))
+                .map_err(|error| match error {
+                    ChannelError::Refused { .. } => {
+                        RunError::PairSetup(PairSetupError::Refused(error.to_string()))
+                    }
+                    other => RunError::Channel(other),
+                })?;
+        let side = PrimarySide::new(link, ft.clone(), credentials.generation);
         let live = LiveOutputs::new(console, backends.tap.clone(), backends.disk.clone());
         let (held, queue, releaser) = HeldOutputs::start(side.clone(), live);
         Ok::<_, RunError>((side, held, queue, releaser))
@@ -192,60 +210,97 @@ pub fn primary(
     Ok(report)
 }
 
-/// Waits for the primary's connection; a stop signal ends the wait.
-fn accept_primary(listener: &TcpListener, listen: &str) -> Result<std::net::TcpStream, RunError> {
-    let io_error = |source| RunError::Listen { addr: listen.to_string(), source };
-    listener.set_nonblocking(true).map_err(io_error)?;
-    loop {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                stream.set_nonblocking(false).map_err(io_error)?;
-                return Ok(stream);
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                if crate::signals::stop_requested() {
-                    return Err(RunError::Log(InputError::Stopped));
-                }
-                // Until a connection is pending; a stop signal interrupts the wait (EINTR).
-                let mut poll_fd =
-                    libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-                // SAFETY: one valid pollfd on the listener, which outlives the call.
-                unsafe { libc::poll(&mut poll_fd, 1, -1) };
-            }
-            Err(error) => return Err(io_error(error)),
-        }
-    }
-}
+/// How often a backup waiting for its primary looks for a stop signal.
+const STOP_POLL: Duration = Duration::from_millis(50);
 
-/// Runs as the backup of an FT pair: waits for the primary on `listen`,
-/// replays its guest, and goes live if the primary dies and the arbiter agrees.
+/// Runs as the backup of an FT pair: opens and checks this host's
+/// attachments, waits on `listen` for a primary that proves the pair's key
+/// and matches them (refusing and naming everyone else), replays its guest,
+/// and goes live if the primary dies and the arbiter agrees.
 pub fn backup(
     listen: &str,
     attachments: &Attachments,
     console: Box<dyn Write + Send>,
     ft: &FtConfig,
 ) -> Result<RunReport, RunError> {
+    let credentials = ft::prepare(ft)?;
+    let (backends, own_devices) = open(attachments)?;
     let listener = TcpListener::bind(listen)
         .map_err(|source| RunError::Listen { addr: listen.to_string(), source })?;
     eprintln!(
-        "ftvm: role: backup, generation {}, waiting for the primary on {listen}",
-        ft.generation
+        "ftvm: role: backup of pair {}, generation {}, waiting for the primary on {listen}",
+        credentials.pair_id, credentials.generation
     );
     signals::block_stats_signal();
-    let stream = accept_primary(&listener, listen)?;
-    let link =
-        Arc::new(signals::spawning_helpers(|| BackupLink::from_stream(stream, &ft.channel))?);
+    let own = channel_devices(own_devices);
+    let check = move |hello: &logchannel::Hello| devices_match(own, hello.devices);
+    let report = |line: String| eprintln!("ftvm: log channel: {line}");
+    let (listener, accepted) = signals::spawning_helpers(|| {
+        let listener = BackupListener::start(listener, &ft.channel, &credentials, check, report)?;
+        loop {
+            if let Some(accepted) = listener.next(STOP_POLL) {
+                break Ok((listener, accepted));
+            }
+            if signals::stop_requested() {
+                break Err(RunError::Log(InputError::Stopped));
+            }
+        }
+    })?;
+    eprintln!("ftvm: log channel: paired with the primary at {}", accepted.peer_addr);
+    let link = Arc::new(signals::spawning_helpers(|| {
+        BackupLink::from_stream(accepted.stream, &ft.channel, &accepted.session)
+    })?);
     let status = Arc::new(BackupStatus::default());
-    let (stats_link, stats_status, generation) = (link.clone(), status.clone(), ft.generation);
+    let (stats_link, stats_status, generation) =
+        (link.clone(), status.clone(), credentials.generation);
     signals::serve_stats_signal(move || {
         eprintln!("ftvm: pair: {}", stats_status.describe(&stats_link, generation))
     });
-    let mut replay = ReplayInputs::new(LinkSource::new(link, status.clone()));
+    let mut replay = ReplayInputs::new(LinkSource::new(link.clone(), status.clone()));
     let (config, devices) = config_of(replay.read_start()?);
+    if channel_devices(devices) != accepted.hello.devices {
+        return Err(RunError::Log(InputError::LogCorrupt(format!(
+            "the primary's run start names devices {devices:?}, its handshake {:?}",
+            accepted.hello.devices
+        ))));
+    }
     eprintln!("ftvm: role: backup, replaying `{}`", config.cmdline);
-    let (inputs, outputs) =
-        backup_io(replay, status, ft.clone(), attachments.clone(), devices, console);
-    Ok(Vm::new(&config, devices, Box::new(inputs), Box::new(outputs))?.run()?)
+    let pair = BackupPair { config: ft.clone(), generation, link };
+    let (inputs, outputs) = backup_io(replay, status, pair, backends, devices.net_mac, console);
+    let result = Vm::new(&config, devices, Box::new(inputs), Box::new(outputs))?.run();
+    // Strangers are refused (and named) until the end.
+    drop(listener);
+    Ok(result?)
+}
+
+/// Whether a primary's guest devices fit this backup's attachments: the same
+/// NIC (by MAC) or none, and a disk image of the same size or none.
+fn devices_match(own: Devices, primary: Devices) -> Result<(), String> {
+    let show_mac = |mac: Option<[u8; 6]>| match mac {
+        Some(mac) => mac.iter().map(|byte| format!("{byte:02x}")).collect::<Vec<_>>().join(":"),
+        None => "no NIC".into(),
+    };
+    let show_disk = |bytes: Option<u64>| match bytes {
+        Some(bytes) => format!("a {bytes}-byte disk"),
+        None => "no disk".into(),
+    };
+    if own.net_mac != primary.net_mac {
+        return Err(format!(
+            "the primary's guest has {}, this backup's --net gives {}: give both sides the same \
+             MAC",
+            show_mac(primary.net_mac),
+            show_mac(own.net_mac)
+        ));
+    }
+    if own.disk_bytes != primary.disk_bytes {
+        return Err(format!(
+            "the primary's guest has {}, this backup's --disk gives {}: both sides must name the \
+             same image",
+            show_disk(primary.disk_bytes),
+            show_disk(own.disk_bytes)
+        ));
+    }
+    Ok(())
 }
 
 /// Replays the run recorded in `log`, from the log alone: no TAP, no disk

@@ -12,11 +12,15 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use super::handshake::{self, Credentials, Devices, HandshakeError, Hello};
 use super::sans_io::{BackupCore, PrimaryCore, Received, Sent};
+use super::session::SessionKey;
 use super::{ChannelConfig, ChannelError, Peer};
 use crate::entry::Entry;
 
@@ -116,9 +120,27 @@ pub struct PrimaryLink {
 }
 
 impl PrimaryLink {
-    /// Connects to the backup listening at `addr`, retrying for up to
-    /// `connect_timeout_ms` while it refuses (a backup that is still starting).
-    pub fn connect(addr: impl ToSocketAddrs, config: &ChannelConfig) -> Result<Self, ChannelError> {
+    /// Connects to the backup listening at `addr`, retrying for up to `connect_timeout_ms`
+    /// while it refuses (a backup that is still starting), and opens an authenticated session
+    /// with it ([`handshake`]) as a primary of `credentials`' pair whose guest has `devices`.
+    pub fn connect(
+        addr: impl ToSocketAddrs,
+        config: &ChannelConfig,
+        credentials: &Credentials,
+        devices: Devices,
+    ) -> Result<Self, ChannelError> {
+        let mut stream = Self::connect_tcp(addr, config)?;
+        let peer = stream.peer_addr().map_or("the backup".into(), |addr| addr.to_string());
+        let timeout = Duration::from_millis(config.handshake_timeout_ms);
+        let session = handshake::primary(&mut stream, credentials, devices, timeout)
+            .map_err(|error| handshake_error(&peer, error))?;
+        Self::from_stream(stream, config, &session)
+    }
+
+    fn connect_tcp(
+        addr: impl ToSocketAddrs,
+        config: &ChannelConfig,
+    ) -> Result<TcpStream, ChannelError> {
         let deadline = Instant::now() + Duration::from_millis(config.connect_timeout_ms.max(1));
         let addrs: Vec<SocketAddr> = addr
             .to_socket_addrs()
@@ -134,7 +156,7 @@ impl PrimaryLink {
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(1));
                 match TcpStream::connect_timeout(addr, remaining) {
-                    Ok(stream) => return Self::from_stream(stream, config),
+                    Ok(stream) => return Ok(stream),
                     Err(error) => last_error = error,
                 }
             }
@@ -147,8 +169,12 @@ impl PrimaryLink {
         Err(ChannelError::Connect { addr, source: Arc::new(last_error) })
     }
 
-    /// Runs the primary's end over an established connection.
-    pub fn from_stream(stream: TcpStream, config: &ChannelConfig) -> Result<Self, ChannelError> {
+    /// Runs the primary's end of `session` over an established connection.
+    pub fn from_stream(
+        stream: TcpStream,
+        config: &ChannelConfig,
+        session: &SessionKey,
+    ) -> Result<Self, ChannelError> {
         let setup_error = |source| ChannelError::Connect {
             addr: stream.peer_addr().map_or("(unknown)".into(), |addr| addr.to_string()),
             source: Arc::new(source),
@@ -156,13 +182,14 @@ impl PrimaryLink {
         let tick = Duration::from_millis(config.tick_ms());
         stream.set_nodelay(true).map_err(setup_error)?;
         stream.set_read_timeout(Some(tick)).map_err(setup_error)?;
+        stream.set_write_timeout(None).map_err(setup_error)?;
         let peer_addr = stream.peer_addr().map_err(setup_error)?;
         let (reader_stream, writer_stream) =
             (stream.try_clone().map_err(setup_error)?, stream.try_clone().map_err(setup_error)?);
         let epoch = Instant::now();
         let shared = Arc::new(PrimaryShared {
             state: Mutex::new(PrimaryState {
-                core: PrimaryCore::new(config, 0),
+                core: PrimaryCore::new(config, 0, session),
                 writing: false,
                 closing: false,
             }),
@@ -224,12 +251,15 @@ impl PrimaryLink {
         }
     }
 
-    /// The output rule: waits until the backup has acknowledged `seq`. `Ok(true)` once it has,
-    /// `Ok(false)` if `deadline` passes first, the link's failure if it fails first.
-    pub fn wait_acked(&self, seq: u64, deadline: Instant) -> Result<bool, ChannelError> {
+    /// The output rule and the fence: waits until the backup has acknowledged `seq` and the
+    /// lease is valid ([`PrimaryCore::lease_valid`]), so an output tied to `seq` may be released
+    /// now. `Ok(true)` then; `Ok(false)` if `deadline` passes first; the link's failure if it
+    /// fails first (the caller must then win the arbiter before it releases anything). Call it
+    /// right before the write it allows, on the thread that writes.
+    pub fn wait_releasable(&self, seq: u64, deadline: Instant) -> Result<bool, ChannelError> {
         let mut state = lock(&self.shared.state);
         loop {
-            if state.core.acked_seq() >= seq {
+            if state.core.acked_seq() >= seq && state.core.lease_valid(now_ns(self.shared.epoch)) {
                 return Ok(true);
             }
             if let Some(error) = state.core.error() {
@@ -239,7 +269,8 @@ impl PrimaryLink {
             if now >= deadline {
                 return Ok(false);
             }
-            state = wait(&self.shared.changed, state, deadline - now);
+            // Woken by acks; the tick bounds the wait when only time changes the answer.
+            state = wait(&self.shared.changed, state, (deadline - now).min(self.shared.tick));
         }
     }
 
@@ -379,6 +410,7 @@ struct BackupShared {
     changed: Condvar,
     epoch: Instant,
     tick: Duration,
+    failure_timeout: Duration,
     max_received_bytes: u64,
 }
 
@@ -391,24 +423,12 @@ pub struct BackupLink {
 }
 
 impl BackupLink {
-    /// Waits for the primary to connect on `listener`, then runs the backup's end.
-    pub fn accept(listener: &TcpListener, config: &ChannelConfig) -> Result<Self, ChannelError> {
-        let accept_error = |source| ChannelError::Accept {
-            addr: listener.local_addr().map_or("(unknown)".into(), |addr| addr.to_string()),
-            source: Arc::new(source),
-        };
-        let (stream, _) = listener.accept().map_err(accept_error)?;
-        Self::from_stream(stream, config).map_err(|error| match error {
-            ChannelError::Accept { source, .. } => ChannelError::Accept {
-                addr: listener.local_addr().map_or("(unknown)".into(), |addr| addr.to_string()),
-                source,
-            },
-            other => other,
-        })
-    }
-
-    /// Runs the backup's end over an established connection.
-    pub fn from_stream(stream: TcpStream, config: &ChannelConfig) -> Result<Self, ChannelError> {
+    /// Runs the backup's end of `session` over an established connection.
+    pub fn from_stream(
+        stream: TcpStream,
+        config: &ChannelConfig,
+        session: &SessionKey,
+    ) -> Result<Self, ChannelError> {
         let setup_error = |source| ChannelError::Accept {
             addr: stream.local_addr().map_or("(unknown)".into(), |addr| addr.to_string()),
             source: Arc::new(source),
@@ -423,10 +443,14 @@ impl BackupLink {
         let peer_addr = stream.peer_addr().map_err(setup_error)?;
         let reader_stream = stream.try_clone().map_err(setup_error)?;
         let shared = Arc::new(BackupShared {
-            state: Mutex::new(BackupState { core: BackupCore::new(config, 0), closing: false }),
+            state: Mutex::new(BackupState {
+                core: BackupCore::new(config, 0, session),
+                closing: false,
+            }),
             changed: Condvar::new(),
             epoch: Instant::now(),
             tick,
+            failure_timeout: Duration::from_millis(config.failure_timeout_ms),
             max_received_bytes: config.max_received_bytes.max(1),
         });
         let reader = spawn("ftvm-log-reader", {
@@ -468,6 +492,14 @@ impl BackupLink {
     /// The highest contiguous sequence number received.
     pub fn acked_seq(&self) -> u64 {
         lock(&self.shared.state).core.acked_seq()
+    }
+
+    /// The earliest time this backup may go live: the failure timeout after it last heard the
+    /// primary. The primary's lease (see [`PrimaryCore`]) has ended by then, whichever way the
+    /// link failed, so the two never release output for the same stretch of time.
+    pub fn live_not_before(&self) -> Instant {
+        let last_heard_ns = lock(&self.shared.state).core.last_heard_ns();
+        self.shared.epoch + Duration::from_nanos(last_heard_ns) + self.shared.failure_timeout
     }
 
     /// False once the link has failed.
@@ -576,4 +608,182 @@ fn backup_fail(shared: &BackupShared, stream: &TcpStream, error: &std::io::Error
     drop(state);
     let _ = stream.shutdown(Shutdown::Both);
     shared.changed.notify_all();
+}
+
+fn handshake_error(peer: &str, error: HandshakeError) -> ChannelError {
+    match error {
+        HandshakeError::Refused { reason, .. } => {
+            ChannelError::Refused { addr: peer.into(), reason }
+        }
+        HandshakeError::Peer(detail) => ChannelError::Handshake { addr: peer.into(), detail },
+    }
+}
+
+/// How many handshakes the backup runs at once; more connections are refused at once, so a
+/// flood of strangers cannot exhaust threads or memory while the real primary still gets in.
+const MAX_CONCURRENT_HANDSHAKES: usize = 8;
+
+/// How long the acceptor rests after an accept error (EMFILE and the like).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// A primary that completed the handshake, with its session.
+pub struct AcceptedPrimary {
+    /// The connection.
+    pub stream: TcpStream,
+    /// Where it comes from.
+    pub peer_addr: SocketAddr,
+    /// What it said of itself (pair, generation, devices).
+    pub hello: Hello,
+    /// The session both sides derived.
+    pub session: SessionKey,
+}
+
+/// Judges a primary's hello: `Err` carries the reason it is refused.
+type HelloCheck = dyn Fn(&Hello) -> Result<(), String> + Send + Sync;
+
+/// What the backup's listener needs to judge a connection.
+struct Gate {
+    config: ChannelConfig,
+    credentials: Credentials,
+    /// Judges a primary's hello against this side's attachments.
+    check: Box<HelloCheck>,
+    /// Says what happened to each refused connection (the caller's log).
+    report: Box<dyn Fn(String) + Send + Sync>,
+    /// Set once a primary has been accepted: every later connection is refused.
+    paired: Mutex<Option<SocketAddr>>,
+    handshakes: AtomicUsize,
+    stop: AtomicBool,
+}
+
+/// The backup's listening end: accepts connections on a thread of its own, runs each one's
+/// handshake on a thread of its own (so a stranger that says nothing delays no one), hands out
+/// the first primary that proves the pair's key and matches, and refuses (and reports) every
+/// other connection, before and after, for as long as it lives.
+pub struct BackupListener {
+    accepted: mpsc::Receiver<AcceptedPrimary>,
+    gate: Arc<Gate>,
+    local_addr: Option<SocketAddr>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl BackupListener {
+    /// Starts accepting on `listener`. `check` judges each authenticated primary's hello;
+    /// `report` receives one line for every connection refused (naming the peer and why).
+    pub fn start(
+        listener: TcpListener,
+        config: &ChannelConfig,
+        credentials: &Credentials,
+        check: impl Fn(&Hello) -> Result<(), String> + Send + Sync + 'static,
+        report: impl Fn(String) + Send + Sync + 'static,
+    ) -> Result<Self, ChannelError> {
+        let local_addr = listener.local_addr().ok();
+        let gate = Arc::new(Gate {
+            config: config.clone(),
+            credentials: credentials.clone(),
+            check: Box::new(check),
+            report: Box::new(report),
+            paired: Mutex::new(None),
+            handshakes: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let (sender, accepted) = mpsc::channel();
+        let acceptor = spawn("ftvm-log-acceptor", {
+            let gate = Arc::clone(&gate);
+            move || accept_loop(&listener, &gate, &sender)
+        });
+        Ok(BackupListener { accepted, gate, local_addr, acceptor: Some(acceptor) })
+    }
+
+    /// The first accepted primary, waiting up to `timeout`.
+    pub fn next(&self, timeout: Duration) -> Option<AcceptedPrimary> {
+        self.accepted.recv_timeout(timeout).ok()
+    }
+}
+
+impl Drop for BackupListener {
+    fn drop(&mut self) {
+        self.gate.stop.store(true, Ordering::SeqCst);
+        // The acceptor blocks in accept(2): a connection of our own wakes it to see the flag.
+        let woken = self.local_addr.is_some_and(|mut addr| {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(if addr.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
+            }
+            TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+        });
+        if let Some(acceptor) = self.acceptor.take() {
+            if woken {
+                let _ = acceptor.join();
+            }
+        }
+    }
+}
+
+fn accept_loop(listener: &TcpListener, gate: &Arc<Gate>, sender: &mpsc::Sender<AcceptedPrimary>) {
+    loop {
+        let accepted = listener.accept();
+        if gate.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let (stream, peer_addr) = match accepted {
+            Ok(connection) => connection,
+            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            Err(error) => {
+                // EMFILE and the like: say so, and keep serving once resources come back.
+                (gate.report)(format!("cannot accept a connection: {error}"));
+                thread::sleep(ACCEPT_ERROR_PAUSE);
+                continue;
+            }
+        };
+        let refuse = |why: String| {
+            (gate.report)(format!("refused a connection from {peer_addr}: {why}"));
+            let _ = stream.shutdown(Shutdown::Both);
+        };
+        if let Some(primary) = *lock(&gate.paired) {
+            refuse(format!("this backup is already paired with its primary at {primary}"));
+            continue;
+        }
+        if gate.handshakes.fetch_add(1, Ordering::SeqCst) >= MAX_CONCURRENT_HANDSHAKES {
+            gate.handshakes.fetch_sub(1, Ordering::SeqCst);
+            refuse(format!("{MAX_CONCURRENT_HANDSHAKES} handshakes are already under way"));
+            continue;
+        }
+        let (gate, sender) = (Arc::clone(gate), sender.clone());
+        spawn("ftvm-log-handshake", move || {
+            let outcome = handshake_one(stream, peer_addr, &gate);
+            gate.handshakes.fetch_sub(1, Ordering::SeqCst);
+            match outcome {
+                Ok(accepted) => {
+                    let _ = sender.send(accepted);
+                }
+                Err(why) => (gate.report)(format!("refused a connection from {peer_addr}: {why}")),
+            }
+        });
+    }
+}
+
+fn handshake_one(
+    mut stream: TcpStream,
+    peer_addr: SocketAddr,
+    gate: &Gate,
+) -> Result<AcceptedPrimary, HandshakeError> {
+    let timeout = Duration::from_millis(gate.config.handshake_timeout_ms);
+    let proven = handshake::backup(&mut stream, &gate.credentials, &gate.check, timeout);
+    let proven = proven.inspect_err(|_| {
+        let _ = stream.shutdown(Shutdown::Both);
+    })?;
+    // First proven primary wins; decided under the lock so two can never both be accepted.
+    let mut paired = lock(&gate.paired);
+    if let Some(primary) = *paired {
+        let reason = format!("this backup is already paired with its primary at {primary}");
+        let error = proven.refuse(&mut stream, reason);
+        let _ = stream.shutdown(Shutdown::Both);
+        return Err(error);
+    }
+    let (hello, session) = proven.accept(&mut stream)?;
+    *paired = Some(peer_addr);
+    Ok(AcceptedPrimary { stream, peer_addr, hello, session })
 }

@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use super::session::{Direction, Opener, Sealer, SessionKey};
 use super::{heartbeat_entry, BackupMessage, ChannelConfig, ChannelError, Peer};
 use crate::entry::Entry;
 use crate::file::FIRST_SEQ;
@@ -101,11 +102,23 @@ struct InFlight {
     sent_ns: u64,
 }
 
-/// The primary's end: frames entries, tracks acks and the unacknowledged tail, heartbeats, and
-/// watches the backup's liveness.
+/// The primary's end: frames entries, tracks acks and the unacknowledged tail, heartbeats,
+/// watches the backup's liveness, and holds the lease that allows releasing output.
+///
+/// # The lease
+///
+/// An ack of an entry the primary sent at time T (its own clock, when the entry was handed to
+/// the core: never later than the backup received it) proves the backup heard the primary at or
+/// after T, and the backup goes live no earlier than the failure timeout after it last heard the
+/// primary. So until T + failure timeout - margin the backup cannot be live, and the primary may
+/// release output ([`PrimaryCore::lease_valid`]). Heartbeats from the backup do not extend the
+/// lease: with the link cut from the primary to the backup only, they still arrive while the
+/// backup, hearing nothing, goes live.
 #[derive(Debug)]
 pub struct PrimaryCore {
     frames: FrameEncoder<Entry>,
+    sealer: Sealer,
+    opener: Opener,
     acks: FrameDecoder<BackupMessage>,
     outbox: Vec<u8>,
     in_flight: VecDeque<InFlight>,
@@ -115,14 +128,25 @@ pub struct PrimaryCore {
     progress_landmark: u64,
     heartbeats_sent: u64,
     liveness: Liveness,
+    /// Output may be released before this time (0: not yet).
+    lease_until_ns: u64,
+    /// How long an ack extends the lease past its entry's send time.
+    lease_ns: u64,
+    /// When the acked sequence number last moved (or the core started).
+    last_ack_progress_ns: u64,
+    /// What the backup last said: false while its replay is behind and it does not read.
+    backup_receiving: bool,
     error: Option<ChannelError>,
 }
 
 impl PrimaryCore {
-    /// A core whose first entry gets sequence number [`FIRST_SEQ`].
-    pub fn new(config: &ChannelConfig, now_ns: u64) -> Self {
+    /// A core for the session `session` whose first entry gets sequence number [`FIRST_SEQ`].
+    pub fn new(config: &ChannelConfig, now_ns: u64, session: &SessionKey) -> Self {
+        let lease_ms = config.failure_timeout_ms.saturating_sub(config.lease_margin_ms());
         PrimaryCore {
             frames: FrameEncoder::new(FIRST_SEQ, 0),
+            sealer: session.sealer(Direction::PrimaryToBackup),
+            opener: session.opener(Direction::BackupToPrimary),
             acks: FrameDecoder::new(FIRST_SEQ, 0),
             outbox: Vec::new(),
             in_flight: VecDeque::new(),
@@ -131,6 +155,10 @@ impl PrimaryCore {
             progress_landmark: 0,
             heartbeats_sent: 0,
             liveness: Liveness::new(Peer::Backup, config, now_ns),
+            lease_until_ns: 0,
+            lease_ns: lease_ms.saturating_mul(NS_PER_MS),
+            last_ack_progress_ns: now_ns,
+            backup_receiving: true,
             error: None,
         }
     }
@@ -139,10 +167,12 @@ impl PrimaryCore {
     pub fn send(&mut self, entry: &Entry, now_ns: u64) -> Result<Sent, ChannelError> {
         check(&self.error)?;
         let start_offset_bytes = self.frames.offset_bytes();
+        let frame_start = self.outbox.len();
         let seq = self
             .frames
             .encode(entry, &mut self.outbox)
             .map_err(|source| ChannelError::Encode { source: Arc::new(source) })?;
+        self.sealer.seal(&mut self.outbox, frame_start);
         let end_offset_bytes = self.frames.offset_bytes();
         self.in_flight.push_back(InFlight { seq, end_offset_bytes, sent_ns: now_ns });
         self.liveness.last_tx_ns = now_ns;
@@ -159,11 +189,22 @@ impl PrimaryCore {
             return Ok(self.acked_seq);
         }
         self.liveness.last_rx_ns = now_ns;
-        self.acks.push(bytes);
+        self.opener.push(bytes);
         loop {
-            match self.acks.next_frame() {
-                Ok(Some((_, BackupMessage::Ack { acked_seq }))) => self.apply_ack(acked_seq)?,
+            match self.opener.next_frame() {
+                Ok(Some(frame)) => self.acks.push(frame),
                 Ok(None) => return Ok(self.acked_seq),
+                Err(source) => {
+                    let error = ChannelError::Unauthenticated { peer: Peer::Backup, source };
+                    return Err(self.fail(error));
+                }
+            }
+            match self.acks.next_frame() {
+                Ok(Some((_, BackupMessage::Ack { acked_seq, receiving }))) => {
+                    self.backup_receiving = receiving;
+                    self.apply_ack(acked_seq, now_ns)?
+                }
+                Ok(None) => {}
                 Err(source) => {
                     let error =
                         ChannelError::Corrupt { peer: Peer::Backup, source: Arc::new(source) };
@@ -173,7 +214,7 @@ impl PrimaryCore {
         }
     }
 
-    fn apply_ack(&mut self, acked_seq: u64) -> Result<(), ChannelError> {
+    fn apply_ack(&mut self, acked_seq: u64, now_ns: u64) -> Result<(), ChannelError> {
         let last_seq = self.last_seq();
         let violation = if acked_seq > last_seq {
             format!("ack of seq {acked_seq}, but only up to seq {last_seq} was sent")
@@ -183,6 +224,11 @@ impl PrimaryCore {
             while self.in_flight.front().is_some_and(|frame| frame.seq <= acked_seq) {
                 let frame = self.in_flight.pop_front().expect("front exists");
                 self.acked_offset_bytes = frame.end_offset_bytes;
+                self.lease_until_ns =
+                    self.lease_until_ns.max(frame.sent_ns.saturating_add(self.lease_ns));
+            }
+            if acked_seq > self.acked_seq {
+                self.last_ack_progress_ns = now_ns;
             }
             self.acked_seq = acked_seq;
             return Ok(());
@@ -191,11 +237,23 @@ impl PrimaryCore {
     }
 
     /// Advances time: sends a heartbeat if one is due, and fails if the backup has been silent
-    /// past the failure timeout.
+    /// past the failure timeout, or has acknowledged nothing new for that long while it says it
+    /// is reading (it no longer hears the primary).
     pub fn poll(&mut self, now_ns: u64) -> Result<(), ChannelError> {
         check(&self.error)?;
         if let Err(error) = self.liveness.check_silence(now_ns) {
             return Err(self.fail(error));
+        }
+        let failure_timeout_ns = self.liveness.failure_timeout_ns;
+        let stalled_ns = now_ns.saturating_sub(self.last_ack_progress_ns);
+        if self.backup_receiving
+            && self.unacked_age_ns(now_ns) > failure_timeout_ns
+            && stalled_ns > failure_timeout_ns
+        {
+            return Err(self.fail(ChannelError::Unacknowledged {
+                silent_ms: stalled_ns / NS_PER_MS,
+                failure_timeout_ms: failure_timeout_ns / NS_PER_MS,
+            }));
         }
         if self.liveness.heartbeat_due(now_ns) {
             self.send(&heartbeat_entry(self.progress_landmark), now_ns)?;
@@ -239,6 +297,11 @@ impl PrimaryCore {
         self.acked_seq
     }
 
+    /// Whether the lease allows releasing output at `now_ns` (see the type's documentation).
+    pub fn lease_valid(&self, now_ns: u64) -> bool {
+        now_ns < self.lease_until_ns
+    }
+
     /// The highest sequence number framed (0: none).
     pub fn last_seq(&self) -> u64 {
         self.frames.next_seq() - 1
@@ -274,7 +337,9 @@ impl PrimaryCore {
 /// heartbeats, and watches the primary's liveness.
 #[derive(Debug)]
 pub struct BackupCore {
+    opener: Opener,
     frames: FrameDecoder<Entry>,
+    sealer: Sealer,
     acks: FrameEncoder<BackupMessage>,
     outbox: Vec<u8>,
     received: VecDeque<Received>,
@@ -287,10 +352,12 @@ pub struct BackupCore {
 }
 
 impl BackupCore {
-    /// A core expecting sequence number [`FIRST_SEQ`] first.
-    pub fn new(config: &ChannelConfig, now_ns: u64) -> Self {
+    /// A core for the session `session`, expecting sequence number [`FIRST_SEQ`] first.
+    pub fn new(config: &ChannelConfig, now_ns: u64, session: &SessionKey) -> Self {
         BackupCore {
+            opener: session.opener(Direction::PrimaryToBackup),
             frames: FrameDecoder::new(FIRST_SEQ, 0),
+            sealer: session.sealer(Direction::BackupToPrimary),
             acks: FrameEncoder::new(FIRST_SEQ, 0),
             outbox: Vec::new(),
             received: VecDeque::new(),
@@ -315,9 +382,16 @@ impl BackupCore {
             return Ok(0);
         }
         self.liveness.last_rx_ns = now_ns;
-        self.frames.push(bytes);
+        self.opener.push(bytes);
         let mut queued = 0;
         let outcome = loop {
+            match self.opener.next_frame() {
+                Ok(Some(frame)) => self.frames.push(frame),
+                Ok(None) => break Ok(queued),
+                Err(source) => {
+                    break Err(ChannelError::Unauthenticated { peer: Peer::Primary, source })
+                }
+            }
             let start_offset_bytes = self.frames.offset_bytes();
             match self.frames.next_frame() {
                 Ok(Some((seq, entry))) => {
@@ -327,7 +401,7 @@ impl BackupCore {
                     self.awaiting_ack_sent += 1;
                     queued += 1;
                 }
-                Ok(None) => break Ok(queued),
+                Ok(None) => {}
                 Err(source) => {
                     break Err(ChannelError::Corrupt {
                         peer: Peer::Primary,
@@ -345,9 +419,9 @@ impl BackupCore {
     /// The primary closed the connection: a peer failure, whose report says whether the stream
     /// ended inside a frame.
     pub fn handle_eof(&mut self) -> ChannelError {
-        let detail = match self.frames.finish() {
-            Ok(()) => "the primary closed the connection".to_owned(),
-            Err(cut) => format!("the primary closed the connection inside a frame ({cut})"),
+        let detail = match self.opener.buffered_len_bytes() {
+            0 => "the primary closed the connection".to_owned(),
+            cut => format!("the primary closed the connection inside a frame ({cut} bytes of it)"),
         };
         self.fail(ChannelError::Disconnected { peer: Peer::Primary, detail })
     }
@@ -374,12 +448,19 @@ impl BackupCore {
         if self.paused && !paused {
             self.liveness.last_rx_ns = now_ns;
         }
+        let changed = self.paused != paused;
         self.paused = paused;
+        if changed && self.error.is_none() {
+            // The primary learns at once whether stalled acks mean "behind" or "deaf".
+            self.send_ack(now_ns);
+        }
     }
 
     fn send_ack(&mut self, now_ns: u64) {
-        let ack = BackupMessage::Ack { acked_seq: self.acked_seq() };
+        let ack = BackupMessage::Ack { acked_seq: self.acked_seq(), receiving: !self.paused };
+        let frame_start = self.outbox.len();
         self.acks.encode(&ack, &mut self.outbox).expect("an ack is far below the frame size limit");
+        self.sealer.seal(&mut self.outbox, frame_start);
         self.liveness.last_tx_ns = now_ns;
     }
 
@@ -424,6 +505,12 @@ impl BackupCore {
     /// The highest contiguous sequence number received (and acked or about to be).
     pub fn acked_seq(&self) -> u64 {
         self.frames.next_seq() - 1
+    }
+
+    /// When the primary was last heard (bytes received, or reading resumed after a pause), on
+    /// the caller's clock: the backup goes live no earlier than the failure timeout after it.
+    pub fn last_heard_ns(&self) -> u64 {
+        self.liveness.last_rx_ns
     }
 
     /// Bytes of received entries not yet taken with `next_entry`.

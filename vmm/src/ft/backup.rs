@@ -1,7 +1,9 @@
 //! The backup's side of the pair: it replays the primary's log as it
 //! arrives over the channel (never running past what the primary reported),
 //! sends nothing to the outside, and remembers the guest's recent disk writes.
-//! When the primary is presumed dead it asks the arbiter; having won, it goes
+//! When the primary is presumed dead it waits until the failure timeout has
+//! passed since it last heard the primary (so the primary's lease has ended,
+//! whichever way the link failed), asks the arbiter, and, having won, goes
 //! live at exactly the point its replay reached: the inputs switch from the
 //! log to the host (the guest clock continuing from its last logged value),
 //! the outputs to the real console, TAP and disk (re-applying the recent
@@ -17,13 +19,11 @@ use std::time::Duration;
 
 use logchannel::{BackupLink, ChannelError, Entry};
 
-use super::{arbitrate, FtConfig};
-use crate::devices::DeviceSet;
-use crate::inputs::live::LiveInputs;
+use super::{arbitrate, FtConfig, NotWon};
+use crate::inputs::live::{sleep_until, Backends, LiveInputs};
 use crate::inputs::replay::{EntrySource, ReplayInputs};
 use crate::inputs::{Armed, AsyncEvent, At, InputError, Inputs, LogStats, RunEnd};
 use crate::outputs::{LiveOutputs, OutputError, Outputs};
-use crate::runs::{self, Attachments};
 
 /// How long one wait for the next entry lasts before it is retried (the
 /// channel reports a dead primary on its own, after the failure timeout).
@@ -145,8 +145,11 @@ impl Outputs for BackupOutputs {
 /// What going live needs.
 struct GoLive {
     config: FtConfig,
-    attachments: Attachments,
-    devices: DeviceSet,
+    generation: u64,
+    link: Arc<BackupLink>,
+    /// This host's TAP and disk, opened and checked at start.
+    backends: Backends,
+    net_mac: Option<[u8; 6]>,
     console: Option<Box<dyn Write + Send>>,
 }
 
@@ -160,17 +163,30 @@ pub struct BackupInputs {
     status: Arc<BackupStatus>,
 }
 
-/// The backup's inputs and outputs for a run whose start was read from `replay`.
+/// This backup's pair: its settings, generation and link.
+pub struct BackupPair {
+    /// Its settings.
+    pub config: FtConfig,
+    /// The generation it runs in.
+    pub generation: u64,
+    /// The link to the primary.
+    pub link: Arc<BackupLink>,
+}
+
+/// The backup's inputs and outputs for a run whose start was read from
+/// `replay`, going live on `backends` (this host's attachments, already
+/// checked against the primary's devices; `net_mac` the guest's MAC).
 pub fn backup_io(
     replay: ReplayInputs<LinkSource>,
     status: Arc<BackupStatus>,
-    config: FtConfig,
-    attachments: Attachments,
-    devices: DeviceSet,
+    pair: BackupPair,
+    backends: Backends,
+    net_mac: Option<[u8; 6]>,
     console: Box<dyn Write + Send>,
 ) -> (BackupInputs, BackupOutputs) {
     let shared = Rc::new(RefCell::new(Shared::default()));
-    let go_live = GoLive { config, attachments, devices, console: Some(console) };
+    let BackupPair { config, generation, link } = pair;
+    let go_live = GoLive { config, generation, link, backends, net_mac, console: Some(console) };
     let inputs = BackupInputs {
         replay: Some(replay),
         live: None,
@@ -199,20 +215,25 @@ fn rarp_announcement(mac: [u8; 6]) -> Vec<u8> {
 }
 
 impl BackupInputs {
-    /// The primary is gone: win the arbiter, then switch to the host.
+    /// The primary is gone: wait out its lease, win the arbiter, then switch to the host.
     fn go_live(&mut self, at: &At, why: String) -> Result<(), InputError> {
-        arbitrate(&self.go_live.config, "backup", &format!("primary presumed dead ({why})"))
-            .map_err(|reason| {
-                eprintln!("ftvm: {reason}");
-                InputError::Halted(reason)
-            })?;
-        let (backends, devices) = runs::open(&self.go_live.attachments)
-            .map_err(|error| InputError::Host(format!("going live: {error}")))?;
-        if devices != self.go_live.devices {
-            return Err(InputError::Host(format!(
-                "going live: this backup's devices {devices:?} differ from the primary's {:?}",
-                self.go_live.devices
-            )));
+        sleep_until(self.go_live.link.live_not_before())?;
+        let go_live = &self.go_live;
+        let why = format!("primary presumed dead ({why})");
+        arbitrate(&go_live.config, go_live.generation, "backup", &why).map_err(|not_won| {
+            match not_won {
+                NotWon::Lost(reason) => {
+                    eprintln!("ftvm: {reason}");
+                    InputError::Halted(reason)
+                }
+                NotWon::Stopped => InputError::Stopped,
+            }
+        })?;
+        let backends = std::mem::take(&mut self.go_live.backends);
+        if let Some(tap) = backends.tap.as_ref() {
+            // Frames queued while this side was a backup were flooded to both sides (the
+            // primary's guest consumed them, and the log carried them here): stale now.
+            while let Ok(Some(_)) = tap.read_frame() {}
         }
         let mut shared = self.shared.borrow_mut();
         let console = self.go_live.console.take().expect("go-live happens once");
@@ -228,7 +249,7 @@ impl BackupInputs {
         if backends.disk.is_some() {
             live_outputs.disk_flush().map_err(|error| InputError::Host(error.to_string()))?;
         }
-        if let (Some(mac), Some(_)) = (devices.net_mac, backends.tap.as_ref()) {
+        if let (Some(mac), Some(_)) = (self.go_live.net_mac, backends.tap.as_ref()) {
             live_outputs.transmit(&rarp_announcement(mac));
         }
         shared.live = Some(live_outputs);
@@ -237,7 +258,7 @@ impl BackupInputs {
         self.live = Some(LiveInputs::continuing_at(self.last_monotonic_ns + 1, backends));
         eprintln!(
             "ftvm: role: backup -> live, generation {}, at landmark {} rip {:#x}, {replayed} entries replayed, {rewritten} recent disk writes re-applied",
-            self.go_live.config.generation, at.point.landmark, at.point.rip
+            self.go_live.generation, at.point.landmark, at.point.rip
         );
         Ok(())
     }

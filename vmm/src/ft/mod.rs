@@ -7,25 +7,31 @@
 //! solo; the loser halts, so there is never split brain.
 //!
 //! [`primary`] holds the primary's side (log sink over the channel, held
-//! outputs and their release), [`backup`] the backup's (entry source over the
-//! channel, go-live), [`arbitrate`] the one decision both make.
+//! outputs and their release under the lease), [`backup`] the backup's (entry
+//! source over the channel, go-live), [`prepare`] the checks both make at
+//! start, [`arbitrate`] the one decision both make on failure.
 
 pub mod backup;
 pub mod primary;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use logchannel::ChannelConfig;
-use storage::arbiter::{Arbiter, Verdict};
+use logchannel::{ChannelConfig, Credentials};
+use storage::arbiter::{Arbiter, ArbiterError, Verdict};
+use storage::pair::{PairDir, PairError, PairIdentity};
+use thiserror::Error;
 
-/// Settings both sides of a pair share.
+use crate::signals;
+
+/// Settings of one side of a pair. What both sides must agree on (the pair,
+/// its key and generation) is not here: it is read from the arbiter directory.
 #[derive(Clone, Debug)]
 pub struct FtConfig {
-    /// The directory on shared storage holding the arbiter's records.
+    /// The directory on shared storage holding the pair's identity and the arbiter's records.
     pub arbiter_dir: PathBuf,
-    /// The pair's generation: one arbiter record per generation.
-    pub generation: u64,
+    /// The pair's key from this file instead of the arbiter directory.
+    pub key_file: Option<PathBuf>,
     /// Heartbeats and the failure timeout of the log channel.
     pub channel: ChannelConfig,
     /// Lag bound: the most unacknowledged log bytes before the primary waits.
@@ -43,7 +49,7 @@ impl FtConfig {
     pub fn new(arbiter_dir: PathBuf) -> Self {
         FtConfig {
             arbiter_dir,
-            generation: 1,
+            key_file: None,
             channel: ChannelConfig::default(),
             max_unacked_bytes: 4 << 20,
             max_unacked_age_ms: 200,
@@ -106,30 +112,132 @@ pub fn median_p99(samples: &mut [u64]) -> (u64, u64) {
 /// How often an unreachable arbiter is tried again.
 const ARBITER_RETRY: Duration = Duration::from_millis(50);
 
-/// Asks the arbiter whether `side` may run the guest alone for this
-/// generation. Waits (and says so) while the storage cannot be reached: a
-/// side never goes on without winning. `Err` carries the message a loser halts with.
-pub fn arbitrate(config: &FtConfig, side: &str, why: &str) -> Result<(), String> {
+/// Why a side cannot take part in its pair at start (exit status 119): each
+/// names the directory or setting at fault and the fix.
+#[derive(Debug, Error)]
+pub enum PairSetupError {
+    /// The arbiter directory cannot hold records.
+    #[error("the arbiter directory cannot be used: {error}; {fix}")]
+    Arbiter {
+        /// What failed.
+        error: ArbiterError,
+        /// What to do.
+        fix: &'static str,
+    },
+    /// The pair's identity is missing or unreadable.
+    #[error(transparent)]
+    Identity(#[from] PairError),
+    /// The current generation was already decided: a failover happened in it.
+    #[error(
+        "generation {generation} of pair {pair_id} is over: the arbiter gave it to {holder}. If \
+         that side still runs, it owns the guest. To start the pair again, run `ftvm pair next \
+         {dir}` once, then start both sides"
+    )]
+    GenerationDecided {
+        /// The pair.
+        pair_id: String,
+        /// Its current generation.
+        generation: u64,
+        /// Who won it.
+        holder: String,
+        /// The arbiter directory.
+        dir: String,
+    },
+    /// The peer and this side cannot form a pair (key, pair, generation, version, devices).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The checks a side makes before it joins its pair: the arbiter directory
+/// can hold records (a configuration error stops the side; storage that does
+/// not answer is retried, visibly, until a stop signal), the pair's identity
+/// is there, and its current generation is not decided yet.
+pub fn prepare(config: &FtConfig) -> Result<Credentials, PairSetupError> {
+    let arbiter = Arbiter::new(&config.arbiter_dir);
+    let mut last_report = String::new();
+    loop {
+        match arbiter.probe() {
+            Ok(()) => break,
+            Err(error) => {
+                if let Some(fix) = error.fix() {
+                    return Err(PairSetupError::Arbiter { error, fix });
+                }
+                report_retry(&mut last_report, &error);
+                if signals::stop_requested() {
+                    return Err(PairSetupError::Refused(
+                        "stopped while waiting for the arbiter directory".into(),
+                    ));
+                }
+                std::thread::sleep(ARBITER_RETRY);
+            }
+        }
+    }
+    let identity: PairIdentity =
+        PairDir::new(&config.arbiter_dir).load(config.key_file.as_deref())?;
+    let holder = arbiter.holder(identity.generation).map_err(|error| {
+        let fix = error.fix().unwrap_or("check the shared storage");
+        PairSetupError::Arbiter { error, fix }
+    })?;
+    if let Some(holder) = holder {
+        return Err(PairSetupError::GenerationDecided {
+            pair_id: identity.id,
+            generation: identity.generation,
+            holder,
+            dir: config.arbiter_dir.display().to_string(),
+        });
+    }
+    Ok(Credentials { pair_id: identity.id, key: identity.key, generation: identity.generation })
+}
+
+/// Prints a retry message once per distinct error.
+fn report_retry(last_report: &mut String, error: &ArbiterError) {
+    let report = error.to_string();
+    if report != *last_report {
+        eprintln!("ftvm: arbiter unreachable ({report}); retrying until it answers (Ctrl-C stops)");
+        *last_report = report;
+    }
+}
+
+/// How an arbitration ended for a side that did not win.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotWon {
+    /// The other side holds the generation: this side halts (status 127).
+    Lost(String),
+    /// A stop signal came while the storage did not answer (status 130).
+    Stopped,
+}
+
+/// This side's name in an arbiter record: role, host, pid and the time.
+fn holder_name(side: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".into());
+    let unix_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
+    format!("{side} on host {host} pid {} at unix time {unix_s}", std::process::id())
+}
+
+/// Asks the arbiter whether `side` may run the guest alone in `generation`.
+/// While the storage does not answer it retries, saying so, until a stop
+/// signal: a side never goes on without winning.
+pub fn arbitrate(config: &FtConfig, generation: u64, side: &str, why: &str) -> Result<(), NotWon> {
     eprintln!(
-        "ftvm: {why}; asking the arbiter in {} (generation {})",
-        config.arbiter_dir.display(),
-        config.generation
+        "ftvm: {why}; asking the arbiter in {} (generation {generation})",
+        config.arbiter_dir.display()
     );
     let arbiter = Arbiter::new(&config.arbiter_dir);
-    let mut reported = false;
-    let verdict = arbiter.set_with_retry(config.generation, side, ARBITER_RETRY, |error| {
-        if !reported {
-            eprintln!("ftvm: arbiter unreachable ({error}); retrying until it answers");
-            reported = true;
-        }
-        false
+    let mut last_report = String::new();
+    let mut stopped = false;
+    let verdict = arbiter.set_with_retry(generation, &holder_name(side), ARBITER_RETRY, |error| {
+        report_retry(&mut last_report, error);
+        stopped = signals::stop_requested();
+        stopped
     });
     match verdict {
         Ok(Verdict::Won) => Ok(()),
-        Ok(Verdict::Lost { holder }) => Err(format!(
-            "the arbiter already names `{holder}` for generation {}: this {side} halts",
-            config.generation
-        )),
-        Err(error) => Err(format!("the arbiter failed ({error}): this {side} halts")),
+        Ok(Verdict::Lost { holder }) => Err(NotWon::Lost(format!(
+            "the arbiter gave generation {generation} to {holder}: this {side} halts"
+        ))),
+        Err(_) if stopped => Err(NotWon::Stopped),
+        Err(error) => Err(NotWon::Lost(format!("the arbiter failed ({error}): this {side} halts"))),
     }
 }

@@ -2,8 +2,20 @@
 //! the channel, with the lag bound applied as it is sent; every output is held
 //! until the backup has acknowledged the last entry sent before it (the
 //! output rule) and is then released, in order, by one thread. Execution goes
-//! on meanwhile; only output waits. When the backup is presumed dead the
-//! primary asks the arbiter: it goes on solo (releasing what it held) or halts.
+//! on meanwhile; only output waits.
+//!
+//! Fencing: the releaser performs an output only while the primary holds its
+//! lease (see `logchannel::PrimaryCore`), checked right before the write on
+//! the releaser's own thread, so a primary that was paused or cut off past the
+//! failure timeout releases nothing more on waking: its link reports the
+//! backup lost, and it asks the arbiter. It goes on solo (releasing what it
+//! held) only if it wins; if it loses it drops everything it held and halts.
+//!
+//! The window that remains: a pause of the releaser thread after the lease
+//! check and before its `pwrite`/`write` syscall (a few microseconds of code)
+//! that lasts past the backup's go-live. Linux cannot revoke a file
+//! descriptor, so only a fence in the storage itself (SCSI reservations, a
+//! block service that checks generations) could close it.
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -12,7 +24,7 @@ use std::time::Duration;
 
 use logchannel::{ChannelError, Entry, PrimaryLink};
 
-use super::{arbitrate, median_p99, FtConfig, PairReport};
+use super::{arbitrate, median_p99, FtConfig, NotWon, PairReport};
 
 /// Lag samples kept for the report (one per entry sent, up to this many).
 const MAX_LAG_SAMPLES: usize = 1 << 20;
@@ -25,19 +37,22 @@ use crate::outputs::{LiveOutputs, OutputError, Outputs};
 pub struct PrimarySide {
     link: PrimaryLink,
     config: FtConfig,
+    generation: u64,
     solo: AtomicBool,
-    halted: Mutex<Option<String>>,
+    /// Set when this side lost the arbiter, or was stopped while asking it.
+    halted: Mutex<Option<NotWon>>,
     last_sent_seq: AtomicU64,
     /// (entries, bytes, ms) the backup lagged behind, sampled at each entry sent.
     lag_samples: Mutex<Vec<(u64, u64, u64)>>,
 }
 
 impl PrimarySide {
-    /// The primary's side over a connected link.
-    pub fn new(link: PrimaryLink, config: FtConfig) -> Arc<Self> {
+    /// The primary's side of `generation` over a connected link.
+    pub fn new(link: PrimaryLink, config: FtConfig, generation: u64) -> Arc<Self> {
         Arc::new(PrimarySide {
             link,
             config,
+            generation,
             solo: AtomicBool::new(false),
             halted: Mutex::new(None),
             last_sent_seq: AtomicU64::new(0),
@@ -59,7 +74,7 @@ impl PrimarySide {
         };
         PairReport {
             role: if self.is_solo() { "solo" } else { "primary" }.into(),
-            generation: self.config.generation,
+            generation: self.generation,
             sent_seq: stats.sent_seq,
             acked_seq: stats.acked_seq,
             sent_bytes: stats.sent_bytes,
@@ -71,24 +86,27 @@ impl PrimarySide {
 
     /// The backup is presumed dead: win the arbiter and go solo, or halt.
     /// Called by whichever thread notices first; the others wait for its answer.
-    fn backup_failed(&self, error: &ChannelError) -> Result<(), String> {
+    fn backup_failed(&self, error: &ChannelError) -> Result<(), NotWon> {
         let mut halted = self.halted.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if self.is_solo() {
             return Ok(());
         }
-        if let Some(reason) = halted.as_ref() {
-            return Err(reason.clone());
+        if let Some(not_won) = halted.as_ref() {
+            return Err(not_won.clone());
         }
-        match arbitrate(&self.config, "primary", &format!("backup presumed dead ({error})")) {
+        let why = format!("backup presumed dead ({error})");
+        match arbitrate(&self.config, self.generation, "primary", &why) {
             Ok(()) => {
-                eprintln!("ftvm: role: primary -> solo, generation {}", self.config.generation);
+                eprintln!("ftvm: role: primary -> solo, generation {}", self.generation);
                 self.solo.store(true, Ordering::SeqCst);
                 Ok(())
             }
-            Err(reason) => {
-                eprintln!("ftvm: {reason}");
-                *halted = Some(reason.clone());
-                Err(reason)
+            Err(not_won) => {
+                if let NotWon::Lost(reason) = &not_won {
+                    eprintln!("ftvm: {reason}; the outputs it held are dropped");
+                }
+                *halted = Some(not_won.clone());
+                Err(not_won)
             }
         }
     }
@@ -143,7 +161,7 @@ impl EntrySink for LinkSink {
         });
         match sent {
             Ok(sent) => Ok(sent.frame_len_bytes),
-            Err(error) => self.side.backup_failed(&error).map(|()| 0).map_err(InputError::Halted),
+            Err(error) => self.side.backup_failed(&error).map(|()| 0).map_err(input_error),
         }
     }
 
@@ -155,8 +173,16 @@ impl EntrySink for LinkSink {
             deadline_after(Duration::from_millis(self.side.config.channel.failure_timeout_ms * 2));
         match self.side.link.flush(deadline) {
             Ok(_) => Ok(()),
-            Err(error) => self.side.backup_failed(&error).map_err(InputError::Halted),
+            Err(error) => self.side.backup_failed(&error).map_err(input_error),
         }
+    }
+}
+
+/// How a lost arbitration ends the run.
+fn input_error(not_won: NotWon) -> InputError {
+    match not_won {
+        NotWon::Lost(reason) => InputError::Halted(reason),
+        NotWon::Stopped => InputError::Stopped,
     }
 }
 
@@ -287,7 +313,8 @@ impl Outputs for HeldOutputs {
     }
 }
 
-/// The releaser: waits for each output's acknowledgement, then performs it.
+/// The releaser: waits until each output may be released (acknowledged, and
+/// the lease held, or solo), then performs it at once on this thread.
 fn release(side: Arc<PrimarySide>, queue: Arc<OutputQueue>, mut live: LiveOutputs) {
     loop {
         let (seq, held) = {
@@ -306,7 +333,7 @@ fn release(side: Arc<PrimarySide>, queue: Arc<OutputQueue>, mut live: LiveOutput
             if side.is_solo() {
                 break true;
             }
-            match side.link.wait_acked(seq, deadline_after(Duration::from_millis(100))) {
+            match side.link.wait_releasable(seq, deadline_after(Duration::from_millis(100))) {
                 Ok(true) => break true,
                 Ok(false) => continue,
                 Err(error) => break side.backup_failed(&error).is_ok(),

@@ -41,6 +41,22 @@ pub fn deadline_after(duration: std::time::Duration) -> Instant {
     Instant::now() + duration
 }
 
+/// Sleeps until `deadline` on the host clock, waking early only for a stop
+/// signal ([`InputError::Stopped`]).
+pub fn sleep_until(deadline: Instant) -> Result<(), InputError> {
+    const SLICE: std::time::Duration = std::time::Duration::from_millis(10);
+    loop {
+        if crate::signals::stop_requested() {
+            return Err(InputError::Stopped);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(());
+        }
+        std::thread::sleep((deadline - now).min(SLICE));
+    }
+}
+
 /// The host resources a live guest reads: its NIC's TAP and its disk image.
 #[derive(Clone, Default)]
 pub struct Backends {
