@@ -1,19 +1,31 @@
 //! The primary -> backup log channel over TCP (DESIGN §5).
 //!
+//! # Opening: an authenticated, versioned handshake
+//!
+//! A connection becomes a channel only through [`handshake`]: both sides prove they hold the
+//! pair's key (HMAC-SHA256 challenge-response over fresh nonces), and agree on the protocol
+//! version, the pair id and its generation; the backup also checks the primary's guest devices
+//! against its own attachments. Any mismatch is refused with a reason both sides report. The
+//! backup's [`BackupListener`] runs each connection's handshake on a thread of its own, hands out
+//! the first primary that passes, and refuses (and names) every other connection, before and
+//! after.
+//!
 //! # Wire format
 //!
 //! Primary -> backup: the log itself, frames of [`Entry`] exactly as in a log file
 //! ([`crate::frame`]: length, CRC32C, postcard `(seq, entry)`), sequence numbers from
 //! [`FIRST_SEQ`](crate::FIRST_SEQ). Backup -> primary: frames of [`BackupMessage`] in the same
-//! framing with their own sequence numbers, so acks are CRC-checked and a lost or repeated one is
-//! an error like a lost log frame.
+//! framing with their own sequence numbers. Every frame, both ways, is followed by a tag under
+//! the session key ([`session`]), so a frame from a stranger, another session or another
+//! position is refused before it is decoded.
 //!
 //! # Acks, heartbeats and failure detection
 //!
 //! The backup acknowledges the highest contiguous sequence number it has received, as soon as a
 //! read from the socket has been decoded (before anything is replayed), one ack per read however
 //! many frames it held. When it has sent nothing for `heartbeat_interval_ms` it repeats its ack:
-//! that is its heartbeat.
+//! that is its heartbeat. Each ack says whether the backup is reading (it stops while its replay
+//! is behind, which stalls acks without the backup being dead).
 //!
 //! The primary's heartbeat is an ordinary log entry, [`Entry::Progress`] carrying the highest
 //! landmark the VMM itself has announced in a progress entry (0 before any), sent when nothing
@@ -26,9 +38,20 @@
 //!
 //! Either side presumes its peer dead when it has received nothing for `failure_timeout_ms`
 //! ([`ChannelError::PeerSilent`]), or at once when the connection ends or fails
-//! ([`ChannelError::Disconnected`]). Both are peer failures ([`ChannelError::is_peer_failure`]):
-//! the side should go to the arbiter. Bad data ([`ChannelError::Corrupt`],
-//! [`ChannelError::Protocol`]) is not: it is reported, and nothing after it is delivered.
+//! ([`ChannelError::Disconnected`]); the primary also when the backup, while reading, has
+//! acknowledged nothing new for that long ([`ChannelError::Unacknowledged`]: the link is cut
+//! towards the backup only). All are peer failures ([`ChannelError::is_peer_failure`]): the side
+//! should go to the arbiter. Bad data ([`ChannelError::Corrupt`],
+//! [`ChannelError::Unauthenticated`], [`ChannelError::Protocol`]) is not: it is reported, and
+//! nothing after it is delivered.
+//!
+//! # Fencing
+//!
+//! The primary may release output only under its lease ([`PrimaryCore::lease_valid`]), renewed
+//! by acks of entries sent within the failure timeout minus a margin; the backup goes live no
+//! earlier than the failure timeout after it last heard the primary
+//! ([`BackupLink::live_not_before`]). So the two never release output for the same stretch of
+//! time, whichever way the link fails.
 //!
 //! # Layers
 //!

@@ -122,6 +122,32 @@ pub fn ftvm(exe: &str, args: &[&str]) -> Finished {
     Reaped::spawn(command).finish()
 }
 
+/// A scratch directory under the system's temporary directory, removed on drop.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    /// A fresh directory whose name starts with `name`.
+    pub fn new(name: &str) -> Scratch {
+        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let count = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("ftvm-{name}-{}-{count}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        Scratch(dir)
+    }
+
+    /// The directory as a string, for command lines.
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("scratch paths are UTF-8")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Creates an FT pair's identity in `dir` (`ftvm pair init`), as a user does
 /// once before a pair's first start.
 pub fn init_pair(exe: &str, dir: &std::path::Path) {

@@ -12,6 +12,10 @@ use std::time::Duration;
 struct Faults {
     /// Stop forwarding in both directions, keeping the sockets open (a partition).
     cut: AtomicBool,
+    /// Stop forwarding from the primary to the backup only.
+    cut_to_backup: AtomicBool,
+    /// Stop forwarding from the backup to the primary only.
+    cut_to_primary: AtomicBool,
     /// Flip a bit in the byte at this offset of the primary's stream (0: never).
     corrupt_at: AtomicU64,
 }
@@ -23,12 +27,15 @@ pub struct Proxy {
     faults: Arc<Faults>,
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, faults: Arc<Faults>, corrupting: bool) {
+/// Forwards `from` -> `to`; `to_backup` says which direction this is.
+fn pump(mut from: TcpStream, mut to: TcpStream, faults: Arc<Faults>, to_backup: bool) {
     let mut offset = 0u64;
     let mut buf = [0u8; 16 * 1024];
     from.set_read_timeout(Some(Duration::from_millis(20))).expect("read timeout");
+    let one_way_cut = if to_backup { &faults.cut_to_backup } else { &faults.cut_to_primary };
+    let corrupting = to_backup;
     loop {
-        if faults.cut.load(Ordering::SeqCst) {
+        if faults.cut.load(Ordering::SeqCst) || one_way_cut.load(Ordering::SeqCst) {
             // Hold the sockets open and silent, like a network partition.
             thread::sleep(Duration::from_millis(20));
             continue;
@@ -86,6 +93,13 @@ impl Proxy {
     /// Stops forwarding in both directions; both sides stay connected.
     pub fn cut(&self) {
         self.faults.cut.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops forwarding one way only: towards the backup if `to_backup`, else towards the
+    /// primary. The other direction goes on.
+    pub fn cut_one_way(&self, to_backup: bool) {
+        let flag = if to_backup { &self.faults.cut_to_backup } else { &self.faults.cut_to_primary };
+        flag.store(true, Ordering::SeqCst);
     }
 
     /// Flips a bit of the primary's byte at `offset` (counted from the start).

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ftvm_tests::netns::Lab;
 use ftvm_tests::proxy::Proxy;
-use ftvm_tests::{Finished, Reaped};
+use ftvm_tests::{Finished, Reaped, Scratch};
 
 const FTVM: &str = env!("CARGO_BIN_EXE_ftvm-e2e");
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/echo_client.py");
@@ -20,29 +20,11 @@ fn trials() -> u64 {
     std::env::var("FTVM_FT_TRIALS").ok().and_then(|value| value.parse().ok()).unwrap_or(3)
 }
 
-/// A scratch directory for the arbiter, removed at the end.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let count = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let dir =
-            std::env::temp_dir().join(format!("ftvm-ft-{name}-{}-{count}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        ftvm_tests::init_pair(FTVM, &dir);
-        Scratch(dir)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A scratch directory holding a fresh pair's identity (its arbiter directory).
+fn pair_dir(name: &str) -> Scratch {
+    let dir = Scratch::new(&format!("ft-{name}"));
+    ftvm_tests::init_pair(FTVM, &dir.0);
+    dir
 }
 
 /// A small seeded generator for kill points (printed, so a failure reruns).
@@ -60,7 +42,7 @@ struct Pair {
 
 fn echo_pair(name: &str) -> Pair {
     let lab = Lab::new(2);
-    let arbiter = Scratch::new(name);
+    let arbiter = pair_dir(name);
     let backup = lab.spawn_in_host(
         FTVM,
         &[
@@ -152,6 +134,48 @@ fn killing_the_primary_mid_stream_loses_no_byte() {
     }
 }
 
+/// Frames the VMM on `tap` wrote into it (the kernel counts them as the TAP's rx).
+fn frames_written_to(lab: &Lab, tap: &str) -> u64 {
+    let path = format!("/sys/class/net/{tap}/statistics/rx_packets");
+    let output = lab.host_command("cat", &[&path]).output().expect("cat");
+    String::from_utf8_lossy(&output.stdout).trim().parse().expect("a packet count")
+}
+
+#[test]
+fn a_paused_primary_sends_no_frame_after_the_backup_went_live() {
+    for trial in 0..trials() {
+        let delay_ms = kill_delay_ms(trial + 100);
+        eprintln!("ft pause trial {trial}: SIGSTOP of the primary {delay_ms} ms into the stream");
+        let pair = echo_pair("pause");
+        let client = pair.stream(2, 12_000_000);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(pair.primary.pid() as i32, libc::SIGSTOP) };
+        // Past the failure timeout (300 ms) and the backup's go-live.
+        std::thread::sleep(Duration::from_millis(1500));
+        let frames_before_wake = frames_written_to(&pair.lab, "tap0");
+        // SAFETY: as above.
+        unsafe { libc::kill(pair.primary.pid() as i32, libc::SIGCONT) };
+        let Pair { lab, _arbiter: arbiter, primary, backup } = pair;
+        let primary = primary.finish_within(Duration::from_secs(30));
+        assert_eq!(primary.status, Some(127), "trial {trial}: the old primary halts: {primary:?}");
+        assert_eq!(
+            frames_written_to(&lab, "tap0"),
+            frames_before_wake,
+            "trial {trial}: the old primary sent frames after the backup went live"
+        );
+        let client = Reaped::finish_within(client, Duration::from_secs(60));
+        let backup = backup.stop();
+        assert_stream_ok(client, &format!("trial {trial} (pause at {delay_ms} ms)"));
+        assert!(backup.stderr.contains("role: backup -> live"), "trial {trial}: {}", backup.stderr);
+        let record = ftvm_tests::ftvm(FTVM, &["pair", "show", arbiter.path()]);
+        assert!(
+            record.stdout.contains("won by backup on host") && record.stdout.contains(" pid "),
+            "trial {trial}: the record names the winner: {record:?}"
+        );
+    }
+}
+
 #[test]
 fn killing_the_backup_leaves_the_primary_solo() {
     let mut pair = echo_pair("solo");
@@ -205,7 +229,7 @@ fn free_port() -> u16 {
 #[test]
 fn cutting_the_channel_lets_exactly_one_side_go_on() {
     for trial in 0..trials() {
-        let arbiter = Scratch::new("cut");
+        let arbiter = pair_dir("cut");
         let (primary, backup, proxy) = proxied_pair(&arbiter, free_port(), &[]);
         std::thread::sleep(Duration::from_millis(600 + 100 * trial));
         proxy.cut();
@@ -232,7 +256,7 @@ fn cutting_the_channel_lets_exactly_one_side_go_on() {
 
 #[test]
 fn a_corrupted_frame_is_reported_and_never_replayed() {
-    let arbiter = Scratch::new("corrupt");
+    let arbiter = pair_dir("corrupt");
     let (primary, backup, proxy) = proxied_pair(&arbiter, free_port(), &[]);
     // Past the run-start entry (the kernel image, ~170 KB), inside the input stream.
     proxy.corrupt_at(300_000);
@@ -255,7 +279,7 @@ fn a_corrupted_frame_is_reported_and_never_replayed() {
 
 #[test]
 fn an_injected_divergence_stops_the_backup_which_never_goes_live() {
-    let arbiter = Scratch::new("diverge");
+    let arbiter = pair_dir("diverge");
     let (primary, backup, _proxy) =
         proxied_pair(&arbiter, free_port(), &["--inject-divergence-at", "500"]);
     let backup = backup.finish();
@@ -271,7 +295,7 @@ fn an_injected_divergence_stops_the_backup_which_never_goes_live() {
 fn killing_the_primary_mid_disk_test_keeps_the_shared_disk_whole() {
     // Shared-disk mode: only the live side writes the image; writes are held
     // until acknowledged; the backup re-applies its recent writes at go-live.
-    let arbiter = Scratch::new("disk");
+    let arbiter = pair_dir("disk");
     let image = arbiter.0.join("shared.img");
     let image = image.to_str().unwrap();
     let mut create = Command::new(FTVM);

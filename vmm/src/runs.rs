@@ -235,17 +235,18 @@ pub fn backup(
     let own = channel_devices(own_devices);
     let check = move |hello: &logchannel::Hello| devices_match(own, hello.devices);
     let report = |line: String| eprintln!("ftvm: log channel: {line}");
-    let (listener, accepted) = signals::spawning_helpers(|| {
-        let listener = BackupListener::start(listener, &ft.channel, &credentials, check, report)?;
-        loop {
-            if let Some(accepted) = listener.next(STOP_POLL) {
-                break Ok((listener, accepted));
-            }
-            if signals::stop_requested() {
-                break Err(RunError::Log(InputError::Stopped));
-            }
-        }
+    let listener = signals::spawning_helpers(|| {
+        BackupListener::start(listener, &ft.channel, &credentials, check, report)
     })?;
+    // Waits here, with stop signals unblocked, so Ctrl-C and SIGTERM end the wait.
+    let accepted = loop {
+        if let Some(accepted) = listener.next(STOP_POLL) {
+            break accepted;
+        }
+        if signals::stop_requested() {
+            return Err(RunError::Log(InputError::Stopped));
+        }
+    };
     eprintln!("ftvm: log channel: paired with the primary at {}", accepted.peer_addr);
     let link = Arc::new(signals::spawning_helpers(|| {
         BackupLink::from_stream(accepted.stream, &ft.channel, &accepted.session)

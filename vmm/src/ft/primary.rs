@@ -28,7 +28,7 @@ use super::{arbitrate, median_p99, FtConfig, NotWon, PairReport};
 
 /// Lag samples kept for the report (one per entry sent, up to this many).
 const MAX_LAG_SAMPLES: usize = 1 << 20;
-use crate::inputs::live::deadline_after;
+use crate::inputs::live::{deadline_after, HostClock};
 use crate::inputs::record::EntrySink;
 use crate::inputs::InputError;
 use crate::outputs::{LiveOutputs, OutputError, Outputs};
@@ -44,6 +44,10 @@ pub struct PrimarySide {
     last_sent_seq: AtomicU64,
     /// (entries, bytes, ms) the backup lagged behind, sampled at each entry sent.
     lag_samples: Mutex<Vec<(u64, u64, u64)>>,
+    /// Measures the fence's window (lease check to end of write).
+    clock: HostClock,
+    fence_window_ns: AtomicU64,
+    released_under_lease: AtomicU64,
 }
 
 impl PrimarySide {
@@ -57,6 +61,9 @@ impl PrimarySide {
             halted: Mutex::new(None),
             last_sent_seq: AtomicU64::new(0),
             lag_samples: Mutex::new(Vec::new()),
+            clock: HostClock::start(),
+            fence_window_ns: AtomicU64::new(0),
+            released_under_lease: AtomicU64::new(0),
         })
     }
 
@@ -81,6 +88,9 @@ impl PrimarySide {
             lag_entries: column(|sample| sample.0),
             lag_bytes: column(|sample| sample.1),
             lag_ms: column(|sample| sample.2),
+            released_under_lease: self.released_under_lease.load(Ordering::Relaxed),
+            fence_window_ns: self.fence_window_ns.load(Ordering::Relaxed),
+            wall_ns: self.clock.elapsed_ns(),
         }
     }
 
@@ -329,12 +339,17 @@ fn release(side: Arc<PrimarySide>, queue: Arc<OutputQueue>, mut live: LiveOutput
                 state = queue.changed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
             }
         };
+        // `Some(time of the lease check)` when released under the lease.
+        let mut checked_at_ns = None;
         let released = loop {
             if side.is_solo() {
                 break true;
             }
             match side.link.wait_releasable(seq, deadline_after(Duration::from_millis(100))) {
-                Ok(true) => break true,
+                Ok(true) => {
+                    checked_at_ns = Some(side.clock.elapsed_ns());
+                    break true;
+                }
                 Ok(false) => continue,
                 Err(error) => break side.backup_failed(&error).is_ok(),
             }
@@ -353,6 +368,14 @@ fn release(side: Arc<PrimarySide>, queue: Arc<OutputQueue>, mut live: LiveOutput
             (true, Held::DiskWrite(offset, data)) => live.disk_write(offset, &data),
             (true, Held::DiskFlush) => live.disk_flush(),
         };
+        if let Some(checked_at_ns) = checked_at_ns {
+            // The fence's window: from the lease check to the end of the write it allowed.
+            side.fence_window_ns.fetch_add(
+                side.clock.elapsed_ns().saturating_sub(checked_at_ns),
+                Ordering::Relaxed,
+            );
+            side.released_under_lease.fetch_add(1, Ordering::Relaxed);
+        }
         let mut state = queue.lock();
         if let Err(error) = result {
             state.disk_error = Some(error.to_string());
