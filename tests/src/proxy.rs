@@ -66,9 +66,14 @@ fn pump(mut from: TcpStream, mut to: TcpStream, faults: Arc<Faults>, to_backup: 
 }
 
 impl Proxy {
-    /// Starts a proxy in front of `target` (one connection).
+    /// Starts a proxy on a free loopback port in front of `target` (one connection).
     pub fn start(target: &str) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        Self::start_on("127.0.0.1:0", target)
+    }
+
+    /// Starts a proxy listening on `listen` in front of `target` (one connection).
+    pub fn start_on(listen: &str, target: &str) -> Proxy {
+        let listener = TcpListener::bind(listen).expect("bind the proxy's port");
         let addr = listener.local_addr().expect("local addr").to_string();
         let faults = Arc::new(Faults::default());
         let target = target.to_string();

@@ -13,6 +13,8 @@ use ftvm_tests::proxy::Proxy;
 use ftvm_tests::{Finished, Reaped, Scratch};
 
 const FTVM: &str = env!("CARGO_BIN_EXE_ftvm-e2e");
+const PROXY: &str = env!("CARGO_BIN_EXE_ftvm-proxy");
+const CAPTURE: &str = env!("CARGO_BIN_EXE_ftvm-capture");
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/echo_client.py");
 const CHANNEL: &str = "127.0.0.1:7000";
 
@@ -41,6 +43,17 @@ struct Pair {
 }
 
 fn echo_pair(name: &str) -> Pair {
+    echo_pair_with(name, CHANNEL, |_| ()).0
+}
+
+/// An echo pair whose primary connects to `primary_channel`; `between` runs
+/// after the backup started and before the primary does (to put a proxy or a
+/// capture in place), and its result is returned with the pair.
+fn echo_pair_with<T>(
+    name: &str,
+    primary_channel: &str,
+    between: impl FnOnce(&Lab) -> T,
+) -> (Pair, T) {
     let lab = Lab::new(2);
     let arbiter = pair_dir(name);
     let backup = lab.spawn_in_host(
@@ -55,13 +68,14 @@ fn echo_pair(name: &str) -> Pair {
             &lab.net_flag_for(1, 0),
         ],
     );
+    let extra = between(&lab);
     let cmdline = format!("role=echo port=7 {}", Lab::guest_net_args(0));
     let primary = lab.spawn_in_host(
         FTVM,
         &[
             "primary",
             "--backup",
-            CHANNEL,
+            primary_channel,
             "--arbiter",
             arbiter.path(),
             "--net",
@@ -79,7 +93,7 @@ fn echo_pair(name: &str) -> Pair {
             String::from_utf8_lossy(&up.stdout)
         );
     }
-    pair
+    (pair, extra)
 }
 
 impl Pair {
@@ -172,6 +186,63 @@ fn a_paused_primary_sends_no_frame_after_the_backup_went_live() {
         assert!(
             record.stdout.contains("won by backup on host") && record.stdout.contains(" pid "),
             "trial {trial}: the record names the winner: {record:?}"
+        );
+    }
+}
+
+/// The `at unix ns N` of a role-change line.
+fn role_change_unix_ns(stderr: &str, change: &str) -> Option<u128> {
+    let line = stderr.lines().find(|line| line.contains(change))?;
+    line.rsplit("at unix ns ").next()?.trim().parse().ok()
+}
+
+/// `frames N last_unix_ns T` from a stopped capture.
+fn captured(capture: Finished) -> (u64, u128) {
+    let line =
+        capture.stdout.lines().find(|line| line.starts_with("frames ")).unwrap_or_else(|| {
+            panic!("the capture printed no count: {capture:?}");
+        });
+    let words: Vec<&str> = line.split_whitespace().collect();
+    (words[1].parse().unwrap(), words[3].parse().unwrap())
+}
+
+#[test]
+fn a_one_way_link_cut_releases_nothing_from_the_loser_after_the_winner_went_on() {
+    for to_backup in [true, false] {
+        let context = format!("cut towards the {}", if to_backup { "backup" } else { "primary" });
+        let (pair, (proxy, captures)) = echo_pair_with("oneway", "127.0.0.1:7001", |lab| {
+            let proxy = lab.spawn_in_host(PROXY, &["127.0.0.1:7001", CHANNEL]);
+            (proxy, [lab.spawn_in_host(CAPTURE, &["tap0"]), lab.spawn_in_host(CAPTURE, &["tap1"])])
+        });
+        let client = pair.stream(2, 8_000_000);
+        std::thread::sleep(Duration::from_millis(600));
+        let signal = if to_backup { libc::SIGUSR1 } else { libc::SIGUSR2 };
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(proxy.pid() as i32, signal) };
+        let client = client.finish_within(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(500));
+        let [tap0, tap1] = captures.map(|capture| captured(capture.stop()));
+        let Pair { primary, backup, .. } = pair;
+        let (primary, backup) = (primary.stop(), backup.stop());
+        assert_stream_ok(client, &context);
+        let solo = role_change_unix_ns(&primary.stderr, "role: primary -> solo");
+        let live = role_change_unix_ns(&backup.stderr, "role: backup -> live");
+        let (went_on_ns, loser, loser_tap) = match (solo, live) {
+            (Some(at), None) => (at, &backup, tap1),
+            (None, Some(at)) => (at, &primary, tap0),
+            _ => panic!(
+                "{context}: exactly one side goes on:\nprimary {primary:?}\nbackup {backup:?}"
+            ),
+        };
+        eprintln!(
+            "{context}: went on at {went_on_ns} ns; loser frames {} (last at {} ns); tap0 {tap0:?} tap1 {tap1:?}",
+            loser_tap.0, loser_tap.1
+        );
+        assert_eq!(loser.status, Some(127), "{context}: the loser halts: {loser:?}");
+        assert!(
+            loser_tap.0 == 0 || loser_tap.1 < went_on_ns,
+            "{context}: the loser's last frame ({} ns) came after the winner went on ({went_on_ns} ns)",
+            loser_tap.1
         );
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use logchannel::{BackupLink, ChannelError, Entry};
 
 use super::{arbitrate, FtConfig, NotWon};
-use crate::inputs::live::{sleep_until, Backends, LiveInputs};
+use crate::inputs::live::{sleep_until, unix_time_ns, Backends, LiveInputs};
 use crate::inputs::replay::{EntrySource, ReplayInputs};
 use crate::inputs::{Armed, AsyncEvent, At, InputError, Inputs, LogStats, RunEnd};
 use crate::outputs::{LiveOutputs, OutputError, Outputs};
@@ -257,8 +257,8 @@ impl BackupInputs {
         let replayed = self.replay.take().map(|replay| replay.log_stats().entries()).unwrap_or(0);
         self.live = Some(LiveInputs::continuing_at(self.last_monotonic_ns + 1, backends));
         eprintln!(
-            "ftvm: role: backup -> live, generation {}, at landmark {} rip {:#x}, {replayed} entries replayed, {rewritten} recent disk writes re-applied",
-            self.go_live.generation, at.point.landmark, at.point.rip
+            "ftvm: role: backup -> live, generation {}, at landmark {} rip {:#x}, {replayed} entries replayed, {rewritten} recent disk writes re-applied, at unix ns {}",
+            self.go_live.generation, at.point.landmark, at.point.rip, unix_time_ns()
         );
         Ok(())
     }

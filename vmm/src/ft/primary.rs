@@ -28,7 +28,7 @@ use super::{arbitrate, median_p99, FtConfig, NotWon, PairReport};
 
 /// Lag samples kept for the report (one per entry sent, up to this many).
 const MAX_LAG_SAMPLES: usize = 1 << 20;
-use crate::inputs::live::{deadline_after, HostClock};
+use crate::inputs::live::{deadline_after, unix_time_ns, HostClock};
 use crate::inputs::record::EntrySink;
 use crate::inputs::InputError;
 use crate::outputs::{LiveOutputs, OutputError, Outputs};
@@ -107,7 +107,11 @@ impl PrimarySide {
         let why = format!("backup presumed dead ({error})");
         match arbitrate(&self.config, self.generation, "primary", &why) {
             Ok(()) => {
-                eprintln!("ftvm: role: primary -> solo, generation {}", self.generation);
+                eprintln!(
+                    "ftvm: role: primary -> solo, generation {}, at unix ns {}",
+                    self.generation,
+                    unix_time_ns()
+                );
                 self.solo.store(true, Ordering::SeqCst);
                 Ok(())
             }

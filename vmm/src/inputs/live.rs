@@ -30,6 +30,14 @@ impl HostClock {
     }
 }
 
+/// The host's wall clock in ns since the Unix epoch, for VMM messages that
+/// other processes on the host correlate (a role change's moment).
+pub fn unix_time_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos())
+}
+
 /// A hook run before each disk read (an FT primary uses it to let the
 /// guest's held writes reach the disk first).
 pub type DiskReadBarrier = Arc<dyn Fn() + Send + Sync>;
