@@ -1,8 +1,8 @@
 //! `cargo bench -p ftvm-tests --bench network -- --runs N`: the guest's
 //! network and disk, as medians of several runs, next to the same Python
 //! client talking to a Python echo server on the host side of the same
-//! namespace link. Needs root (namespaces), /dev/kvm, python3 and ping.
-use ftvm_tests::bench::{measure_echo, runs_arg, Table, CLIENT};
+//! namespace link. Needs root (namespaces), /dev/kvm and python3.
+use ftvm_tests::bench::{measure_echo, ping, runs_arg, Table, CLIENT};
 use ftvm_tests::netns::{Lab, BRIDGE_IP};
 use ftvm_tests::{ftvm, summary_field, Reaped};
 
@@ -10,18 +10,12 @@ const FTVM: &str = env!("CARGO_BIN_EXE_ftvm-e2e");
 const STREAM_BYTES: usize = 8 << 20;
 const CONNECTIONS: usize = 4;
 
+const NETCLIENT: &str = env!("CARGO_BIN_EXE_ftvm-netclient");
+
 fn ping_median_ms(lab: &Lab, ip: &str) -> f64 {
-    let output =
-        lab.client_command("ping", &["-c", "20", "-i", "0.05", ip]).output().expect("ping");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let mut times: Vec<f64> = text
-        .lines()
-        .filter_map(|line| line.split("time=").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .collect();
-    assert!(!times.is_empty(), "no ping replies: {text}");
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    let (replies, median_us) = ping(lab, NETCLIENT, ip, 20, 50);
+    assert!(replies > 0, "no ICMP echo replies from {ip}");
+    median_us / 1000.0
 }
 
 fn main() {

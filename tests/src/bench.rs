@@ -54,12 +54,14 @@ pub fn runs_arg(default: usize) -> usize {
 
 /// Runs the client in the lab's client namespace; panics with its output on failure.
 pub fn client(lab: &Lab, args: &[&str]) -> String {
-    let output =
-        lab.client_command("python3", &[&[CLIENT][..], args].concat()).output().expect("python3");
+    let output = lab
+        .client_command("python3", &[&[CLIENT][..], args].concat())
+        .output()
+        .expect("the test client needs python3 (apt-get install python3)");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
-        "client {args:?}: {stdout}{}",
+        "client {args:?}: {stdout}{} (the test client needs python3: apt-get install python3)",
         String::from_utf8_lossy(&output.stderr)
     );
     stdout
@@ -92,4 +94,26 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     ticks / ticks_per_second
+}
+
+/// ICMP echo from the client namespace to `ip` through the compiled helper
+/// at `netclient` (`CARGO_BIN_EXE_ftvm-netclient`): `count` requests
+/// `interval_ms` apart. Returns the replies received and their median round
+/// trip in us.
+pub fn ping(lab: &Lab, netclient: &str, ip: &str, count: u16, interval_ms: u64) -> (u16, f64) {
+    let output = lab
+        .client_command(netclient, &["ping", ip, &count.to_string(), &interval_ms.to_string()])
+        .output()
+        .unwrap_or_else(|error| panic!("{netclient}: {error}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // "ping RECEIVED COUNT MEDIAN_US"
+    let fields: Vec<f64> =
+        stdout.split_whitespace().skip(1).filter_map(|value| value.parse().ok()).collect();
+    assert_eq!(
+        fields.len(),
+        3,
+        "ftvm-netclient ping: `{stdout}` {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (fields[0] as u16, fields[2])
 }

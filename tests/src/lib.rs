@@ -2,6 +2,8 @@
 //! process that is killed if the test fails (kill on drop), and collect what
 //! it printed.
 pub mod bench;
+pub mod echo;
+pub mod icmp;
 pub mod netns;
 pub mod proxy;
 
