@@ -51,11 +51,12 @@ fn connect(ip: Ipv4Addr, port: u16) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-fn stream_one(ip: Ipv4Addr, port: u16, seed: u64, bytes: usize) -> io::Result<()> {
-    let data = pattern(seed, bytes);
+fn stream_one(ip: Ipv4Addr, port: u16, data: Vec<u8>, seed: u64) -> io::Result<()> {
+    let bytes = data.len();
     let stream = connect(ip, port)?;
     let mut writer = stream.try_clone()?;
-    let sent = data.clone();
+    let data = std::sync::Arc::new(data);
+    let sent = std::sync::Arc::clone(&data);
     let sender = std::thread::spawn(move || -> io::Result<()> {
         writer.write_all(&sent)?;
         writer.shutdown(Shutdown::Write)
@@ -71,8 +72,8 @@ fn stream_one(ip: Ipv4Addr, port: u16, seed: u64, bytes: usize) -> io::Result<()
         received.extend_from_slice(&buffer[..read]);
     }
     sender.join().map_err(|_| io::Error::other("the sender thread panicked"))??;
-    if received != data {
-        let first_bad = received.iter().zip(&data).position(|(a, b)| a != b);
+    if received[..] != data[..] {
+        let first_bad = received.iter().zip(data.iter()).position(|(a, b)| a != b);
         return Err(io::Error::other(format!(
             "connection {seed}: got {} of {bytes} bytes, first difference at {first_bad:?}",
             received.len()
@@ -90,9 +91,13 @@ pub fn stream(
     connections: u64,
     bytes_each: usize,
 ) -> io::Result<(usize, f64)> {
+    // The patterns are made before the clock starts.
+    let patterns: Vec<Vec<u8>> = (0..connections).map(|seed| pattern(seed, bytes_each)).collect();
     let started = Instant::now();
-    let workers: Vec<_> = (0..connections)
-        .map(|seed| std::thread::spawn(move || stream_one(ip, port, seed, bytes_each)))
+    let workers: Vec<_> = patterns
+        .into_iter()
+        .zip(0..)
+        .map(|(data, seed)| std::thread::spawn(move || stream_one(ip, port, data, seed)))
         .collect();
     for worker in workers {
         worker.join().map_err(|_| io::Error::other("a stream thread panicked"))??;

@@ -229,7 +229,8 @@ impl BackupInputs {
             live_outputs.disk_flush().map_err(|error| InputError::Host(error.to_string()))?;
         }
         if let (Some(mac), Some(_)) = (devices.net_mac, backends.tap.as_ref()) {
-            live_outputs.transmit(&rarp_announcement(mac));
+            live_outputs
+                .transmit(&crate::devices::virtio::net::plain_packet(&rarp_announcement(mac)));
         }
         shared.live = Some(live_outputs);
         self.status.live.store(true, Ordering::SeqCst);

@@ -87,7 +87,7 @@ impl LiveInputs {
         }
         if let Some(tap) = &self.backends.tap {
             for _ in 0..armed.net_rx_capacity {
-                match tap.read_frame() {
+                match tap.read_packet() {
                     Ok(Some(frame)) => events.push(AsyncEvent::FrameReceived(frame)),
                     Ok(None) => break,
                     Err(error) => {
