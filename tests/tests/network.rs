@@ -78,6 +78,12 @@ fn an_echo_session_replays_exactly() {
         net_line(&recorded.stderr),
         "the same frames transmitted, in order"
     );
+    // 600 kB each way in fewer packets than 1500-byte frames could carry:
+    // large segments crossed the recording whole (one log entry each).
+    let line = net_line(&recorded.stderr).unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (sent, received): (u64, u64) = (words[2].parse().unwrap(), words[6].parse().unwrap());
+    assert!(sent < 600_000 / 1460 && received < 600_000 / 1460, "no large segments: {line}");
     assert_eq!(replayed.stdout, recorded.stdout);
 }
 
