@@ -105,6 +105,7 @@ fn a_hostile_guest_attacking_its_nic_and_disk_leaves_the_vmm_alive() {
         "the guest's own triple fault ends the run: {finished:?}"
     );
     for step in [
+        "virtio-net: nonsense offload headers",
         "virtio-net: garbage descriptor tables",
         "virtio-blk: garbage descriptor tables",
         "expect a triple fault",
@@ -112,4 +113,11 @@ fn a_hostile_guest_attacking_its_nic_and_disk_leaves_the_vmm_alive() {
         assert!(finished.stdout.contains(step), "the guest reached `{step}`: {}", finished.stdout);
     }
     assert!(finished.stderr.contains("virtio misuses"), "{}", finished.stderr);
+    // Every nonsense header was refused (the report counts them, first example first).
+    let refused = finished
+        .stderr
+        .lines()
+        .find(|line| line.contains("refused for nonsense offload headers"))
+        .unwrap_or_else(|| panic!("no refused headers reported: {}", finished.stderr));
+    assert!(refused.contains(" 8 "), "all 8 refused: {refused}");
 }

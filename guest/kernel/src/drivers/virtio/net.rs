@@ -33,7 +33,7 @@ pub const QUEUE_SIZE: usize = 256;
 /// The largest Ethernet frame (no FCS) on the wire: a 1500-byte IP MTU.
 pub const MAX_FRAME_BYTES: usize = 1514;
 /// `struct virtio_net_hdr` with VIRTIO_F_VERSION_1 (num_buffers included).
-const HEADER_BYTES: usize = 12;
+pub const HEADER_BYTES: usize = 12;
 /// One buffer without offloads: header plus the largest frame, rounded up.
 const SMALL_BUFFER_BYTES: usize = 2048;
 /// One buffer with large segments: header, Ethernet, VLAN tag and a 64 KiB
@@ -296,6 +296,23 @@ impl TransmitRing {
         segment_bytes: Option<u16>,
         fill: impl FnOnce(&mut [u8]) -> R,
     ) -> R {
+        let offload = self.offload;
+        let header = |frame: &mut [u8]| match offload {
+            true => transmit_header(frame, segment_bytes),
+            false => [0; HEADER_BYTES],
+        };
+        self.queue_with_header(transport, stats, frame_bytes, fill, header)
+    }
+
+    /// Queues `fill`'s frame behind the header `header` makes from it.
+    fn queue_with_header<R>(
+        &mut self,
+        transport: &mut MmioTransport<'static>,
+        stats: &mut NetStats,
+        frame_bytes: usize,
+        fill: impl FnOnce(&mut [u8]) -> R,
+        header: impl FnOnce(&mut [u8]) -> [u8; HEADER_BYTES],
+    ) -> R {
         let buffer_bytes = self.buffers.buffer_bytes;
         assert!(frame_bytes <= buffer_bytes - HEADER_BYTES, "frame of {frame_bytes} bytes");
         if self.free_slots.is_empty() {
@@ -310,14 +327,10 @@ impl TransmitRing {
         let slot = usize::from(slot);
         let length = HEADER_BYTES + frame_bytes;
         let buffer = &mut self.buffers.slot(slot)[..length];
-        let (header, frame) = buffer.split_at_mut(HEADER_BYTES);
+        let (header_bytes, frame) = buffer.split_at_mut(HEADER_BYTES);
         let result = fill(frame);
-        if self.offload {
-            header.copy_from_slice(&transmit_header(frame, segment_bytes));
-            stats.segments_offloaded += u64::from(header[1] == GSO_TCPV4);
-        } else {
-            header.fill(0);
-        }
+        header_bytes.copy_from_slice(&header(frame));
+        stats.segments_offloaded += u64::from(header_bytes[1] == GSO_TCPV4);
         self.length_of_slot[slot] = length as u32;
         let buffer = &self.buffers.slot(slot)[..length];
         // SAFETY: the slot was free, so nothing else uses the buffer until the
@@ -407,6 +420,15 @@ impl NetDevice {
     /// Counters since the device came up.
     pub fn stats(&self) -> NetStats {
         self.stats
+    }
+
+    /// Queues `frame` behind `header` exactly as given, bypassing the
+    /// driver's own offload logic (the hostile role sends nonsense headers
+    /// with it); [`NetDevice::flush`] sends it.
+    pub fn transmit_raw(&mut self, header: [u8; HEADER_BYTES], frame: &[u8]) {
+        let fill = |buffer: &mut [u8]| buffer.copy_from_slice(frame);
+        let ring = &mut self.transmit;
+        ring.queue_with_header(&mut self.transport, &mut self.stats, frame.len(), fill, |_| header);
     }
 
     /// Hands queued frames to the device (one exit when there are any) and
