@@ -8,7 +8,8 @@
 //! guest is embedded) through the same rows in the same run, for a
 //! before/after table. Needs root (namespaces), /dev/kvm and python3.
 use ftvm_tests::bench::{
-    client, cpu_seconds, netclient, ping, runs_arg, thread_cpu_seconds, ChildrenCpu, Table, CLIENT,
+    client, cpu_seconds, netclient, ping, runs_arg, thread_cpu_seconds, ChildrenCpu, MachineCpu,
+    Table, CLIENT,
 };
 use ftvm_tests::netns::{Lab, BRIDGE_IP};
 use ftvm_tests::{ftvm, summary_field, Reaped};
@@ -70,9 +71,9 @@ fn guest_rows(table: &mut Table, label: &str, exe: &str, record: bool) {
     let vm = lab.spawn_in_host(exe, &args);
     client(&lab, &["wait", &ip, "7", "20"]);
     let (process_before, vcpu_before) = (cpu_seconds(vm.pid()), thread_cpu_seconds(vm.pid()));
-    let children = ChildrenCpu::start();
+    let (children, machine) = (ChildrenCpu::start(), MachineCpu::start());
     let mb_per_s = stream_rate(&compiled_stream(&lab, &ip));
-    let client_cpu = children.seconds();
+    let (client_cpu, (machine_cpu, machine_busy)) = (children.seconds(), machine.busy());
     let (process_cpu, vcpu_cpu) =
         (cpu_seconds(vm.pid()) - process_before, thread_cpu_seconds(vm.pid()) - vcpu_before);
     let stream_mb = (2 * CONNECTIONS * COMPILED_BYTES_EACH) as f64 / 1e6;
@@ -103,6 +104,12 @@ fn guest_rows(table: &mut Table, label: &str, exe: &str, record: bool) {
     table.add(&format!("{label} {mode}: client CPU per MB moved"), "ms/MB", {
         client_cpu * 1e3 / stream_mb
     });
+    table.add(&format!("{label} {mode}: whole machine CPU per MB moved"), "ms/MB", {
+        machine_cpu * 1e3 / stream_mb
+    });
+    table.add(&format!("{label} {mode}: machine busy during the stream"), "%", {
+        machine_busy * 100.0
+    });
     let finished = vm.stop();
     // Each stream byte crosses the NIC twice; the wait and rtt loops move little.
     table.add(&format!("{label} {mode}: VM exits per MB moved"), "exits/MB", {
@@ -124,14 +131,18 @@ fn host_rows(table: &mut Table) {
     let lab = Lab::new(1);
     let server = Reaped::spawn(lab.host_command(NETCLIENT, &["serve", BRIDGE_IP, "7"]));
     client(&lab, &["wait", BRIDGE_IP, "7", "20"]);
-    let children = ChildrenCpu::start();
+    let (children, machine) = (ChildrenCpu::start(), MachineCpu::start());
     let mb_per_s = stream_rate(&compiled_stream(&lab, BRIDGE_IP));
-    let client_cpu = children.seconds();
+    let (client_cpu, (machine_cpu, machine_busy)) = (children.seconds(), machine.busy());
     let stream_mb = (2 * CONNECTIONS * COMPILED_BYTES_EACH) as f64 / 1e6;
     table.add("host compiled echo (same link): throughput (compiled client)", "MB/s", mb_per_s);
     table.add("host compiled echo: client CPU per MB moved", "ms/MB", {
         client_cpu * 1e3 / stream_mb
     });
+    table.add("host compiled echo: whole machine CPU per MB moved", "ms/MB", {
+        machine_cpu * 1e3 / stream_mb
+    });
+    table.add("host compiled echo: machine busy during the stream", "%", machine_busy * 100.0);
     let (rtt_us, _) = rtt_pair(&netclient(&lab, NETCLIENT, &["rtt", BRIDGE_IP, "7", RTT_COUNT]));
     table.add("host compiled echo: 1-byte round trip, median", "us", rtt_us);
     drop(server);

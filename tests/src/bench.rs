@@ -175,3 +175,41 @@ pub fn ping(lab: &Lab, netclient: &str, ip: &str, count: u16, interval_ms: u64) 
     );
     (fields[0] as u16, fields[2])
 }
+
+/// Busy and total jiffies of the whole machine, from /proc/stat.
+fn machine_jiffies() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|value| value.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let total: f64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0.0) + fields.get(4).copied().unwrap_or(0.0);
+    (total - idle, total)
+}
+
+/// How busy the whole machine was over an interval: every process, the host
+/// network stack's softirqs, and whatever else shares the machine.
+pub struct MachineCpu((f64, f64));
+
+impl MachineCpu {
+    /// Starts counting.
+    pub fn start() -> Self {
+        MachineCpu(machine_jiffies())
+    }
+
+    /// CPU seconds all cores spent busy since `start`, and the busy fraction
+    /// of all cores.
+    pub fn busy(&self) -> (f64, f64) {
+        let (busy, total) = machine_jiffies();
+        let (busy, total) = (busy - self.0 .0, total - self.0 .1);
+        // SAFETY: sysconf has no preconditions.
+        let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (busy / ticks_per_second, if total > 0.0 { busy / total } else { 0.0 })
+    }
+}
