@@ -18,7 +18,7 @@ const FTVM: &str = env!("CARGO_BIN_EXE_ftvm-e2e");
 const NETCLIENT: &str = env!("CARGO_BIN_EXE_ftvm-netclient");
 const CHANNEL: &str = "127.0.0.1:7000";
 const CONNECTIONS: usize = 2;
-const BYTES_EACH: usize = 4 << 20;
+const BYTES_EACH: usize = 16 << 20;
 
 fn arbiter_dir(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("ftvm-bench-ft-{tag}-{}", std::process::id()));
