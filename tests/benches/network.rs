@@ -107,7 +107,7 @@ fn guest_rows(table: &mut Table, label: &str, exe: &str, record: bool) {
     table.add(
         &format!("{label} {mode}: whole machine busy CPU per MB (shared machine)"),
         "ms/MB",
-        { machine_cpu * 1e3 / stream_mb },
+        machine_cpu * 1e3 / stream_mb,
     );
     table.add(&format!("{label} {mode}: machine busy during the stream"), "%", {
         machine_busy * 100.0
