@@ -2,18 +2,20 @@
 //! (created if it does not exist, in the caller's network namespace),
 //! without the packet-info header, non-blocking, and with the virtio-net
 //! header in front of every packet (`IFF_VNET_HDR`, 12 bytes as in virtio
-//! 1.x) and the offloads it carries switched on (`TUNSETOFFLOAD`: partial
-//! checksums and TCP/IPv4 segments up to 64 KiB both ways), so that a large
-//! TCP segment crosses the host stack once, not as 45 frames.
+//! 1.x), so that a large TCP segment crosses the host stack once, not as 45
+//! frames. The host accepts offloaded packets from the guest at once; what
+//! it may hand the guest (`TUNSETOFFLOAD`: partial checksums, TCP/IPv4
+//! segments up to 64 KiB) follows what the guest's driver accepted.
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use thiserror::Error;
 
-use crate::devices::virtio::net::{HEADER_BYTES, MAX_PACKET_BYTES};
+use crate::devices::virtio::net::{feature, HEADER_BYTES, MAX_PACKET_BYTES};
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
@@ -65,6 +67,8 @@ pub struct Tap {
     name: String,
     /// Where packets are read before they are copied out at their size.
     read_buffer: Mutex<Vec<u8>>,
+    /// The guest's receive offloads the TAP was last set to.
+    receive_offloads: AtomicU64,
 }
 
 impl Tap {
@@ -99,15 +103,38 @@ impl Tap {
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &header_bytes) } < 0 {
             return Err(offload_error(std::io::Error::last_os_error()));
         }
-        // SAFETY: TUNSETOFFLOAD takes its flags by value; no memory is passed.
-        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4) } < 0 {
-            return Err(offload_error(std::io::Error::last_os_error()));
-        }
-        Ok(Tap {
+        let tap = Tap {
             file,
             name: name.to_string(),
             read_buffer: Mutex::new(vec![0u8; MAX_PACKET_BYTES]),
-        })
+            receive_offloads: AtomicU64::new(u64::MAX),
+        };
+        // Plain frames with complete checksums until a driver accepts more.
+        tap.set_receive_offloads(0).map_err(offload_error)?;
+        Ok(tap)
+    }
+
+    /// Lets the host hand over what the guest's driver accepted: partial
+    /// checksums with `GUEST_CSUM`, large TCP/IPv4 segments with
+    /// `GUEST_TSO4` as well (virtio-net feature bits). Cheap when unchanged.
+    pub fn set_receive_offloads(&self, guest_features: u64) -> std::io::Result<()> {
+        let guest_features = guest_features & (feature::GUEST_CSUM | feature::GUEST_TSO4);
+        if self.receive_offloads.load(Ordering::Relaxed) == guest_features {
+            return Ok(());
+        }
+        let mut flags: libc::c_ulong = 0;
+        if guest_features & feature::GUEST_CSUM != 0 {
+            flags |= TUN_F_CSUM;
+            if guest_features & feature::GUEST_TSO4 != 0 {
+                flags |= TUN_F_TSO4;
+            }
+        }
+        // SAFETY: TUNSETOFFLOAD takes its flags by value; no memory is passed.
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), TUNSETOFFLOAD, flags) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        self.receive_offloads.store(guest_features, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The interface name.

@@ -11,10 +11,11 @@
 //! Every header the guest writes is checked against the negotiated features
 //! and the frame it describes before it reaches the host kernel; a packet
 //! whose header is nonsense is refused (counted as misbehaviour, its buffer
-//! returned) and the device goes on. Received packets are shaped to what the
-//! driver negotiated: a partial checksum is completed here for a driver
-//! without `GUEST_CSUM`, and a large segment is dropped for one without
-//! `GUEST_TSO4` (the TAP is opened with both offloads on).
+//! returned) and the device goes on. The TAP is told which receive offloads
+//! the driver accepted (through the inputs, `Armed::net_guest_offloads`), and
+//! received packets are shaped to them all the same: a partial checksum is
+//! completed here for a driver without `GUEST_CSUM`, and a large segment is
+//! dropped for one without `GUEST_TSO4` (one queued before a reset).
 use std::io::{Read, Write};
 
 use thiserror::Error;
@@ -447,6 +448,15 @@ impl VirtioDevice for Net {
 }
 
 impl VirtioMmio<Net> {
+    /// The receive offloads the driver accepted (`GUEST_CSUM`, `GUEST_TSO4`
+    /// bits; none until it is live): what the TAP may hand over.
+    pub fn guest_offloads(&self) -> u64 {
+        match self.is_live() {
+            true => self.device.driver_features & (feature::GUEST_CSUM | feature::GUEST_TSO4),
+            false => 0,
+        }
+    }
+
     /// How many packets the guest can take now (posted receive buffers).
     pub fn rx_capacity(&self, memory: &GuestMemoryMmap) -> usize {
         if !self.is_live() {
