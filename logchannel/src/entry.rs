@@ -22,8 +22,9 @@ pub struct ExecPoint {
 pub enum AsyncEvent {
     /// The armed timer deadline has passed.
     TimerExpired,
-    /// A frame arrived from the network and was delivered into the guest's
-    /// next receive buffer.
+    /// A packet arrived from the network and was delivered into the guest's
+    /// next receive buffer: the virtio-net header the TAP gave it (its
+    /// offloads: a large segment is one entry), then the Ethernet frame.
     FrameReceived(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
