@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ftvm_tests::bench::{client, cpu_seconds, measure_echo, runs_arg, MachineCpu, Table};
 use ftvm_tests::netns::Lab;
-use ftvm_tests::Reaped;
+use ftvm_tests::{net_packets, summary_field, Reaped};
 
 const FTVM: &str = env!("CARGO_BIN_EXE_ftvm-e2e");
 const NETCLIENT: &str = env!("CARGO_BIN_EXE_ftvm-netclient");
@@ -80,7 +80,7 @@ fn throughput_rows(table: &mut Table, label: &str, exe: &str) {
     let (solo_mb_per_s, solo_rtt_us, solo_rtt_p99_us) =
         measure_echo(&lab, NETCLIENT, &ip, CONNECTIONS, BYTES_EACH);
     let solo_machine_cpu = machine.busy().0;
-    drop(vm);
+    let solo = vm.stop();
     drop(lab);
 
     let lab = Lab::new(2);
@@ -127,6 +127,18 @@ fn throughput_rows(table: &mut Table, label: &str, exe: &str) {
     table.add(&format!("{label}FT: whole machine CPU per MB moved"), "ms/MB", {
         ft_machine_cpu * 1e3 / moved_mb
     });
+    for (side, finished) in [("standalone", &solo), ("FT primary", &primary_out)] {
+        let landmarks: f64 = summary_field(&finished.stderr, "landmarks")
+            .and_then(|value| value.parse().ok())
+            .expect("the VMM's summary");
+        table.add(&format!("{label}{side}: VM exits per MB moved"), "exits/MB", {
+            landmarks / moved_mb
+        });
+        let (sent, received) = net_packets(&finished.stderr).expect("the VMM's net-tx line");
+        table.add(&format!("{label}{side}: packets through the VMM per MB"), "packets/MB", {
+            (sent + received) as f64 / moved_mb
+        });
+    }
 }
 
 fn main() {

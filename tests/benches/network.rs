@@ -12,7 +12,7 @@ use ftvm_tests::bench::{
     Table, CLIENT,
 };
 use ftvm_tests::netns::{Lab, BRIDGE_IP};
-use ftvm_tests::{ftvm, summary_field, Reaped};
+use ftvm_tests::{ftvm, net_packets, summary_field, Reaped};
 
 const FTVM: &str = env!("CARGO_BIN_EXE_ftvm-e2e");
 const NETCLIENT: &str = env!("CARGO_BIN_EXE_ftvm-netclient");
@@ -48,11 +48,10 @@ fn field(stderr: &str, key: &str) -> f64 {
     summary_field(stderr, key).and_then(|v| v.parse().ok()).expect("summary field")
 }
 
-/// `ftvm: net-tx N frames H net-rx M frames ...` -> N + M.
+/// Packets through the VMM, both ways.
 fn packets(stderr: &str) -> f64 {
-    let line = stderr.lines().find(|line| line.starts_with("ftvm: net-tx")).expect("net line");
-    let words: Vec<&str> = line.split_whitespace().collect();
-    words[2].parse::<f64>().unwrap() + words[6].parse::<f64>().unwrap()
+    let (sent, received) = net_packets(stderr).expect("the VMM's net-tx line");
+    (sent + received) as f64
 }
 
 /// One echo guest under `exe` (`run`, or `record` to a log): the echo

@@ -138,3 +138,11 @@ pub fn summary_field<'a>(stderr: &'a str, key: &str) -> Option<&'a str> {
     words.find(|word| *word == key)?;
     words.next()
 }
+
+/// Packets sent and received by the guest's NIC, from the VMM's
+/// `ftvm: net-tx N frames HASH net-rx M frames ...` line.
+pub fn net_packets(stderr: &str) -> Option<(u64, u64)> {
+    let line = stderr.lines().find(|line| line.starts_with("ftvm: net-tx"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    Some((words.get(2)?.parse().ok()?, words.get(6)?.parse().ok()?))
+}

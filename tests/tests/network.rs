@@ -4,7 +4,7 @@
 //! and replay of an echo session.
 use ftvm_tests::bench::{client, ping};
 use ftvm_tests::netns::Lab;
-use ftvm_tests::{ftvm, summary_field, Finished};
+use ftvm_tests::{ftvm, net_packets, summary_field, Finished};
 
 const FTVM: &str = env!("CARGO_BIN_EXE_ftvm-e2e");
 const NETCLIENT: &str = env!("CARGO_BIN_EXE_ftvm-netclient");
@@ -80,10 +80,11 @@ fn an_echo_session_replays_exactly() {
     );
     // 600 kB each way in fewer packets than 1500-byte frames could carry:
     // large segments crossed the recording whole (one log entry each).
-    let line = net_line(&recorded.stderr).unwrap();
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let (sent, received): (u64, u64) = (words[2].parse().unwrap(), words[6].parse().unwrap());
-    assert!(sent < 600_000 / 1460 && received < 600_000 / 1460, "no large segments: {line}");
+    let (sent, received) = net_packets(&recorded.stderr).expect("the net-tx line");
+    assert!(
+        sent < 600_000 / 1460 && received < 600_000 / 1460,
+        "no large segments: {sent} packets sent, {received} received"
+    );
     assert_eq!(replayed.stdout, recorded.stdout);
 }
 
