@@ -626,4 +626,32 @@ mod header_tests {
         let outside = NetHeader { csum_start: 19_990, ..big };
         assert_eq!(shape_receive(outside, 20_000, ALL), None);
     }
+
+    proptest::proptest! {
+        /// Any header with any frame length and features: checking never
+        /// panics, what passes fits its frame, and a receive shaped with a
+        /// checksum to complete completes inside the frame.
+        #[test]
+        fn any_header_is_checked_without_panicking(
+            bytes in proptest::array::uniform12(proptest::prelude::any::<u8>()),
+            frame_bytes in 0usize..70_000,
+            features in proptest::prelude::any::<u64>(),
+        ) {
+            let header = NetHeader::parse(&bytes);
+            if check_transmit(header, frame_bytes, features).is_ok() {
+                proptest::prop_assert!(frame_bytes <= MAX_FRAME_BYTES);
+                if header.needs_csum() {
+                    proptest::prop_assert!(header.checksum_fits(frame_bytes));
+                }
+                if header.gso_type != 0 {
+                    proptest::prop_assert!(features & feature::HOST_TSO4 != 0);
+                    proptest::prop_assert!(usize::from(header.hdr_len) < frame_bytes);
+                    proptest::prop_assert!(header.gso_size >= MIN_GSO_SIZE);
+                }
+            }
+            if let Some((_, true)) = shape_receive(header, frame_bytes, features) {
+                complete_checksum(header, &mut vec![0u8; frame_bytes]);
+            }
+        }
+    }
 }
