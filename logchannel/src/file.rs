@@ -17,8 +17,9 @@ use crate::frame::{FrameError, FrameReader, FrameWriter};
 pub const LOG_FILE_MAGIC: [u8; 8] = *b"FTVMLOG\0";
 
 /// The log format this ftvm writes and the only one it reads. Bump it whenever the framing or
-/// the encoding of any entry changes.
-pub const FORMAT_VERSION: u32 = 1;
+/// the encoding of any entry changes. 2: a received frame starts with its virtio-net header
+/// (the offloads the TAP delivered it with).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Magic plus version.
 pub const LOG_FILE_HEADER_LEN_BYTES: u64 = LOG_FILE_MAGIC.len() as u64 + 4;

@@ -25,7 +25,8 @@ pub const MAX_PAYLOAD_LEN_BYTES: u32 = 16 << 20;
 
 /// CRC32C (Castagnoli, the iSCSI polynomial): detects every single-bit error and every burst of
 /// up to 32 bits in the covered bytes.
-const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+const CRC32C: crc::Crc<u32, crc::Table<16>> =
+    crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
 
 /// How much [`FrameReader`] asks its source for at a time.
 const READ_CHUNK_LEN_BYTES: usize = 64 * 1024;

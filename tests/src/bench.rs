@@ -52,39 +52,63 @@ pub fn runs_arg(default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Runs the client in the lab's client namespace; panics with its output on failure.
-pub fn client(lab: &Lab, args: &[&str]) -> String {
-    let output =
-        lab.client_command("python3", &[&[CLIENT][..], args].concat()).output().expect("python3");
+/// Runs `program args...` in the lab's client namespace and returns its
+/// output; panics with that output, and `needs` (what to install), on failure.
+fn in_client(lab: &Lab, program: &str, args: &[&str], needs: &str) -> String {
+    let output = lab
+        .client_command(program, args)
+        .output()
+        .unwrap_or_else(|error| panic!("{program}: {error} ({needs})"));
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
-        "client {args:?}: {stdout}{}",
+        "{program} {args:?}: {stdout}{} ({needs})",
         String::from_utf8_lossy(&output.stderr)
     );
     stdout
 }
 
+/// Runs the Python test client in the lab's client namespace.
+pub fn client(lab: &Lab, args: &[&str]) -> String {
+    let needs = "the test client needs python3: apt-get install python3";
+    in_client(lab, "python3", &[&[CLIENT][..], args].concat(), needs)
+}
+
+/// Runs the compiled helper at `netclient` (`CARGO_BIN_EXE_ftvm-netclient`)
+/// in the lab's client namespace.
+pub fn netclient(lab: &Lab, netclient: &str, args: &[&str]) -> String {
+    in_client(lab, netclient, args, "built with the tests; raw ICMP needs root")
+}
+
 /// Echo throughput (MB/s over `connections` streams of `bytes_each`) and
-/// the 1-byte round trip (median, p99 in us) against `ip:7`.
-pub fn measure_echo(lab: &Lab, ip: &str, connections: usize, bytes_each: usize) -> (f64, f64, f64) {
+/// the 1-byte round trip (median, p99 in us) against `ip:7`, measured by the
+/// compiled client at `netclient_exe`.
+pub fn measure_echo(
+    lab: &Lab,
+    netclient_exe: &str,
+    ip: &str,
+    connections: usize,
+    bytes_each: usize,
+) -> (f64, f64, f64) {
     client(lab, &["wait", ip, "7", "20"]);
-    let stream =
-        client(lab, &["stream", ip, "7", &connections.to_string(), &bytes_each.to_string()]);
+    let stream = netclient(
+        lab,
+        netclient_exe,
+        &["stream", ip, "7", &connections.to_string(), &bytes_each.to_string()],
+    );
     let mb_per_s: f64 = stream
         .split_whitespace()
         .nth(3)
         .and_then(|v| v.parse().ok())
         .expect("ok BYTES SECONDS MB/s");
-    let rtt = client(lab, &["rtt", ip, "7", "500"]);
+    let rtt = netclient(lab, netclient_exe, &["rtt", ip, "7", "500"]);
     let mut fields =
         rtt.split_whitespace().skip(1).map(|v| v.parse::<f64>().expect("rtt MEDIAN P99"));
     (mb_per_s, fields.next().expect("median"), fields.next().expect("p99"))
 }
 
-/// User plus system CPU seconds a process has used so far.
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process is alive");
+fn stat_cpu_seconds(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).expect("the process is alive");
     // Fields after the command name (which may contain spaces) start after ')'.
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
     let ticks: f64 =
@@ -92,4 +116,100 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     ticks / ticks_per_second
+}
+
+/// User plus system CPU seconds of a process's main thread (the VMM's vCPU
+/// thread) so far.
+pub fn thread_cpu_seconds(pid: u32) -> f64 {
+    stat_cpu_seconds(&format!("/proc/{pid}/task/{pid}/stat"))
+}
+
+/// CPU time of the children this process waits for from now on (a client
+/// run with `output()`), from getrusage(RUSAGE_CHILDREN).
+pub struct ChildrenCpu(f64);
+
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value to be overwritten.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes one rusage through a valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+impl ChildrenCpu {
+    /// Starts counting.
+    pub fn start() -> Self {
+        ChildrenCpu(children_cpu_seconds())
+    }
+
+    /// CPU seconds of the children reaped since `start`.
+    pub fn seconds(&self) -> f64 {
+        children_cpu_seconds() - self.0
+    }
+}
+
+/// User plus system CPU seconds a process has used so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// ICMP echo from the client namespace to `ip` through the compiled helper
+/// at `netclient` (`CARGO_BIN_EXE_ftvm-netclient`): `count` requests
+/// `interval_ms` apart. Returns the replies received and their median round
+/// trip in us.
+pub fn ping(lab: &Lab, netclient: &str, ip: &str, count: u16, interval_ms: u64) -> (u16, f64) {
+    let output = lab
+        .client_command(netclient, &["ping", ip, &count.to_string(), &interval_ms.to_string()])
+        .output()
+        .unwrap_or_else(|error| panic!("{netclient}: {error}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // "ping RECEIVED COUNT MEDIAN_US"
+    let fields: Vec<f64> =
+        stdout.split_whitespace().skip(1).filter_map(|value| value.parse().ok()).collect();
+    assert_eq!(
+        fields.len(),
+        3,
+        "ftvm-netclient ping: `{stdout}` {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (fields[0] as u16, fields[2])
+}
+
+/// Busy and total jiffies of the whole machine, from /proc/stat.
+fn machine_jiffies() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|value| value.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let total: f64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0.0) + fields.get(4).copied().unwrap_or(0.0);
+    (total - idle, total)
+}
+
+/// How busy the whole machine was over an interval: every process, the host
+/// network stack's softirqs, and whatever else shares the machine.
+pub struct MachineCpu((f64, f64));
+
+impl MachineCpu {
+    /// Starts counting.
+    pub fn start() -> Self {
+        MachineCpu(machine_jiffies())
+    }
+
+    /// CPU seconds all cores spent busy since `start`, and the busy fraction
+    /// of all cores.
+    pub fn busy(&self) -> (f64, f64) {
+        let (busy, total) = machine_jiffies();
+        let (busy, total) = (busy - self.0 .0, total - self.0 .1);
+        // SAFETY: sysconf has no preconditions.
+        let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (busy / ticks_per_second, if total > 0.0 { busy / total } else { 0.0 })
+    }
 }

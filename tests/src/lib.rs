@@ -2,6 +2,8 @@
 //! process that is killed if the test fails (kill on drop), and collect what
 //! it printed.
 pub mod bench;
+pub mod echo;
+pub mod icmp;
 pub mod netns;
 pub mod proxy;
 
@@ -177,4 +179,12 @@ pub fn summary_field<'a>(stderr: &'a str, key: &str) -> Option<&'a str> {
     let mut words = line.split_whitespace();
     words.find(|word| *word == key)?;
     words.next()
+}
+
+/// Packets sent and received by the guest's NIC, from the VMM's
+/// `ftvm: net-tx N frames HASH net-rx M frames ...` line.
+pub fn net_packets(stderr: &str) -> Option<(u64, u64)> {
+    let line = stderr.lines().find(|line| line.starts_with("ftvm: net-tx"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    Some((words.get(2)?.parse().ok()?, words.get(6)?.parse().ok()?))
 }

@@ -39,6 +39,24 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// Panics, naming the package to install, when `program` (a bare name) is
+/// not on the PATH: `ip netns exec` would only say that its exec failed.
+fn require_program(program: &str) {
+    if program.contains('/') {
+        return;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|dir| dir.join(program).is_file()) {
+        return;
+    }
+    let package = match program {
+        "python3" => "python3",
+        "ip" => "iproute2",
+        other => other,
+    };
+    panic!("`{program}` is not installed; these tests need it: apt-get install {package}");
+}
+
 impl Lab {
     /// A lab with `taps` TAP devices (tap0, tap1, ...) on the bridge.
     pub fn new(taps: usize) -> Lab {
@@ -114,6 +132,7 @@ impl Lab {
 
     /// A command that runs `program args...` in the host namespace.
     pub fn host_command(&self, program: &str, args: &[&str]) -> Command {
+        require_program(program);
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &self.host_ns, program]).args(args);
         command
@@ -121,6 +140,7 @@ impl Lab {
 
     /// A command that runs `program args...` in the client namespace.
     pub fn client_command(&self, program: &str, args: &[&str]) -> Command {
+        require_program(program);
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &self.client_ns, program]).args(args);
         command
@@ -133,5 +153,16 @@ impl Drop for Lab {
         for ns in [&self.host_ns, &self.client_ns] {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::require_program;
+
+    #[test]
+    #[should_panic(expected = "apt-get install ftvm-no-such-program")]
+    fn a_missing_program_names_what_to_install() {
+        require_program("ftvm-no-such-program");
     }
 }

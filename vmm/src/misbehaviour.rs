@@ -24,6 +24,8 @@ pub enum Offence {
     Halt,
     /// A virtio device misprogrammed: bad descriptors, queue setup or notify.
     BadVirtioUse,
+    /// A virtio-net transmit header with nonsense offload fields (refused).
+    BadNetHeader,
 }
 
 impl Offence {
@@ -38,6 +40,7 @@ impl Offence {
             Offence::PortIo => "port IO accesses",
             Offence::Halt => "HLT instructions",
             Offence::BadVirtioUse => "virtio misuses (bad descriptors, queue setup or notify)",
+            Offence::BadNetHeader => "virtio-net packets refused for nonsense offload headers",
         }
     }
 }

@@ -124,6 +124,7 @@ impl Devices {
         Armed {
             timer_deadline_ns: events.timer_deadline_ns,
             net_rx_capacity: self.net.as_ref().map_or(0, |net| net.rx_capacity(memory)),
+            net_guest_offloads: self.net.as_ref().map_or(0, VirtioMmio::guest_offloads),
         }
     }
 

@@ -233,7 +233,7 @@ impl BackupInputs {
         if let Some(tap) = backends.tap.as_ref() {
             // Frames queued while this side was a backup were flooded to both sides (the
             // primary's guest consumed them, and the log carried them here): stale now.
-            while let Ok(Some(_)) = tap.read_frame() {}
+            while let Ok(Some(_)) = tap.read_packet() {}
         }
         let mut shared = self.shared.borrow_mut();
         let console = self.go_live.console.take().expect("go-live happens once");
@@ -250,7 +250,8 @@ impl BackupInputs {
             live_outputs.disk_flush().map_err(|error| InputError::Host(error.to_string()))?;
         }
         if let (Some(mac), Some(_)) = (self.go_live.net_mac, backends.tap.as_ref()) {
-            live_outputs.transmit(&rarp_announcement(mac));
+            live_outputs
+                .transmit(&crate::devices::virtio::net::plain_packet(&rarp_announcement(mac)));
         }
         shared.live = Some(live_outputs);
         self.status.live.store(true, Ordering::SeqCst);

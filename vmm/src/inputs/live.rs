@@ -110,8 +110,11 @@ impl LiveInputs {
             events.push(AsyncEvent::TimerExpired);
         }
         if let Some(tap) = &self.backends.tap {
+            tap.set_receive_offloads(armed.net_guest_offloads).map_err(|error| {
+                InputError::Host(format!("setting the offloads of TAP {}: {error}", tap.name()))
+            })?;
             for _ in 0..armed.net_rx_capacity {
-                match tap.read_frame() {
+                match tap.read_packet() {
                     Ok(Some(frame)) => events.push(AsyncEvent::FrameReceived(frame)),
                     Ok(None) => break,
                     Err(error) => {

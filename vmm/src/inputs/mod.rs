@@ -45,6 +45,9 @@ pub struct Armed {
     pub timer_deadline_ns: Option<u64>,
     /// How many received frames the guest's NIC can take now.
     pub net_rx_capacity: usize,
+    /// The receive offloads its driver accepted (virtio-net `GUEST_CSUM`,
+    /// `GUEST_TSO4` feature bits): what the TAP may hand over.
+    pub net_guest_offloads: u64,
 }
 
 /// Where a replay found the guest somewhere other than the log says.

@@ -29,7 +29,9 @@ pub enum OutputError {
 pub trait Outputs {
     /// Console text.
     fn console(&mut self, bytes: &[u8]);
-    /// A frame the guest transmitted. Networks drop frames; so may this.
+    /// A packet the guest transmitted: a virtio-net header (its offloads,
+    /// e.g. a 64 KiB TCP segment to cut), then the Ethernet frame
+    /// (`devices::virtio::net`). Networks drop frames; so may this.
     fn transmit(&mut self, frame: &[u8]);
     /// Data the guest wrote to its disk at byte `offset`.
     fn disk_write(&mut self, offset: u64, data: &[u8]) -> Result<(), OutputError>;
@@ -88,7 +90,7 @@ impl Outputs for LiveOutputs {
     }
 
     fn transmit(&mut self, frame: &[u8]) {
-        let sent = self.tap.as_ref().is_some_and(|tap| tap.write_frame(frame).is_ok());
+        let sent = self.tap.as_ref().is_some_and(|tap| tap.write_packet(frame).is_ok());
         if !sent {
             self.frames_dropped += 1;
         }

@@ -119,6 +119,9 @@ impl Network {
 
     /// The interface's IPv4 address and prefix.
     pub fn address(&self) -> Option<Ipv4Cidr> {
-        self.iface.ip_addrs().iter().map(|IpCidr::Ipv4(cidr)| *cidr).next()
+        self.iface.ip_addrs().iter().find_map(|cidr| match cidr {
+            IpCidr::Ipv4(cidr) => Some(*cidr),
+            IpCidr::Ipv6(_) => None,
+        })
     }
 }

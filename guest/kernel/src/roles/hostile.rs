@@ -113,6 +113,39 @@ fn attack_virtio(base: u64, ram_end: u64) {
     virtio_write(base, STATUS, 0);
 }
 
+/// Packets whose virtio-net header lies about the frame behind it, through
+/// the real driver: the VMM must refuse each (and count it), never pass it on.
+fn nonsense_net_headers() {
+    let Ok(mut nic) = drivers::virtio::net::NetDevice::open() else {
+        println!("hostile: the NIC did not come up");
+        return;
+    };
+    // flags, gso_type, hdr_len, gso_size, csum_start, csum_offset (little endian).
+    let header = |flags: u8, gso: u8, hdr_len: u16, gso_size: u16, start: u16, offset: u16| {
+        let mut bytes = [0u8; drivers::virtio::net::HEADER_BYTES];
+        bytes[0] = flags;
+        bytes[1] = gso;
+        for (at, value) in [(2, hdr_len), (4, gso_size), (6, start), (8, offset)] {
+            bytes[at..at + 2].copy_from_slice(&value.to_le_bytes());
+        }
+        bytes
+    };
+    let frame = alloc::vec![0x5au8; 9000];
+    for nonsense in [
+        header(1, 1, 66, 0, 34, 16),        // gso_size 0
+        header(1, 1, 66, 1, 34, 16),        // gso_size 1: 9000 one-byte segments
+        header(1, 1, 0, 1448, 34, 16),      // hdr_len 0
+        header(1, 1, 60_000, 1448, 34, 16), // hdr_len past the frame
+        header(1, 1, 66, 1448, 65_000, 16), // csum_start past the frame
+        header(1, 1, 66, 1448, 34, 65_000), // csum_offset past the frame
+        header(1, 0, 0, 0, 8_999, 1),       // checksum straddling the frame's end
+        header(0xff, 0x7f, 0xffff, 0xffff, 0xffff, 0xffff),
+    ] {
+        nic.transmit_raw(nonsense, &frame);
+    }
+    nic.flush();
+}
+
 pub fn run(info: &BootInfo) -> Result<(), RoleError> {
     let ram_end = info.ram_bytes;
     println!("hostile: garbage to every device register, offset and access size");
@@ -164,6 +197,10 @@ pub fn run(info: &BootInfo) -> Result<(), RoleError> {
     }
     drivers::write(events::BASE, events::EVENT_PAGE, 0);
 
+    if info.devices & device::NET != 0 {
+        println!("hostile: virtio-net: nonsense offload headers (gso_size, hdr_len, csum offsets)");
+        nonsense_net_headers();
+    }
     for (bit, base, name) in [
         (device::NET, virtio::NET_BASE, "virtio-net"),
         (device::BLOCK, virtio::BLOCK_BASE, "virtio-blk"),

@@ -69,6 +69,8 @@ pub trait VirtioDevice {
     fn features(&self) -> u64;
     /// Maximum size of each queue; its length is the number of queues.
     fn queue_max_sizes(&self) -> &'static [u16];
+    /// The features the driver accepted (0 after a reset).
+    fn set_driver_features(&mut self, _features: u64) {}
     /// The device-specific configuration space.
     fn config(&self) -> Vec<u8>;
     /// The pending-event bit this device raises when it uses buffers.
@@ -155,6 +157,7 @@ impl<D: VirtioDevice> VirtioMmio<D> {
         self.queue_select = 0;
         self.interrupt_status = 0;
         self.queues.iter_mut().for_each(QueueT::reset);
+        self.device.set_driver_features(0);
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -288,7 +291,9 @@ impl<D: VirtioDevice> VirtioMmio<D> {
             let offered = self.device.features();
             let acceptable = self.driver_features & !offered == 0
                 && self.driver_features & FEATURE_VERSION_1 != 0;
-            if !acceptable {
+            if acceptable {
+                self.device.set_driver_features(self.driver_features);
+            } else {
                 // The spec's answer: FEATURES_OK does not stick.
                 value &= !status::FEATURES_OK;
             }

@@ -9,6 +9,7 @@ use kvm_bindings::kvm_regs;
 use proptest::prelude::*;
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::devices::virtio::net::{feature, plain_packet, NetHeader};
 use crate::devices::DeviceSet;
 use crate::inputs::fake::{FakeInputs, DISK_FILL};
 use crate::machine::{Action, Machine};
@@ -264,13 +265,13 @@ fn net_transmits_and_receives() {
     driver.machine.memory.write_slice(&packet, GuestAddress(0x60_0000)).unwrap();
     driver.push_chain(tx, 0, &[(0x60_0000, 12, false), (0x60_000c, 60, false)]);
     driver.write32(NET_BASE + 0x50, 1);
-    assert_eq!(driver.recorded.0.lock().unwrap().frames, vec![frame.clone()]);
+    assert_eq!(driver.recorded.0.lock().unwrap().frames, vec![packet.clone()]);
     assert_eq!(driver.used(tx, 0).0, 1);
 
     // A receive buffer, then a frame from the host: delivered at the next landmark.
     driver.push_chain(rx, 0, &[(0x70_0000, 2048, true)]);
     driver.write32(NET_BASE + 0x50, 0);
-    driver.machine_inputs_push(frame.clone());
+    driver.machine_inputs_push(plain_packet(&frame));
     assert_eq!(driver.pending() & events::NET, events::NET);
     let (idx, id, len) = driver.used(rx, 0);
     assert_eq!((idx, id, len), (1, 0, 12 + 60));
@@ -278,6 +279,86 @@ fn net_transmits_and_receives() {
     driver.machine.memory.read_slice(&mut delivered, GuestAddress(0x70_0000)).unwrap();
     assert_eq!(&delivered[12..], frame.as_slice());
     assert_eq!(delivered[10], 1, "num_buffers");
+}
+
+/// A driver with every offload negotiated and both queues live.
+fn offloading_driver() -> (Driver, Rings, Rings) {
+    let mut driver = Driver::new();
+    let (rx, tx) = (Rings::at(0x10_0000), Rings::at(0x20_0000));
+    let features = VERSION_1
+        | feature::MAC
+        | feature::CSUM
+        | feature::GUEST_CSUM
+        | feature::HOST_TSO4
+        | feature::GUEST_TSO4;
+    assert!(driver.handshake(NET_BASE, features));
+    driver.setup_queue(NET_BASE, 0, rx);
+    driver.setup_queue(NET_BASE, 1, tx);
+    driver.driver_ok(NET_BASE);
+    (driver, rx, tx)
+}
+
+fn tso_header(gso_size: u16, hdr_len: u16, csum_start: u16, csum_offset: u16) -> NetHeader {
+    NetHeader { flags: 1, gso_type: 1, hdr_len, gso_size, csum_start, csum_offset, num_buffers: 0 }
+}
+
+#[test]
+fn net_passes_a_large_segment_whole_both_ways() {
+    let (mut driver, rx, tx) = offloading_driver();
+    let mut packet = tso_header(1448, 66, 34, 16).to_bytes().to_vec();
+    packet.extend((0..60_000u32).map(|i| i as u8));
+    driver.machine.memory.write_slice(&packet, GuestAddress(0x60_0000)).unwrap();
+    driver.push_chain(tx, 0, &[(0x60_0000, packet.len() as u32, false)]);
+    driver.write32(NET_BASE + 0x50, 1);
+    assert_eq!(driver.recorded.0.lock().unwrap().frames, vec![packet.clone()], "one output");
+
+    // A 60 KB segment from the host lands in one big receive buffer, header kept.
+    driver.push_chain(rx, 0, &[(0x70_0000, 70_000, true)]);
+    driver.machine_inputs_push(packet.clone());
+    assert_eq!(driver.pending() & events::NET, events::NET);
+    let (idx, _, len) = driver.used(rx, 0);
+    assert_eq!((idx, len as usize), (1, packet.len()));
+    let mut delivered = vec![0u8; packet.len()];
+    driver.machine.memory.read_slice(&mut delivered, GuestAddress(0x70_0000)).unwrap();
+    let header = NetHeader::parse(&delivered);
+    assert_eq!((header.gso_type, header.gso_size, header.num_buffers), (1, 1448, 1));
+    assert_eq!(&delivered[12..], &packet[12..]);
+}
+
+#[test]
+fn net_refuses_nonsense_offload_headers_and_stays_live() {
+    let (mut driver, _rx, tx) = offloading_driver();
+    let bad = [
+        tso_header(0, 66, 34, 16),
+        tso_header(1448, 0, 34, 16),
+        tso_header(1448, 65_000, 34, 16),
+        tso_header(1448, 66, 60_000, 16),
+        tso_header(1448, 66, 34, 60_000),
+        NetHeader { gso_type: 0x40, ..tso_header(1448, 66, 34, 16) },
+        NetHeader { flags: 0xff, ..NetHeader::default() },
+    ];
+    for (slot, header) in bad.iter().enumerate() {
+        let addr = 0x60_0000 + slot as u64 * 0x1_0000;
+        let mut packet = header.to_bytes().to_vec();
+        packet.extend(std::iter::repeat_n(0x5a, 5000));
+        driver.machine.memory.write_slice(&packet, GuestAddress(addr)).unwrap();
+        driver.push_chain(tx, slot as u16, &[(addr, packet.len() as u32, false)]);
+    }
+    driver.write32(NET_BASE + 0x50, 1);
+    assert!(driver.recorded.0.lock().unwrap().frames.is_empty(), "nothing reached the host");
+    assert_eq!(driver.used(tx, 0).0, bad.len() as u16, "every buffer returned");
+    assert_eq!(driver.machine.misbehaviour.count(Offence::BadNetHeader), bad.len() as u64);
+    let net = driver.machine.devices.net.as_ref().unwrap();
+    assert!(net.is_live(), "the device goes on");
+    assert_eq!(net.device().refused_dropped_truncated().0, bad.len() as u64);
+
+    // ... and a sane packet after them still goes out.
+    let mut packet = NetHeader::default().to_bytes().to_vec();
+    packet.extend_from_slice(&[7; 60]);
+    driver.machine.memory.write_slice(&packet, GuestAddress(0x68_0000)).unwrap();
+    driver.push_chain(tx, 8, &[(0x68_0000, packet.len() as u32, false)]);
+    driver.write32(NET_BASE + 0x50, 1);
+    assert_eq!(driver.recorded.0.lock().unwrap().frames, vec![packet]);
 }
 
 impl Driver {
