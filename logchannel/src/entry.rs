@@ -132,6 +132,18 @@ pub enum Entry {
     },
     /// The last entry: how the run ended.
     RunEnd(RunEnd),
+    /// How much of the guest's output the primary has released, counted per kind since boot
+    /// (each `Outputs` call is one output). Sent by the primary's output thread, never
+    /// replayed: a backup that goes live re-emits what its own guest produced beyond these
+    /// counts, since the world may not have seen it (duplicates are absorbed by TCP).
+    Released {
+        /// Network packets sent.
+        packets: u64,
+        /// Console writes shown.
+        console_writes: u64,
+        /// Disk writes performed.
+        disk_writes: u64,
+    },
 }
 
 impl Entry {
@@ -142,6 +154,7 @@ impl Entry {
             Entry::Input(entry) => entry.input.kind(),
             Entry::Progress { .. } => "progress",
             Entry::RunEnd(_) => "run end",
+            Entry::Released { .. } => "released",
         }
     }
 }

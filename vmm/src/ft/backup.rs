@@ -28,8 +28,8 @@ use crate::outputs::{LiveOutputs, OutputError, Outputs};
 /// How long one wait for the next entry lasts before it is retried (the
 /// channel reports a dead primary on its own, after the failure timeout).
 const RECV_SLICE: Duration = Duration::from_millis(100);
-/// How many bytes of recent guest disk writes the backup keeps to re-apply at go-live.
-const RECENT_WRITES_MAX_BYTES: u64 = 64 << 20;
+/// The most bytes of unreleased outputs of one kind the backup keeps to re-emit at go-live.
+const UNRELEASED_MAX_BYTES: u64 = 64 << 20;
 
 /// What the backup is doing, readable from any thread (for SIGUSR1).
 #[derive(Default)]
@@ -38,6 +38,28 @@ pub struct BackupStatus {
     replayed_seq: AtomicU64,
     /// Set at go-live.
     live: AtomicBool,
+    /// How far the primary reported releasing the guest's output, per kind.
+    released: [AtomicU64; 3],
+}
+
+/// The kinds of output the primary reports releasing (indexes of `released`).
+#[derive(Clone, Copy)]
+enum OutputKind {
+    Packet = 0,
+    Console = 1,
+    DiskWrite = 2,
+}
+
+impl BackupStatus {
+    fn released(&self, kind: OutputKind) -> u64 {
+        self.released[kind as usize].load(Ordering::SeqCst)
+    }
+
+    fn note_released(&self, packets: u64, console_writes: u64, disk_writes: u64) {
+        for (slot, count) in self.released.iter().zip([packets, console_writes, disk_writes]) {
+            slot.fetch_max(count, Ordering::SeqCst);
+        }
+    }
 }
 
 impl BackupStatus {
@@ -81,6 +103,11 @@ impl EntrySource for LinkSource {
         loop {
             let slice = if wait { RECV_SLICE } else { Duration::ZERO };
             match self.link.recv_frame(slice).map_err(channel_error)? {
+                // The primary's release reports are for go-live, not for the replay.
+                Some(logchannel::Received {
+                    entry: Entry::Released { packets, console_writes, disk_writes },
+                    ..
+                }) => self.status.note_released(packets, console_writes, disk_writes),
                 Some(received) => {
                     self.status.replayed_seq.store(received.seq, Ordering::SeqCst);
                     return Ok(Some((received.seq, received.entry, received.frame_len_bytes)));
@@ -92,31 +119,92 @@ impl EntrySource for LinkSource {
     }
 }
 
+/// One kind of output the backup's guest produced that the primary may not
+/// have released yet: numbered from 1 in the order the guest produced them
+/// (the primary's guest produced the same ones in the same order), kept
+/// until the primary reports releasing them, up to [`UNRELEASED_MAX_BYTES`].
+struct Unreleased<T> {
+    produced: u64,
+    kept: VecDeque<(u64, T, u64)>,
+    kept_bytes: u64,
+    /// Outputs given up to the byte bound before the primary reported them.
+    dropped: u64,
+}
+
+impl<T> Default for Unreleased<T> {
+    fn default() -> Self {
+        Unreleased { produced: 0, kept: VecDeque::new(), kept_bytes: 0, dropped: 0 }
+    }
+}
+
+impl<T> Unreleased<T> {
+    fn push(&mut self, item: T, bytes: u64, released: u64) {
+        self.produced += 1;
+        self.kept.push_back((self.produced, item, bytes));
+        self.kept_bytes += bytes;
+        self.forget_through(released);
+        while self.kept_bytes > UNRELEASED_MAX_BYTES {
+            let (_, _, bytes) = self.kept.pop_front().expect("bytes counted are kept");
+            self.kept_bytes -= bytes;
+            self.dropped += 1;
+        }
+    }
+
+    /// Forgets the outputs numbered up to `released`.
+    fn forget_through(&mut self, released: u64) {
+        while self.kept.front().is_some_and(|(index, _, _)| *index <= released) {
+            let (_, _, bytes) = self.kept.pop_front().expect("front exists");
+            self.kept_bytes -= bytes;
+        }
+    }
+
+    /// The outputs after `released`, in order.
+    fn take_after(&mut self, released: u64) -> Vec<T> {
+        self.forget_through(released);
+        self.kept_bytes = 0;
+        std::mem::take(&mut self.kept).into_iter().map(|(_, item, _)| item).collect()
+    }
+}
+
 /// State the backup's inputs and outputs share (both live on the vCPU thread).
 #[derive(Default)]
 struct Shared {
     /// The real outputs, once live.
     live: Option<LiveOutputs>,
-    /// The guest's recent disk writes, in order (re-applied at go-live).
-    recent_writes: VecDeque<(u64, Vec<u8>)>,
-    recent_write_bytes: u64,
+    /// Outputs the primary may not have released: re-emitted (the disk
+    /// writes re-applied) at go-live.
+    packets: Unreleased<Vec<u8>>,
+    console: Unreleased<Vec<u8>>,
+    disk_writes: Unreleased<(u64, Vec<u8>)>,
 }
 
-/// The backup's outputs: nothing leaves while it is a backup.
+/// The backup's outputs: nothing leaves while it is a backup; what the
+/// primary may not have released yet is kept for go-live.
 pub struct BackupOutputs {
     shared: Rc<RefCell<Shared>>,
+    status: Arc<BackupStatus>,
 }
 
 impl Outputs for BackupOutputs {
     fn console(&mut self, bytes: &[u8]) {
-        if let Some(live) = self.shared.borrow_mut().live.as_mut() {
-            live.console(bytes);
+        let mut shared = self.shared.borrow_mut();
+        match shared.live.as_mut() {
+            Some(live) => live.console(bytes),
+            None => {
+                let released = self.status.released(OutputKind::Console);
+                shared.console.push(bytes.to_vec(), bytes.len() as u64, released);
+            }
         }
     }
 
     fn transmit(&mut self, frame: &[u8]) {
-        if let Some(live) = self.shared.borrow_mut().live.as_mut() {
-            live.transmit(frame);
+        let mut shared = self.shared.borrow_mut();
+        match shared.live.as_mut() {
+            Some(live) => live.transmit(frame),
+            None => {
+                let released = self.status.released(OutputKind::Packet);
+                shared.packets.push(frame.to_vec(), frame.len() as u64, released);
+            }
         }
     }
 
@@ -125,12 +213,8 @@ impl Outputs for BackupOutputs {
         if let Some(live) = shared.live.as_mut() {
             return live.disk_write(offset, data);
         }
-        shared.recent_write_bytes += data.len() as u64;
-        shared.recent_writes.push_back((offset, data.to_vec()));
-        while shared.recent_write_bytes > RECENT_WRITES_MAX_BYTES {
-            let (_, oldest) = shared.recent_writes.pop_front().expect("bytes counted are queued");
-            shared.recent_write_bytes -= oldest.len() as u64;
-        }
+        let released = self.status.released(OutputKind::DiskWrite);
+        shared.disk_writes.push((offset, data.to_vec()), data.len() as u64, released);
         Ok(())
     }
 
@@ -193,9 +277,9 @@ pub fn backup_io(
         last_monotonic_ns: 0,
         go_live,
         shared: shared.clone(),
-        status,
+        status: status.clone(),
     };
-    (inputs, BackupOutputs { shared })
+    (inputs, BackupOutputs { shared, status })
 }
 
 /// A gratuitous RARP from `mac` (what VMware FT sends): every bridge on the
@@ -239,27 +323,43 @@ impl BackupInputs {
         let console = self.go_live.console.take().expect("go-live happens once");
         let mut live_outputs =
             LiveOutputs::new(console, backends.tap.clone(), backends.disk.clone());
-        let recent = std::mem::take(&mut shared.recent_writes);
-        let rewritten = recent.len();
-        for (offset, data) in recent {
-            live_outputs
-                .disk_write(offset, &data)
-                .map_err(|error| InputError::Host(error.to_string()))?;
+        // What the primary may not have released: its writes first (a reader must find them),
+        // then the announcement, then the packets and console output the world may not have
+        // seen, in the order the guest produced them.
+        let host_error = |error: OutputError| InputError::Host(error.to_string());
+        let status = &self.status;
+        let writes = shared.disk_writes.take_after(status.released(OutputKind::DiskWrite));
+        let rewritten = writes.len();
+        for (offset, data) in writes {
+            live_outputs.disk_write(offset, &data).map_err(host_error)?;
         }
         if backends.disk.is_some() {
-            live_outputs.disk_flush().map_err(|error| InputError::Host(error.to_string()))?;
+            live_outputs.disk_flush().map_err(host_error)?;
         }
         if let (Some(mac), Some(_)) = (self.go_live.net_mac, backends.tap.as_ref()) {
             live_outputs
                 .transmit(&crate::devices::virtio::net::plain_packet(&rarp_announcement(mac)));
+        }
+        let packets = shared.packets.take_after(status.released(OutputKind::Packet));
+        let console = shared.console.take_after(status.released(OutputKind::Console));
+        let re_emitted = (packets.len(), console.len());
+        packets.iter().for_each(|packet| live_outputs.transmit(packet));
+        console.iter().for_each(|text| live_outputs.console(text));
+        let dropped = shared.packets.dropped + shared.console.dropped + shared.disk_writes.dropped;
+        if dropped > 0 {
+            eprintln!(
+                "ftvm: warning: {dropped} unreleased outputs were over the {} MiB kept per kind \
+                 and are not re-emitted",
+                UNRELEASED_MAX_BYTES >> 20
+            );
         }
         shared.live = Some(live_outputs);
         self.status.live.store(true, Ordering::SeqCst);
         let replayed = self.replay.take().map(|replay| replay.log_stats().entries()).unwrap_or(0);
         self.live = Some(LiveInputs::continuing_at(self.last_monotonic_ns + 1, backends));
         eprintln!(
-            "ftvm: role: backup -> live, generation {}, at landmark {} rip {:#x}, {replayed} entries replayed, {rewritten} recent disk writes re-applied, at unix ns {}",
-            self.go_live.generation, at.point.landmark, at.point.rip, unix_time_ns()
+            "ftvm: role: backup -> live, generation {}, at landmark {} rip {:#x}, {replayed} entries replayed, {rewritten} unreleased disk writes re-applied, {} packets and {} console writes re-emitted, at unix ns {}",
+            self.go_live.generation, at.point.landmark, at.point.rip, re_emitted.0, re_emitted.1, unix_time_ns()
         );
         Ok(())
     }

@@ -15,13 +15,14 @@ pub mod backup;
 pub mod primary;
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use logchannel::{ChannelConfig, Credentials};
 use storage::arbiter::{Arbiter, ArbiterError, Verdict};
 use storage::pair::{PairDir, PairError, PairIdentity};
 use thiserror::Error;
 
+use crate::inputs::live::{deadline_after, sleep_until, unix_time_ns};
 use crate::signals;
 
 /// Settings of one side of a pair. What both sides must agree on (the pair,
@@ -173,12 +174,11 @@ pub fn prepare(config: &FtConfig) -> Result<Credentials, PairSetupError> {
                     return Err(PairSetupError::Arbiter { error, fix });
                 }
                 report_retry(&mut last_report, &error);
-                if signals::stop_requested() {
+                if sleep_until(deadline_after(ARBITER_RETRY)).is_err() {
                     return Err(PairSetupError::Refused(
                         "stopped while waiting for the arbiter directory".into(),
                     ));
                 }
-                std::thread::sleep(ARBITER_RETRY);
             }
         }
     }
@@ -222,7 +222,7 @@ fn holder_name(side: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .unwrap_or_else(|_| "unknown-host".into());
-    let unix_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
+    let unix_s = unix_time_ns() / 1_000_000_000;
     format!("{side} on host {host} pid {} at unix time {unix_s}", std::process::id())
 }
 

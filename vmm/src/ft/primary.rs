@@ -330,6 +330,7 @@ impl Outputs for HeldOutputs {
 /// The releaser: waits until each output may be released (acknowledged, and
 /// the lease held, or solo), then performs it at once on this thread.
 fn release(side: Arc<PrimarySide>, queue: Arc<OutputQueue>, mut live: LiveOutputs) {
+    let mut report = ReleaseReport::default();
     loop {
         let (seq, held) = {
             let mut state = queue.lock();
@@ -359,6 +360,9 @@ fn release(side: Arc<PrimarySide>, queue: Arc<OutputQueue>, mut live: LiveOutput
             }
         };
         let is_disk = held.is_disk();
+        if released {
+            report.count(&held);
+        }
         let result = match (released, held) {
             (false, _) => Ok(()),
             (true, Held::Console(bytes)) => {
@@ -388,6 +392,49 @@ fn release(side: Arc<PrimarySide>, queue: Arc<OutputQueue>, mut live: LiveOutput
             state.disk_pending -= 1;
         }
         state.in_flight -= 1;
+        let caught_up = state.held.is_empty();
         queue.changed.notify_all();
+        drop(state);
+        report.send_if_due(&side, caught_up);
+    }
+}
+
+/// How far the releaser has released each kind of output, and when it last
+/// told the backup (an [`Entry::Released`] in the log): when it has caught up
+/// with the queue, or every [`ReleaseReport::EVERY`] outputs while it has not.
+#[derive(Default)]
+struct ReleaseReport {
+    packets: u64,
+    console_writes: u64,
+    disk_writes: u64,
+    since_sent: u64,
+}
+
+impl ReleaseReport {
+    const EVERY: u64 = 32;
+
+    fn count(&mut self, held: &Held) {
+        match held {
+            Held::Frame(_) => self.packets += 1,
+            Held::Console(_) => self.console_writes += 1,
+            Held::DiskWrite(..) => self.disk_writes += 1,
+            Held::DiskFlush => return,
+        }
+        self.since_sent += 1;
+    }
+
+    fn send_if_due(&mut self, side: &PrimarySide, caught_up: bool) {
+        if self.since_sent == 0 || !(caught_up || self.since_sent >= Self::EVERY) || side.is_solo()
+        {
+            return;
+        }
+        let entry = Entry::Released {
+            packets: self.packets,
+            console_writes: self.console_writes,
+            disk_writes: self.disk_writes,
+        };
+        // A failed link is noticed and handled by the log sink and the wait for acks.
+        let _ = side.link.send(&entry);
+        self.since_sent = 0;
     }
 }
