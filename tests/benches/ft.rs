@@ -28,12 +28,8 @@ fn arbiter_dir(tag: &str) -> std::path::PathBuf {
     dir
 }
 
-/// A pair running the echo guest in `lab` (tap0: primary, tap1: backup).
-fn pair(lab: &Lab, arbiter: &std::path::Path) -> (Reaped, Reaped) {
-    pair_of(FTVM, lab, arbiter)
-}
-
-/// [`pair`] with the `ftvm` binary at `exe`.
+/// A pair of the `ftvm` binary at `exe` running the echo guest in `lab` (tap0: primary, tap1:
+/// backup).
 fn pair_of(exe: &str, lab: &Lab, arbiter: &std::path::Path) -> (Reaped, Reaped) {
     let arbiter = arbiter.to_str().unwrap();
     let backup = lab.spawn_in_host(
@@ -142,6 +138,26 @@ fn throughput_rows(table: &mut Table, label: &str, exe: &str) {
     }
 }
 
+/// The longest pause a client echoing a byte every millisecond sees when the primary of a pair
+/// of `exe` is SIGKILLed.
+fn failover_gap_ms(exe: &str) -> f64 {
+    let lab = Lab::new(2);
+    let arbiter = arbiter_dir("failover");
+    let (mut primary, backup) = pair_of(exe, &lab, &arbiter);
+    let ip = Lab::guest_ip(0);
+    client(&lab, &["wait", &ip, "7", "20"]);
+    let probe = Reaped::spawn(
+        lab.client_command("python3", &[ftvm_tests::bench::CLIENT, "probe", &ip, "7", "3"]),
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    primary.kill();
+    let probe = probe.finish();
+    drop(backup);
+    let _ = std::fs::remove_dir_all(&arbiter);
+    assert_eq!(probe.status, Some(0), "the probe lost its connection: {probe:?}");
+    probe.stdout.split_whitespace().nth(2).and_then(|v| v.parse().ok()).expect("probe ECHOES GAP")
+}
+
 fn main() {
     let runs = runs_arg(5);
     let failovers = runs.max(10);
@@ -159,32 +175,17 @@ fn main() {
         }
     }
     for trial in 0..failovers {
-        eprintln!("ft bench: failover {}/{failovers}", trial + 1);
-        let lab = Lab::new(2);
-        let arbiter = arbiter_dir("failover");
-        let (mut primary, backup) = pair(&lab, &arbiter);
-        let ip = Lab::guest_ip(0);
-        client(&lab, &["wait", &ip, "7", "20"]);
-        let probe = Reaped::spawn(
-            lab.client_command("python3", &[ftvm_tests::bench::CLIENT, "probe", &ip, "7", "3"]),
-        );
-        std::thread::sleep(Duration::from_millis(1000));
-        primary.kill();
-        let probe = probe.finish();
-        drop(backup);
-        let _ = std::fs::remove_dir_all(&arbiter);
-        assert_eq!(probe.status, Some(0), "the probe lost its connection: {probe:?}");
-        let gap_ms: f64 = probe
-            .stdout
-            .split_whitespace()
-            .nth(2)
-            .and_then(|v| v.parse().ok())
-            .expect("probe ECHOES GAP");
-        table.add(
-            "failover: SIGKILL of the primary -> next echoed byte (client's longest gap)",
-            "ms",
-            gap_ms,
-        );
+        for (label, exe) in &builds {
+            eprintln!("ft bench: {label}failover {}/{failovers}", trial + 1);
+            let gap_ms = failover_gap_ms(exe);
+            table.add(
+                &format!(
+                    "{label}failover: SIGKILL of the primary -> next echoed byte (client's longest gap)"
+                ),
+                "ms",
+                gap_ms,
+            );
+        }
     }
     table.print(runs);
 }
