@@ -80,9 +80,13 @@ pub struct PairReport {
     pub lag_ms: (u64, u64),
     /// Outputs released under the lease (not solo).
     pub released_under_lease: u64,
-    /// Time spent between a lease check and the end of the write it allowed, summed: the
-    /// window in which a pause could still let a write land after the backup went live.
+    /// Time spent between a lease check and the call that performs the output it allowed,
+    /// summed: the window in which a pause could still let an output out after the backup
+    /// went live.
     pub fence_window_ns: u64,
+    /// The longest output call (a disk write or flush, a TAP write) released under the lease:
+    /// storage slower than the lease's margin could land a write late too.
+    pub longest_output_call_ns: u64,
     /// How long the pair ran, for the window's share of it.
     pub wall_ns: u64,
 }
@@ -91,7 +95,7 @@ impl std::fmt::Display for PairReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "role {} generation {} sent seq {} acked seq {} log {} bytes lag entries {}/{} bytes {}/{} ms {}/{} (median/p99) fence window {} us over {} releases ({:.1} ppm of the run)",
+            "role {} generation {} sent seq {} acked seq {} log {} bytes lag entries {}/{} bytes {}/{} ms {}/{} (median/p99) fence window {} ns over {} releases ({:.2} ppm of the run), longest output call {} us",
             self.role,
             self.generation,
             self.sent_seq,
@@ -103,9 +107,10 @@ impl std::fmt::Display for PairReport {
             self.lag_bytes.1,
             self.lag_ms.0,
             self.lag_ms.1,
-            self.fence_window_ns / 1_000,
+            self.fence_window_ns,
             self.released_under_lease,
-            self.fence_window_ns as f64 * 1e6 / self.wall_ns.max(1) as f64
+            self.fence_window_ns as f64 * 1e6 / self.wall_ns.max(1) as f64,
+            self.longest_output_call_ns / 1_000
         )
     }
 }

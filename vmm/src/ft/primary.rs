@@ -47,6 +47,7 @@ pub struct PrimarySide {
     /// Measures the fence's window (lease check to end of write).
     clock: HostClock,
     fence_window_ns: AtomicU64,
+    longest_output_call_ns: AtomicU64,
     released_under_lease: AtomicU64,
 }
 
@@ -63,6 +64,7 @@ impl PrimarySide {
             lag_samples: Mutex::new(Vec::new()),
             clock: HostClock::start(),
             fence_window_ns: AtomicU64::new(0),
+            longest_output_call_ns: AtomicU64::new(0),
             released_under_lease: AtomicU64::new(0),
         })
     }
@@ -90,6 +92,7 @@ impl PrimarySide {
             lag_ms: column(|sample| sample.2),
             released_under_lease: self.released_under_lease.load(Ordering::Relaxed),
             fence_window_ns: self.fence_window_ns.load(Ordering::Relaxed),
+            longest_output_call_ns: self.longest_output_call_ns.load(Ordering::Relaxed),
             wall_ns: self.clock.elapsed_ns(),
         }
     }
@@ -363,6 +366,7 @@ fn release(side: Arc<PrimarySide>, queue: Arc<OutputQueue>, mut live: LiveOutput
         if released {
             report.count(&held);
         }
+        let called_at_ns = side.clock.elapsed_ns();
         let result = match (released, held) {
             (false, _) => Ok(()),
             (true, Held::Console(bytes)) => {
@@ -377,11 +381,14 @@ fn release(side: Arc<PrimarySide>, queue: Arc<OutputQueue>, mut live: LiveOutput
             (true, Held::DiskFlush) => live.disk_flush(),
         };
         if let Some(checked_at_ns) = checked_at_ns {
-            // The fence's window: from the lease check to the end of the write it allowed.
-            side.fence_window_ns.fetch_add(
-                side.clock.elapsed_ns().saturating_sub(checked_at_ns),
-                Ordering::Relaxed,
-            );
+            // The fence's window: from the lease check to the call that performs the output (a
+            // pause there lets the output out late); and how long the call itself took (storage
+            // slower than the lease's margin lets a write land late too).
+            let done_at_ns = side.clock.elapsed_ns();
+            side.fence_window_ns
+                .fetch_add(called_at_ns.saturating_sub(checked_at_ns), Ordering::Relaxed);
+            side.longest_output_call_ns
+                .fetch_max(done_at_ns.saturating_sub(called_at_ns), Ordering::Relaxed);
             side.released_under_lease.fetch_add(1, Ordering::Relaxed);
         }
         let mut state = queue.lock();
