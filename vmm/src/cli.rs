@@ -27,7 +27,8 @@ use clap::{Args, Parser, Subcommand};
         exception, 122 guest triple fault, 123 KVM error, 124 guest stuck (waits with \
         nothing armed), 125 replay diverged from the log, 126 log unreadable, cut short or \
         unwritable, 127 this side of an FT pair lost the arbiter and halted, 130 stopped by \
-        SIGINT/SIGTERM."
+        SIGINT/SIGTERM. Of `ftvm lab`, `gfs`, `mr` and `demo`: 0 done, 1 failed (the message \
+        names the problem and the fix), 2 bad usage."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -120,6 +121,12 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// A cluster of VMs on simulated hosts: up, status, kill, down.
+    Lab(crate::lab::LabArgs),
+    /// Files in the lab's GFS: put, get, ls, rm, append, snapshot.
+    Gfs(crate::clients::gfs::GfsArgs),
+    /// MapReduce jobs on the lab: run.
+    Mr(crate::clients::mr::MrArgs),
 }
 
 /// What runs in the guest.
@@ -286,6 +293,9 @@ pub fn main() -> ExitCode {
             print!("{table}");
             0
         }),
+        Command::Lab(args) => crate::clients::exit_status(crate::lab::run(args)),
+        Command::Gfs(args) => crate::clients::exit_status(crate::clients::gfs::run(args)),
+        Command::Mr(args) => crate::clients::exit_status(crate::clients::mr::run(args)),
     };
     match result {
         Ok(code) => ExitCode::from(code),

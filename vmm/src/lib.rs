@@ -8,10 +8,12 @@
 
 pub mod bench;
 pub mod cli;
+pub mod clients;
 pub mod devices;
 pub mod ft;
 pub mod inputs;
 pub mod kernel;
+pub mod lab;
 pub mod loader;
 pub mod machine;
 pub mod memory;
