@@ -127,6 +127,14 @@ enum Command {
     Gfs(crate::clients::gfs::GfsArgs),
     /// MapReduce jobs on the lab: run.
     Mr(crate::clients::mr::MrArgs),
+    /// The whole story in under two minutes: a lab with FT pairs, a file put
+    /// into GFS, word count on it while the hosts of the coordinator's and
+    /// the master's primaries crash, the output checked, the lab removed.
+    ///
+    /// Example:
+    ///   cargo run --release --bin ftvm -- demo
+    #[command(verbatim_doc_comment)]
+    Demo(crate::demo::DemoArgs),
 }
 
 /// What runs in the guest.
@@ -296,6 +304,7 @@ pub fn main() -> ExitCode {
         Command::Lab(args) => crate::clients::exit_status(crate::lab::run(args)),
         Command::Gfs(args) => crate::clients::exit_status(crate::clients::gfs::run(args)),
         Command::Mr(args) => crate::clients::exit_status(crate::clients::mr::run(args)),
+        Command::Demo(args) => crate::clients::exit_status(crate::demo::run(args)),
     };
     match result {
         Ok(code) => ExitCode::from(code),

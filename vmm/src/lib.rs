@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod cli;
 pub mod clients;
+pub mod demo;
 pub mod devices;
 pub mod ft;
 pub mod inputs;

@@ -150,7 +150,7 @@ pub fn describe(progress: &JobProgress) -> String {
         (progress.workers_lost, "workers lost"),
     ] {
         if count > 0 {
-            text.push_str(&format!(", {count} {what}"));
+            text.push_str(&format!(", {what}: {count}"));
         }
     }
     text
@@ -177,7 +177,12 @@ pub fn run_job(
             }
             match state {
                 JobState::Running(now) => progress = now,
-                JobState::Finished { outputs } => return Ok(outputs),
+                JobState::Finished { outputs } => {
+                    progress.maps_done = progress.maps;
+                    progress.reduces_done = progress.reduces;
+                    watch(session, &progress);
+                    return Ok(outputs);
+                }
                 JobState::Busy => {
                     return Err(ClientError::Job(
                         "was refused: another job is running; wait for it to finish".into(),

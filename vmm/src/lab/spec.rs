@@ -306,7 +306,10 @@ impl LabFile {
     pub fn plan(&self) -> Result<Plan, SpecError> {
         let invalid = |message: String| Err(SpecError::Invalid(message));
         let cluster = self.cluster.clone();
-        if !cluster.chunk_kib.is_multiple_of(64) || cluster.chunk_kib == 0 || cluster.chunk_kib > 65536 {
+        if !cluster.chunk_kib.is_multiple_of(64)
+            || cluster.chunk_kib == 0
+            || cluster.chunk_kib > 65536
+        {
             return invalid(format!("chunk_kib = {}: use a multiple of 64", cluster.chunk_kib));
         }
         let mut hosts = Vec::new();

@@ -92,6 +92,8 @@ pub fn down(dir: &StateDir) -> Result<bool, LabError> {
     for ns in &namespaces {
         pids.extend(pids_in(ns));
     }
+    // A client (or the demo) inside the lab's client namespace is not the lab's.
+    pids.retain(|pid| *pid != std::process::id());
     for pid in &pids {
         kill(*pid);
     }
