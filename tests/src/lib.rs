@@ -2,6 +2,7 @@
 //! process that is killed if the test fails (kill on drop), and collect what
 //! it printed.
 pub mod bench;
+pub mod lab;
 pub mod netns;
 pub mod proxy;
 

@@ -109,7 +109,7 @@ pub struct Coordinator {
     workers: BTreeMap<NodeId, WorkerInfo>,
     retired: BTreeSet<(NodeId, Incarnation)>,
     job: Option<Job>,
-    finished_jobs: BTreeMap<JobId, Vec<String>>,
+    finished_jobs: BTreeMap<JobId, (Vec<String>, JobProgress)>,
     next_attempt: AttemptId,
     attempts: BTreeMap<AttemptId, LiveAttempt>,
     gfs_ops: BTreeMap<OpId, GfsPurpose>,
@@ -161,8 +161,8 @@ impl Coordinator {
 
     fn on_submit(&mut self, now_ms: u64, from: NodeId, spec: JobSpec, out: &mut Outputs) {
         let job_id = spec.job;
-        let state = if let Some(outputs) = self.finished_jobs.get(&job_id) {
-            JobState::Finished { outputs: outputs.clone() }
+        let state = if let Some((outputs, progress)) = self.finished_jobs.get(&job_id) {
+            JobState::Finished { outputs: outputs.clone(), progress: *progress }
         } else if let Some(job) = self.job.as_ref().filter(|job| job.spec.job == job_id) {
             JobState::Running(job.progress())
         } else if !self.idle() {
@@ -396,8 +396,9 @@ impl Coordinator {
         let outputs: Vec<String> =
             (0..job.spec.reduce_tasks).map(|r| output_path(&job.spec.output_dir, r)).collect();
         let job_id = job.spec.job;
-        self.finished_jobs.insert(job_id, outputs.clone());
-        let state = JobState::Finished { outputs: outputs.clone() };
+        let progress = job.progress();
+        self.finished_jobs.insert(job_id, (outputs.clone(), progress));
+        let state = JobState::Finished { outputs: outputs.clone(), progress };
         out.send(job.submitter, MrMessage::JobStatus { job: job_id, state });
         out.events.push(Event::JobFinished { job: job_id, outputs });
         let live: Vec<AttemptId> = self.attempts.keys().copied().collect();

@@ -206,8 +206,8 @@ pub struct JobProgress {
 pub enum JobState {
     /// Accepted and running.
     Running(JobProgress),
-    /// Every output file is committed.
-    Finished { outputs: Vec<String> },
+    /// Every output file is committed; `progress` sums up how it went.
+    Finished { outputs: Vec<String>, progress: JobProgress },
     /// Not accepted: another job is running.
     Busy,
     /// Not accepted: the spec is unusable (no inputs, no reduce tasks, a missing input file).

@@ -91,15 +91,18 @@ pub fn run(args: MrArgs) -> anyhow::Result<u8> {
     let spec = new_spec(app, inputs, run.reducers);
     let started = Instant::now();
     let bar = job_bar();
+    let mut last = JobProgress::default();
     let outputs =
         run_job(&mut session, spec, Duration::from_secs(run.timeout_s), &mut |_, progress| {
-            show(&bar, progress)
+            show(&bar, progress);
+            last = *progress;
         })?;
     bar.finish_and_clear();
     let job_s = started.elapsed().as_secs_f64();
     let bytes = fetch_outputs(&mut session, &outputs, &run.out)?;
     println!(
-        "job finished in {job_s:.1} s; {} output files ({bytes} bytes) in {}",
+        "job finished in {job_s:.1} s ({}); {} output files ({bytes} bytes) in {}",
+        describe(&last),
         outputs.len(),
         run.out.display()
     );
@@ -177,9 +180,8 @@ pub fn run_job(
             }
             match state {
                 JobState::Running(now) => progress = now,
-                JobState::Finished { outputs } => {
-                    progress.maps_done = progress.maps;
-                    progress.reduces_done = progress.reduces;
+                JobState::Finished { outputs, progress: last } => {
+                    progress = last;
                     watch(session, &progress);
                     return Ok(outputs);
                 }

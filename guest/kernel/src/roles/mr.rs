@@ -93,7 +93,6 @@ enum Packet {
     Mr(MrMessage),
 }
 
-
 /// The state machine a VM runs.
 enum Machine {
     Coordinator(Box<Coordinator>),
@@ -430,7 +429,7 @@ impl Script {
         }
         match self.job_state.take()? {
             JobState::Running(_) => None,
-            JobState::Finished { outputs } => {
+            JobState::Finished { outputs, .. } => {
                 self.job_ms = now_ms - self.submitted_ms;
                 println!("mr job: finished in {} ms: {outputs:?}", self.job_ms);
                 self.advance(Stage::Count(0));
