@@ -331,6 +331,7 @@ impl Script {
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.crashes.iter().any(|crash| crash.at.is_some() && crash.answered.is_none())
             && Instant::now() < deadline
+            && !crate::signals::stop_requested()
         {
             self.probe_master(session);
             session.pump(Instant::now() + Duration::from_millis(100));

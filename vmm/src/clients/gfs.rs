@@ -138,6 +138,9 @@ fn op_name(op: &ClientOp) -> &'static str {
 /// The error for `error` of operation `name` on `path`: an unreachable
 /// master is said so, with why the stream to it failed.
 fn failure(session: &Session, name: &str, path: &str, error: GfsError) -> ClientError {
+    if crate::signals::stop_requested() {
+        return ClientError::Interrupted;
+    }
     let master = session.plan.master();
     if error == GfsError::Timeout {
         if let Some(problem) = session.problem(master.node) {

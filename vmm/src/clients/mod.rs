@@ -35,6 +35,8 @@ pub enum ClientError {
     Usage(String),
     #[error("the job {0}")]
     Job(String),
+    #[error("interrupted (SIGINT/SIGTERM)")]
+    Interrupted,
 }
 
 /// The exit status of a lab, client or demo command: its own on success;

@@ -200,6 +200,9 @@ pub fn run_job(
             }
         }
         watch(session, &progress);
+        if crate::signals::stop_requested() {
+            return Err(ClientError::Interrupted);
+        }
         if Instant::now() >= deadline {
             let coordinator = session.plan.coordinator().map(|vm| vm.node).unwrap_or(0);
             return Err(match session.problem(coordinator) {

@@ -116,6 +116,9 @@ impl Session {
     /// Runs the state machines until `until`: messages, then due ticks.
     pub fn pump(&mut self, until: Instant) {
         loop {
+            if crate::signals::stop_requested() {
+                return;
+            }
             self.mesh.dial_all();
             let now = now_ms();
             let next_ms = [self.gfs.next_poll_ms(), self.job.next_poll_ms()]
@@ -163,12 +166,16 @@ impl Session {
         Some(self.gfs_events.swap_remove(at).result)
     }
 
-    /// Runs one GFS operation to its end.
+    /// Runs one GFS operation to its end; gives up (with `Timeout`) when a
+    /// stop is requested (SIGINT/SIGTERM: see [`ClientError::Interrupted`]).
     pub fn gfs_op(&mut self, op: ClientOp) -> Result<OpOutput, GfsError> {
         let id = self.gfs_submit(op);
         loop {
             if let Some(result) = self.gfs_result(id) {
                 return result;
+            }
+            if crate::signals::stop_requested() {
+                return Err(GfsError::Timeout);
             }
             self.pump(Instant::now() + Duration::from_millis(50));
         }
@@ -203,6 +210,9 @@ pub fn probe_master(dir: &StateDir, deadline: Instant) -> Result<(), ClientError
                 loop {
                     match session.gfs_op(ClientOp::List { prefix: "/".into() }) {
                         Ok(_) => return Ok(()),
+                        Err(_) if crate::signals::stop_requested() => {
+                            return Err(ClientError::Interrupted)
+                        }
                         Err(error) if Instant::now() >= deadline => {
                             let detail = session
                                 .problem(master)

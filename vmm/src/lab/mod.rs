@@ -12,6 +12,7 @@ pub mod state;
 pub mod status;
 pub mod teardown;
 pub mod up;
+pub mod watch;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -88,11 +89,15 @@ enum LabCommand {
     /// Examples:
     ///   ftvm lab status
     ///   ftvm lab status --json | jq '.vms[] | {name, live_on}'
+    ///   ftvm lab status --watch      # live: lag, log rate, a timeline of crashes and failovers
     #[command(verbatim_doc_comment)]
     Status {
         /// JSON for scripts instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// A live view in the terminal, refreshed every second (q quits).
+        #[arg(long)]
+        watch: bool,
     },
     /// Crash a host (its links go down, then its VMMs are SIGKILLed) or kill
     /// one VM's live VMM (a pair's primary).
@@ -128,7 +133,8 @@ pub fn run(args: LabArgs) -> anyhow::Result<u8> {
                 dir.dir.display()
             );
         }
-        LabCommand::Status { json } => {
+        LabCommand::Status { watch: true, .. } => watch::watch(&dir, Duration::from_secs(1))?,
+        LabCommand::Status { json, .. } => {
             let status = status::status(&dir.load()?);
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);

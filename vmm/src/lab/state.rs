@@ -71,6 +71,27 @@ pub struct LabState {
     pub dead_hosts: Vec<String>,
     /// Processes killed with `lab kill` (by pid).
     pub killed: Vec<u32>,
+    /// What happened to the lab (up, crashes), oldest first, for the live view.
+    #[serde(default)]
+    pub events: Vec<LabEvent>,
+}
+
+/// One entry of the lab's timeline.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LabEvent {
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    pub text: String,
+}
+
+impl LabState {
+    /// Appends `text` to the timeline, stamped now.
+    pub fn record(&mut self, text: String) {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        self.events.push(LabEvent { unix_ms, text });
+    }
 }
 
 /// A lab's state directory.

@@ -62,8 +62,10 @@ pub fn kill_target(dir: &StateDir, target: &str) -> Result<Killed, LabError> {
         kill(*pid);
         state.killed.push(*pid);
     }
-    dir.save(&state)?;
     let kind = if is_host { "host" } else { "VM" };
+    let vmms: Vec<&str> = pids.iter().map(|(_, what)| what.as_str()).collect();
+    state.record(format!("killed {kind} {target}: {}", vmms.join(", ")));
+    dir.save(&state)?;
     Ok(Killed {
         target: format!("{kind} {target}"),
         vmms: pids.into_iter().map(|(_, what)| what).collect(),

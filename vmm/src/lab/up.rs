@@ -52,6 +52,7 @@ pub fn up(dir: &StateDir, file: Option<&Path>, timeout: Duration) -> Result<LabS
         procs: Vec::new(),
         dead_hosts: Vec::new(),
         killed: Vec::new(),
+        events: Vec::new(),
     };
     dir.save(&state)?;
     match start(dir, &mut state, timeout) {
@@ -100,6 +101,8 @@ fn start(dir: &StateDir, state: &mut LabState, timeout: Duration) -> Result<(), 
     })?;
     bar.inc(1);
     bar.finish_and_clear();
+    state.record(format!("lab up: {} VMs on {} hosts", vms, state.plan.hosts.len()));
+    dir.save(state)?;
     Ok(())
 }
 
@@ -126,6 +129,11 @@ fn wait_ready(state: &LabState, vm: &VmPlan, deadline: Instant) -> Result<(), La
                     ),
                 });
             }
+        }
+        if crate::signals::stop_requested() {
+            return Err(LabError::Usage(
+                "interrupted (SIGINT/SIGTERM); the lab was taken down again".into(),
+            ));
         }
         if Instant::now() >= deadline {
             return Err(LabError::NotServing {
