@@ -184,4 +184,10 @@ fn a_job_survives_a_chunkserver_and_worker_host_crashing_mid_job_and_chunks_are_
         assert!(Instant::now() < deadline, "not re-replicated: {held:?}\n{}", lab.logs());
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // A plain master that dies takes GFS with it: clients say so at once.
+    lab.ok(&["lab", "kill", "master"]);
+    let down = lab.ftvm(&["gfs", "ls"]);
+    assert_eq!(down.status, Some(1), "{down:?}");
+    assert!(down.stderr.contains("gfs-master `master` (node 1) is down"), "{}", down.stderr);
 }

@@ -27,6 +27,11 @@ pub enum ClientError {
         "{what} did not answer ({detail}): is the lab up and is it running? see `ftvm lab status`"
     )]
     Unreachable { what: String, detail: String },
+    #[error(
+        "{what} is down: none of its VMMs runs (killed or exited); see `ftvm lab status`, and \
+         start the lab anew with `ftvm lab down` and `ftvm lab up`"
+    )]
+    Down { what: String },
     #[error("{op}: {problem}")]
     Gfs { op: String, problem: String },
     #[error("cannot {action} {path}: {source}")]

@@ -87,7 +87,16 @@ fn parse_app(words: &[String]) -> Result<(AppKind, Vec<String>), ClientError> {
 pub fn run(args: MrArgs) -> anyhow::Result<u8> {
     let MrCommand::Run(run) = args.command;
     let (app, inputs) = parse_app(&run.words)?;
-    let mut session = Session::open(&args.state.state_dir())?;
+    let dir = args.state.state_dir();
+    let state = dir.load()?;
+    let coordinator = state.plan.coordinator().ok_or_else(|| {
+        ClientError::Usage(
+            "this lab runs no MapReduce: add an mr-coordinator and mr-workers to its lab file"
+                .into(),
+        )
+    })?;
+    super::session::ensure_running(&state, &coordinator.name)?;
+    let mut session = Session::open(&dir)?;
     let spec = new_spec(app, inputs, run.reducers);
     let started = Instant::now();
     let bar = job_bar();

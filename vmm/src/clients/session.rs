@@ -59,6 +59,7 @@ impl Session {
     /// A session with the lab kept in `dir`, from the calling thread.
     pub fn open(dir: &StateDir) -> Result<Session, ClientError> {
         let state = dir.load()?;
+        ensure_running(&state, &state.plan.master().name)?;
         enter_namespace(&state.names.client())?;
         let plan = state.plan;
         let addresses = plan.vms.iter().map(|vm| (vm.node, vm.ip)).collect();
@@ -195,6 +196,19 @@ impl Session {
     /// This client's node id.
     pub fn id(&self) -> NodeId {
         self.me
+    }
+}
+
+/// Fails at once, naming the fix, when no VMM of VM `vm` runs the guest
+/// (rather than after a client's retries run out).
+pub fn ensure_running(state: &crate::lab::state::LabState, vm: &str) -> Result<(), ClientError> {
+    let status = crate::lab::status::status(state);
+    match status.vms.iter().find(|status| status.name == vm) {
+        // A pair's backup that still runs will go live: only no VMM at all is fatal.
+        Some(status) if !status.sides.iter().any(|side| side.alive) => Err(ClientError::Down {
+            what: format!("{} `{vm}` (node {})", status.role.guest_role(), status.node),
+        }),
+        _ => Ok(()),
     }
 }
 
