@@ -9,6 +9,51 @@ use crate::{Finished, Reaped};
 
 static LABS: AtomicU32 = AtomicU32::new(0);
 
+/// Plain master and coordinator on h1; a chunkserver and a worker on each of h2-h4.
+pub const SPREAD_LAB: &str = r#"
+[[host]]
+name = "h1"
+[[host]]
+name = "h2"
+[[host]]
+name = "h3"
+[[host]]
+name = "h4"
+
+[[vm]]
+name = "master"
+role = "gfs-master"
+host = "h1"
+[[vm]]
+name = "coordinator"
+role = "mr-coordinator"
+host = "h1"
+[[vm]]
+name = "cs-a"
+role = "gfs-chunkserver"
+host = "h2"
+[[vm]]
+name = "cs-b"
+role = "gfs-chunkserver"
+host = "h3"
+[[vm]]
+name = "cs-c"
+role = "gfs-chunkserver"
+host = "h4"
+[[vm]]
+name = "worker-a"
+role = "mr-worker"
+host = "h2"
+[[vm]]
+name = "worker-b"
+role = "mr-worker"
+host = "h3"
+[[vm]]
+name = "worker-c"
+role = "mr-worker"
+host = "h4"
+"#;
+
 /// A running lab and a scratch directory for local files.
 pub struct TestLab {
     exe: String,

@@ -4,7 +4,7 @@
 //! directory of its own and is taken down even when the test fails.
 use std::time::{Duration, Instant};
 
-use ftvm_tests::lab::{counts_in, text, word_count, TestLab};
+use ftvm_tests::lab::{counts_in, text, word_count, TestLab, SPREAD_LAB};
 
 const FTVM: &str = env!("CARGO_BIN_EXE_ftvm-e2e");
 
@@ -93,51 +93,6 @@ fn the_built_in_lab_serves_gfs_and_mapreduce_to_host_clients_and_survives_a_host
         no_lab.stderr
     );
 }
-
-/// Plain master and coordinator on h1; a chunkserver and a worker on each of h2-h4.
-const SPREAD_LAB: &str = r#"
-[[host]]
-name = "h1"
-[[host]]
-name = "h2"
-[[host]]
-name = "h3"
-[[host]]
-name = "h4"
-
-[[vm]]
-name = "master"
-role = "gfs-master"
-host = "h1"
-[[vm]]
-name = "coordinator"
-role = "mr-coordinator"
-host = "h1"
-[[vm]]
-name = "cs-a"
-role = "gfs-chunkserver"
-host = "h2"
-[[vm]]
-name = "cs-b"
-role = "gfs-chunkserver"
-host = "h3"
-[[vm]]
-name = "cs-c"
-role = "gfs-chunkserver"
-host = "h4"
-[[vm]]
-name = "worker-a"
-role = "mr-worker"
-host = "h2"
-[[vm]]
-name = "worker-b"
-role = "mr-worker"
-host = "h3"
-[[vm]]
-name = "worker-c"
-role = "mr-worker"
-host = "h4"
-"#;
 
 /// The latest `holds N replicas` a chunkserver printed.
 fn replicas_held(console: &str) -> Option<u64> {
