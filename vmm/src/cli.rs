@@ -122,11 +122,11 @@ enum Command {
         runs: usize,
     },
     /// A cluster of VMs on simulated hosts: up, status, kill, down.
-    Lab(crate::lab::LabArgs),
+    Lab(ftvm_tools::lab::LabArgs),
     /// Files in the lab's GFS: put, get, ls, rm, append, snapshot.
-    Gfs(crate::clients::gfs::GfsArgs),
+    Gfs(ftvm_tools::clients::gfs::GfsArgs),
     /// MapReduce jobs on the lab: run.
-    Mr(crate::clients::mr::MrArgs),
+    Mr(ftvm_tools::clients::mr::MrArgs),
     /// The whole story in under two minutes: a lab with FT pairs, a file put
     /// into GFS, word count on it while the hosts of the coordinator's and
     /// the master's primaries crash, the output checked, the lab removed.
@@ -134,7 +134,7 @@ enum Command {
     /// Example:
     ///   cargo run --release --bin ftvm -- demo
     #[command(verbatim_doc_comment)]
-    Demo(crate::demo::DemoArgs),
+    Demo(ftvm_tools::demo::DemoArgs),
 }
 
 /// What runs in the guest.
@@ -291,6 +291,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::signals::install_stop_handlers();
+    ftvm_tools::stop::set_check(crate::signals::stop_requested);
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Record { log, run: args } => record(log, args),
@@ -301,10 +302,10 @@ pub fn main() -> ExitCode {
             print!("{table}");
             0
         }),
-        Command::Lab(args) => crate::clients::exit_status(crate::lab::run(args)),
-        Command::Gfs(args) => crate::clients::exit_status(crate::clients::gfs::run(args)),
-        Command::Mr(args) => crate::clients::exit_status(crate::clients::mr::run(args)),
-        Command::Demo(args) => crate::clients::exit_status(crate::demo::run(args)),
+        Command::Lab(args) => ftvm_tools::run(|| ftvm_tools::lab::run(args)),
+        Command::Gfs(args) => ftvm_tools::run(|| ftvm_tools::clients::gfs::run(args)),
+        Command::Mr(args) => ftvm_tools::run(|| ftvm_tools::clients::mr::run(args)),
+        Command::Demo(args) => ftvm_tools::run(|| ftvm_tools::demo::run(args)),
     };
     match result {
         Ok(code) => ExitCode::from(code),

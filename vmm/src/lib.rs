@@ -8,13 +8,10 @@
 
 pub mod bench;
 pub mod cli;
-pub mod clients;
-pub mod demo;
 pub mod devices;
 pub mod ft;
 pub mod inputs;
 pub mod kernel;
-pub mod lab;
 pub mod loader;
 pub mod machine;
 pub mod memory;

@@ -138,7 +138,7 @@ fn op_name(op: &ClientOp) -> &'static str {
 /// The error for `error` of operation `name` on `path`: an unreachable
 /// master is said so, with why the stream to it failed.
 fn failure(session: &Session, name: &str, path: &str, error: GfsError) -> ClientError {
-    if crate::signals::stop_requested() {
+    if crate::stop::stop_requested() {
         return ClientError::Interrupted;
     }
     let master = session.plan.master();

@@ -117,7 +117,7 @@ impl Session {
     /// Runs the state machines until `until`: messages, then due ticks.
     pub fn pump(&mut self, until: Instant) {
         loop {
-            if crate::signals::stop_requested() {
+            if crate::stop::stop_requested() {
                 return;
             }
             self.mesh.dial_all();
@@ -175,7 +175,7 @@ impl Session {
             if let Some(result) = self.gfs_result(id) {
                 return result;
             }
-            if crate::signals::stop_requested() {
+            if crate::stop::stop_requested() {
                 return Err(GfsError::Timeout);
             }
             self.pump(Instant::now() + Duration::from_millis(50));
@@ -224,7 +224,7 @@ pub fn probe_master(dir: &StateDir, deadline: Instant) -> Result<(), ClientError
                 loop {
                     match session.gfs_op(ClientOp::List { prefix: "/".into() }) {
                         Ok(_) => return Ok(()),
-                        Err(_) if crate::signals::stop_requested() => {
+                        Err(_) if crate::stop::stop_requested() => {
                             return Err(ClientError::Interrupted)
                         }
                         Err(error) if Instant::now() >= deadline => {

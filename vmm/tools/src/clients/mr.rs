@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use mapreduce::coordinator::output_path;
 use mapreduce::wire::{AppKind, JobProgress, JobSpec, JobState};
 use mapreduce::Event;
 
@@ -209,7 +208,7 @@ pub fn run_job(
             }
         }
         watch(session, &progress);
-        if crate::signals::stop_requested() {
+        if crate::stop::stop_requested() {
             return Err(ClientError::Interrupted);
         }
         if Instant::now() >= deadline {
@@ -253,9 +252,4 @@ pub fn fetch_outputs(
         bytes += data.len() as u64;
     }
     Ok(bytes)
-}
-
-/// The output path of partition `partition` of `spec` (for callers that list them).
-pub fn output_of(spec: &JobSpec, partition: u32) -> String {
-    output_path(&spec.output_dir, partition)
 }

@@ -297,7 +297,7 @@ pub fn watch(dir: &StateDir, interval: Duration) -> Result<(), LabError> {
     let mut view = View::default();
     let result = (|| -> std::io::Result<()> {
         // SIGTERM (and SIGINT outside raw mode) only set the stop flag.
-        while !crate::signals::stop_requested() {
+        while !crate::stop::stop_requested() {
             view.refresh(dir);
             terminal.draw(|frame| view.render(frame))?;
             let until = Instant::now() + interval;

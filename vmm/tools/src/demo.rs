@@ -84,11 +84,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
         gfs_client::put(&mut session, path, data, true)?;
     }
     let put_s = put_started.elapsed().as_secs_f64();
+    let bytes: usize = files.iter().map(|(_, data)| data.len()).sum();
     println!(
-        "   {} files, {} bytes in {put_s:.1} s ({:.1} MB/s), 2 replicas of each 1 MiB chunk",
+        "   {} files, {bytes} bytes in {put_s:.1} s ({:.1} MB/s), {} replicas of each {} KiB chunk",
         files.len(),
-        files.iter().map(|(_, data)| data.len()).sum::<usize>(),
-        files.iter().map(|(_, data)| data.len()).sum::<usize>() as f64 / put_s / 1e6
+        bytes as f64 / put_s / 1e6,
+        state.plan.cluster.replicas,
+        state.plan.cluster.chunk_kib
     );
 
     println!("== 3. word count, crashing the coordinator's primary host and then the master's during the job");
@@ -102,7 +104,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<u8> {
             script.step(&dir, session, progress)
         })?;
     bar.finish_and_clear();
-    script.finish(&dir, &mut session);
+    script.finish(&mut session);
     println!(
         "   job finished in {:.1} s: {}",
         job_started.elapsed().as_secs_f64(),
@@ -327,11 +329,11 @@ impl Script {
     }
 
     /// Waits (a little) for failovers the job outran, and sums up.
-    fn finish(&mut self, _dir: &StateDir, session: &mut Session) {
+    fn finish(&mut self, session: &mut Session) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.crashes.iter().any(|crash| crash.at.is_some() && crash.answered.is_none())
             && Instant::now() < deadline
-            && !crate::signals::stop_requested()
+            && !crate::stop::stop_requested()
         {
             self.probe_master(session);
             session.pump(Instant::now() + Duration::from_millis(100));

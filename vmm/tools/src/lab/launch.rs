@@ -36,12 +36,12 @@ pub fn start_vm(
     plan: &Plan,
     vm: &VmPlan,
 ) -> Result<Vec<Proc>, LaunchError> {
-    let net = |_: &str| format!("tap={},mac={}", vm.tap(), vm.mac);
+    let net = format!("tap={},mac={}", vm.tap(), vm.mac);
     let disk = vm.disk.as_ref().map(|size| {
         format!("{},size={size},create", dir.disks().join(format!("{}.img", vm.name)).display())
     });
     let mut run_args: Vec<String> = vec!["--mem".into(), vm.mem.clone()];
-    run_args.extend(["--net".into(), net(&vm.host)]);
+    run_args.extend(["--net".into(), net.clone()]);
     if let Some(disk) = &disk {
         run_args.extend(["--disk".into(), disk.clone()]);
     }
@@ -63,7 +63,7 @@ pub fn start_vm(
     let arbiter = arbiter.display().to_string();
     netns::add_tap(names, backup_host, &vm.tap())?;
     let mut backup_args: Vec<String> =
-        ["backup", "--listen", &listen, "--arbiter", &arbiter, "--net", &net(backup_host)]
+        ["backup", "--listen", &listen, "--arbiter", &arbiter, "--net", &net]
             .map(String::from)
             .to_vec();
     if let Some(disk) = &disk {

@@ -130,7 +130,7 @@ fn wait_ready(state: &LabState, vm: &VmPlan, deadline: Instant) -> Result<(), La
                 });
             }
         }
-        if crate::signals::stop_requested() {
+        if crate::stop::stop_requested() {
             return Err(LabError::Usage(
                 "interrupted (SIGINT/SIGTERM); the lab was taken down again".into(),
             ));
