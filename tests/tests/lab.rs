@@ -146,3 +146,35 @@ fn a_job_survives_a_chunkserver_and_worker_host_crashing_mid_job_and_chunks_are_
     assert_eq!(down.status, Some(1), "{down:?}");
     assert!(down.stderr.contains("gfs-master `master` (node 1) is down"), "{}", down.stderr);
 }
+
+#[test]
+fn down_removes_a_lab_whose_state_file_was_lost() {
+    let tiny = "[[host]]\nname = \"h1\"\n\
+        [[vm]]\nname = \"master\"\nrole = \"gfs-master\"\nhost = \"h1\"\n\
+        [[vm]]\nname = \"cs\"\nrole = \"gfs-chunkserver\"\nhost = \"h1\"\n";
+    let lab = TestLab::up(FTVM, Some(tiny));
+    let status: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["lab", "status", "--json"])).unwrap();
+    let prefix = status["namespaces_prefix"].as_str().unwrap().to_string();
+    let pids: Vec<u64> = status["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|vm| {
+            vm["sides"].as_array().unwrap().iter().map(|side| side["pid"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(pids.len(), 2, "{status}");
+    // The lab's own record is gone (as after a crash of `lab up` before it wrote it).
+    std::fs::remove_file(lab.state.join("lab.json")).unwrap();
+    let down = lab.ok(&["lab", "down"]);
+    assert!(down.contains("removed"), "{down}");
+    let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&namespaces.stdout).contains(&prefix), "namespaces left");
+    for pid in pids {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
+        });
+        assert!(!alive, "VMM {pid} still runs");
+    }
+}

@@ -32,7 +32,8 @@ enum GfsCommand {
     ///   ftvm gfs put book.txt /data/book.txt
     #[command(verbatim_doc_comment)]
     Put { local: PathBuf, path: String },
-    /// Copy a GFS file to a local file.
+    /// Copy a GFS file to a local file. GFS keeps no file lengths (a chunk
+    /// reads as zeros past its end), so NUL bytes at the very end are dropped.
     ///
     /// Example:
     ///   ftvm gfs get /data/book.txt copy.txt
