@@ -323,6 +323,41 @@ pub fn watch(dir: &StateDir, interval: Duration) -> Result<(), LabError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lab::netns::Names;
+    use crate::lab::spec::LabFile;
+    use crate::lab::state::LabEvent;
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+
+    #[test]
+    fn the_view_shows_hosts_vms_and_the_timeline() {
+        let plan = LabFile::load(None).unwrap().plan().unwrap();
+        let state = LabState {
+            names: Names { prefix: "ftvmtest".into() },
+            plan,
+            procs: Vec::new(),
+            dead_hosts: vec!["h2".into()],
+            killed: Vec::new(),
+            events: vec![LabEvent {
+                unix_ms: 3_600_000,
+                text: "killed host h2: worker1 (plain)".into(),
+            }],
+        };
+        let mut view = View::default();
+        for event in &state.events {
+            view.note(event.unix_ms, event.text.clone());
+        }
+        view.status = Some(status(&state));
+        let mut terminal = Terminal::new(TestBackend::new(150, 30)).unwrap();
+        terminal.draw(|frame| view.render(frame)).unwrap();
+        let screen: String =
+            terminal.backend().buffer().content().iter().map(|cell| cell.symbol()).collect();
+        for expected in
+            ["h2 dead", "h5 spare", "mr-coordinator", "10.77.0.18", "01:00:00.0 killed host h2"]
+        {
+            assert!(screen.contains(expected), "`{expected}` not on screen:\n{screen}");
+        }
+    }
 
     #[test]
     fn a_primary_statistics_line_gives_its_figures() {
