@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod echo;
 pub mod icmp;
+pub mod lab;
 pub mod netns;
 pub mod proxy;
 

@@ -29,7 +29,9 @@ use clap::{Args, Parser, Subcommand};
         unwritable, 127 this side of an FT pair lost the arbiter and halted, 119 this side \
         of an FT pair cannot take part (arbiter directory missing, read-only, full or not \
         writable; no pair identity; its generation already decided; the peer has another \
-        key, pair, generation, protocol version or devices), 130 stopped by SIGINT/SIGTERM."
+        key, pair, generation, protocol version or devices), 130 stopped by SIGINT/SIGTERM. \
+        Of `ftvm lab`, `gfs`, `mr` and `demo`: 0 done, 1 failed (the message names the \
+        problem and the fix), 2 bad usage."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -132,6 +134,20 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// A cluster of VMs on simulated hosts: up, status, kill, down.
+    Lab(ftvm_tools::lab::LabArgs),
+    /// Files in the lab's GFS: put, get, ls, rm, append, snapshot.
+    Gfs(ftvm_tools::clients::gfs::GfsArgs),
+    /// MapReduce jobs on the lab: run.
+    Mr(ftvm_tools::clients::mr::MrArgs),
+    /// The whole story in under two minutes: a lab with FT pairs, a file put
+    /// into GFS, word count on it while the hosts of the coordinator's and
+    /// the master's primaries crash, the output checked, the lab removed.
+    ///
+    /// Example:
+    ///   cargo run --release --bin ftvm -- demo
+    #[command(verbatim_doc_comment)]
+    Demo(ftvm_tools::demo::DemoArgs),
 }
 
 /// `ftvm pair ...`.
@@ -318,6 +334,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::signals::install_stop_handlers();
+    ftvm_tools::stop::set_check(crate::signals::stop_requested);
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Record { log, run: args } => record(log, args),
@@ -329,6 +346,10 @@ pub fn main() -> ExitCode {
             print!("{table}");
             0
         }),
+        Command::Lab(args) => ftvm_tools::run(|| ftvm_tools::lab::run(args)),
+        Command::Gfs(args) => ftvm_tools::run(|| ftvm_tools::clients::gfs::run(args)),
+        Command::Mr(args) => ftvm_tools::run(|| ftvm_tools::clients::mr::run(args)),
+        Command::Demo(args) => ftvm_tools::run(|| ftvm_tools::demo::run(args)),
     };
     match result {
         Ok(code) => ExitCode::from(code),

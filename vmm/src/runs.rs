@@ -176,8 +176,8 @@ pub fn primary(
     let credentials = ft::prepare(ft)?;
     let (mut backends, devices) = open(attachments)?;
     eprintln!(
-        "ftvm: role: primary of pair {}, generation {}, connecting to the backup at {backup_addr}",
-        credentials.pair_id, credentials.generation
+        "ftvm: role: primary, generation {}, pair {}, connecting to the backup at {backup_addr}",
+        credentials.generation, credentials.pair_id
     );
     signals::block_stats_signal();
     let (side, held, queue, releaser) = signals::spawning_helpers(|| {
@@ -228,8 +228,8 @@ pub fn backup(
     let listener = TcpListener::bind(listen)
         .map_err(|source| RunError::Listen { addr: listen.to_string(), source })?;
     eprintln!(
-        "ftvm: role: backup of pair {}, generation {}, waiting for the primary on {listen}",
-        credentials.pair_id, credentials.generation
+        "ftvm: role: backup, generation {}, pair {}, waiting for the primary on {listen}",
+        credentials.generation, credentials.pair_id
     );
     signals::block_stats_signal();
     let own = channel_devices(own_devices);

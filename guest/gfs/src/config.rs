@@ -88,6 +88,40 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The configuration of a cluster of VMs (the guest roles and the host clients must agree
+    /// on it): the paper's design scaled to VMs and seconds, with `chunk_size_bytes` chunks,
+    /// `replication_goal` replicas and leases of `lease_ms`.
+    pub fn for_vms(
+        master_id: NodeId,
+        chunk_size_bytes: u32,
+        replication_goal: usize,
+        lease_ms: u64,
+    ) -> Config {
+        Config {
+            master_id,
+            chunk_size_bytes,
+            checksum_block_bytes: 64 * 1024,
+            replication_goal,
+            lease_ms,
+            heartbeat_interval_ms: 500,
+            chunkserver_dead_after_ms: 4000,
+            rpc_timeout_ms: 2000,
+            client_max_attempts: 10,
+            client_cache_ttl_ms: 5000,
+            scrub_interval_ms: 2000,
+            gc_retention_ms: 60_000,
+            master_scan_interval_ms: 1000,
+            max_concurrent_clones: 2,
+            data_buffer_ttl_ms: 30_000,
+            data_buffer_max_bytes: 64 << 20,
+            copy_piece_bytes: 256 * 1024,
+            master_checkpoint_sectors: 2048,
+            master_log_checkpoint_bytes: 256 * 1024,
+            check_recovery: false,
+            knobs: TestKnobs::default(),
+        }
+    }
+
     /// Number of checksum blocks in one chunk.
     pub fn blocks_per_chunk(&self) -> u32 {
         self.chunk_size_bytes / self.checksum_block_bytes

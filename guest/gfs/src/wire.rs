@@ -315,7 +315,26 @@ pub enum FrameError {
     Decode,
 }
 
-const FRAME_HEADER_BYTES: usize = 8;
+/// Bytes of `len` and `crc` ahead of every frame's payload.
+pub const FRAME_HEADER_BYTES: usize = 8;
+
+/// First field of the hello frame ("GFSH").
+pub const HELLO_MAGIC: u32 = 0x4746_5348;
+
+/// The hello frame the dialler of a mesh stream sends first: which node is on this end. The
+/// guests' mesh and the host clients both speak it.
+pub fn encode_hello(me: NodeId) -> Vec<u8> {
+    encode_frame_of(&(HELLO_MAGIC, me))
+}
+
+/// Decodes a hello frame at the front of `bytes`: the dialler's node id and the bytes used.
+/// A frame that is not a hello is [`FrameError::Decode`].
+pub fn decode_hello(bytes: &[u8]) -> Result<(NodeId, usize), FrameError> {
+    match decode_frame_of::<(u32, NodeId)>(bytes)? {
+        ((HELLO_MAGIC, node), used) => Ok((node, used)),
+        _ => Err(FrameError::Decode),
+    }
+}
 
 /// Encodes `msg` as one frame.
 pub fn encode_frame(msg: &Message) -> Vec<u8> {

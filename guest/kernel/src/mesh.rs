@@ -24,7 +24,7 @@ use alloc::vec::Vec;
 
 use alloc::boxed::Box;
 
-use gfs::wire::{self, FrameError, NodeId};
+use gfs::wire::{self, FrameError, NodeId, FRAME_HEADER_BYTES};
 use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, State};
 use smoltcp::time::Duration;
@@ -34,9 +34,6 @@ use crate::drivers::entropy;
 use crate::net::listeners::ListenerPool;
 use crate::println;
 
-/// First field of the hello frame ("GFSH").
-const HELLO_MAGIC: u32 = 0x4746_5348;
-/// Idle listening sockets kept ready for new streams.
 /// Receive and send buffer of each stream.
 const SOCKET_BUFFER_BYTES: usize = 256 * 1024;
 /// How long after a dialled stream broke (or was refused) it is dialled again.
@@ -52,8 +49,6 @@ const MAX_HELLO_BYTES: usize = 64;
 /// A dialled stream not up, or an accepted one without its hello, this long
 /// after it began is given up (and a dialled one redialled).
 const SETUP_TIMEOUT_NS: u64 = 3_000_000_000;
-/// `len` and `crc` ahead of every frame's payload.
-const FRAME_HEADER_BYTES: usize = 8;
 
 /// Counters for the end-of-run line.
 #[derive(Default)]
@@ -225,14 +220,14 @@ impl<M> Mesh<M> {
             }
             receive_into(socket, &mut greeting.rx);
             let since_ns = *greeting.since_ns.get_or_insert(now_ns);
-            match wire::decode_frame_of::<(u32, NodeId)>(&greeting.rx) {
+            match wire::decode_hello(&greeting.rx) {
                 Err(FrameError::Incomplete)
                     if greeting.rx.len() < MAX_HELLO_BYTES
                         && now_ns - since_ns < SETUP_TIMEOUT_NS =>
                 {
                     index += 1;
                 }
-                Ok(((magic, node), used)) if magic == HELLO_MAGIC => {
+                Ok((node, used)) => {
                     let Greeting { handle, mut rx, .. } = self.greetings.swap_remove(index);
                     rx.drain(..used);
                     self.install(
@@ -346,7 +341,7 @@ impl<M> Mesh<M> {
             return;
         }
         let handle = sockets.add(socket);
-        let preamble = wire::encode_frame_of(&(HELLO_MAGIC, self.me));
+        let preamble = wire::encode_hello(self.me);
         peer.link =
             Some(Link { handle, rx: Vec::new(), preamble, announced: false, since_ns: now_ns });
         peer.front_written_bytes = 0;

@@ -54,3 +54,27 @@ impl Default for MrConfig {
         }
     }
 }
+
+impl MrConfig {
+    /// The settings of a cluster of VMs over the GFS cluster `gfs` (the guest roles and the
+    /// host clients must agree on them): the defaults scaled to VMs and seconds.
+    pub fn for_vms(gfs: gfs::Config, coordinator_id: gfs::wire::NodeId) -> MrConfig {
+        let fetch_piece_bytes = gfs.chunk_size_bytes.min(256 * 1024);
+        MrConfig {
+            gfs,
+            coordinator_id,
+            heartbeat_interval_ms: 500,
+            worker_dead_after_ms: 5_000,
+            fetch_timeout_ms: 2_000,
+            fetch_max_attempts: 6,
+            fetch_piece_bytes,
+            tail_piece_bytes: 4096,
+            backup_tasks: true,
+            backup_after_median_factor: 3,
+            backup_min_running_ms: 5_000,
+            exit_workers_when_done: false,
+            submit_retry_ms: 1_000,
+            locate_retry_ms: 500,
+        }
+    }
+}

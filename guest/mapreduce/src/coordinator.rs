@@ -26,8 +26,9 @@ use crate::config::MrConfig;
 use crate::gfs_link::GfsLink;
 use crate::node::{Event, Input, Outputs, StateMachine};
 use crate::wire::{
-    Assignment, AttemptId, Directive, Incarnation, JobId, JobSpec, JobState, MapOutputLocation,
-    MrMessage, Split, TaskError, TaskIndex, TaskKind, TaskOutcome, TaskSpec, WorkerStatus,
+    Assignment, AttemptId, Directive, Incarnation, JobId, JobProgress, JobSpec, JobState,
+    MapOutputLocation, MrMessage, Split, TaskError, TaskIndex, TaskKind, TaskOutcome, TaskSpec,
+    WorkerStatus,
 };
 
 /// The output file of partition `partition` of a job writing to `output_dir`.
@@ -77,6 +78,22 @@ struct Job {
     reduces: Vec<TaskState>,
     /// Durations of completed attempts, per kind (map, reduce).
     durations_ms: [Vec<u64>; 2],
+    /// Failures, re-executions and lost workers so far (the counts of the progress).
+    tally: JobProgress,
+}
+
+impl Job {
+    /// How far the job is.
+    fn progress(&self) -> JobProgress {
+        let done = |tasks: &[TaskState]| tasks.iter().filter(|t| t.done.is_some()).count() as u32;
+        JobProgress {
+            maps_done: done(&self.maps),
+            maps: self.maps.len() as u32,
+            reduces_done: done(&self.reduces),
+            reduces: self.reduces.len() as u32,
+            ..self.tally
+        }
+    }
 }
 
 enum GfsPurpose {
@@ -92,7 +109,7 @@ pub struct Coordinator {
     workers: BTreeMap<NodeId, WorkerInfo>,
     retired: BTreeSet<(NodeId, Incarnation)>,
     job: Option<Job>,
-    finished_jobs: BTreeMap<JobId, Vec<String>>,
+    finished_jobs: BTreeMap<JobId, (Vec<String>, JobProgress)>,
     next_attempt: AttemptId,
     attempts: BTreeMap<AttemptId, LiveAttempt>,
     gfs_ops: BTreeMap<OpId, GfsPurpose>,
@@ -144,10 +161,10 @@ impl Coordinator {
 
     fn on_submit(&mut self, now_ms: u64, from: NodeId, spec: JobSpec, out: &mut Outputs) {
         let job_id = spec.job;
-        let state = if let Some(outputs) = self.finished_jobs.get(&job_id) {
-            JobState::Finished { outputs: outputs.clone() }
-        } else if self.job.as_ref().is_some_and(|job| job.spec.job == job_id) {
-            JobState::Running
+        let state = if let Some((outputs, progress)) = self.finished_jobs.get(&job_id) {
+            JobState::Finished { outputs: outputs.clone(), progress: *progress }
+        } else if let Some(job) = self.job.as_ref().filter(|job| job.spec.job == job_id) {
+            JobState::Running(job.progress())
         } else if !self.idle() {
             JobState::Busy
         } else if spec.reduce_tasks == 0 || spec.inputs.is_empty() {
@@ -165,12 +182,13 @@ impl Coordinator {
                 maps: Vec::new(),
                 reduces: Vec::new(),
                 durations_ms: [Vec::new(), Vec::new()],
+                tally: JobProgress::default(),
             };
             self.job = Some(job);
             for file in 0..files {
                 self.ask_chunk_count(now_ms, file, out);
             }
-            JobState::Running
+            JobState::Running(JobProgress::default())
         };
         out.send(from, MrMessage::JobStatus { job: job_id, state });
     }
@@ -359,14 +377,16 @@ impl Coordinator {
             TaskOutcome::Failed(
                 TaskError::FetchFailed { location } | TaskError::CorruptPartition { location },
             ) => {
+                job.tally.attempts_failed += 1;
                 // The reducer could not get this map output (intact): run the map again.
                 if let Some(map) = job.maps.get_mut(location.map_task as usize) {
                     if map.done == Some((location.worker, location.incarnation)) {
                         map.done = None;
+                        job.tally.maps_reexecuted += 1;
                     }
                 }
             }
-            TaskOutcome::Failed(_) => {}
+            TaskOutcome::Failed(_) => job.tally.attempts_failed += 1,
         }
     }
 
@@ -376,8 +396,9 @@ impl Coordinator {
         let outputs: Vec<String> =
             (0..job.spec.reduce_tasks).map(|r| output_path(&job.spec.output_dir, r)).collect();
         let job_id = job.spec.job;
-        self.finished_jobs.insert(job_id, outputs.clone());
-        let state = JobState::Finished { outputs: outputs.clone() };
+        let progress = job.progress();
+        self.finished_jobs.insert(job_id, (outputs.clone(), progress));
+        let state = JobState::Finished { outputs: outputs.clone(), progress };
         out.send(job.submitter, MrMessage::JobStatus { job: job_id, state });
         out.events.push(Event::JobFinished { job: job_id, outputs });
         let live: Vec<AttemptId> = self.attempts.keys().copied().collect();
@@ -406,9 +427,11 @@ impl Coordinator {
             self.drop_attempt(attempt);
         }
         if let Some(job) = self.job.as_mut().filter(|job| job.phase == Phase::Running) {
+            job.tally.workers_lost += 1;
             if job.reduces.iter().any(|r| r.done.is_none()) {
                 for map in job.maps.iter_mut().filter(|m| m.done == Some((worker, incarnation))) {
                     map.done = None;
+                    job.tally.maps_reexecuted += 1;
                 }
             }
         }

@@ -53,7 +53,7 @@ impl StateMachine for JobClient {
                     return;
                 }
                 out.events.push(Event::JobStatus { job, state: state.clone() });
-                if state != JobState::Running {
+                if !matches!(state, JobState::Running(_)) {
                     self.result = Some(state);
                     self.spec = None;
                 }

@@ -184,13 +184,30 @@ pub enum FetchError {
     Disk,
 }
 
+/// How far a running job is, as the coordinator tells the client.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobProgress {
+    /// Map tasks whose output is available, of `maps` (0 while the inputs are located).
+    pub maps_done: u32,
+    pub maps: u32,
+    /// Reduce tasks whose output is committed, of `reduces`.
+    pub reduces_done: u32,
+    pub reduces: u32,
+    /// Attempts that ended in failure.
+    pub attempts_failed: u32,
+    /// Finished map tasks run again because their output was lost with a worker.
+    pub maps_reexecuted: u32,
+    /// Workers presumed dead during the job.
+    pub workers_lost: u32,
+}
+
 /// Where a job stands, as the coordinator tells the client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobState {
     /// Accepted and running.
-    Running,
-    /// Every output file is committed.
-    Finished { outputs: Vec<String> },
+    Running(JobProgress),
+    /// Every output file is committed; `progress` sums up how it went.
+    Finished { outputs: Vec<String>, progress: JobProgress },
     /// Not accepted: another job is running.
     Busy,
     /// Not accepted: the spec is unusable (no inputs, no reduce tasks, a missing input file).

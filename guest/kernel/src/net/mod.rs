@@ -1,14 +1,20 @@
 //! The guest network stack: smoltcp (Ethernet, ARP, IPv4, ICMP echo, TCP) over
 //! the virtio-net device, configured from the command line
 //! (`ip=10.10.0.2/24 gw=10.10.0.1 mac=52:54:00:12:34:56`; `gw` and `mac` are
-//! optional, the MAC defaults to the device's).
+//! optional, the MAC defaults to the device's). When the NIC comes up the
+//! guest announces its MAC with a gratuitous ARP, as real OSes do, so
+//! switches learn its port at once (e.g. a pair restarted on swapped hosts).
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::phy::{Device, TxToken};
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr,
+};
 
 use crate::cmdline::Cmdline;
 use crate::drivers::virtio::net::NetDevice;
@@ -114,6 +120,7 @@ impl Network {
                 NetError::BadCmdline(alloc::format!("gw={gateway}: the route table is full"))
             })?;
         }
+        announce(&mut device, mac, config.address.address(), now);
         Ok(Network { device, iface, sockets: SocketSet::new(Vec::new()), mac })
     }
 
@@ -124,4 +131,29 @@ impl Network {
             IpCidr::Ipv6(_) => None,
         })
     }
+}
+
+/// Sends a gratuitous ARP (a broadcast request for our own address, from our
+/// own MAC): switches learn where `mac` is, neighbours refresh their caches.
+fn announce(device: &mut NetDevice, mac: EthernetAddress, ip: Ipv4Address, now: Instant) {
+    let arp = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Request,
+        source_hardware_addr: mac,
+        source_protocol_addr: ip,
+        target_hardware_addr: EthernetAddress([0; 6]),
+        target_protocol_addr: ip,
+    };
+    let ethernet = EthernetRepr {
+        src_addr: mac,
+        dst_addr: EthernetAddress::BROADCAST,
+        ethertype: EthernetProtocol::Arp,
+    };
+    let Some(token) = device.transmit(now) else {
+        return;
+    };
+    token.consume(ethernet.buffer_len() + arp.buffer_len(), |buffer| {
+        let mut frame = EthernetFrame::new_unchecked(buffer);
+        ethernet.emit(&mut frame);
+        arp.emit(&mut ArpPacket::new_unchecked(frame.payload_mut()));
+    });
 }

@@ -132,7 +132,6 @@ pub(super) fn bounded(
 
 /// The cluster configuration: the paper's design, scaled to VMs and seconds.
 pub(super) fn cluster_config(args: &Cmdline, master_id: NodeId) -> Result<Config, RoleError> {
-    let checksum_block_bytes: u32 = 64 * 1024;
     let chunk_kib = bounded(args, "chunk_kib", 1024, 64)?;
     if chunk_kib % 64 != 0 || chunk_kib > 64 * 1024 {
         return Err(bad(alloc::format!(
@@ -141,29 +140,7 @@ pub(super) fn cluster_config(args: &Cmdline, master_id: NodeId) -> Result<Config
     }
     let replicas = bounded(args, "replicas", 2, 1)?;
     let lease_ms = bounded(args, "lease_ms", 2000, 200)?;
-    Ok(Config {
-        master_id,
-        chunk_size_bytes: (chunk_kib * 1024) as u32,
-        checksum_block_bytes,
-        replication_goal: replicas as usize,
-        lease_ms,
-        heartbeat_interval_ms: 500,
-        chunkserver_dead_after_ms: 4000,
-        rpc_timeout_ms: 2000,
-        client_max_attempts: 10,
-        client_cache_ttl_ms: 5000,
-        scrub_interval_ms: 2000,
-        gc_retention_ms: 60_000,
-        master_scan_interval_ms: 1000,
-        max_concurrent_clones: 2,
-        data_buffer_ttl_ms: 30_000,
-        data_buffer_max_bytes: 64 << 20,
-        copy_piece_bytes: 256 * 1024,
-        master_checkpoint_sectors: 2048,
-        master_log_checkpoint_bytes: 256 * 1024,
-        check_recovery: false,
-        knobs: Default::default(),
-    })
+    Ok(Config::for_vms(master_id, (chunk_kib * 1024) as u32, replicas as usize, lease_ms))
 }
 
 /// The state machine a VM runs.

@@ -93,27 +93,6 @@ enum Packet {
     Mr(MrMessage),
 }
 
-/// The MapReduce settings: the crate's defaults scaled to VMs and seconds.
-fn mr_config(gfs: gfs::Config, coordinator_id: NodeId) -> MrConfig {
-    let fetch_piece_bytes = gfs.chunk_size_bytes.min(256 * 1024);
-    MrConfig {
-        gfs,
-        coordinator_id,
-        heartbeat_interval_ms: 500,
-        worker_dead_after_ms: 5_000,
-        fetch_timeout_ms: 2_000,
-        fetch_max_attempts: 6,
-        fetch_piece_bytes,
-        tail_piece_bytes: 4096,
-        backup_tasks: true,
-        backup_after_median_factor: 3,
-        backup_min_running_ms: 5_000,
-        exit_workers_when_done: false,
-        submit_retry_ms: 1_000,
-        locate_retry_ms: 500,
-    }
-}
-
 /// The state machine a VM runs.
 enum Machine {
     Coordinator(Box<Coordinator>),
@@ -449,8 +428,8 @@ impl Script {
             return None;
         }
         match self.job_state.take()? {
-            JobState::Running => None,
-            JobState::Finished { outputs } => {
+            JobState::Running(_) => None,
+            JobState::Finished { outputs, .. } => {
                 self.job_ms = now_ms - self.submitted_ms;
                 println!("mr job: finished in {} ms: {outputs:?}", self.job_ms);
                 self.advance(Stage::Count(0));
@@ -579,7 +558,7 @@ pub fn run(kind: Kind, args: &Cmdline, info: &BootInfo) -> Result<(), RoleError>
         )));
     }
     let port = parse_port(args)?;
-    let config = mr_config(cluster_config(args, master.0)?, coordinator_id);
+    let config = MrConfig::for_vms(cluster_config(args, master.0)?, coordinator_id);
     let max_frame_bytes = config.gfs.chunk_size_bytes as usize + FRAME_SLACK_BYTES;
 
     let disk = if kind == Kind::Worker { Some(open_disk(label, info)?) } else { None };
