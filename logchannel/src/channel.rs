@@ -94,6 +94,23 @@ pub struct ChannelConfig {
     /// to be taken by `recv`; the primary's unacknowledged log then grows until its lag bound
     /// slows it down.
     pub max_received_bytes: u64,
+    /// What renews the primary's lease. Always [`LeaseRule::AckOfEntrySent`] in ftvm; the
+    /// other rule exists so the FT simulator can show it catches that classic mistake.
+    pub lease_rule: LeaseRule,
+}
+
+/// What renews the primary's lease (see [`PrimaryCore`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LeaseRule {
+    /// An ack of an entry sent at T renews it to T + failure timeout - margin: safe whichever
+    /// way the link fails.
+    #[default]
+    AckOfEntrySent,
+    /// Broken, for the simulator only: anything heard from the backup (its heartbeats too)
+    /// renews it from the time of receipt. With the link cut towards the backup only, or a
+    /// primary that wakes from a pause to find old heartbeats, it releases output after the
+    /// backup went live.
+    AnythingHeard,
 }
 
 impl Default for ChannelConfig {
@@ -104,6 +121,7 @@ impl Default for ChannelConfig {
             connect_timeout_ms: 5_000,
             handshake_timeout_ms: 3_000,
             max_received_bytes: 32 << 20,
+            lease_rule: LeaseRule::AckOfEntrySent,
         }
     }
 }

@@ -12,8 +12,8 @@ pub mod frame;
 
 pub use channel::{
     AcceptedPrimary, BackupCore, BackupLink, BackupListener, BackupMessage, ChannelConfig,
-    ChannelError, Credentials, Devices, HandshakeError, Hello, Peer, PrimaryCore, PrimaryLink,
-    PrimaryStats, Received, Sent, SessionKey, PROTOCOL_VERSION,
+    ChannelError, Credentials, Devices, HandshakeError, Hello, LeaseRule, Peer, PrimaryCore,
+    PrimaryLink, PrimaryStats, Received, Sent, SessionKey, PROTOCOL_VERSION,
 };
 pub use entry::{AsyncEvent, Entry, EntryLevel, ExecPoint, Input, InputEntry, RunEnd, RunStart};
 pub use file::{LogFileError, LogFileReader, LogFileWriter, FIRST_SEQ, FORMAT_VERSION};

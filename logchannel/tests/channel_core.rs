@@ -307,6 +307,7 @@ const TIMEOUT: ChannelConfig = ChannelConfig {
     connect_timeout_ms: 5_000,
     handshake_timeout_ms: 3_000,
     max_received_bytes: 1 << 20,
+    lease_rule: logchannel::LeaseRule::AckOfEntrySent,
 };
 
 #[test]

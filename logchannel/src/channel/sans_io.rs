@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::session::{Direction, Opener, Sealer, SessionKey};
-use super::{heartbeat_entry, BackupMessage, ChannelConfig, ChannelError, Peer};
+use super::{heartbeat_entry, BackupMessage, ChannelConfig, ChannelError, LeaseRule, Peer};
 use crate::entry::Entry;
 use crate::file::FIRST_SEQ;
 use crate::frame::{FrameDecoder, FrameEncoder};
@@ -136,6 +136,7 @@ pub struct PrimaryCore {
     last_ack_progress_ns: u64,
     /// What the backup last said: false while its replay is behind and it does not read.
     backup_receiving: bool,
+    lease_rule: LeaseRule,
     error: Option<ChannelError>,
 }
 
@@ -159,6 +160,7 @@ impl PrimaryCore {
             lease_ns: lease_ms.saturating_mul(NS_PER_MS),
             last_ack_progress_ns: now_ns,
             backup_receiving: true,
+            lease_rule: config.lease_rule,
             error: None,
         }
     }
@@ -189,6 +191,9 @@ impl PrimaryCore {
             return Ok(self.acked_seq);
         }
         self.liveness.last_rx_ns = now_ns;
+        if self.lease_rule == LeaseRule::AnythingHeard {
+            self.lease_until_ns = self.lease_until_ns.max(now_ns.saturating_add(self.lease_ns));
+        }
         self.opener.push(bytes);
         loop {
             match self.opener.next_frame() {
