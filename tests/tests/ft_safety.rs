@@ -356,3 +356,35 @@ fn arbiter_storage_that_stops_answering_is_retried_and_a_stop_signal_still_ends_
         assert!(!side.stderr.contains("-> live") && !side.stderr.contains("-> solo"), "{name}");
     }
 }
+
+#[test]
+fn a_write_the_shared_disk_refuses_stops_the_primarys_output_and_halts_it() {
+    ftvm_tests::require_kvm();
+    let dir = pair_dir("diskfull");
+    let mounted = dir.0.join("mnt");
+    std::fs::create_dir(&mounted).unwrap();
+    let (mounted, pair) = (mounted.to_str().unwrap(), dir.path());
+    let listen = format!("127.0.0.1:{}", free_port());
+    // A sparse 64 MiB image on a 44 MiB tmpfs (in a mount namespace of its own): the guest's
+    // writes past 44 MiB of its 48 fail on the host with ENOSPC.
+    let script = format!(
+        "mount -t tmpfs -o size=44m none {mounted} && \
+         {FTVM} run --cmdline 'role=compute rounds=1' --disk {mounted}/img,size=64M,create \
+           >/dev/null 2>&1 && \
+         {{ {FTVM} backup --listen {listen} --arbiter {pair} --disk {mounted}/img \
+             >{pair}/backup.out 2>{pair}/backup.err & backup=$!; }} && \
+         {FTVM} primary --backup {listen} --arbiter {pair} --disk {mounted}/img \
+           --cmdline 'role=disk-selftest mib=48' >{pair}/primary.out 2>{pair}/primary.err; \
+         status=$?; kill -TERM $backup; wait $backup; exit $status"
+    );
+    let mut command = Command::new("unshare");
+    command.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let finished = Reaped::spawn(command).finish_within(LIMIT);
+    let read = |name: &str| std::fs::read_to_string(dir.0.join(name)).unwrap_or_default();
+    let (stdout, stderr) = (read("primary.out"), read("primary.err"));
+    assert_eq!(finished.status, Some(120), "the primary halts: {stderr}\n{finished:?}");
+    assert!(stderr.contains("the shared disk refused a write"), "{stderr}");
+    // Nothing the guest printed after the failed write reached the console: neither success
+    // nor the error the guest met on its next request.
+    assert!(!stdout.contains("disk ok") && !stdout.contains("write"), "{stdout}");
+}

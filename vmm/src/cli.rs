@@ -243,6 +243,11 @@ struct PairArgs {
     /// primary waits for its backup.
     #[arg(long, default_value_t = 200, value_name = "MS")]
     max_lag_ms: u64,
+    /// The most output (network, console, shared-disk writes) the primary
+    /// holds for the backup's acknowledgement before its guest waits. The
+    /// default carries a 10 Gbit/s link over the 200 ms lag bound.
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    max_held_bytes: u64,
     /// Testing only: send the backup a wrong Nth clock reading.
     #[arg(long, hide = true, value_name = "N")]
     inject_divergence_at: Option<u64>,
@@ -256,6 +261,7 @@ impl PairArgs {
         ft.channel.heartbeat_interval_ms = (self.failure_timeout_ms / 10).clamp(1, 50);
         ft.max_unacked_bytes = self.max_lag_bytes;
         ft.max_unacked_age_ms = self.max_lag_ms;
+        ft.max_held_bytes = self.max_held_bytes;
         ft.inject_divergence_at = self.inject_divergence_at;
         ft
     }

@@ -77,6 +77,8 @@ impl RunOutcome {
             RunOutcome::InputsFailed(InputError::Diverged(_)) => status::DIVERGED,
             RunOutcome::InputsFailed(InputError::Stopped) => status::STOPPED,
             RunOutcome::InputsFailed(InputError::Halted(_)) => status::HALTED,
+            // A host device (a disk image, a TAP) failed: the VMM's error, not the log's.
+            RunOutcome::InputsFailed(InputError::Host(_)) => status::VMM_ERROR,
             RunOutcome::InputsFailed(_) => status::LOG_ERROR,
         }
     }

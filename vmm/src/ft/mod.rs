@@ -39,6 +39,8 @@ pub struct FtConfig {
     pub max_unacked_bytes: u64,
     /// Lag bound: the oldest an unacknowledged entry may get before the primary waits, in ms.
     pub max_unacked_age_ms: u64,
+    /// The most bytes of output the primary holds for acknowledgement before its vCPU waits.
+    pub max_held_bytes: u64,
     /// Testing only: the primary sends its Nth clock reading to the backup
     /// off by one ns (its own guest gets the true value), so the backup must
     /// detect the divergence.
@@ -54,6 +56,7 @@ impl FtConfig {
             channel: ChannelConfig::default(),
             max_unacked_bytes: 4 << 20,
             max_unacked_age_ms: 200,
+            max_held_bytes: 256 << 20,
             inject_divergence_at: None,
         }
     }

@@ -41,6 +41,8 @@ pub struct PrimarySide {
     solo: AtomicBool,
     /// Set when this side lost the arbiter, or was stopped while asking it.
     halted: Mutex<Option<NotWon>>,
+    /// Set when an output failed on the host (the shared disk): the run ends.
+    output_failed: Mutex<Option<String>>,
     last_sent_seq: AtomicU64,
     /// (entries, bytes, ms) the backup lagged behind, sampled at each entry sent.
     lag_samples: Mutex<Vec<(u64, u64, u64)>>,
@@ -60,6 +62,7 @@ impl PrimarySide {
             generation,
             solo: AtomicBool::new(false),
             halted: Mutex::new(None),
+            output_failed: Mutex::new(None),
             last_sent_seq: AtomicU64::new(0),
             lag_samples: Mutex::new(Vec::new()),
             clock: HostClock::start(),
@@ -157,6 +160,12 @@ impl LinkSink {
 
 impl EntrySink for LinkSink {
     fn append(&mut self, entry: &Entry) -> Result<u64, InputError> {
+        let failed =
+            self.side.output_failed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(reason) = failed.as_ref() {
+            return Err(InputError::Host(reason.clone()));
+        }
+        drop(failed);
         if self.side.is_solo() {
             return Ok(0);
         }
@@ -215,6 +224,15 @@ impl Held {
     fn is_disk(&self) -> bool {
         matches!(self, Held::DiskWrite(..) | Held::DiskFlush)
     }
+
+    fn len_bytes(&self) -> u64 {
+        match self {
+            Held::Console(bytes) | Held::Frame(bytes) | Held::DiskWrite(_, bytes) => {
+                bytes.len() as u64
+            }
+            Held::DiskFlush => 0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -224,10 +242,13 @@ struct Queue {
     in_flight: usize,
     /// Disk outputs queued or being performed.
     disk_pending: usize,
+    /// Bytes of the outputs queued or being performed.
+    held_bytes: u64,
     /// Set when the run is over: the releaser drains what it holds and stops.
     closing: bool,
-    /// A disk output failed on the host: the next disk output reports it.
-    disk_error: Option<String>,
+    /// An output failed on the host (a write or flush of the shared disk): nothing after it
+    /// is released, and the side halts.
+    failed: Option<String>,
 }
 
 /// The output queue shared by the guest's outputs and the releaser thread.
@@ -241,8 +262,19 @@ impl OutputQueue {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn push(&self, seq: u64, held: Held) {
+    /// Queues `held`; first waits (the vCPU with it) while the held bytes would pass
+    /// `max_held_bytes`, unless nothing is held (one output larger than the bound still goes).
+    fn push(&self, seq: u64, held: Held, max_held_bytes: u64) {
         let mut queue = self.lock();
+        let len_bytes = held.len_bytes();
+        while queue.held_bytes > 0
+            && queue.held_bytes + len_bytes > max_held_bytes
+            && queue.failed.is_none()
+            && !queue.closing
+        {
+            queue = self.changed.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        queue.held_bytes += len_bytes;
         if held.is_disk() {
             queue.disk_pending += 1;
         }
@@ -297,11 +329,12 @@ impl HeldOutputs {
     }
 
     fn hold(&self, held: Held) {
-        self.queue.push(self.side.last_sent_seq.load(Ordering::SeqCst), held);
+        let seq = self.side.last_sent_seq.load(Ordering::SeqCst);
+        self.queue.push(seq, held, self.side.config.max_held_bytes);
     }
 
     fn disk_error(&self) -> Result<(), OutputError> {
-        match self.queue.lock().disk_error.clone() {
+        match self.queue.lock().failed.clone() {
             Some(error) => Err(OutputError::Disk(error)),
             None => Ok(()),
         }
@@ -363,6 +396,10 @@ fn release(side: Arc<PrimarySide>, queue: Arc<OutputQueue>, mut live: LiveOutput
             }
         };
         let is_disk = held.is_disk();
+        let len_bytes = held.len_bytes();
+        // After a failed output nothing more is released: the world must not see what the
+        // guest did after a write the shared disk refused.
+        let released = released && queue.lock().failed.is_none();
         if released {
             report.count(&held);
         }
@@ -393,11 +430,21 @@ fn release(side: Arc<PrimarySide>, queue: Arc<OutputQueue>, mut live: LiveOutput
         }
         let mut state = queue.lock();
         if let Err(error) = result {
-            state.disk_error = Some(error.to_string());
+            let reason = format!(
+                "the shared disk refused a write of the guest ({error}): this primary releases \
+                 nothing after it and halts"
+            );
+            eprintln!("ftvm: output stopped: {error}");
+            state.failed.get_or_insert(reason.clone());
+            side.output_failed
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .get_or_insert(reason);
         }
         if is_disk {
             state.disk_pending -= 1;
         }
+        state.held_bytes -= len_bytes;
         state.in_flight -= 1;
         let caught_up = state.held.is_empty();
         queue.changed.notify_all();
