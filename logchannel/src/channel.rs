@@ -166,6 +166,10 @@ pub enum BackupMessage {
     Ack {
         /// The highest contiguous sequence number received.
         acked_seq: u64,
+        /// The highest sequence number handed to the replay (never above `acked_seq`): the
+        /// primary's lag bound holds the guest back on this, so going live after a failure
+        /// never has more than the bound left to replay.
+        replayed_seq: u64,
         /// False while the backup has stopped reading the log because its replay is behind
         /// (backpressure): acks then stall although the backup is alive, and it cannot go live
         /// while it does not read, so the primary waits instead of presuming it dead.

@@ -20,7 +20,8 @@ fn acks_of(acked: &[(u64, bool)]) -> Vec<u8> {
     let mut bytes = Vec::new();
     for &(acked_seq, receiving) in acked {
         let start = bytes.len();
-        encoder.encode(&BackupMessage::Ack { acked_seq, receiving }, &mut bytes).unwrap();
+        let ack = BackupMessage::Ack { acked_seq, replayed_seq: acked_seq, receiving };
+        encoder.encode(&ack, &mut bytes).unwrap();
         sealer.seal(&mut bytes, start);
     }
     bytes
@@ -372,4 +373,31 @@ fn a_backup_behind_on_replay_is_waited_for() {
         primary.poll(at_ms * MS).unwrap();
     }
     assert!(!primary.lease_valid(MS), "but nothing may be released meanwhile");
+}
+
+#[test]
+fn the_lag_is_measured_on_what_the_backup_replayed_not_on_what_it_received() {
+    let mut primary = PrimaryCore::new(&TIMEOUT, 0, &session());
+    let first = primary.send(&input(1, Input::MonotonicNs(1)), 10 * MS).unwrap();
+    let second = primary.send(&input(2, Input::MonotonicNs(2)), 20 * MS).unwrap();
+    // Both received, only the first replayed.
+    let ack = BackupMessage::Ack { acked_seq: 2, replayed_seq: 1, receiving: true };
+    let (mut encoder, mut sealer) =
+        (FrameEncoder::new(1, 0), session().sealer(Direction::BackupToPrimary));
+    let mut bytes = Vec::new();
+    encoder.encode(&ack, &mut bytes).unwrap();
+    sealer.seal(&mut bytes, 0);
+    primary.handle_input(&bytes, 30 * MS).unwrap();
+    assert_eq!((primary.acked_seq(), primary.replayed_seq()), (2, 1));
+    assert_eq!(primary.unacked_bytes(), 0);
+    assert_eq!(primary.unreplayed_bytes(), second.frame_len_bytes);
+    assert_eq!(primary.unreplayed_age_ns(50 * MS), 30 * MS);
+    assert!(first.frame_len_bytes > 0);
+    // Replayed beyond what was received makes no sense.
+    let bad = BackupMessage::Ack { acked_seq: 2, replayed_seq: 3, receiving: true };
+    let start = bytes.len();
+    encoder.encode(&bad, &mut bytes).unwrap();
+    sealer.seal(&mut bytes, start);
+    let error = primary.handle_input(&bytes[start..], 40 * MS).unwrap_err();
+    assert!(matches!(error, ChannelError::Protocol { .. }), "{error}");
 }

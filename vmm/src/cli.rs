@@ -235,12 +235,13 @@ struct PairArgs {
     /// loaded host.
     #[arg(long, alias = "failure-timeout", default_value_t = 300, value_name = "MS")]
     failure_timeout_ms: u64,
-    /// Lag bound: the most unacknowledged log the primary may have before it
-    /// waits for its backup.
+    /// Lag bound: the most log the backup may have left to replay before the
+    /// primary's guest waits for it (the backup also reads no further ahead).
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     max_lag_bytes: u64,
-    /// Lag bound: the oldest an unacknowledged entry may get before the
-    /// primary waits for its backup.
+    /// Lag bound: how far behind the backup's replay may fall, in time,
+    /// before the primary's guest waits for it. After a failure, going live
+    /// takes at most this plus the failure timeout.
     #[arg(long, default_value_t = 200, value_name = "MS")]
     max_lag_ms: u64,
     /// The most output (network, console, shared-disk writes) the primary
@@ -259,8 +260,10 @@ impl PairArgs {
         ft.key_file = self.key.clone();
         ft.channel.failure_timeout_ms = self.failure_timeout_ms;
         ft.channel.heartbeat_interval_ms = (self.failure_timeout_ms / 10).clamp(1, 50);
-        ft.max_unacked_bytes = self.max_lag_bytes;
-        ft.max_unacked_age_ms = self.max_lag_ms;
+        ft.max_lag_bytes = self.max_lag_bytes;
+        // The backup reads no further ahead of its replay than the lag bound allows.
+        ft.channel.max_received_bytes = self.max_lag_bytes.max(1 << 20);
+        ft.max_lag_ms = self.max_lag_ms;
         ft.max_held_bytes = self.max_held_bytes;
         ft.inject_divergence_at = self.inject_divergence_at;
         ft

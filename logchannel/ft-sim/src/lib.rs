@@ -12,7 +12,10 @@
 //! - **reproducible**: every output the primary released is tied to an entry the backup had
 //!   received when it went live, so the live side can produce it again;
 //! - **liveness**: a side that loses its peer goes on or halts, never both halted, and after a
-//!   kill the backup is live within the failure timeout plus a bound.
+//!   kill the backup is live within the failure timeout plus the lag bound (with room for
+//!   drift and delay; checked for kills after a warm-up in which the primary learns how fast
+//!   the backup replays): the primary's guest waits while the backup's replay would take
+//!   longer than the bound to catch up, and the backup replays all it received first.
 //!
 //! What is not simulated: the VMM's replay (entries are replayed at a seeded rate), TCP's own
 //! retransmission (a pipe delivers in order, or is cut for good), a pause between the lease
@@ -26,6 +29,10 @@ use logchannel::{
 };
 
 const MS: u64 = 1_000_000;
+
+/// How long the pair runs before the go-live bound is checked: the primary learns how fast the
+/// backup replays over its first few hundred ms.
+const WARM_UP_MS: u64 = 600;
 
 /// SplitMix64: small, fast, and the same on every machine.
 #[derive(Clone, Debug)]
@@ -93,6 +100,18 @@ pub enum Fault {
     },
 }
 
+/// A rule deliberately broken, to show the simulation catches it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mutation {
+    /// The rules as ftvm runs them.
+    #[default]
+    None,
+    /// The primary's lease renewed by anything heard from the backup (its heartbeats too).
+    LeaseFromAnythingHeard,
+    /// No lag bound: the primary's guest never waits for a slow backup.
+    NoLagBound,
+}
+
 /// Everything a seed decides.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -108,25 +127,35 @@ pub struct Settings {
     pub backup_drift_ppm: i64,
     /// The most a message is delayed, in ms.
     pub max_delay_ms: u64,
-    /// Log entries the backup replays per ms (0: as fast as they come).
-    pub replay_per_ms: u64,
+    /// How fast the backup replays, in per mille of the primary's speed (0: instantly): like
+    /// the VMM, replaying an entry costs the primary work it stands for. A slow replay (a
+    /// throttled host) falls behind unless the lag bound holds the primary back.
+    pub replay_speed_per_mille: u64,
+    /// The lag bound: the primary's guest waits while the backup would need longer than this
+    /// to replay what it has not (ms).
+    pub max_lag_ms: u64,
     /// The longest a single output takes to perform (a slow disk write), in ms.
     pub max_output_ms: u64,
-    /// Probability per ms that the guest produces an entry, and per entry an output (per mille).
+    /// Probability per ms that the guest runs (and logs its progress) rather than idles (per
+    /// mille).
     pub entry_per_mille: u64,
     /// Of those entries, how many carry an output (per mille).
     pub output_per_mille: u64,
     /// Simulated time, in ms.
     pub duration_ms: u64,
-    /// The lease rule under test.
-    pub lease_rule: LeaseRule,
+    /// The rule broken on purpose, if any.
+    pub mutation: Mutation,
     /// The channel's timing.
     pub channel: ChannelConfig,
 }
 
 impl Settings {
-    /// The settings seed `seed` chooses, with `lease_rule`.
-    pub fn from_seed(seed: u64, lease_rule: LeaseRule) -> Settings {
+    /// The settings seed `seed` chooses, with `mutation`.
+    pub fn from_seed(seed: u64, mutation: Mutation) -> Settings {
+        let lease_rule = match mutation {
+            Mutation::LeaseFromAnythingHeard => LeaseRule::AnythingHeard,
+            _ => LeaseRule::AckOfEntrySent,
+        };
         let mut rng = Rng::new(seed);
         let pause_ms = rng.range(50, 1500);
         let fault = match rng.range(0, 9) {
@@ -155,12 +184,13 @@ impl Settings {
             primary_drift_ppm: drift(&mut rng),
             backup_drift_ppm: drift(&mut rng),
             max_delay_ms: rng.range(0, 10),
-            replay_per_ms: [0, 1, 2, 5][rng.range(0, 3) as usize],
+            replay_speed_per_mille: [0, 1000, 500, 200, 100][rng.range(0, 4) as usize],
+            max_lag_ms: rng.range(20, 300),
             max_output_ms: [0, 1, 5, 30][rng.range(0, 3) as usize],
             entry_per_mille: rng.range(100, 900),
             output_per_mille: rng.range(100, 900),
             duration_ms: 4_000,
-            lease_rule,
+            mutation,
             channel,
         }
     }
@@ -171,21 +201,22 @@ impl fmt::Display for Settings {
         write!(
             formatter,
             "seed {} fault {:?} at {} ms, drift primary {} ppm backup {} ppm, delay <= {} ms, \
-             replay {}/ms, output <= {} ms, entries {}‰ outputs {}‰, heartbeat {} ms timeout {} ms, \
-             lease {:?}",
+             replay speed {}‰, lag bound {} ms, output <= {} ms, entries {}‰ outputs {}‰, heartbeat {} ms timeout {} ms, \
+             mutation {:?}",
             self.seed,
             self.fault,
             self.fault_at_ms,
             self.primary_drift_ppm,
             self.backup_drift_ppm,
             self.max_delay_ms,
-            self.replay_per_ms,
+            self.replay_speed_per_mille,
+            self.max_lag_ms,
             self.max_output_ms,
             self.entry_per_mille,
             self.output_per_mille,
             self.channel.heartbeat_interval_ms,
             self.channel.failure_timeout_ms,
-            self.lease_rule
+            self.mutation
         )
     }
 }
@@ -319,7 +350,12 @@ pub struct Simulation {
     lost_primary_at_ms: Option<u64>,
     arbiter: Option<&'static str>,
     outcome: Outcome,
+    /// How long the primary's guest has run (ms); its entries carry it as their landmark.
     landmark: u64,
+    /// The entry the backup is replaying, and how far its replay has got (ms of guest run).
+    replaying: Option<logchannel::Received>,
+    replay_cursor_ms: f64,
+    replayed_landmark: u64,
 }
 
 impl Simulation {
@@ -353,6 +389,9 @@ impl Simulation {
             arbiter: None,
             outcome: Outcome::default(),
             landmark: 0,
+            replaying: None,
+            replay_cursor_ms: 0.0,
+            replayed_landmark: 0,
             rng,
             settings,
         }
@@ -437,12 +476,22 @@ impl Simulation {
                 }));
             }
             let _ = outcome.and_then(|()| self.primary.poll(now_ns));
-            // The guest runs: entries, some with an output tied to them.
-            if self.primary.error().is_none() && self.rng.chance(self.settings.entry_per_mille) {
+            let lagging = self.settings.mutation != Mutation::NoLagBound
+                && self.primary.replay_catch_up_ns(now_ns) > self.settings.max_lag_ms * MS;
+            if lagging {
+                // The guest is held back this ms, as `PrimaryLink::wait_for_room` does.
+                self.primary.add_blocked_ns(MS);
+            }
+            if self.primary.error().is_none()
+                && !lagging
+                && self.rng.chance(self.settings.entry_per_mille)
+            {
+                // The guest runs this ms (else it idles): like the VMM, it logs its progress
+                // each ms it runs, marked with how long it has run (what the backup's replay
+                // must run again), some entries with an output tied to them.
                 self.landmark += 1;
-                if let Ok(sent) =
-                    self.primary.send(&Entry::Progress { landmark: self.landmark }, now_ns)
-                {
+                let progress = Entry::Progress { landmark: self.landmark };
+                if let Ok(sent) = self.primary.send(&progress, now_ns) {
                     if self.rng.chance(self.settings.output_per_mille) {
                         self.held.push_back(sent.seq);
                     }
@@ -527,16 +576,10 @@ impl Simulation {
             }
             let _ = outcome.and_then(|()| self.backup.poll(now_ns));
             self.send_acks(now_ms);
-            // Replay, at the seeded rate; backpressure when behind.
-            let budget = match self.settings.replay_per_ms {
-                0 => usize::MAX,
-                rate => rate as usize,
-            };
-            for _ in 0..budget {
-                if self.backup.next_entry().is_none() {
-                    break;
-                }
-            }
+        }
+        self.replay();
+        if self.backup_role == BackupRole::Backup {
+            // Backpressure: the backup reads no further ahead than its receive buffer.
             self.backup_reading_paused = self.backup.queued_bytes() >= 2048;
             self.backup.set_paused(self.backup_reading_paused, now_ns);
             self.send_acks(now_ms);
@@ -549,7 +592,11 @@ impl Simulation {
             }
         }
         if let BackupRole::WaitingToGoLive { not_before_ns } = self.backup_role {
-            if now_ns >= not_before_ns {
+            // Live at the end of the log: every entry received is replayed first.
+            if now_ns >= not_before_ns
+                && self.backup.queued_entries() == 0
+                && self.replaying.is_none()
+            {
                 self.backup_role = match self.arbiter.get_or_insert("backup") {
                     &mut "backup" => self.go_live(now_ms)?,
                     _ => BackupRole::Halted,
@@ -557,6 +604,26 @@ impl Simulation {
             }
         }
         Ok(())
+    }
+
+    /// Replays at the seeded speed, also while waiting to go live: entries carry how long the
+    /// primary's guest had run, and the replay cursor advances by the speed each ms.
+    fn replay(&mut self) {
+        let speed_ms = self.settings.replay_speed_per_mille as f64 / 1000.0;
+        self.replay_cursor_ms += if speed_ms == 0.0 { f64::INFINITY } else { speed_ms };
+        loop {
+            let Some(received) = self.replaying.take().or_else(|| self.backup.next_entry()) else {
+                // Idle: no credit is banked for entries that have not arrived.
+                self.replay_cursor_ms = self.replay_cursor_ms.min(self.replayed_landmark as f64);
+                return;
+            };
+            let Entry::Progress { landmark } = received.entry else { continue };
+            if landmark as f64 > self.replay_cursor_ms {
+                self.replaying = Some(received);
+                return;
+            }
+            self.replayed_landmark = self.replayed_landmark.max(landmark);
+        }
     }
 
     fn send_acks(&mut self, now_ms: u64) {
@@ -597,22 +664,37 @@ impl Simulation {
         if !primary_runs && !backup_runs {
             return self.violation(end_ms, "liveness: neither side runs the guest".into());
         }
-        if let Some(lost_at_ms) = self.lost_primary_at_ms {
-            let timeout_ms = self.settings.channel.failure_timeout_ms;
-            // Detection, then the backup's wait of one more timeout from its last word, with
-            // room for drift, delay and a heartbeat.
-            let bound_ms = lost_at_ms + 2 * timeout_ms + 2 * self.settings.max_delay_ms + 100;
-            match self.outcome.live_at_ms {
-                Some(live_at_ms) if live_at_ms <= bound_ms => {}
-                other => {
-                    return self.violation(
-                        end_ms,
-                        format!(
-                            "liveness: the primary died at {lost_at_ms} ms, the backup went live \
-                             at {other:?} (bound {bound_ms} ms)"
-                        ),
-                    )
-                }
+        // The lag bound holds once the backup's replay speed has been measured (a window of
+        // replay progress): a primary that dies before that is only bound to be replaced.
+        let Some(lost_at_ms) = self.lost_primary_at_ms else { return Ok(()) };
+        let Some(live_at_ms) = self.outcome.live_at_ms else {
+            return self.violation(
+                end_ms,
+                format!(
+                    "liveness: the primary died at {lost_at_ms} ms, the backup never went live"
+                ),
+            );
+        };
+        if lost_at_ms >= WARM_UP_MS {
+            // The backup's wait of one timeout from the primary's last word, then what is left
+            // to replay (the lag bound), with room for drift (2% of each), the network delay
+            // and a heartbeat.
+            let settings = &self.settings;
+            let waits_ms = settings.channel.failure_timeout_ms + settings.max_lag_ms;
+            let bound_ms = lost_at_ms
+                + waits_ms
+                + waits_ms / 25
+                + 2 * settings.max_delay_ms
+                + settings.channel.heartbeat_interval_ms
+                + 20;
+            if live_at_ms > bound_ms {
+                return self.violation(
+                    end_ms,
+                    format!(
+                        "liveness: the primary died at {lost_at_ms} ms, the backup went live at \
+                         {live_at_ms} ms (bound {bound_ms} ms)"
+                    ),
+                );
             }
         }
         Ok(())
@@ -634,9 +716,9 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Runs seed `seed` with `lease_rule`.
-pub fn run_seed(seed: u64, lease_rule: LeaseRule) -> Result<Outcome, Box<Failure>> {
-    let settings = Settings::from_seed(seed, lease_rule);
+/// Runs seed `seed` with `mutation`.
+pub fn run_seed(seed: u64, mutation: Mutation) -> Result<Outcome, Box<Failure>> {
+    let settings = Settings::from_seed(seed, mutation);
     Simulation::new(settings.clone())
         .run()
         .map_err(|violation| Box::new(Failure { settings, violation }))

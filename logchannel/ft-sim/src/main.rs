@@ -3,25 +3,24 @@
 //! ```text
 //! ft-sim --seeds 0..10000             # a sweep; each failure prints its rerun command
 //! ft-sim --seed 42                    # one seed, its settings and outcome
-//! ft-sim --seeds 0..10000 --broken    # the lease renewed by anything heard: must be caught
+//! ft-sim --seeds 0..10000 --broken lease  # the lease renewed by anything heard: caught
+//! ft-sim --seeds 0..10000 --broken lag    # no lag bound: a slow backup goes live late: caught
 //! ft-sim                              # a sweep of 2000 seeds from a random start (printed first)
 //! ```
 use std::process::ExitCode;
 use std::time::Instant;
 
-use ft_sim::{run_seed, Settings};
-
-use logchannel::LeaseRule;
+use ft_sim::{run_seed, Mutation, Settings};
 
 fn usage() -> ExitCode {
-    eprintln!("usage: ft-sim [--seed N | --seeds A..B] [--broken]");
+    eprintln!("usage: ft-sim [--seed N | --seeds A..B] [--broken lease|lag]");
     ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut seeds = None;
-    let mut lease_rule = LeaseRule::AckOfEntrySent;
+    let mut mutation = Mutation::None;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
@@ -41,7 +40,13 @@ fn main() -> ExitCode {
                 };
                 seeds = Some(range);
             }
-            "--broken" => lease_rule = LeaseRule::AnythingHeard,
+            "--broken" => {
+                mutation = match iter.next().map(String::as_str) {
+                    Some("lease") => Mutation::LeaseFromAnythingHeard,
+                    Some("lag") => Mutation::NoLagBound,
+                    _ => return usage(),
+                }
+            }
             _ => return usage(),
         }
     }
@@ -53,15 +58,19 @@ fn main() -> ExitCode {
             % 1_000_000_000_000;
         start..start + 2000
     });
-    let broken = if lease_rule == LeaseRule::AnythingHeard { " --broken" } else { "" };
-    println!("ft-sim: seeds {}..{} lease {lease_rule:?}", seeds.start, seeds.end);
+    let broken = match mutation {
+        Mutation::None => "",
+        Mutation::LeaseFromAnythingHeard => " --broken lease",
+        Mutation::NoLagBound => " --broken lag",
+    };
+    println!("ft-sim: seeds {}..{} mutation {mutation:?}", seeds.start, seeds.end);
     if seeds.end - seeds.start == 1 {
-        println!("ft-sim: {}", Settings::from_seed(seeds.start, lease_rule));
+        println!("ft-sim: {}", Settings::from_seed(seeds.start, mutation));
     }
     let started = Instant::now();
     let (mut failures, mut live, mut solo) = (0u64, 0u64, 0u64);
     for seed in seeds.clone() {
-        match run_seed(seed, lease_rule) {
+        match run_seed(seed, mutation) {
             Ok(outcome) => {
                 live += u64::from(outcome.live_at_ms.is_some());
                 solo += u64::from(outcome.solo);

@@ -1,17 +1,16 @@
-//! The FT simulation in the test suite: a fixed range of seeds keeps every invariant, and the
-//! broken lease rule (renewed by anything heard) is caught within the same range, so the
-//! simulation has teeth. Longer sweeps are a command: `cargo run --release -p ft-sim -- --seeds A..B`.
+//! The FT simulation in the test suite: a fixed range of seeds keeps every invariant, and each
+//! deliberately broken rule (a lease renewed by anything heard; no lag bound) is caught within
+//! the same range, so the simulation has teeth. Longer sweeps are a command: `cargo run --release -p ft-sim -- --seeds A..B`.
 
-use ft_sim::{run_seed, Fault, Settings};
-use logchannel::LeaseRule;
+use ft_sim::{run_seed, Fault, Mutation, Settings};
 
-const SEEDS: std::ops::Range<u64> = 0..2_500;
+const SEEDS: std::ops::Range<u64> = 0..2_000;
 
 #[test]
 fn a_default_seed_range_keeps_every_invariant() {
     let (mut live, mut solo) = (0, 0);
     for seed in SEEDS {
-        match run_seed(seed, LeaseRule::AckOfEntrySent) {
+        match run_seed(seed, Mutation::None) {
             Ok(outcome) => {
                 live += u64::from(outcome.live_at_ms.is_some());
                 solo += u64::from(outcome.solo);
@@ -25,16 +24,24 @@ fn a_default_seed_range_keeps_every_invariant() {
     assert!(live > 100 && solo > 100, "live {live} solo {solo}");
 }
 
-#[test]
-fn the_lease_renewed_by_anything_heard_is_caught() {
-    let caught: Vec<String> = SEEDS
-        .filter_map(|seed| run_seed(seed, LeaseRule::AnythingHeard).err())
+/// The reports of the seeds `mutation` fails.
+fn caught(mutation: Mutation) -> Vec<String> {
+    SEEDS
+        .filter_map(|seed| run_seed(seed, mutation).err())
         .map(|failure| failure.to_string())
-        .collect();
-    assert!(
-        caught.iter().any(|report| report.contains("fencing")),
-        "the broken rule went unnoticed over seeds {SEEDS:?}"
-    );
+        .collect()
+}
+
+#[test]
+fn a_lease_renewed_by_anything_heard_is_caught() {
+    let reports = caught(Mutation::LeaseFromAnythingHeard);
+    assert!(reports.iter().any(|report| report.contains("fencing")), "unnoticed: {reports:?}");
+}
+
+#[test]
+fn a_missing_lag_bound_is_caught() {
+    let reports = caught(Mutation::NoLagBound);
+    assert!(reports.iter().any(|report| report.contains("liveness")), "unnoticed: {reports:?}");
 }
 
 #[test]
@@ -42,14 +49,14 @@ fn a_killed_primary_is_replaced_by_its_backup() {
     let killed: Vec<u64> = SEEDS
         .filter(|seed| {
             matches!(
-                Settings::from_seed(*seed, LeaseRule::AckOfEntrySent).fault,
+                Settings::from_seed(*seed, Mutation::None).fault,
                 Fault::KillPrimary | Fault::CrashPrimary
             )
         })
         .collect();
     assert!(killed.len() > 100, "{}", killed.len());
     for seed in killed {
-        let outcome = run_seed(seed, LeaseRule::AckOfEntrySent).unwrap();
+        let outcome = run_seed(seed, Mutation::None).unwrap();
         assert!(outcome.live_at_ms.is_some() && !outcome.solo, "seed {seed}: {outcome:?}");
     }
 }

@@ -74,6 +74,14 @@ pub struct PrimaryStats {
     pub unacked_bytes: u64,
     /// Age of the oldest unacknowledged entry.
     pub unacked_age_ms: u64,
+    /// The highest sequence number the backup replayed.
+    pub replayed_seq: u64,
+    /// Bytes sent and not yet replayed (the replay lag in bytes).
+    pub unreplayed_bytes: u64,
+    /// Age of the oldest entry not yet replayed (the replay lag in time).
+    pub unreplayed_age_ms: u64,
+    /// How long the backup would take to replay what it has not, at its recent speed.
+    pub replay_catch_up_ms: u64,
     /// Bytes of log sent since the start.
     pub sent_bytes: u64,
     /// Heartbeats sent since the start.
@@ -226,27 +234,31 @@ impl PrimaryLink {
         lock(&self.shared.state).core.acked_seq()
     }
 
-    /// The lag bound: blocks while more than `max_unacked_bytes` are unacknowledged or the
-    /// oldest unacknowledged entry is older than `max_unacked_age_ms`. Returns the link's
-    /// failure if it fails meanwhile (a backup that stops acking entirely is presumed dead after
-    /// the failure timeout, so this does not block forever).
-    pub fn wait_for_room(
-        &self,
-        max_unacked_bytes: u64,
-        max_unacked_age_ms: u64,
-    ) -> Result<(), ChannelError> {
-        let max_unacked_age_ns = max_unacked_age_ms.saturating_mul(1_000_000);
+    /// The lag bound: blocks while more than `max_lag_bytes` are sent and not yet replayed by
+    /// the backup, or the backup would need more than `max_lag_ms` to replay what it has not
+    /// ([`PrimaryCore::replay_catch_up_ns`]); so a backup going live has about the bound left
+    /// to replay. Returns the link's failure if
+    /// it fails meanwhile (a backup that stops acking entirely is presumed dead after the
+    /// failure timeout, so this does not block forever).
+    pub fn wait_for_room(&self, max_lag_bytes: u64, max_lag_ms: u64) -> Result<(), ChannelError> {
+        let max_lag_ns = max_lag_ms.saturating_mul(1_000_000);
         let mut state = lock(&self.shared.state);
+        let mut blocked_since_ns = None;
         loop {
+            let now_ns = now_ns(self.shared.epoch);
+            let room = state.core.unreplayed_bytes() <= max_lag_bytes
+                && state.core.replay_catch_up_ns(now_ns) <= max_lag_ns;
             if let Some(error) = state.core.error() {
                 return Err(error.clone());
             }
-            let now_ns = now_ns(self.shared.epoch);
-            if state.core.unacked_bytes() <= max_unacked_bytes
-                && state.core.unacked_age_ns(now_ns) <= max_unacked_age_ns
-            {
+            if room {
+                if let Some(since_ns) = blocked_since_ns {
+                    // Time the guest waited here is no work for the backup to replay.
+                    state.core.add_blocked_ns(now_ns.saturating_sub(since_ns));
+                }
                 return Ok(());
             }
+            blocked_since_ns.get_or_insert(now_ns);
             state = wait(&self.shared.changed, state, self.shared.tick);
         }
     }
@@ -318,6 +330,10 @@ impl PrimaryLink {
             unacked_entries: core.unacked_entries(),
             unacked_bytes: core.unacked_bytes(),
             unacked_age_ms: core.unacked_age_ns(now_ns(self.shared.epoch)) / 1_000_000,
+            replayed_seq: core.replayed_seq(),
+            unreplayed_bytes: core.unreplayed_bytes(),
+            unreplayed_age_ms: core.unreplayed_age_ns(now_ns(self.shared.epoch)) / 1_000_000,
+            replay_catch_up_ms: core.replay_catch_up_ns(now_ns(self.shared.epoch)) / 1_000_000,
             sent_bytes: core.sent_bytes(),
             heartbeats_sent: core.heartbeats_sent(),
         }

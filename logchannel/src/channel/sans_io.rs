@@ -16,6 +16,13 @@ use crate::frame::{FrameDecoder, FrameEncoder};
 
 const NS_PER_MS: u64 = 1_000_000;
 
+/// The window over which the backup's replay speed is measured.
+const REPLAY_SPEED_WINDOW_NS: u64 = 500 * NS_PER_MS;
+/// The shortest span of replay progress a speed is computed from.
+const REPLAY_SPEED_MIN_SPAN_NS: u64 = 20 * NS_PER_MS;
+/// The slowest replay the estimate believes (so one stalled sample cannot block forever).
+const MAX_SLOWDOWN: u64 = 100;
+
 /// An entry the primary core framed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sent {
@@ -100,6 +107,8 @@ struct InFlight {
     end_offset_bytes: u64,
     /// When it was handed to the core.
     sent_ns: u64,
+    /// The primary's work clock then (see [`PrimaryCore::add_blocked_ns`]).
+    work_ns: u64,
 }
 
 /// The primary's end: frames entries, tracks acks and the unacknowledged tail, heartbeats,
@@ -122,6 +131,18 @@ pub struct PrimaryCore {
     acks: FrameDecoder<BackupMessage>,
     outbox: Vec<u8>,
     in_flight: VecDeque<InFlight>,
+    /// Frames sent and not yet replayed by the backup (acked or not).
+    unreplayed: VecDeque<InFlight>,
+    replayed_seq: u64,
+    /// Stream offset of the first unreplayed byte.
+    replayed_offset_bytes: u64,
+    /// (when the replayed position moved, the work clock of the entry it moved to), over the
+    /// last [`REPLAY_SPEED_WINDOW_NS`]: how fast the backup replays the primary's work.
+    replay_marks: VecDeque<(u64, u64)>,
+    /// Time the primary's guest spent held back by the lag bound: not work to replay.
+    blocked_ns: u64,
+    /// The work clock of the last entry the backup replayed.
+    replayed_work_ns: u64,
     acked_seq: u64,
     /// Stream offset of the first unacknowledged byte.
     acked_offset_bytes: u64,
@@ -151,6 +172,12 @@ impl PrimaryCore {
             acks: FrameDecoder::new(FIRST_SEQ, 0),
             outbox: Vec::new(),
             in_flight: VecDeque::new(),
+            unreplayed: VecDeque::new(),
+            replayed_seq: FIRST_SEQ - 1,
+            replayed_offset_bytes: 0,
+            replay_marks: VecDeque::new(),
+            blocked_ns: 0,
+            replayed_work_ns: 0,
             acked_seq: FIRST_SEQ - 1,
             acked_offset_bytes: 0,
             progress_landmark: 0,
@@ -176,7 +203,9 @@ impl PrimaryCore {
             .map_err(|source| ChannelError::Encode { source: Arc::new(source) })?;
         self.sealer.seal(&mut self.outbox, frame_start);
         let end_offset_bytes = self.frames.offset_bytes();
-        self.in_flight.push_back(InFlight { seq, end_offset_bytes, sent_ns: now_ns });
+        let work_ns = self.work_ns(now_ns);
+        self.in_flight.push_back(InFlight { seq, end_offset_bytes, sent_ns: now_ns, work_ns });
+        self.unreplayed.push_back(InFlight { seq, end_offset_bytes, sent_ns: now_ns, work_ns });
         self.liveness.last_tx_ns = now_ns;
         if let Entry::Progress { landmark } = entry {
             self.progress_landmark = self.progress_landmark.max(*landmark);
@@ -205,9 +234,10 @@ impl PrimaryCore {
                 }
             }
             match self.acks.next_frame() {
-                Ok(Some((_, BackupMessage::Ack { acked_seq, receiving }))) => {
+                Ok(Some((_, BackupMessage::Ack { acked_seq, replayed_seq, receiving }))) => {
                     self.backup_receiving = receiving;
-                    self.apply_ack(acked_seq, now_ns)?
+                    self.apply_ack(acked_seq, now_ns)?;
+                    self.apply_replayed(replayed_seq, now_ns)?
                 }
                 Ok(None) => {}
                 Err(source) => {
@@ -236,6 +266,35 @@ impl PrimaryCore {
                 self.last_ack_progress_ns = now_ns;
             }
             self.acked_seq = acked_seq;
+            return Ok(());
+        };
+        Err(self.fail(ChannelError::Protocol { peer: Peer::Backup, detail: violation }))
+    }
+
+    fn apply_replayed(&mut self, replayed_seq: u64, now_ns: u64) -> Result<(), ChannelError> {
+        let violation = if replayed_seq > self.acked_seq {
+            format!("replayed seq {replayed_seq} beyond the acked seq {}", self.acked_seq)
+        } else if replayed_seq < self.replayed_seq {
+            format!("replayed seq {replayed_seq} after replayed seq {}", self.replayed_seq)
+        } else {
+            let mut replayed_work_ns = None;
+            while self.unreplayed.front().is_some_and(|frame| frame.seq <= replayed_seq) {
+                let frame = self.unreplayed.pop_front().expect("front exists");
+                self.replayed_offset_bytes = frame.end_offset_bytes;
+                replayed_work_ns = Some(frame.work_ns);
+            }
+            if let Some(work_ns) = replayed_work_ns {
+                self.replayed_work_ns = work_ns;
+                self.replay_marks.push_back((now_ns, work_ns));
+                while self.replay_marks.len() > 2
+                    && self.replay_marks.front().is_some_and(|(at_ns, _)| {
+                        now_ns.saturating_sub(*at_ns) > REPLAY_SPEED_WINDOW_NS
+                    })
+                {
+                    self.replay_marks.pop_front();
+                }
+            }
+            self.replayed_seq = replayed_seq;
             return Ok(());
         };
         Err(self.fail(ChannelError::Protocol { peer: Peer::Backup, detail: violation }))
@@ -327,6 +386,58 @@ impl PrimaryCore {
         self.in_flight.front().map_or(0, |frame| now_ns.saturating_sub(frame.sent_ns))
     }
 
+    /// The highest sequence number the backup handed to its replay (0: none).
+    pub fn replayed_seq(&self) -> u64 {
+        self.replayed_seq
+    }
+
+    /// Bytes of frames sent and not yet replayed: what a backup going live now still has to
+    /// replay, at most.
+    pub fn unreplayed_bytes(&self) -> u64 {
+        self.frames.offset_bytes() - self.replayed_offset_bytes
+    }
+
+    /// How long the oldest entry not yet replayed has waited (0 when all are replayed): the
+    /// backup's replay lag, in the primary's time.
+    pub fn unreplayed_age_ns(&self, now_ns: u64) -> u64 {
+        self.unreplayed.front().map_or(0, |frame| now_ns.saturating_sub(frame.sent_ns))
+    }
+
+    /// Says the guest was held back (by the lag bound) for `blocked_ns`: that time is not work
+    /// the backup has to replay. The work clock is the core's clock minus all such time.
+    pub fn add_blocked_ns(&mut self, blocked_ns: u64) {
+        self.blocked_ns = self.blocked_ns.saturating_add(blocked_ns);
+    }
+
+    fn work_ns(&self, now_ns: u64) -> u64 {
+        now_ns.saturating_sub(self.blocked_ns)
+    }
+
+    /// How long the backup would take to replay what it has not: the primary's work since the
+    /// last entry the backup replayed, divided by the speed at which the backup has replayed
+    /// that work lately (at most 1: a backup is never assumed faster than its primary). The lag
+    /// bound holds this, not the lag itself: a backup replaying at a tenth of the primary's
+    /// speed (a throttled host) needs ten times its lag to catch up.
+    pub fn replay_catch_up_ns(&self, now_ns: u64) -> u64 {
+        if self.unreplayed.is_empty() {
+            return 0;
+        }
+        let backlog_ns = self.work_ns(now_ns).saturating_sub(self.replayed_work_ns);
+        let (Some(&(first_at_ns, first_work_ns)), Some(&(last_at_ns, last_work_ns))) =
+            (self.replay_marks.front(), self.replay_marks.back())
+        else {
+            return backlog_ns;
+        };
+        let elapsed_ns = last_at_ns.saturating_sub(first_at_ns);
+        if elapsed_ns < REPLAY_SPEED_MIN_SPAN_NS {
+            return backlog_ns;
+        }
+        // Speed = replayed work / elapsed, at least 1/MAX_SLOWDOWN, at most 1.
+        let replayed_ns = last_work_ns.saturating_sub(first_work_ns).min(elapsed_ns);
+        let replayed_ns = replayed_ns.max(elapsed_ns / MAX_SLOWDOWN).max(1);
+        (backlog_ns as u128 * elapsed_ns as u128 / replayed_ns as u128) as u64
+    }
+
     /// Bytes framed since the start.
     pub fn sent_bytes(&self) -> u64 {
         self.frames.offset_bytes()
@@ -350,6 +461,8 @@ pub struct BackupCore {
     received: VecDeque<Received>,
     /// How many entries at the back of `received` wait for their ack to be sent.
     awaiting_ack_sent: usize,
+    /// The sequence number of the last entry handed out by `next_entry`.
+    taken_seq: u64,
     queued_bytes: u64,
     paused: bool,
     liveness: Liveness,
@@ -367,6 +480,7 @@ impl BackupCore {
             outbox: Vec::new(),
             received: VecDeque::new(),
             awaiting_ack_sent: 0,
+            taken_seq: FIRST_SEQ - 1,
             queued_bytes: 0,
             paused: false,
             liveness: Liveness::new(Peer::Primary, config, now_ns),
@@ -462,7 +576,11 @@ impl BackupCore {
     }
 
     fn send_ack(&mut self, now_ns: u64) {
-        let ack = BackupMessage::Ack { acked_seq: self.acked_seq(), receiving: !self.paused };
+        let ack = BackupMessage::Ack {
+            acked_seq: self.acked_seq(),
+            replayed_seq: self.taken_seq,
+            receiving: !self.paused,
+        };
         let frame_start = self.outbox.len();
         self.acks.encode(&ack, &mut self.outbox).expect("an ack is far below the frame size limit");
         self.sealer.seal(&mut self.outbox, frame_start);
@@ -483,6 +601,7 @@ impl BackupCore {
         }
         let received = self.received.pop_front()?;
         self.queued_bytes -= received.frame_len_bytes;
+        self.taken_seq = received.seq;
         Some(received)
     }
 

@@ -35,10 +35,11 @@ pub struct FtConfig {
     pub key_file: Option<PathBuf>,
     /// Heartbeats and the failure timeout of the log channel.
     pub channel: ChannelConfig,
-    /// Lag bound: the most unacknowledged log bytes before the primary waits.
-    pub max_unacked_bytes: u64,
-    /// Lag bound: the oldest an unacknowledged entry may get before the primary waits, in ms.
-    pub max_unacked_age_ms: u64,
+    /// Lag bound: the most log bytes the backup may have left to replay before the primary waits.
+    pub max_lag_bytes: u64,
+    /// Lag bound: the oldest an entry the backup has not replayed may get before the primary
+    /// waits, in ms. Going live after a failure takes at most this plus the failure timeout.
+    pub max_lag_ms: u64,
     /// The most bytes of output the primary holds for acknowledgement before its vCPU waits.
     pub max_held_bytes: u64,
     /// Testing only: the primary sends its Nth clock reading to the backup
@@ -54,8 +55,8 @@ impl FtConfig {
             arbiter_dir,
             key_file: None,
             channel: ChannelConfig::default(),
-            max_unacked_bytes: 4 << 20,
-            max_unacked_age_ms: 200,
+            max_lag_bytes: 4 << 20,
+            max_lag_ms: 200,
             max_held_bytes: 256 << 20,
             inject_divergence_at: None,
         }
@@ -75,7 +76,7 @@ pub struct PairReport {
     pub acked_seq: u64,
     /// Bytes of log sent.
     pub sent_bytes: u64,
-    /// Backup lag in entries, sampled at every entry sent: (median, p99).
+    /// Backup replay lag in entries, sampled at every entry sent: (median, p99).
     pub lag_entries: (u64, u64),
     /// Backup lag in bytes: (median, p99).
     pub lag_bytes: (u64, u64),

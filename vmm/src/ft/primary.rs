@@ -176,14 +176,15 @@ impl EntrySink for LinkSink {
             let mut samples =
                 self.side.lag_samples.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if samples.len() < MAX_LAG_SAMPLES {
-                samples.push((stats.unacked_entries, stats.unacked_bytes, stats.unacked_age_ms));
+                samples.push((
+                    stats.sent_seq - stats.replayed_seq,
+                    stats.unreplayed_bytes,
+                    stats.replay_catch_up_ms,
+                ));
             }
             drop(samples);
             let config = &self.side.config;
-            self.side
-                .link
-                .wait_for_room(config.max_unacked_bytes, config.max_unacked_age_ms)
-                .map(|()| sent)
+            self.side.link.wait_for_room(config.max_lag_bytes, config.max_lag_ms).map(|()| sent)
         });
         match sent {
             Ok(sent) => Ok(sent.frame_len_bytes),
