@@ -124,8 +124,11 @@ pub enum Entry {
     RunStart(RunStart),
     /// A consumed input.
     Input(InputEntry),
-    /// Every input consumed at landmarks up to and including `landmark`
-    /// precedes this entry: a replayer may run the guest that far.
+    /// No asynchronous event lands at `landmark` or before unless it precedes
+    /// this entry, and every input consumed before `landmark` does: a replayer
+    /// may run the guest that far. (An FT primary also logs one at a landmark
+    /// that produced output, after the events there: synchronous inputs of that
+    /// same landmark may follow it.)
     Progress {
         /// The landmark the primary has run through.
         landmark: u64,

@@ -38,6 +38,10 @@ pub struct PrimarySide {
     link: PrimaryLink,
     config: FtConfig,
     generation: u64,
+    /// The landmark the guest is at (its exit being handled).
+    current_landmark: AtomicU64,
+    /// The highest landmark a progress entry sent so far announced.
+    announced_landmark: AtomicU64,
     solo: AtomicBool,
     /// Set when this side lost the arbiter, or was stopped while asking it.
     halted: Mutex<Option<NotWon>>,
@@ -60,6 +64,8 @@ impl PrimarySide {
             link,
             config,
             generation,
+            current_landmark: AtomicU64::new(0),
+            announced_landmark: AtomicU64::new(0),
             solo: AtomicBool::new(false),
             halted: Mutex::new(None),
             output_failed: Mutex::new(None),
@@ -172,6 +178,9 @@ impl EntrySink for LinkSink {
         let falsified = self.maybe_falsify(entry);
         let sent = self.side.link.send(falsified.as_ref().unwrap_or(entry)).and_then(|sent| {
             self.side.last_sent_seq.store(sent.seq, Ordering::SeqCst);
+            if let Entry::Progress { landmark } = entry {
+                self.side.announced_landmark.fetch_max(*landmark, Ordering::SeqCst);
+            }
             let stats = self.side.link.stats();
             let mut samples =
                 self.side.lag_samples.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -190,6 +199,10 @@ impl EntrySink for LinkSink {
             Ok(sent) => Ok(sent.frame_len_bytes),
             Err(error) => self.side.backup_failed(&error).map(|()| 0).map_err(input_error),
         }
+    }
+
+    fn at_landmark(&mut self, landmark: u64) {
+        self.side.current_landmark.store(landmark, Ordering::SeqCst);
     }
 
     fn flush(&mut self) -> Result<(), InputError> {
@@ -329,9 +342,22 @@ impl HeldOutputs {
         (HeldOutputs { side, queue: queue.clone() }, queue, releaser)
     }
 
+    /// Holds `held`, tied to an entry at its own point: if nothing in the log announces the
+    /// landmark the guest is at, a progress entry for it goes first. (Tied to an older entry,
+    /// it could be released once that one is acked, and a backup going live there would meet
+    /// live events at landmarks where the primary had none, and might never produce it.)
     fn hold(&self, held: Held) {
-        let seq = self.side.last_sent_seq.load(Ordering::SeqCst);
-        self.queue.push(seq, held, self.side.config.max_held_bytes);
+        let side = &self.side;
+        let landmark = side.current_landmark.load(Ordering::SeqCst);
+        if !side.is_solo() && side.announced_landmark.load(Ordering::SeqCst) < landmark {
+            // A failed link is handled by the log sink and the releaser.
+            if let Ok(sent) = side.link.send(&Entry::Progress { landmark }) {
+                side.last_sent_seq.store(sent.seq, Ordering::SeqCst);
+                side.announced_landmark.fetch_max(landmark, Ordering::SeqCst);
+            }
+        }
+        let seq = side.last_sent_seq.load(Ordering::SeqCst);
+        self.queue.push(seq, held, side.config.max_held_bytes);
     }
 
     fn disk_error(&self) -> Result<(), OutputError> {

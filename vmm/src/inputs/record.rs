@@ -11,6 +11,9 @@ pub trait EntrySink {
     fn append(&mut self, entry: &Entry) -> Result<u64, InputError>;
     /// Pushes buffered entries out.
     fn flush(&mut self) -> Result<(), InputError>;
+    /// The guest has reached `landmark` (every exit, before anything is consumed there): an
+    /// FT primary ties the outputs of this landmark to an entry at it.
+    fn at_landmark(&mut self, _landmark: u64) {}
 }
 
 impl EntrySink for LogFileWriter<Entry> {
@@ -94,6 +97,7 @@ impl<S: EntrySink> Inputs for RecordingInputs<S> {
     }
 
     fn stop_here(&mut self, at: &At) -> Result<bool, InputError> {
+        self.sink.at_landmark(at.point.landmark);
         self.live.stop_here(at)
     }
 
