@@ -1,0 +1,136 @@
+//! A real single-member etcd for tests: started on loopback with free ports and a data
+//! directory of its own, stopped (and reaped) when dropped, even when a test fails. It can be
+//! stopped and started again on the same ports and data, to play an etcd outage.
+//!
+//! Std only: the storage crate's tests and the end-to-end tests (`ftvm_tests::etcd`) both
+//! include this file.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The etcd binary the tests start (Debian's `etcd-server` package installs it).
+const ETCD: &str = "etcd";
+
+/// How long a starting etcd may take to answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running (or stopped) test etcd.
+pub struct EtcdServer {
+    child: Option<Child>,
+    /// Holds the data directory and the log.
+    scratch: PathBuf,
+    /// The client port on 127.0.0.1.
+    pub client_port: u16,
+    peer_port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl EtcdServer {
+    /// Starts a fresh single-member cluster and waits until it serves requests. Panics, naming
+    /// the Debian package, if the `etcd` binary is missing.
+    pub fn start() -> EtcdServer {
+        if Command::new(ETCD).arg("--version").output().is_err() {
+            panic!(
+                "this test needs a real etcd: the `etcd` binary is missing from PATH; install \
+                 Debian's `etcd-server` package (apt-get install etcd-server; .ci/run does)"
+            );
+        }
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNT: AtomicU64 = AtomicU64::new(0);
+        let scratch = std::env::temp_dir().join(format!(
+            "ftvm-etcd-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch).unwrap();
+        let mut server =
+            EtcdServer { child: None, scratch, client_port: free_port(), peer_port: free_port() };
+        server.restart();
+        server
+    }
+
+    /// The client endpoint, `127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// An arbiter URL for `prefix` (which starts with `/`).
+    pub fn url(&self, prefix: &str) -> String {
+        format!("etcd://{}{prefix}", self.endpoint())
+    }
+
+    /// Stops etcd (SIGKILL, then reaps it); its data stays for [`EtcdServer::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd (again) on the same ports and data, and waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.scratch.join("etcd.log"))
+            .unwrap();
+        let child = Command::new(ETCD)
+            .arg("--name=test")
+            .arg(format!("--data-dir={}", self.scratch.join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=test={peer}"))
+            .arg("--logger=zap")
+            .arg("--log-level=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start etcd: {error}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !self.healthy() {
+            let exited = self.child.as_mut().unwrap().try_wait().unwrap();
+            if exited.is_some() || Instant::now() > deadline {
+                let log =
+                    std::fs::read_to_string(self.scratch.join("etcd.log")).unwrap_or_default();
+                self.stop();
+                panic!("the test etcd did not come up ({exited:?}); its log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether etcd answers `GET /health` with a healthy member.
+    fn healthy(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let request = "GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+        let mut reply = String::new();
+        stream.write_all(request.as_bytes()).is_ok()
+            && stream.read_to_string(&mut reply).is_ok()
+            && reply.lines().next().is_some_and(|status| status.contains(" 200 "))
+            && reply.contains("\"health\":\"true\"")
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
