@@ -77,7 +77,10 @@ const MAX_REPLY_BYTES: u64 = 1 << 20;
 #[derive(Debug, Error)]
 pub enum EtcdError {
     /// The `--arbiter etcd://...` URL does not parse.
-    #[error("bad etcd arbiter URL {url:?}: {reason}")]
+    #[error(
+        "bad etcd arbiter URL {url:?}: {reason}; write it as \
+         etcd://HOST:PORT[,HOST:PORT...]/PREFIX"
+    )]
     BadUrl {
         /// The URL as given.
         url: String,
