@@ -464,6 +464,23 @@ fn etcd_urls_that_are_not_etcd_or_name_no_pair_say_what_to_fix() {
 }
 
 #[test]
+fn etcd_a_cluster_that_refuses_this_client_says_what_to_fix() {
+    let fixture = Fixture::etcd();
+    let arbiter = with_pair(&fixture, "auth");
+    let Fixture::Etcd(server) = &fixture else { unreachable!() };
+    server.enable_auth();
+    let error = arbiter.probe().unwrap_err();
+    assert!(matches!(error, ArbiterError::Etcd(EtcdError::Refused { .. })), "{error}");
+    assert!(error.to_string().contains("user name is empty"), "{error}");
+    assert!(error.fix().is_some_and(|fix| fix.contains("authentication")), "{error}");
+    // Refused is still retried once a side runs (an operator may fix the cluster), and never
+    // a win.
+    assert!(error.is_transient());
+    let error = arbiter.try_set(1, "backup").unwrap_err();
+    assert!(matches!(error, ArbiterError::Etcd(EtcdError::Refused { .. })), "{error}");
+}
+
+#[test]
 fn etcd_a_second_endpoint_answers_when_the_first_is_down() {
     let fixture = Fixture::etcd();
     let Fixture::Etcd(server) = &fixture else { unreachable!() };

@@ -3,7 +3,8 @@
 //! the binary is missing) and a pair whose log channel runs through a proxy. A cut channel lets
 //! exactly one side go on; a killed primary makes the backup go live; an etcd that stops while
 //! the pair runs stalls nothing until a failover needs it, then the sides wait (saying so) and
-//! exactly one goes on once etcd is back. Every VM and etcd is reaped even when a test fails.
+//! exactly one goes on once etcd is back; a bad URL, a prefix without a pair or a cluster that
+//! refuses this client stop a side at start. Every VM and etcd is reaped even when a test fails.
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -162,5 +163,32 @@ fn an_etcd_outage_stalls_nothing_until_a_failover_needs_it_then_the_sides_wait_f
     assert!(
         went_on_ns > back_unix_ns,
         "the winner went on ({went_on_ns} ns) before etcd was back ({back_unix_ns} ns)"
+    );
+}
+
+#[test]
+fn a_bad_etcd_url_a_prefix_without_a_pair_or_a_refusing_cluster_stops_a_side_at_start() {
+    let etcd = EtcdServer::start();
+    let backup_with = |url: &str| {
+        ftvm_tests::ftvm(FTVM, &["backup", "--listen", "127.0.0.1:1", "--arbiter", url])
+    };
+    // A URL that does not parse: a usage error, with the form to write.
+    let bad = backup_with(&format!("etcd://{}", etcd.endpoint()));
+    assert_eq!(bad.status, Some(2), "{bad:?}");
+    assert!(bad.stderr.contains("write it as etcd://HOST:PORT"), "{}", bad.stderr);
+    // A prefix that holds no pair (a wrong prefix): 119, naming the command that creates one.
+    let empty = etcd.url("/ftvm/no-such-pair");
+    let side = backup_with(&empty);
+    assert_eq!(side.status, Some(119), "{side:?}");
+    assert!(side.stderr.contains(&format!("ftvm pair init {empty}")), "{}", side.stderr);
+    // A cluster that refuses this client: 119 with the fix, not an endless retry.
+    let url = etcd_pair_url(&etcd, "/ftvm/auth");
+    etcd.enable_auth();
+    let side = backup_with(&url);
+    assert_eq!(side.status, Some(119), "{side:?}");
+    assert!(
+        side.stderr.contains("refused") && side.stderr.contains("authentication"),
+        "{}",
+        side.stderr
     );
 }

@@ -113,18 +113,40 @@ impl EtcdServer {
         }
     }
 
+    /// Turns authentication on (a root user with a password), so that requests without a
+    /// token are refused.
+    pub fn enable_auth(&self) {
+        for (path, body) in [
+            ("/v3/auth/role/add", r#"{"name":"root"}"#),
+            ("/v3/auth/user/add", r#"{"name":"root","password":"test-only"}"#),
+            ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
+            ("/v3/auth/enable", "{}"),
+        ] {
+            let reply = self.http("POST", path, body).unwrap_or_default();
+            assert!(reply.contains(" 200 "), "etcd {path}: {reply}");
+        }
+    }
+
+    /// One HTTP/1.0 request to the client port; the whole reply, or None if it cannot connect.
+    fn http(&self, method: &str, path: &str, body: &str) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.client_port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let request = format!(
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).ok()?;
+        Some(reply)
+    }
+
     /// Whether etcd answers `GET /health` with a healthy member.
     fn healthy(&self) -> bool {
-        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let request = "GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-        let mut reply = String::new();
-        stream.write_all(request.as_bytes()).is_ok()
-            && stream.read_to_string(&mut reply).is_ok()
-            && reply.lines().next().is_some_and(|status| status.contains(" 200 "))
-            && reply.contains("\"health\":\"true\"")
+        self.http("GET", "/health", "").is_some_and(|reply| {
+            reply.lines().next().is_some_and(|status| status.contains(" 200 "))
+                && reply.contains("\"health\":\"true\"")
+        })
     }
 }
 
