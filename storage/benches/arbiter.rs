@@ -11,6 +11,8 @@
 //! Debian's `etcd-server`), with its default fsync on every write, so the numbers are those of
 //! the storage under it, not of a network.
 
+// The tests' etcd helper; the benchmark uses only part of it.
+#[allow(dead_code)]
 #[path = "../tests/support/etcd_server.rs"]
 mod etcd_server;
 
