@@ -3,8 +3,9 @@
 //! the binary is missing) and a pair whose log channel runs through a proxy. A cut channel lets
 //! exactly one side go on; a killed primary makes the backup go live; an etcd that stops while
 //! the pair runs stalls nothing until a failover needs it, then the sides wait (saying so) and
-//! exactly one goes on once etcd is back; a bad URL, a prefix without a pair or a cluster that
-//! refuses this client stop a side at start. Every VM and etcd is reaped even when a test fails.
+//! exactly one goes on once etcd is back; a side started while etcd is down waits for it (saying
+//! so) and then joins its pair; a bad URL, a prefix without a pair or a cluster that refuses this
+//! client stop a side at start. Every VM and etcd is reaped even when a test fails.
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -191,4 +192,35 @@ fn a_bad_etcd_url_a_prefix_without_a_pair_or_a_refusing_cluster_stops_a_side_at_
         "{}",
         side.stderr
     );
+}
+
+#[test]
+fn a_side_started_while_etcd_is_down_waits_for_it_then_joins_its_pair() {
+    let mut etcd = EtcdServer::start();
+    let url = etcd_pair_url(&etcd, "/ftvm/late");
+    etcd.stop();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut backup = Command::new(FTVM);
+    backup.args(["backup", "--listen", &listen, "--arbiter", &url]);
+    let backup = Reaped::spawn(backup);
+    std::thread::sleep(Duration::from_millis(1000));
+    etcd.restart();
+    let mut primary = Command::new(FTVM);
+    primary
+        .args(["primary", "--backup", &listen, "--arbiter", &url])
+        .args(["--cmdline", "role=stress seed=3 ms=600000"]);
+    let primary = Reaped::spawn(primary);
+    std::thread::sleep(Duration::from_millis(1500));
+    // An orderly stop of the primary ends the pair's log; the backup replays to its end.
+    let primary = primary.stop();
+    let backup = backup.finish_within(Duration::from_secs(30));
+    assert!(
+        backup.stderr.contains("arbiter unreachable") && backup.stderr.contains("retrying"),
+        "the backup says it waits for etcd: {}",
+        backup.stderr
+    );
+    for (side, name) in [(&primary, "primary"), (&backup, "backup")] {
+        assert_eq!(side.status, Some(130), "{name} ran in its pair until stopped: {side:?}");
+        assert!(!side.stderr.contains("-> live") && !side.stderr.contains("-> solo"), "{name}");
+    }
 }

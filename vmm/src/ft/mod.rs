@@ -173,28 +173,39 @@ pub enum PairSetupError {
 pub fn prepare(config: &FtConfig) -> Result<Credentials, PairSetupError> {
     let arbiter = config.arbiter.open();
     let mut last_report = String::new();
-    loop {
-        match arbiter.probe() {
-            Ok(()) => break,
-            Err(error) => {
-                if let Some(fix) = error.fix() {
-                    return Err(PairSetupError::Arbiter { error, fix });
-                }
-                report_retry(&mut last_report, &error);
-                if sleep_until(deadline_after(ARBITER_RETRY)).is_err() {
-                    return Err(PairSetupError::Refused(format!(
-                        "stopped while waiting for the arbiter {}",
-                        config.arbiter
-                    )));
-                }
-            }
+    // Each step is retried while the storage does not answer (an etcd member restarting
+    // between two of them, say); a configuration error stops the side.
+    let mut until_answered = |error: ArbiterError| -> Result<(), PairSetupError> {
+        if let Some(fix) = error.fix() {
+            return Err(PairSetupError::Arbiter { error, fix });
         }
+        if !error.is_transient() {
+            let fix = "check the shared storage or the etcd cluster";
+            return Err(PairSetupError::Arbiter { error, fix });
+        }
+        report_retry(&mut last_report, &error);
+        sleep_until(deadline_after(ARBITER_RETRY)).map_err(|_| {
+            PairSetupError::Refused(format!(
+                "stopped while waiting for the arbiter {}",
+                config.arbiter
+            ))
+        })
+    };
+    while let Err(error) = arbiter.probe() {
+        until_answered(error)?;
     }
-    let identity: PairIdentity = arbiter.load_pair(config.key_file.as_deref())?;
-    let holder = arbiter.holder(identity.generation).map_err(|error| {
-        let fix = error.fix().unwrap_or("check the shared storage or the etcd cluster");
-        PairSetupError::Arbiter { error, fix }
-    })?;
+    let identity: PairIdentity = loop {
+        match arbiter.load_pair(config.key_file.as_deref()) {
+            Err(PairError::Arbiter(error)) => until_answered(error)?,
+            outcome => break outcome?,
+        }
+    };
+    let holder = loop {
+        match arbiter.holder(identity.generation) {
+            Err(error) => until_answered(error)?,
+            Ok(holder) => break holder,
+        }
+    };
     if let Some(holder) = holder {
         return Err(PairSetupError::GenerationDecided {
             pair_id: identity.id,
