@@ -418,13 +418,13 @@ fn dir_unusable_directory_says_what_to_fix() {
     }
 }
 
-#[test]
-fn etcd_urls_that_are_not_etcd_or_name_no_pair_say_what_to_fix() {
-    // A web server that is not etcd: every request gets a 404 page.
+/// A web server that is not etcd on a free loopback port: each of `requests` connections gets
+/// a 404 page. Returns the port and the thread, which ends after the last one.
+fn not_etcd(requests: usize) -> (u16, thread::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let web = thread::spawn(move || {
-        for stream in listener.incoming().take(1) {
+        for stream in listener.incoming().take(requests) {
             let mut stream = stream.unwrap();
             let mut request = [0u8; 4096];
             let _ = stream.read(&mut request);
@@ -436,6 +436,13 @@ fn etcd_urls_that_are_not_etcd_or_name_no_pair_say_what_to_fix() {
             stream.write_all(reply.as_bytes()).unwrap();
         }
     });
+    (port, web)
+}
+
+#[test]
+fn etcd_urls_that_are_not_etcd_or_name_no_pair_say_what_to_fix() {
+    // A web server that is not etcd, alone in the URL: the fix names etcd's port.
+    let (port, web) = not_etcd(1);
     let url = format!("etcd://127.0.0.1:{port}/ftvm").parse().unwrap();
     let error = EtcdArbiter::new(url).probe().unwrap_err();
     web.join().unwrap();
@@ -485,9 +492,18 @@ fn etcd_a_second_endpoint_answers_when_the_first_is_down() {
     let fixture = Fixture::etcd();
     let Fixture::Etcd(server) = &fixture else { unreachable!() };
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let url = format!("etcd://127.0.0.1:{closed},{}/ftvm-test/failover", server.endpoint());
+    // The first endpoint refuses connections, the second is not etcd (a wrong port in the
+    // list): both are passed over for the real member.
+    let (web_port, web) = not_etcd(1);
+    let url = format!(
+        "etcd://127.0.0.1:{closed},127.0.0.1:{web_port},{}/ftvm-test/failover",
+        server.endpoint()
+    );
     let arbiter = url.parse::<ArbiterLocation>().unwrap().open();
     arbiter.init_pair().unwrap();
+    // The member that answered is asked first from then on: the web server, which answers
+    // one request only, is not asked again.
     assert_eq!(arbiter.try_set(1, "backup").unwrap(), Verdict::Won);
     assert_eq!(arbiter.holder(1).unwrap().as_deref(), Some("backup"));
+    web.join().unwrap();
 }

@@ -247,7 +247,8 @@ enum Reply {
     Answer(Value),
     /// This member cannot answer now; another may.
     TryNext(String),
-    /// The cluster answered with an error another member would repeat.
+    /// The cluster answered with an error another member would repeat (or, for
+    /// [`EtcdError::NotEtcd`], the endpoint is not a member at all).
     Stop(EtcdError),
 }
 
@@ -288,6 +289,9 @@ impl EtcdArbiter {
         let count = self.url.endpoints.len();
         let first = self.preferred.load(Ordering::Relaxed);
         let mut tried = Vec::new();
+        // An endpoint that is not etcd does not speak for the cluster: the others are tried,
+        // but if none answers, the misconfigured one is what to report (a fix, not a retry).
+        let mut not_etcd = None;
         for step in 0..count {
             let index = (first + step) % count;
             let endpoint = &self.url.endpoints[index];
@@ -297,10 +301,14 @@ impl EtcdArbiter {
                     return Ok(value);
                 }
                 Reply::TryNext(reason) => tried.push(format!("{endpoint}: {reason}")),
+                Reply::Stop(error @ EtcdError::NotEtcd { .. }) => {
+                    tried.push(format!("{endpoint}: not etcd"));
+                    not_etcd.get_or_insert(error);
+                }
                 Reply::Stop(error) => return Err(error),
             }
         }
-        Err(EtcdError::Unreachable { url: self.url.to_string(), tried })
+        Err(not_etcd.unwrap_or(EtcdError::Unreachable { url: self.url.to_string(), tried }))
     }
 
     fn post(&self, endpoint: &str, path: &str, action: &'static str, body: &str) -> Reply {

@@ -2,11 +2,13 @@
 //! directory of its own, stopped (and reaped) when dropped, even when a test fails. It can be
 //! stopped and started again on the same ports and data, to play an etcd outage.
 //!
-//! Std only: the storage crate's tests and the end-to-end tests (`ftvm_tests::etcd`) both
-//! include this file.
+//! Std and libc only: the storage crate's tests and benchmark and the end-to-end tests
+//! (`ftvm_tests::etcd`) include this file. A test process that is killed (a timeout) runs no
+//! destructor, so etcd is also told to die with the thread that started it.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -84,7 +86,20 @@ impl EtcdServer {
             .append(true)
             .open(self.scratch.join("etcd.log"))
             .unwrap();
-        let child = Command::new(ETCD)
+        let mut command = Command::new(ETCD);
+        // SAFETY: prctl(2) is async-signal-safe and touches only the child's own attributes;
+        // nothing else runs between fork and exec. PR_SET_PDEATHSIG kills etcd with SIGKILL
+        // when the thread that spawned it ends, so a killed test leaves no etcd behind.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = command
             .arg("--name=test")
             .arg(format!("--data-dir={}", self.scratch.join("data").display()))
             .arg(format!("--listen-client-urls={client}"))
