@@ -68,7 +68,9 @@ impl Fixture {
                 let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
                 let key = format!("/ftvm-test/{name}/generation-{generation}");
                 let body = serde_json::json!({ "key": b64(key.as_bytes()), "value": b64(bytes) });
-                ureq::post(&format!("http://{}/v3/kv/put", server.endpoint()))
+                let agent: ureq::Agent = ureq::Agent::config_builder().proxy(None).build().into();
+                agent
+                    .post(&format!("http://{}/v3/kv/put", server.endpoint()))
                     .send(body.to_string())
                     .unwrap();
             }

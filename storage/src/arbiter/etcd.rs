@@ -256,6 +256,9 @@ impl EtcdArbiter {
     /// An arbiter on the cluster and prefix of `url`. Nothing is contacted yet.
     pub fn new(url: EtcdUrl) -> Self {
         let agent: ureq::Agent = ureq::Agent::config_builder()
+            // The cluster is reached directly: an HTTP proxy from the environment (ureq's
+            // default) would put a stranger between a side and its arbiter.
+            .proxy(None)
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_global(Some(REQUEST_TIMEOUT))
             .http_status_as_error(false)
