@@ -1,7 +1,9 @@
-//! A pair's identity, kept in its arbiter directory so that both sides read it from one place
-//! and never from flags that could differ (DESIGN §5): the pair id, the current generation
-//! (`DIR/pair`) and the secret key both sides prove in the log channel's handshake
-//! (`DIR/pair.key`, mode 0600).
+//! A pair's identity, kept beside its arbiter's records so that both sides read it from one
+//! place and never from flags that could differ (DESIGN §5): the pair id, the current generation
+//! (`pair`) and the secret key both sides prove in the log channel's handshake (`pair.key`).
+//! This module holds the identity, its text forms (the same on every backend) and the directory
+//! backend's files, `DIR/pair` and `DIR/pair.key` (mode 0600); the etcd backend keeps the same
+//! texts under its prefix ([`crate::arbiter::etcd`]).
 //!
 //! `ftvm pair init DIR` creates them (generation 1). A generation is over once the arbiter holds
 //! a record for it (a failover happened); a pair started again takes the next one with
@@ -18,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::arbiter::Arbiter;
+use crate::arbiter::{ArbiterBackend, ArbiterError, DirArbiter};
 
 const PAIR_MAGIC_LINE: &str = "ftvm-pair 1";
 const KEY_MAGIC_LINE: &str = "ftvm-pair-key 1";
@@ -51,30 +53,30 @@ impl std::fmt::Debug for PairIdentity {
 /// Why a pair's identity could not be read or changed.
 #[derive(Debug, Error)]
 pub enum PairError {
-    /// The directory holds no pair yet.
+    /// The arbiter holds no pair yet.
     #[error(
-        "{} holds no FT pair: create one with `ftvm pair init {}` (once, on either host)",
-        dir.display(), dir.display()
+        "{location} holds no FT pair: create one with `ftvm pair init {location}` (once, on \
+         either host)"
     )]
     Missing {
-        /// The arbiter directory.
-        dir: PathBuf,
+        /// The arbiter (a directory or an etcd URL).
+        location: String,
     },
     /// `init` found a pair already there.
-    #[error("{} already holds pair {id} (generation {generation}); nothing was changed", dir.display())]
+    #[error("{location} already holds pair {id} (generation {generation}); nothing was changed")]
     Exists {
-        /// The arbiter directory.
-        dir: PathBuf,
+        /// The arbiter (a directory or an etcd URL).
+        location: String,
         /// The pair there.
         id: String,
         /// Its generation.
         generation: u64,
     },
-    /// A file is not what this module writes.
-    #[error("{} is not a valid ftvm pair file ({reason}); restore it, or remove the directory's pair files and run `ftvm pair init` on both hosts' behalf again", path.display())]
+    /// A file or key is not what this module writes.
+    #[error("{what} is not a valid ftvm pair file ({reason}); restore it, or remove the pair's files (or keys) and run `ftvm pair init` on both hosts' behalf again")]
     Corrupt {
-        /// The file.
-        path: PathBuf,
+        /// The file or etcd key.
+        what: String,
         /// What is wrong.
         reason: String,
     },
@@ -89,6 +91,9 @@ pub enum PairError {
         /// Its current generation.
         generation: u64,
     },
+    /// The arbiter could not be reached or refused (the etcd backend; the directory's record).
+    #[error(transparent)]
+    Arbiter(#[from] ArbiterError),
     /// The files could not be read or written.
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
@@ -144,6 +149,53 @@ fn fields<'a>(text: &'a str, magic: &str, keys: &[&str]) -> Result<Vec<&'a str>,
     }
 }
 
+/// The pair file's text.
+pub(crate) fn pair_text(identity: &PairIdentity) -> String {
+    format!("{PAIR_MAGIC_LINE}\nid {}\ngeneration {}\n", identity.id, identity.generation)
+}
+
+/// The id and generation in a pair file's text.
+pub(crate) fn parse_pair_text(text: &str) -> Result<(String, u64), String> {
+    let values = fields(text, PAIR_MAGIC_LINE, &["id", "generation"])?;
+    let generation = values[1]
+        .parse()
+        .ok()
+        .filter(|generation| *generation > 0)
+        .ok_or_else(|| format!("bad generation {:?}", values[1]))?;
+    Ok((values[0].to_owned(), generation))
+}
+
+/// The key file's text.
+pub(crate) fn key_text(key: &[u8; 32]) -> String {
+    format!("{KEY_MAGIC_LINE}\n{}\n", hex(key))
+}
+
+/// The key in a key file's text.
+pub(crate) fn parse_key_text(text: &str) -> Result<[u8; 32], String> {
+    let key_hex = text
+        .strip_prefix(KEY_MAGIC_LINE)
+        .and_then(|rest| rest.strip_prefix('\n'))
+        .and_then(|rest| rest.strip_suffix('\n'))
+        .ok_or_else(|| format!("it is not a {KEY_MAGIC_LINE:?} file"))?;
+    parse_hex::<32>(key_hex).ok_or_else(|| "the key is not 64 hex digits".into())
+}
+
+/// Reads a key kept in a file of its own (`--key FILE`, or `DIR/pair.key`).
+pub(crate) fn read_key_file(key_path: &Path) -> Result<[u8; 32], PairError> {
+    let key_text = fs::read_to_string(key_path).map_err(io_error("read the key file", key_path))?;
+    parse_key_text(&key_text)
+        .map_err(|reason| PairError::Corrupt { what: key_path.display().to_string(), reason })
+}
+
+/// A new pair: random id and key, generation 1.
+pub(crate) fn new_identity() -> io::Result<PairIdentity> {
+    let mut id_bytes = [0u8; 8];
+    let mut key = [0u8; 32];
+    random(&mut id_bytes)?;
+    random(&mut key)?;
+    Ok(PairIdentity { id: hex(&id_bytes), generation: 1, key })
+}
+
 /// The pair files of one arbiter directory.
 #[derive(Clone, Debug)]
 pub struct PairDir {
@@ -167,14 +219,10 @@ impl PairDir {
 
     /// Creates a new pair (random id and key, generation 1). Refuses if one exists.
     pub fn init(&self) -> Result<PairIdentity, PairError> {
-        let mut id_bytes = [0u8; 8];
-        let mut key = [0u8; 32];
-        random(&mut id_bytes).map_err(io_error("draw random bytes for", &self.dir))?;
-        random(&mut key).map_err(io_error("draw random bytes for", &self.dir))?;
-        let identity = PairIdentity { id: hex(&id_bytes), generation: 1, key };
+        let identity = new_identity().map_err(io_error("draw random bytes for", &self.dir))?;
         // The key first: a pair file never exists without its key.
-        let key_text = format!("{KEY_MAGIC_LINE}\n{}\n", hex(&key));
-        let key_linked = self.publish(&self.key_path(), &key_text, Publish::Create)?;
+        let key_linked =
+            self.publish(&self.key_path(), &key_text(&identity.key), Publish::Create)?;
         if !key_linked {
             return Err(self.exists_error());
         }
@@ -186,9 +234,19 @@ impl PairDir {
     }
 
     fn exists_error(&self) -> PairError {
-        match self.load(None) {
+        // A racing `init` links its key before its pair file: give it a moment to finish, so
+        // the loser reports the winner's pair rather than none.
+        let mut loaded = self.load(None);
+        for _ in 0..100 {
+            if !matches!(loaded, Err(PairError::Missing { .. })) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            loaded = self.load(None);
+        }
+        match loaded {
             Ok(existing) => PairError::Exists {
-                dir: self.dir.clone(),
+                location: self.dir.display().to_string(),
                 id: existing.id,
                 generation: existing.generation,
             },
@@ -202,37 +260,23 @@ impl PairDir {
         let text = match fs::read_to_string(&pair_path) {
             Ok(text) => text,
             Err(error) if error.kind() == ErrorKind::NotFound => {
-                return Err(PairError::Missing { dir: self.dir.clone() })
+                return Err(PairError::Missing { location: self.dir.display().to_string() })
             }
             Err(error) => return Err(io_error("read", &pair_path)(error)),
         };
-        let corrupt = |reason: String| PairError::Corrupt { path: pair_path.clone(), reason };
-        let values = fields(&text, PAIR_MAGIC_LINE, &["id", "generation"]).map_err(corrupt)?;
-        let generation = values[1]
-            .parse()
-            .ok()
-            .filter(|generation| *generation > 0)
-            .ok_or_else(|| corrupt(format!("bad generation {:?}", values[1])))?;
+        let (id, generation) = parse_pair_text(&text).map_err(|reason| PairError::Corrupt {
+            what: pair_path.display().to_string(),
+            reason,
+        })?;
         let key_path = key_file.map_or_else(|| self.key_path(), Path::to_owned);
-        let key_text =
-            fs::read_to_string(&key_path).map_err(io_error("read the key file", &key_path))?;
-        let key_corrupt = |reason: String| PairError::Corrupt { path: key_path.clone(), reason };
-        let key_hex = key_text
-            .strip_prefix(KEY_MAGIC_LINE)
-            .and_then(|rest| rest.strip_prefix('\n'))
-            .and_then(|rest| rest.strip_suffix('\n'))
-            .ok_or_else(|| key_corrupt(format!("it is not a {KEY_MAGIC_LINE:?} file")))?;
-        let key = parse_hex::<32>(key_hex)
-            .ok_or_else(|| key_corrupt("the key is not 64 hex digits".into()))?;
-        Ok(PairIdentity { id: values[0].to_owned(), generation, key })
+        let key = read_key_file(&key_path)?;
+        Ok(PairIdentity { id, generation, key })
     }
 
     /// Moves the pair to the next generation, once the arbiter has decided the current one.
     pub fn next(&self) -> Result<PairIdentity, PairError> {
         let mut identity = self.load(None)?;
-        let decided = Arbiter::new(&self.dir).holder(identity.generation).map_err(|error| {
-            io_error("read the arbiter record in", &self.dir)(io::Error::other(error))
-        })?;
+        let decided = DirArbiter::new(&self.dir).holder(identity.generation)?;
         if decided.is_none() {
             return Err(PairError::Undecided { id: identity.id, generation: identity.generation });
         }
@@ -275,10 +319,6 @@ enum Publish {
     Replace,
 }
 
-fn pair_text(identity: &PairIdentity) -> String {
-    format!("{PAIR_MAGIC_LINE}\nid {}\ngeneration {}\n", identity.id, identity.generation)
-}
-
 fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNT: AtomicU64 = AtomicU64::new(0);
@@ -305,7 +345,7 @@ mod tests {
         assert_eq!(pair.load(None).unwrap(), created);
         assert!(matches!(pair.init(), Err(PairError::Exists { generation: 1, .. })));
         assert!(matches!(pair.next(), Err(PairError::Undecided { generation: 1, .. })));
-        Arbiter::new(dir.path()).try_set(1, "backup@b").unwrap();
+        DirArbiter::new(dir.path()).try_set(1, "backup@b").unwrap();
         let next = pair.next().unwrap();
         assert_eq!((next.id.clone(), next.generation, next.key), (created.id, 2, created.key));
         assert_eq!(pair.load(None).unwrap(), next);

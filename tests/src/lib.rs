@@ -3,6 +3,9 @@
 //! it printed.
 pub mod bench;
 pub mod echo;
+/// A real single-member etcd for the tests (the storage crate's tests share this file).
+#[path = "../../storage/tests/support/etcd_server.rs"]
+pub mod etcd;
 pub mod icmp;
 pub mod lab;
 pub mod netns;

@@ -117,14 +117,16 @@ enum Command {
         #[command(flatten)]
         host: HostArgs,
     },
-    /// Create or advance a fault-tolerant pair's identity in its arbiter
-    /// directory: the pair id, its secret key and its current generation,
-    /// which both sides read from there.
+    /// Create or advance a fault-tolerant pair's identity in its arbiter (a
+    /// directory both hosts see, or an etcd cluster and key prefix): the pair
+    /// id, its secret key and its current generation, which both sides read
+    /// from there.
     ///
     /// Examples:
     ///   ftvm pair init /shared/ftvm    # once, before the pair's first start
     ///   ftvm pair show /shared/ftvm    # id, generation, who won it (if decided)
     ///   ftvm pair next /shared/ftvm    # after a failover, before starting the pair again
+    ///   ftvm pair init etcd://10.0.0.5:2379,10.0.0.6:2379/ftvm/pair-a
     #[command(verbatim_doc_comment, subcommand)]
     Pair(PairCommand),
     /// Measure the platform: boot time, exit costs, timer latency and guest
@@ -153,24 +155,28 @@ enum Command {
 /// `ftvm pair ...`.
 #[derive(Subcommand)]
 enum PairCommand {
-    /// Create a new pair in DIR (a directory on storage both hosts reach):
-    /// a random pair id and key, generation 1. Refuses if DIR holds a pair.
+    /// Create a new pair in ARBITER (a directory on storage both hosts
+    /// reach, or etcd://HOST:PORT[,HOST:PORT...]/PREFIX): a random pair id
+    /// and key, generation 1. Refuses if ARBITER holds a pair.
     Init {
-        /// The arbiter directory.
-        dir: PathBuf,
+        /// The arbiter: a directory or etcd://HOST:PORT[,...]/PREFIX.
+        #[arg(value_name = "ARBITER")]
+        dir: storage::arbiter::ArbiterLocation,
     },
-    /// Print the pair in DIR: id, current generation, and who won it if a
-    /// failover decided it.
+    /// Print the pair in ARBITER: id, current generation, and who won it if
+    /// a failover decided it.
     Show {
-        /// The arbiter directory.
-        dir: PathBuf,
+        /// The arbiter: a directory or etcd://HOST:PORT[,...]/PREFIX.
+        #[arg(value_name = "ARBITER")]
+        dir: storage::arbiter::ArbiterLocation,
     },
-    /// Move the pair in DIR to its next generation; only once the current
-    /// one is decided (a failover happened), so a running pair is never
-    /// pulled from under its feet.
+    /// Move the pair in ARBITER to its next generation; only once the
+    /// current one is decided (a failover happened), so a running pair is
+    /// never pulled from under its feet.
     Next {
-        /// The arbiter directory.
-        dir: PathBuf,
+        /// The arbiter: a directory or etcd://HOST:PORT[,...]/PREFIX.
+        #[arg(value_name = "ARBITER")]
+        dir: storage::arbiter::ArbiterLocation,
     },
 }
 
@@ -218,13 +224,16 @@ struct HostArgs {
 /// Settings of the fault-tolerant pair, the same on both sides.
 #[derive(Args)]
 struct PairArgs {
-    /// The pair's directory on storage both hosts reach: its identity (id,
-    /// key, current generation; see `ftvm pair init`) and the arbiter's
-    /// test-and-set records. Both sides must name the same one.
-    #[arg(long)]
-    arbiter: PathBuf,
-    /// Read the pair's key from this file instead of DIR/pair.key (to keep
-    /// the secret off the shared storage).
+    /// Where the pair lives: its identity (id, key, current generation; see
+    /// `ftvm pair init`) and the arbiter's test-and-set records. A directory
+    /// on storage both hosts reach, or an etcd cluster and key prefix,
+    /// etcd://HOST:PORT[,HOST:PORT...]/PREFIX, for hosts that share nothing
+    /// else. Both sides must name the same one.
+    #[arg(long, value_name = "DIR|etcd://HOST:PORT[,...]/PREFIX")]
+    arbiter: storage::arbiter::ArbiterLocation,
+    /// Read the pair's key from this file instead of the arbiter's
+    /// (DIR/pair.key or PREFIX/pair.key), to keep the secret off the shared
+    /// storage.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
     /// Presume the other side dead after this long without a word from it.
@@ -379,20 +388,23 @@ fn error_status(error: &anyhow::Error) -> u8 {
 }
 
 fn pair(command: PairCommand) -> anyhow::Result<u8> {
-    use storage::pair::PairDir;
     match command {
         PairCommand::Init { dir } => {
-            let identity = PairDir::new(&dir).init()?;
-            println!(
-                "pair {} created in {}: generation 1, key in {}",
-                identity.id,
-                dir.display(),
-                PairDir::new(&dir).key_path().display()
-            );
+            let identity = dir.open().init_pair()?;
+            let key = match &dir {
+                storage::arbiter::ArbiterLocation::Dir(dir) => {
+                    storage::pair::PairDir::new(dir).key_path().display().to_string()
+                }
+                storage::arbiter::ArbiterLocation::Etcd(url) => {
+                    format!("etcd key {}/pair.key", url.prefix)
+                }
+            };
+            println!("pair {} created in {dir}: generation 1, key in {key}", identity.id);
         }
         PairCommand::Show { dir } => {
-            let identity = PairDir::new(&dir).load(None)?;
-            let holder = storage::arbiter::Arbiter::new(&dir).holder(identity.generation)?;
+            let arbiter = dir.open();
+            let identity = arbiter.load_pair(None)?;
+            let holder = arbiter.holder(identity.generation)?;
             let state = match holder {
                 Some(holder) => format!("decided: won by {holder}"),
                 None => "undecided (a pair may be running in it)".into(),
@@ -400,7 +412,7 @@ fn pair(command: PairCommand) -> anyhow::Result<u8> {
             println!("pair {} generation {}: {state}", identity.id, identity.generation);
         }
         PairCommand::Next { dir } => {
-            let identity = PairDir::new(&dir).next()?;
+            let identity = dir.open().next_pair()?;
             println!("pair {} now at generation {}", identity.id, identity.generation);
         }
     }

@@ -18,20 +18,21 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use logchannel::{ChannelConfig, Credentials};
-use storage::arbiter::{Arbiter, ArbiterError, Verdict};
-use storage::pair::{PairDir, PairError, PairIdentity};
+use storage::arbiter::{ArbiterError, ArbiterLocation, Verdict};
+use storage::pair::{PairError, PairIdentity};
 use thiserror::Error;
 
 use crate::inputs::live::{deadline_after, sleep_until, unix_time_ns};
 use crate::signals;
 
 /// Settings of one side of a pair. What both sides must agree on (the pair,
-/// its key and generation) is not here: it is read from the arbiter directory.
+/// its key and generation) is not here: it is read from the arbiter.
 #[derive(Clone, Debug)]
 pub struct FtConfig {
-    /// The directory on shared storage holding the pair's identity and the arbiter's records.
-    pub arbiter_dir: PathBuf,
-    /// The pair's key from this file instead of the arbiter directory.
+    /// Where the pair's identity and the arbiter's records live: a directory on shared
+    /// storage, or an etcd cluster and prefix.
+    pub arbiter: ArbiterLocation,
+    /// The pair's key from this file instead of the arbiter.
     pub key_file: Option<PathBuf>,
     /// Heartbeats and the failure timeout of the log channel.
     pub channel: ChannelConfig,
@@ -49,10 +50,10 @@ pub struct FtConfig {
 }
 
 impl FtConfig {
-    /// Defaults for a pair using `arbiter_dir`.
-    pub fn new(arbiter_dir: PathBuf) -> Self {
+    /// Defaults for a pair using `arbiter`.
+    pub fn new(arbiter: ArbiterLocation) -> Self {
         FtConfig {
-            arbiter_dir,
+            arbiter,
             key_file: None,
             channel: ChannelConfig::default(),
             max_lag_bytes: 4 << 20,
@@ -133,11 +134,11 @@ pub fn median_p99(samples: &mut [u64]) -> (u64, u64) {
 const ARBITER_RETRY: Duration = Duration::from_millis(50);
 
 /// Why a side cannot take part in its pair at start (exit status 119): each
-/// names the directory or setting at fault and the fix.
+/// names the arbiter or setting at fault and the fix.
 #[derive(Debug, Error)]
 pub enum PairSetupError {
-    /// The arbiter directory cannot hold records.
-    #[error("the arbiter directory cannot be used: {error}; {fix}")]
+    /// The arbiter cannot hold records.
+    #[error("the arbiter cannot be used: {error}; {fix}")]
     Arbiter {
         /// What failed.
         error: ArbiterError,
@@ -160,7 +161,7 @@ pub enum PairSetupError {
         generation: u64,
         /// Who won it.
         holder: String,
-        /// The arbiter directory.
+        /// The arbiter (a directory or an etcd URL).
         dir: String,
     },
     /// The peer and this side cannot form a pair (key, pair, generation, version, devices).
@@ -168,41 +169,53 @@ pub enum PairSetupError {
     Refused(String),
 }
 
-/// The checks a side makes before it joins its pair: the arbiter directory
-/// can hold records (a configuration error stops the side; storage that does
-/// not answer is retried, visibly, until a stop signal), the pair's identity
-/// is there, and its current generation is not decided yet.
+/// The checks a side makes before it joins its pair: the arbiter (a directory
+/// or an etcd cluster) can hold records (a configuration error stops the
+/// side; storage that does not answer is retried, visibly, until a stop
+/// signal), the pair's identity is there, and its current generation is not
+/// decided yet.
 pub fn prepare(config: &FtConfig) -> Result<Credentials, PairSetupError> {
-    let arbiter = Arbiter::new(&config.arbiter_dir);
+    let arbiter = config.arbiter.open();
     let mut last_report = String::new();
-    loop {
-        match arbiter.probe() {
-            Ok(()) => break,
-            Err(error) => {
-                if let Some(fix) = error.fix() {
-                    return Err(PairSetupError::Arbiter { error, fix });
-                }
-                report_retry(&mut last_report, &error);
-                if sleep_until(deadline_after(ARBITER_RETRY)).is_err() {
-                    return Err(PairSetupError::Refused(
-                        "stopped while waiting for the arbiter directory".into(),
-                    ));
-                }
-            }
+    // Each step is retried while the storage does not answer (an etcd member restarting
+    // between two of them, say); a configuration error stops the side.
+    let mut until_answered = |error: ArbiterError| -> Result<(), PairSetupError> {
+        if let Some(fix) = error.fix() {
+            return Err(PairSetupError::Arbiter { error, fix });
         }
+        if !error.is_transient() {
+            let fix = "check the shared storage or the etcd cluster";
+            return Err(PairSetupError::Arbiter { error, fix });
+        }
+        report_retry(&mut last_report, &error);
+        sleep_until(deadline_after(ARBITER_RETRY)).map_err(|_| {
+            PairSetupError::Refused(format!(
+                "stopped while waiting for the arbiter {}",
+                config.arbiter
+            ))
+        })
+    };
+    while let Err(error) = arbiter.probe() {
+        until_answered(error)?;
     }
-    let identity: PairIdentity =
-        PairDir::new(&config.arbiter_dir).load(config.key_file.as_deref())?;
-    let holder = arbiter.holder(identity.generation).map_err(|error| {
-        let fix = error.fix().unwrap_or("check the shared storage");
-        PairSetupError::Arbiter { error, fix }
-    })?;
+    let identity: PairIdentity = loop {
+        match arbiter.load_pair(config.key_file.as_deref()) {
+            Err(PairError::Arbiter(error)) => until_answered(error)?,
+            outcome => break outcome?,
+        }
+    };
+    let holder = loop {
+        match arbiter.holder(identity.generation) {
+            Err(error) => until_answered(error)?,
+            Ok(holder) => break holder,
+        }
+    };
     if let Some(holder) = holder {
         return Err(PairSetupError::GenerationDecided {
             pair_id: identity.id,
             generation: identity.generation,
             holder,
-            dir: config.arbiter_dir.display().to_string(),
+            dir: config.arbiter.to_string(),
         });
     }
     Ok(Credentials { pair_id: identity.id, key: identity.key, generation: identity.generation })
@@ -239,18 +252,16 @@ fn holder_name(side: &str) -> String {
 /// While the storage does not answer it retries, saying so, until a stop
 /// signal: a side never goes on without winning.
 pub fn arbitrate(config: &FtConfig, generation: u64, side: &str, why: &str) -> Result<(), NotWon> {
-    eprintln!(
-        "ftvm: {why}; asking the arbiter in {} (generation {generation})",
-        config.arbiter_dir.display()
-    );
-    let arbiter = Arbiter::new(&config.arbiter_dir);
+    eprintln!("ftvm: {why}; asking the arbiter in {} (generation {generation})", config.arbiter);
+    let arbiter = config.arbiter.open();
     let mut last_report = String::new();
     let mut stopped = false;
-    let verdict = arbiter.set_with_retry(generation, &holder_name(side), ARBITER_RETRY, |error| {
-        report_retry(&mut last_report, error);
-        stopped = signals::stop_requested();
-        stopped
-    });
+    let verdict =
+        arbiter.set_with_retry(generation, &holder_name(side), ARBITER_RETRY, &mut |error| {
+            report_retry(&mut last_report, error);
+            stopped = signals::stop_requested();
+            stopped
+        });
     match verdict {
         Ok(Verdict::Won) => Ok(()),
         Ok(Verdict::Lost { holder }) => Err(NotWon::Lost(format!(
