@@ -388,3 +388,16 @@ fn a_write_the_shared_disk_refuses_stops_the_primarys_output_and_halts_it() {
     // nor the error the guest met on its next request.
     assert!(!stdout.contains("disk ok") && !stdout.contains("write"), "{stdout}");
 }
+
+#[test]
+fn a_backup_stopped_mid_replay_exits_130_and_its_primary_goes_on_solo() {
+    let dir = pair_dir("stop-backup");
+    let (primary, backup, _proxy) = proxied_pair(&dir);
+    std::thread::sleep(Duration::from_millis(800));
+    let backup = backup.stop();
+    assert_eq!(backup.status, Some(130), "an operator's stop, not a divergence: {backup:?}");
+    assert!(!backup.stderr.contains("diverged"), "{}", backup.stderr);
+    std::thread::sleep(Duration::from_millis(1000));
+    let primary = primary.stop();
+    assert!(primary.stderr.contains("role: primary -> solo"), "{}", primary.stderr);
+}
