@@ -383,7 +383,7 @@ fn killing_the_primary_mid_disk_test_keeps_the_shared_disk_whole() {
         "--cmdline",
         "role=compute rounds=1",
         "--disk",
-        &format!("{image},size=64M,create"),
+        &format!("{image},size=256M,create"),
     ]);
     assert_eq!(Reaped::spawn(create).finish().status, Some(0));
     let port = free_port().to_string();
@@ -394,7 +394,7 @@ fn killing_the_primary_mid_disk_test_keeps_the_shared_disk_whole() {
     let mut primary = Command::new(FTVM);
     primary
         .args(["primary", "--backup", &listen, "--arbiter", arbiter.path(), "--disk", image])
-        .args(["--cmdline", "role=disk-selftest mib=48"]);
+        .args(["--cmdline", "role=disk-selftest mib=192"]);
     let mut primary = Reaped::spawn(primary);
     std::thread::sleep(Duration::from_millis(400));
     primary.kill();
@@ -404,7 +404,7 @@ fn killing_the_primary_mid_disk_test_keeps_the_shared_disk_whole() {
     assert!(backup.stdout.contains("disk ok: generation 1"), "{}", backup.stdout);
     // The image holds what the guest believes it wrote: a second run verifies it.
     let mut verify = Command::new(FTVM);
-    verify.args(["run", "--cmdline", "role=disk-selftest mib=48", "--disk", image]);
+    verify.args(["run", "--cmdline", "role=disk-selftest mib=192", "--disk", image]);
     let verify = Reaped::spawn(verify).finish();
     assert!(verify.stdout.contains("generation 1 verified"), "{verify:?}");
 }

@@ -66,7 +66,7 @@ fn a_paused_primary_writes_nothing_to_the_shared_disk_after_the_backup_went_live
         let image_arg = image.to_str().unwrap();
         let create = ftvm(&["run", "--cmdline", "role=compute rounds=1", "--disk"]);
         let mut create = create;
-        create.arg(format!("{image_arg},size=64M,create"));
+        create.arg(format!("{image_arg},size=256M,create"));
         assert_eq!(Reaped::spawn(create).finish().status, Some(0));
         let listen = format!("127.0.0.1:{}", free_port());
         let backup = Reaped::spawn(ftvm(&[
@@ -87,7 +87,7 @@ fn a_paused_primary_writes_nothing_to_the_shared_disk_after_the_backup_went_live
             "--disk",
             image_arg,
             "--cmdline",
-            "role=disk-selftest mib=48",
+            "role=disk-selftest mib=192",
         ]));
         std::thread::sleep(Duration::from_millis(delay_ms));
         signal(&primary, libc::SIGSTOP);
@@ -98,7 +98,7 @@ fn a_paused_primary_writes_nothing_to_the_shared_disk_after_the_backup_went_live
         let later = Reaped::spawn(ftvm(&[
             "run",
             "--cmdline",
-            "role=disk-selftest mib=48",
+            "role=disk-selftest mib=192",
             "--disk",
             image_arg,
         ]))
@@ -114,7 +114,7 @@ fn a_paused_primary_writes_nothing_to_the_shared_disk_after_the_backup_went_live
         let verify = Reaped::spawn(ftvm(&[
             "run",
             "--cmdline",
-            "role=disk-selftest mib=48",
+            "role=disk-selftest mib=192",
             "--disk",
             image_arg,
         ]))

@@ -246,7 +246,8 @@ struct PairArgs {
     failure_timeout_ms: u64,
     /// Lag bound: the most log the backup may have left to replay before the
     /// primary's guest waits for it (the backup also reads no further ahead).
-    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    /// A guard on memory; the time bound (--max-lag-ms) is what bounds go-live.
+    #[arg(long, default_value = "32M", value_parser = parse_size)]
     max_lag_bytes: u64,
     /// Lag bound: how far behind the backup's replay may fall, in time,
     /// before the primary's guest waits for it. After a failure, going live

@@ -56,7 +56,7 @@ impl FtConfig {
             arbiter,
             key_file: None,
             channel: ChannelConfig::default(),
-            max_lag_bytes: 4 << 20,
+            max_lag_bytes: 32 << 20,
             max_lag_ms: 200,
             max_held_bytes: 256 << 20,
             inject_divergence_at: None,
