@@ -51,7 +51,8 @@ fn require_program(program: &str) {
     }
     let package = match program {
         "python3" => "python3",
-        "ip" => "iproute2",
+        "ip" | "bridge" => "iproute2",
+        "cat" => "coreutils",
         other => other,
     };
     panic!("`{program}` is not installed; these tests need it: apt-get install {package}");

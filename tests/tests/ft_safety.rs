@@ -49,6 +49,12 @@ fn image_hash(path: &std::path::Path) -> u64 {
     hasher.finish()
 }
 
+/// A plain run of the disk test on `image`: verifies the last generation, writes the next.
+fn disk_selftest(image: &str) -> Finished {
+    let command = ftvm(&["run", "--cmdline", "role=disk-selftest mib=192", "--disk", image]);
+    Reaped::spawn(command).finish_within(LIMIT)
+}
+
 /// A seeded pause point in ms (printed by the caller, so a failure reruns).
 fn pause_delay_ms(seed: u64) -> u64 {
     let mixed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(23) ^ 0x2545_f491_4f6c_dd1d;
@@ -95,14 +101,7 @@ fn a_paused_primary_writes_nothing_to_the_shared_disk_after_the_backup_went_live
         assert_eq!(backup.status, Some(0), "trial {trial}: the backup finished: {backup:?}");
         assert!(backup.stderr.contains("role: backup -> live"), "trial {trial}: {}", backup.stderr);
         // A later run writes the image (generation 2 of the disk test's data).
-        let later = Reaped::spawn(ftvm(&[
-            "run",
-            "--cmdline",
-            "role=disk-selftest mib=192",
-            "--disk",
-            image_arg,
-        ]))
-        .finish_within(LIMIT);
+        let later = disk_selftest(image_arg);
         assert!(later.stdout.contains("disk ok: generation 2"), "trial {trial}: {later:?}");
         let written = image_hash(&image);
         // The old primary wakes: it must find its lease gone, lose the arbiter and halt
@@ -111,14 +110,7 @@ fn a_paused_primary_writes_nothing_to_the_shared_disk_after_the_backup_went_live
         let primary = primary.finish_within(LIMIT);
         assert_eq!(primary.status, Some(127), "trial {trial}: the old primary halts: {primary:?}");
         assert_eq!(image_hash(&image), written, "trial {trial}: the old primary wrote the image");
-        let verify = Reaped::spawn(ftvm(&[
-            "run",
-            "--cmdline",
-            "role=disk-selftest mib=192",
-            "--disk",
-            image_arg,
-        ]))
-        .finish_within(LIMIT);
+        let verify = disk_selftest(image_arg);
         assert!(verify.stdout.contains("generation 2 verified"), "trial {trial}: {verify:?}");
     }
 }

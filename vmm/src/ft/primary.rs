@@ -18,7 +18,7 @@
 //! block service that checks generations) could close it.
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -46,7 +46,9 @@ pub struct PrimarySide {
     /// Set when this side lost the arbiter, or was stopped while asking it.
     halted: Mutex<Option<NotWon>>,
     /// Set when an output failed on the host (the shared disk): the run ends.
-    output_failed: Mutex<Option<String>>,
+    /// Set once, when an output failed on the host (a write or flush of the shared disk):
+    /// nothing after it is released, and the run ends.
+    output_failed: OnceLock<String>,
     last_sent_seq: AtomicU64,
     /// (entries, bytes, ms) the backup lagged behind, sampled at each entry sent.
     lag_samples: Mutex<Vec<(u64, u64, u64)>>,
@@ -68,7 +70,7 @@ impl PrimarySide {
             announced_landmark: AtomicU64::new(0),
             solo: AtomicBool::new(false),
             halted: Mutex::new(None),
-            output_failed: Mutex::new(None),
+            output_failed: OnceLock::new(),
             last_sent_seq: AtomicU64::new(0),
             lag_samples: Mutex::new(Vec::new()),
             clock: HostClock::start(),
@@ -166,12 +168,9 @@ impl LinkSink {
 
 impl EntrySink for LinkSink {
     fn append(&mut self, entry: &Entry) -> Result<u64, InputError> {
-        let failed =
-            self.side.output_failed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(reason) = failed.as_ref() {
+        if let Some(reason) = self.side.output_failed.get() {
             return Err(InputError::Host(reason.clone()));
         }
-        drop(failed);
         if self.side.is_solo() {
             return Ok(0);
         }
@@ -260,9 +259,6 @@ struct Queue {
     held_bytes: u64,
     /// Set when the run is over: the releaser drains what it holds and stops.
     closing: bool,
-    /// An output failed on the host (a write or flush of the shared disk): nothing after it
-    /// is released, and the side halts.
-    failed: Option<String>,
 }
 
 /// The output queue shared by the guest's outputs and the releaser thread.
@@ -278,12 +274,13 @@ impl OutputQueue {
 
     /// Queues `held`; first waits (the vCPU with it) while the held bytes would pass
     /// `max_held_bytes`, unless nothing is held (one output larger than the bound still goes).
-    fn push(&self, seq: u64, held: Held, max_held_bytes: u64) {
+    /// Waiting ends early once `failed` is set (nothing will be released any more).
+    fn push(&self, seq: u64, held: Held, max_held_bytes: u64, failed: &OnceLock<String>) {
         let mut queue = self.lock();
         let len_bytes = held.len_bytes();
         while queue.held_bytes > 0
             && queue.held_bytes + len_bytes > max_held_bytes
-            && queue.failed.is_none()
+            && failed.get().is_none()
             && !queue.closing
         {
             queue = self.changed.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -357,12 +354,12 @@ impl HeldOutputs {
             }
         }
         let seq = side.last_sent_seq.load(Ordering::SeqCst);
-        self.queue.push(seq, held, side.config.max_held_bytes);
+        self.queue.push(seq, held, side.config.max_held_bytes, &side.output_failed);
     }
 
     fn disk_error(&self) -> Result<(), OutputError> {
-        match self.queue.lock().failed.clone() {
-            Some(error) => Err(OutputError::Disk(error)),
+        match self.side.output_failed.get() {
+            Some(error) => Err(OutputError::Disk(error.clone())),
             None => Ok(()),
         }
     }
@@ -426,7 +423,7 @@ fn release(side: Arc<PrimarySide>, queue: Arc<OutputQueue>, mut live: LiveOutput
         let len_bytes = held.len_bytes();
         // After a failed output nothing more is released: the world must not see what the
         // guest did after a write the shared disk refused.
-        let released = released && queue.lock().failed.is_none();
+        let released = released && side.output_failed.get().is_none();
         if released {
             report.count(&held);
         }
@@ -462,11 +459,7 @@ fn release(side: Arc<PrimarySide>, queue: Arc<OutputQueue>, mut live: LiveOutput
                  nothing after it and halts"
             );
             eprintln!("ftvm: output stopped: {error}");
-            state.failed.get_or_insert(reason.clone());
-            side.output_failed
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .get_or_insert(reason);
+            let _ = side.output_failed.set(reason);
         }
         if is_disk {
             state.disk_pending -= 1;
