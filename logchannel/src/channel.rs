@@ -28,7 +28,8 @@
 //! is behind, which stalls acks without the backup being dead).
 //!
 //! The primary's heartbeat is an ordinary log entry, [`Entry::Progress`] carrying the highest
-//! landmark the VMM itself has announced in a progress entry (0 before any), sent when nothing
+//! landmark through which the VMM said its guest's exits are complete (in a progress entry, or
+//! with [`PrimaryCore::note_exits_complete`]; 0 before any), sent when nothing
 //! was sent for `heartbeat_interval_ms`. Chosen over a separate message because (1) the
 //! primary -> backup stream stays exactly the log format, one decoder and one set of checks, and
 //! the contiguity check covers heartbeats too; (2) its ack is a round trip that proves the whole
@@ -50,8 +51,8 @@
 //! The primary may release output only under its lease ([`PrimaryCore::lease_valid`]), renewed
 //! by acks of entries sent within the failure timeout minus a margin; the backup goes live no
 //! earlier than the failure timeout after it last heard the primary
-//! ([`BackupLink::live_not_before`]). So the two never release output for the same stretch of
-//! time, whichever way the link fails.
+//! ([`crate::pair::backup::BackupPair::replay_ran_out`]). So the two never release output for
+//! the same stretch of time, whichever way the link fails.
 //!
 //! # Layers
 //!

@@ -124,11 +124,11 @@ pub enum Entry {
     RunStart(RunStart),
     /// A consumed input.
     Input(InputEntry),
-    /// No asynchronous event lands at `landmark` or before unless it precedes
-    /// this entry, and every input consumed before `landmark` does: a replayer
-    /// may run the guest that far. (An FT primary also logs one at a landmark
-    /// that produced output, after the events there: synchronous inputs of that
-    /// same landmark may follow it.)
+    /// Every exit up to and including `landmark` is complete: each input
+    /// consumed there (synchronous or an event) precedes this entry, so a
+    /// replayer may run the guest that far. An FT primary logs one at the end
+    /// of an exit that produced output (the output is tied to it) and with its
+    /// heartbeats.
     Progress {
         /// The landmark the primary has run through.
         landmark: u64,
@@ -158,6 +158,26 @@ impl Entry {
             Entry::Progress { .. } => "progress",
             Entry::RunEnd(_) => "run end",
             Entry::Released { .. } => "released",
+        }
+    }
+
+    /// The landmark of the exit that consumed this entry's input, if it is an input.
+    pub fn exit_landmark(&self) -> Option<u64> {
+        match self {
+            Entry::Input(entry) => Some(entry.point.landmark),
+            _ => None,
+        }
+    }
+
+    /// How far this entry proves the recorded guest's exits complete (every input consumed
+    /// there precedes it): an input at landmark L is consumed only after every earlier exit
+    /// finished, a progress entry says so of its landmark, and the run's end of all of them.
+    pub fn exits_complete_through(&self) -> Option<u64> {
+        match self {
+            Entry::Input(entry) => Some(entry.point.landmark.saturating_sub(1)),
+            Entry::Progress { landmark } => Some(*landmark),
+            Entry::RunEnd(_) => Some(u64::MAX),
+            Entry::RunStart(_) | Entry::Released { .. } => None,
         }
     }
 }

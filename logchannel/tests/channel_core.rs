@@ -35,13 +35,15 @@ fn input(landmark: u64, input: Input) -> Entry {
     })
 }
 
+/// Any entry the backup core hands out as soon as it is acked: inputs of landmark 0 (before
+/// the first exit, so their exit is complete) and progress entries. The handing out of
+/// incomplete exits has tests of its own below.
 fn entry() -> impl Strategy<Value = Entry> {
     prop_oneof![
-        (any::<u64>(), any::<u64>())
-            .prop_map(|(landmark, ns)| input(landmark, Input::MonotonicNs(ns))),
-        (any::<u64>(), any::<u64>()).prop_map(|(landmark, ns)| input(landmark, Input::WallNs(ns))),
-        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300))
-            .prop_map(|(landmark, bytes)| input(landmark, Input::Entropy(bytes))),
+        any::<u64>().prop_map(|ns| input(0, Input::MonotonicNs(ns))),
+        any::<u64>().prop_map(|ns| input(0, Input::WallNs(ns))),
+        proptest::collection::vec(any::<u8>(), 0..300)
+            .prop_map(|bytes| input(0, Input::Entropy(bytes))),
         any::<u64>().prop_map(|landmark| Entry::Progress { landmark }),
     ]
 }
@@ -88,6 +90,7 @@ impl Pair {
         if let Some(tamper) = wire {
             tamper(&mut bytes);
         }
+        let acked_before = self.backup.acked_seq();
         let (backup, error) = (&mut self.backup, &mut self.backup_error);
         in_chunks(&bytes, chunks, |chunk| {
             if let Err(failure) = backup.handle_input(chunk, 1) {
@@ -97,8 +100,12 @@ impl Pair {
         let mut acks = Vec::new();
         self.backup.take_output(&mut acks);
         if self.backup_error.is_none() {
-            // Nothing is handed out before its ack is sent.
-            assert!(self.backup.next_entry().is_none(), "handed out before its ack was sent");
+            // Nothing is handed out before its ack is sent (entries acked before may be, once
+            // their exit is complete).
+            while let Some(received) = self.backup.next_entry() {
+                assert!(received.seq <= acked_before, "handed out before its ack was sent");
+                self.delivered.push((received.seq, received.entry));
+            }
         }
         self.backup.acks_sent();
         while let Some(received) = self.backup.next_entry() {
@@ -400,4 +407,47 @@ fn the_lag_is_measured_on_what_the_backup_replayed_not_on_what_it_received() {
     sealer.seal(&mut bytes, start);
     let error = primary.handle_input(&bytes[start..], 40 * MS).unwrap_err();
     assert!(matches!(error, ChannelError::Protocol { .. }), "{error}");
+}
+
+/// Sends `entries` and exchanges them; returns the sequence numbers delivered since.
+fn deliver(pair: &mut Pair, entries: &[Entry]) -> Vec<u64> {
+    let before = pair.delivered.len();
+    for entry in entries {
+        pair.primary.send(entry, 1).unwrap();
+    }
+    pair.exchange(None, &[1000], &[64]);
+    pair.delivered[before..].iter().map(|(seq, _)| *seq).collect()
+}
+
+#[test]
+fn an_exit_is_handed_out_only_once_something_proves_it_complete() {
+    let mut pair = Pair::new();
+    let clock = |landmark| input(landmark, Input::MonotonicNs(landmark));
+    assert_eq!(deliver(&mut pair, &[clock(5), clock(5)]), Vec::<u64>::new(), "exit 5 may go on");
+    // An input of a later exit proves every earlier one complete.
+    assert_eq!(deliver(&mut pair, &[clock(7)]), vec![1, 2]);
+    // So does a progress entry for the exit (the end of an exit with output, a heartbeat).
+    assert_eq!(deliver(&mut pair, &[Entry::Progress { landmark: 7 }]), vec![3, 4]);
+    // And the end of the run.
+    assert_eq!(deliver(&mut pair, &[clock(9)]), Vec::<u64>::new());
+    let end = Entry::RunEnd(logchannel::RunEnd {
+        landmarks: 9,
+        outcome: "powered off".into(),
+        exit_status: 0,
+        console_hash: 0,
+        memory_hash: 0,
+        regs_hash: 0,
+        stopped: false,
+    });
+    assert_eq!(deliver(&mut pair, &[end]), vec![5, 6]);
+}
+
+#[test]
+fn after_a_failure_the_exit_the_primary_did_not_finish_is_never_handed_out() {
+    let mut pair = Pair::new();
+    let clock = |landmark| input(landmark, Input::MonotonicNs(landmark));
+    assert_eq!(deliver(&mut pair, &[clock(3), clock(4), clock(4)]), vec![1]);
+    pair.backup.handle_eof();
+    assert!(pair.backup.next_entry().is_none(), "exit 4 was not finished");
+    assert!(pair.backup.error().is_some());
 }

@@ -383,7 +383,7 @@ pub fn main() -> ExitCode {
 fn error_status(error: &anyhow::Error) -> u8 {
     match error.downcast_ref::<RunError>() {
         Some(RunError::PairSetup(_)) => status::PAIR_REFUSED,
-        Some(RunError::Log(crate::inputs::InputError::Stopped)) => status::STOPPED,
+        Some(RunError::Stopped) => status::STOPPED,
         _ => status::VMM_ERROR,
     }
 }

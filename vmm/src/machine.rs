@@ -8,7 +8,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::devices::virtio::QueueFault;
 use crate::devices::{DeviceCtx, DeviceSet, Devices, EventState};
-use crate::inputs::{AsyncEvent, At, ExecPoint, InputError, Inputs};
+use crate::inputs::{AsyncEvent, At, AtLandmark, ExecPoint, InputError, Inputs};
 use crate::misbehaviour::{Misbehaviour, Offence};
 use crate::outcome::RunOutcome;
 use crate::outputs::Outputs;
@@ -40,6 +40,15 @@ pub enum Action {
     },
     /// The run is over.
     Stop(RunOutcome),
+    /// The log being replayed ends before this exit (the exit is not handled, nor counted):
+    /// a backup goes live and handles it again with live inputs and outputs
+    /// ([`Machine::switch_io`]); any other replay ends with [`InputError::LogEnded`].
+    LogEnded {
+        /// How far the log covers.
+        covered_landmark: u64,
+        /// The landmark of this exit.
+        landmark: u64,
+    },
 }
 
 /// Guest RAM, devices, inputs, outputs and the landmark count: everything
@@ -83,6 +92,16 @@ impl Machine {
         self.inputs.as_mut()
     }
 
+    /// Replaces the inputs and outputs (a backup going live); returns the old ones.
+    pub fn switch_io(
+        &mut self,
+        inputs: Box<dyn Inputs>,
+        outputs: Box<dyn Outputs>,
+    ) -> (Box<dyn Inputs>, Box<dyn Outputs>) {
+        let inputs = std::mem::replace(&mut self.inputs, inputs);
+        (inputs, std::mem::replace(&mut self.outputs, outputs))
+    }
+
     /// Landmarks (guest-caused exits) so far.
     pub fn landmarks(&self) -> u64 {
         self.landmarks
@@ -95,13 +114,26 @@ impl Machine {
         if exit == Exit::Interrupted {
             return RESUME;
         }
-        self.landmarks += 1;
-        let at = At { point: ExecPoint { landmark: self.landmarks, rip }, regs: *regs };
-        match self.inputs.stop_here(&at) {
-            Ok(false) => {}
-            Ok(true) => return Action::Stop(InputError::Stopped.into()),
-            Err(error) => return Action::Stop(error.into()),
+        let landmark = self.landmarks + 1;
+        let at = At { point: ExecPoint { landmark, rip }, regs: *regs };
+        let decided = self.inputs.at_landmark(&at);
+        if let Ok(AtLandmark::LogEnded { covered_landmark }) = decided {
+            return Action::LogEnded { covered_landmark, landmark };
         }
+        self.landmarks = landmark;
+        let action = match decided {
+            Ok(AtLandmark::Run) => self.handle(exit, at),
+            Ok(AtLandmark::End(outcome)) => Action::Stop(outcome),
+            Ok(AtLandmark::LogEnded { .. }) => unreachable!("returned above"),
+            Err(error) => Action::Stop(error.into()),
+        };
+        self.outputs.exit_done(landmark);
+        action
+    }
+
+    fn handle(&mut self, exit: Exit, at: At) -> Action {
+        const RESUME: Action = Action::Resume { read_value: None };
+        let rip = at.point.rip;
         match exit {
             Exit::MmioRead { addr, size } => self.mmio(at, addr, size, None),
             Exit::MmioWrite { addr, size, value } => self.mmio(at, addr, size, Some(value)),

@@ -59,6 +59,11 @@ pub enum RunOutcome {
     },
     /// An output could not be carried out (the disk image failed).
     OutputFailed(String),
+    /// The host stopped the VM (SIGINT/SIGTERM), or the recording being replayed was stopped
+    /// at this point.
+    Stopped,
+    /// This side of an FT pair lost the arbiter (the other side runs the guest) and halted.
+    Halted(String),
     /// The inputs could not go on: the guest waits for nothing, a replay
     /// diverged, or the log failed.
     InputsFailed(InputError),
@@ -73,10 +78,10 @@ impl RunOutcome {
             RunOutcome::TripleFault { .. } => status::TRIPLE_FAULT,
             RunOutcome::KvmError { .. } => status::KVM_ERROR,
             RunOutcome::OutputFailed(_) => status::VMM_ERROR,
+            RunOutcome::Stopped => status::STOPPED,
+            RunOutcome::Halted(_) => status::HALTED,
             RunOutcome::InputsFailed(InputError::NothingToWaitFor) => status::GUEST_STUCK,
             RunOutcome::InputsFailed(InputError::Diverged(_)) => status::DIVERGED,
-            RunOutcome::InputsFailed(InputError::Stopped) => status::STOPPED,
-            RunOutcome::InputsFailed(InputError::Halted(_)) => status::HALTED,
             // A host device (a disk image, a TAP) failed: the VMM's error, not the log's.
             RunOutcome::InputsFailed(InputError::Host(_)) => status::VMM_ERROR,
             RunOutcome::InputsFailed(_) => status::LOG_ERROR,
@@ -143,6 +148,8 @@ impl fmt::Display for RunOutcome {
             }
             RunOutcome::KvmError { detail } => write!(f, "KVM could not run the guest: {detail}"),
             RunOutcome::OutputFailed(detail) => write!(f, "guest output failed: {detail}"),
+            RunOutcome::Stopped => write!(f, "stopped by the host"),
+            RunOutcome::Halted(reason) => write!(f, "{reason}"),
             RunOutcome::InputsFailed(InputError::NothingToWaitFor) => {
                 write!(f, "guest stuck: {}", InputError::NothingToWaitFor)
             }

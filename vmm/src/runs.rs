@@ -16,7 +16,7 @@ use storage::{BlockStore, BlockStoreError};
 use thiserror::Error;
 
 use crate::devices::DeviceSet;
-use crate::ft::backup::{backup_io, BackupPair, BackupStatus, LinkSource};
+use crate::ft::backup::{backup_io, BackupPairLink, BackupStatus};
 use crate::ft::primary::{HeldOutputs, LinkSink, PrimarySide};
 use crate::ft::{self, FtConfig, PairSetupError};
 use crate::inputs::live::{Backends, LiveInputs};
@@ -52,6 +52,9 @@ pub enum RunError {
     /// This side cannot take part in its pair (exit status 119).
     #[error(transparent)]
     PairSetup(#[from] PairSetupError),
+    /// Stopped by the host (SIGINT/SIGTERM) before the guest ran.
+    #[error("stopped by the host")]
+    Stopped,
     /// The backup could not listen for its primary.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -104,7 +107,7 @@ pub fn open(attachments: &Attachments) -> Result<(Backends, DeviceSet), RunError
         net_mac: attachments.net.as_ref().map(|net| net.mac),
         disk_bytes: disk.as_ref().map(|disk| disk.capacity_bytes()),
     };
-    Ok((Backends { tap, disk, before_disk_read: None }, devices))
+    Ok((Backends { tap, disk, disk_reader: None }, devices))
 }
 
 fn live_outputs(console: Box<dyn Write + Send>, backends: &Backends) -> Box<LiveOutputs> {
@@ -180,7 +183,7 @@ pub fn primary(
         credentials.generation, credentials.pair_id
     );
     signals::block_stats_signal();
-    let (side, held, queue, releaser) = signals::spawning_helpers(|| {
+    let (side, held, releaser) = signals::spawning_helpers(|| {
         let link =
             PrimaryLink::connect(backup_addr, &ft.channel, &credentials, channel_devices(devices))
                 .map_err(|error| match error {
@@ -191,21 +194,27 @@ pub fn primary(
                 })?;
         let side = PrimarySide::new(link, ft.clone(), credentials.generation);
         let live = LiveOutputs::new(console, backends.tap.clone(), backends.disk.clone());
-        let (held, queue, releaser) = HeldOutputs::start(side.clone(), live);
-        Ok::<_, RunError>((side, held, queue, releaser))
+        let (held, releaser) = HeldOutputs::start(side.clone(), live);
+        Ok::<_, RunError>((side, held, releaser))
     })?;
     let stats_side = side.clone();
     signals::serve_stats_signal(move || eprintln!("ftvm: pair: {}", stats_side.report()));
-    let barrier = queue.clone();
-    backends.before_disk_read = Some(Arc::new(move || barrier.wait_disk_drained()));
+    let reader = side.clone();
+    backends.disk_reader =
+        Some(Arc::new(move |disk, offset, buf| reader.read_disk(disk, offset, buf)));
     let inputs =
         RecordingInputs::new(LinkSink::new(side.clone()), &run_start(config, devices), backends)?;
     let result =
         Vm::new(config, devices, Box::new(inputs), Box::new(held)).and_then(|mut vm| vm.run());
     // Whatever the guest produced is released (or dropped by a halt) before the process ends.
-    queue.close_and_drain();
+    side.close_and_drain(result.as_ref().map_or(0, |report| report.landmarks));
     let _ = releaser.join();
     let mut report = result?;
+    // A halt or an output failure decided after the guest's last landmark still decides how
+    // the run ended.
+    if let Some(end) = side.end() {
+        report.outcome = end;
+    }
     report.pair = Some(side.report());
     Ok(report)
 }
@@ -244,7 +253,7 @@ pub fn backup(
             break accepted;
         }
         if signals::stop_requested() {
-            return Err(RunError::Log(InputError::Stopped));
+            return Err(RunError::Stopped);
         }
     };
     eprintln!("ftvm: log channel: paired with the primary at {}", accepted.peer_addr);
@@ -257,7 +266,10 @@ pub fn backup(
     signals::serve_stats_signal(move || {
         eprintln!("ftvm: pair: {}", stats_status.describe(&stats_link, generation))
     });
-    let mut replay = ReplayInputs::new(LinkSource::new(link.clone(), status.clone()));
+    let pair = BackupPairLink { config: ft.clone(), generation, link };
+    let (source, outputs, takeover) =
+        backup_io(status, pair, backends, own_devices.net_mac, console);
+    let mut replay = ReplayInputs::new(source);
     let (config, devices) = config_of(replay.read_start()?);
     if channel_devices(devices) != accepted.hello.devices {
         return Err(RunError::Log(InputError::LogCorrupt(format!(
@@ -266,9 +278,9 @@ pub fn backup(
         ))));
     }
     eprintln!("ftvm: role: backup, replaying `{}`", config.cmdline);
-    let pair = BackupPair { config: ft.clone(), generation, link };
-    let (inputs, outputs) = backup_io(replay, status, pair, backends, devices.net_mac, console);
-    let result = Vm::new(&config, devices, Box::new(inputs), Box::new(outputs))?.run();
+    let result = Vm::new(&config, devices, Box::new(replay), Box::new(outputs))?
+        .with_takeover(Box::new(takeover))
+        .run();
     // Strangers are refused (and named) until the end.
     drop(listener);
     Ok(result?)

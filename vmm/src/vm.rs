@@ -120,9 +120,23 @@ pub struct Vm {
     // Field order is drop order: the vCPU before the VM before /dev/kvm.
     vcpu: Vcpu,
     machine: Machine,
+    takeover: Option<Box<dyn Takeover>>,
+    /// The statistics of the log replayed before a takeover.
+    replayed_stats: Option<LogStats>,
     timing: Timing,
     _vm: VmFd,
     _kvm: Kvm,
+}
+
+/// What a backup does when the log it replays ends (its primary is gone): wait out the
+/// primary's lease, win the arbiter, and hand back live inputs and outputs for the guest to go
+/// on with from the exit at `landmark`; or the outcome that ends the run (halted, stopped).
+pub trait Takeover {
+    /// Goes live at the exit at `landmark`.
+    fn take_over(
+        &mut self,
+        landmark: u64,
+    ) -> Result<(Box<dyn Inputs>, Box<dyn Outputs>), RunOutcome>;
 }
 
 /// Host-time measurements of a run (never seen by the guest).
@@ -201,7 +215,21 @@ impl Vm {
 
         let machine = Machine::new(guest_memory, devices, inputs, outputs);
         let timing = Timing { clock, guest_ns: 0, stretch_ns: 0, longest_stretch_ns: 0 };
-        Ok(Vm { vcpu: Vcpu::new(vcpu_fd), machine, timing, _vm: vm, _kvm: kvm })
+        Ok(Vm {
+            vcpu: Vcpu::new(vcpu_fd),
+            machine,
+            takeover: None,
+            replayed_stats: None,
+            timing,
+            _vm: vm,
+            _kvm: kvm,
+        })
+    }
+
+    /// Goes live with `takeover` when the replayed log ends (an FT backup).
+    pub fn with_takeover(mut self, takeover: Box<dyn Takeover>) -> Self {
+        self.takeover = Some(takeover);
+        self
     }
 
     /// Runs the guest to its next exit and handles it; `Some` when the run is over.
@@ -217,7 +245,21 @@ impl Vm {
             self.timing.stretch_ns = 0;
         }
         let regs = self.vcpu.regs();
-        match self.machine.handle_exit(exit, &regs) {
+        let mut action = self.machine.handle_exit(exit.clone(), &regs);
+        if let Action::LogEnded { covered_landmark, landmark } = action {
+            action = match self.takeover.take() {
+                Some(mut takeover) => match takeover.take_over(landmark) {
+                    Ok((inputs, outputs)) => {
+                        let (replayed, _) = self.machine.switch_io(inputs, outputs);
+                        self.replayed_stats = Some(replayed.log_stats());
+                        self.machine.handle_exit(exit, &regs)
+                    }
+                    Err(outcome) => Action::Stop(outcome),
+                },
+                None => Action::Stop(InputError::LogEnded { covered_landmark, landmark }.into()),
+            };
+        }
+        match action {
             Action::Resume { read_value } => {
                 if let Some(value) = read_value {
                     self.vcpu.complete_mmio_read(value);
@@ -225,6 +267,9 @@ impl Vm {
                 Ok(None)
             }
             Action::Stop(outcome) => Ok(Some(outcome)),
+            Action::LogEnded { covered_landmark, landmark } => {
+                Ok(Some(InputError::LogEnded { covered_landmark, landmark }.into()))
+            }
         }
     }
 
@@ -241,8 +286,9 @@ impl Vm {
     /// against) the log. A run the inputs already stopped is not checked again.
     pub fn finish(&mut self, outcome: RunOutcome) -> RunReport {
         let mut report = self.report(outcome);
-        let stopped = report.outcome == RunOutcome::InputsFailed(InputError::Stopped);
-        if stopped || !matches!(report.outcome, RunOutcome::InputsFailed(_)) {
+        let stopped = report.outcome == RunOutcome::Stopped;
+        // A halted side's run is the other side's now: nothing to record or compare.
+        if !matches!(report.outcome, RunOutcome::InputsFailed(_) | RunOutcome::Halted(_)) {
             let end = RunEnd {
                 landmarks: report.landmarks,
                 outcome: report.outcome.to_string(),
@@ -256,7 +302,8 @@ impl Vm {
                 report.outcome = RunOutcome::InputsFailed(error);
             }
         }
-        report.log_stats = self.machine.inputs_mut().log_stats();
+        report.log_stats =
+            self.replayed_stats.take().unwrap_or_else(|| self.machine.inputs_mut().log_stats());
         report
     }
 

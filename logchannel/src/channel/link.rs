@@ -12,7 +12,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -97,6 +97,9 @@ struct PrimaryState {
 
 struct PrimaryShared {
     state: Mutex<PrimaryState>,
+    /// The landmark through which the guest's exits are complete, set by the VMM at every
+    /// exit without taking the lock; the reader hands it to the core before each heartbeat.
+    exits_complete_through: AtomicU64,
     /// Acks arrived, output was written, or the link failed.
     changed: Condvar,
     /// The outbox has bytes, or the link is closing.
@@ -201,6 +204,7 @@ impl PrimaryLink {
                 writing: false,
                 closing: false,
             }),
+            exits_complete_through: AtomicU64::new(0),
             changed: Condvar::new(),
             output_ready: Condvar::new(),
             epoch,
@@ -232,6 +236,26 @@ impl PrimaryLink {
     /// The highest sequence number the backup acknowledged (0: none).
     pub fn acked_seq(&self) -> u64 {
         lock(&self.shared.state).core.acked_seq()
+    }
+
+    /// Says every exit of the guest through `landmark` is complete (its entries were all
+    /// sent); cheap enough for every exit. Heartbeats carry it.
+    pub fn note_exits_complete(&self, landmark: u64) {
+        self.shared.exits_complete_through.fetch_max(landmark, Ordering::SeqCst);
+    }
+
+    /// Runs `decide` on the core under the link's lock, with the link's clock, and wakes the
+    /// writer for whatever it framed: the pair's decisions read and feed the channel in one
+    /// step.
+    pub fn with_core<R>(&self, decide: impl FnOnce(&mut PrimaryCore, u64) -> R) -> R {
+        let mut state = lock(&self.shared.state);
+        let result = decide(&mut state.core, now_ns(self.shared.epoch));
+        let has_output = state.core.has_output();
+        drop(state);
+        if has_output {
+            self.shared.output_ready.notify_one();
+        }
+        result
     }
 
     /// The lag bound: blocks while more than `max_lag_bytes` are sent and not yet replayed by
@@ -377,7 +401,12 @@ fn primary_reader(shared: &PrimaryShared, mut stream: TcpStream) {
             Err(error) if is_tick(&error) => Ok(()),
             Err(error) => Err(disconnected(Peer::Backup, "cannot read from the backup", &error)),
         }
-        .and_then(|()| state.core.poll(now_ns));
+        .and_then(|()| {
+            // Read after the lock is taken: every entry of those exits is framed already.
+            let complete = shared.exits_complete_through.load(Ordering::SeqCst);
+            state.core.note_exits_complete(complete);
+            state.core.poll(now_ns)
+        });
         let has_output = state.core.has_output();
         drop(state);
         if let Err(error) = outcome {
@@ -426,7 +455,6 @@ struct BackupShared {
     changed: Condvar,
     epoch: Instant,
     tick: Duration,
-    failure_timeout: Duration,
     max_received_bytes: u64,
 }
 
@@ -466,7 +494,6 @@ impl BackupLink {
             changed: Condvar::new(),
             epoch: Instant::now(),
             tick,
-            failure_timeout: Duration::from_millis(config.failure_timeout_ms),
             max_received_bytes: config.max_received_bytes.max(1),
         });
         let reader = spawn("ftvm-log-reader", {
@@ -510,12 +537,16 @@ impl BackupLink {
         lock(&self.shared.state).core.acked_seq()
     }
 
-    /// The earliest time this backup may go live: the failure timeout after it last heard the
-    /// primary. The primary's lease (see [`PrimaryCore`]) has ended by then, whichever way the
-    /// link failed, so the two never release output for the same stretch of time.
-    pub fn live_not_before(&self) -> Instant {
-        let last_heard_ns = lock(&self.shared.state).core.last_heard_ns();
-        self.shared.epoch + Duration::from_nanos(last_heard_ns) + self.shared.failure_timeout
+    /// Runs `decide` on the core under the link's lock, with the link's clock: the pair's
+    /// decisions read the channel in one step.
+    pub fn with_core<R>(&self, decide: impl FnOnce(&BackupCore, u64) -> R) -> R {
+        let state = lock(&self.shared.state);
+        decide(&state.core, now_ns(self.shared.epoch))
+    }
+
+    /// The instant at `at_ns` on the link's clock (the one [`Self::with_core`] gives).
+    pub fn instant_at(&self, at_ns: u64) -> Instant {
+        self.shared.epoch + Duration::from_nanos(at_ns)
     }
 
     /// False once the link has failed.

@@ -438,6 +438,12 @@ impl PrimaryCore {
         (backlog_ns as u128 * elapsed_ns as u128 / replayed_ns as u128) as u64
     }
 
+    /// Says every exit of the guest through `landmark` is complete (all its entries were
+    /// sent): heartbeats carry it, so the backup can replay up to there while the guest idles.
+    pub fn note_exits_complete(&mut self, landmark: u64) {
+        self.progress_landmark = self.progress_landmark.max(landmark);
+    }
+
     /// Bytes framed since the start.
     pub fn sent_bytes(&self) -> u64 {
         self.frames.offset_bytes()
@@ -463,6 +469,9 @@ pub struct BackupCore {
     awaiting_ack_sent: usize,
     /// The sequence number of the last entry handed out by `next_entry`.
     taken_seq: u64,
+    /// Every exit of the primary's guest through this landmark is complete in what was
+    /// received ([`Entry::exits_complete_through`]).
+    complete_through: u64,
     queued_bytes: u64,
     paused: bool,
     liveness: Liveness,
@@ -481,6 +490,7 @@ impl BackupCore {
             received: VecDeque::new(),
             awaiting_ack_sent: 0,
             taken_seq: FIRST_SEQ - 1,
+            complete_through: 0,
             queued_bytes: 0,
             paused: false,
             liveness: Liveness::new(Peer::Primary, config, now_ns),
@@ -515,6 +525,9 @@ impl BackupCore {
             match self.frames.next_frame() {
                 Ok(Some((seq, entry))) => {
                     let frame_len_bytes = self.frames.offset_bytes() - start_offset_bytes;
+                    if let Some(landmark) = entry.exits_complete_through() {
+                        self.complete_through = self.complete_through.max(landmark);
+                    }
                     self.queued_bytes += frame_len_bytes;
                     self.received.push_back(Received { seq, entry, frame_len_bytes });
                     self.awaiting_ack_sent += 1;
@@ -592,11 +605,19 @@ impl BackupCore {
         self.awaiting_ack_sent = 0;
     }
 
-    /// The next received entry whose ack has been sent, in order. Entries received before a
-    /// failure are all handed out after it, acked or not (they are valid; only the primary's
-    /// knowledge of them is in doubt).
+    /// The next received entry whose ack has been sent, in order, once the exit that consumed
+    /// it is known to be complete: so a replay never starts an exit whose inputs it may not
+    /// all get, and a backup that loses its primary goes live between two exits, never in
+    /// one. Complete exits received before a failure are all handed out after it, acked or not
+    /// (they are valid; only the primary's knowledge of them is in doubt); the entries of an
+    /// exit the primary did not finish never are. (No output of that exit was released: the
+    /// primary ties each output to the end of its exit.)
     pub fn next_entry(&mut self) -> Option<Received> {
         if self.received.len() <= self.awaiting_ack_sent {
+            return None;
+        }
+        let front = self.received.front()?;
+        if front.entry.exit_landmark().is_some_and(|landmark| landmark > self.complete_through) {
             return None;
         }
         let received = self.received.pop_front()?;

@@ -1,29 +1,31 @@
-//! The backup's side of the pair: it replays the primary's log as it
-//! arrives over the channel (never running past what the primary reported),
-//! sends nothing to the outside, and remembers the guest's recent disk writes.
-//! When the primary is presumed dead it waits until the failure timeout has
-//! passed since it last heard the primary (so the primary's lease has ended,
-//! whichever way the link failed), asks the arbiter, and, having won, goes
-//! live at exactly the point its replay reached: the inputs switch from the
-//! log to the host (the guest clock continuing from its last logged value),
-//! the outputs to the real console, TAP and disk (re-applying the recent
-//! writes the primary may not have released), and the VMM announces the
-//! guest's MAC with a RARP frame so the bridge learns the new port.
+//! The backup's side of the pair: a thin driver of [`BackupPair`], the sans-IO core that
+//! holds the decisions. The replay reads the primary's log from the channel ([`LinkSource`]:
+//! only complete exits, never past what the primary reported); the guest's outputs go nowhere
+//! but are kept until the primary reports releasing them ([`BackupOutputs`]). When the log
+//! ends (the primary is gone), the vCPU loop stops before the next exit and calls
+//! [`BackupTakeover`]: it waits out the primary's lease and asks the arbiter as the core says,
+//! and, having won, hands the loop live inputs (the guest clock continuing from its last
+//! logged value) and live outputs (the real console, TAP and disk) after re-applying the
+//! writes and re-emitting the packets and console output the primary may not have released,
+//! and announcing the guest's MAC with a RARP frame so the bridge learns the new port.
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::io::Write;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use logchannel::{BackupLink, ChannelError, Entry};
+use logchannel::pair::backup::{BackupPair, BackupStep, Unreleased};
+use logchannel::pair::OutputKind;
+use logchannel::{BackupLink, Entry, Input};
 
 use super::{arbitrate, FtConfig, NotWon};
 use crate::inputs::live::{sleep_until, unix_time_ns, Backends, LiveInputs};
-use crate::inputs::replay::{EntrySource, ReplayInputs};
-use crate::inputs::{Armed, AsyncEvent, At, InputError, Inputs, LogStats, RunEnd};
+use crate::inputs::replay::EntrySource;
+use crate::inputs::{InputError, Inputs};
+use crate::outcome::RunOutcome;
 use crate::outputs::{LiveOutputs, OutputError, Outputs};
+use crate::vm::Takeover;
 
 /// How long one wait for the next entry lasts before it is retried (the
 /// channel reports a dead primary on its own, after the failure timeout).
@@ -38,28 +40,6 @@ pub struct BackupStatus {
     replayed_seq: AtomicU64,
     /// Set at go-live.
     live: AtomicBool,
-    /// How far the primary reported releasing the guest's output, per kind.
-    released: [AtomicU64; 3],
-}
-
-/// The kinds of output the primary reports releasing (indexes of `released`).
-#[derive(Clone, Copy)]
-enum OutputKind {
-    Packet = 0,
-    Console = 1,
-    DiskWrite = 2,
-}
-
-impl BackupStatus {
-    fn released(&self, kind: OutputKind) -> u64 {
-        self.released[kind as usize].load(Ordering::SeqCst)
-    }
-
-    fn note_released(&self, packets: u64, console_writes: u64, disk_writes: u64) {
-        for (slot, count) in self.released.iter().zip([packets, console_writes, disk_writes]) {
-            slot.fetch_max(count, Ordering::SeqCst);
-        }
-    }
 }
 
 impl BackupStatus {
@@ -74,160 +54,96 @@ impl BackupStatus {
     }
 }
 
+/// What the replay, the outputs and the takeover share on the vCPU thread.
+struct Replayed {
+    core: BackupPair,
+    /// The last guest clock value the log gave: the live clock continues from it.
+    last_monotonic_ns: u64,
+    packets: Unreleased<Vec<u8>>,
+    console: Unreleased<Vec<u8>>,
+    disk_writes: Unreleased<(u64, Vec<u8>)>,
+}
+
 /// The log channel as an entry source.
 pub struct LinkSource {
     link: Arc<BackupLink>,
     status: Arc<BackupStatus>,
-}
-
-impl LinkSource {
-    /// A source over an accepted link, reporting progress to `status`.
-    pub fn new(link: Arc<BackupLink>, status: Arc<BackupStatus>) -> Self {
-        LinkSource { link, status }
-    }
-}
-
-fn channel_error(error: ChannelError) -> InputError {
-    if error.is_peer_failure() {
-        InputError::PrimaryLost(error.to_string())
-    } else {
-        // A corrupt or out-of-order frame is never replayed; the channel is
-        // unusable, which for the pair is the same as losing the primary.
-        eprintln!("ftvm: the log channel failed: {error}");
-        InputError::PrimaryLost(format!("the log channel failed: {error}"))
-    }
+    replayed: Rc<RefCell<Replayed>>,
 }
 
 impl EntrySource for LinkSource {
     fn next_entry(&mut self, wait: bool) -> Result<Option<(u64, Entry, u64)>, InputError> {
         loop {
             let slice = if wait { RECV_SLICE } else { Duration::ZERO };
-            match self.link.recv_frame(slice).map_err(channel_error)? {
-                // The primary's release reports are for go-live, not for the replay.
-                Some(logchannel::Received {
-                    entry: Entry::Released { packets, console_writes, disk_writes },
-                    ..
-                }) => self.status.note_released(packets, console_writes, disk_writes),
-                Some(received) => {
-                    self.status.replayed_seq.store(received.seq, Ordering::SeqCst);
-                    return Ok(Some((received.seq, received.entry, received.frame_len_bytes)));
+            let received = match self.link.recv_frame(slice) {
+                Ok(received) => received,
+                Err(error) => {
+                    if !error.is_peer_failure() {
+                        // A corrupt or out-of-order frame is never replayed; the channel is
+                        // unusable, which for the pair is the same as losing the primary.
+                        eprintln!("ftvm: the log channel failed: {error}");
+                    }
+                    return Ok(None);
                 }
-                None if wait => continue,
-                None => return Ok(None),
+            };
+            let Some(received) = received else {
+                if wait {
+                    continue;
+                }
+                return Ok(None);
+            };
+            let mut replayed = self.replayed.borrow_mut();
+            if !replayed.core.note_entry(&received.entry) {
+                continue;
             }
-        }
-    }
-}
-
-/// One kind of output the backup's guest produced that the primary may not
-/// have released yet: numbered from 1 in the order the guest produced them
-/// (the primary's guest produced the same ones in the same order), kept
-/// until the primary reports releasing them, up to [`UNRELEASED_MAX_BYTES`].
-struct Unreleased<T> {
-    produced: u64,
-    kept: VecDeque<(u64, T, u64)>,
-    kept_bytes: u64,
-    /// Outputs given up to the byte bound before the primary reported them.
-    dropped: u64,
-}
-
-impl<T> Default for Unreleased<T> {
-    fn default() -> Self {
-        Unreleased { produced: 0, kept: VecDeque::new(), kept_bytes: 0, dropped: 0 }
-    }
-}
-
-impl<T> Unreleased<T> {
-    fn push(&mut self, item: T, bytes: u64, released: u64) {
-        self.produced += 1;
-        self.kept.push_back((self.produced, item, bytes));
-        self.kept_bytes += bytes;
-        self.forget_through(released);
-        while self.kept_bytes > UNRELEASED_MAX_BYTES {
-            let (_, _, bytes) = self.kept.pop_front().expect("bytes counted are kept");
-            self.kept_bytes -= bytes;
-            self.dropped += 1;
+            if let Entry::Input(input) = &received.entry {
+                if let Input::MonotonicNs(value) = input.input {
+                    replayed.last_monotonic_ns = replayed.last_monotonic_ns.max(value);
+                }
+            }
+            self.status.replayed_seq.store(received.seq, Ordering::SeqCst);
+            return Ok(Some((received.seq, received.entry, received.frame_len_bytes)));
         }
     }
 
-    /// Forgets the outputs numbered up to `released`.
-    fn forget_through(&mut self, released: u64) {
-        while self.kept.front().is_some_and(|(index, _, _)| *index <= released) {
-            let (_, _, bytes) = self.kept.pop_front().expect("front exists");
-            self.kept_bytes -= bytes;
-        }
-    }
-
-    /// The outputs after `released`, in order.
-    fn take_after(&mut self, released: u64) -> Vec<T> {
-        self.forget_through(released);
-        self.kept_bytes = 0;
-        std::mem::take(&mut self.kept).into_iter().map(|(_, item, _)| item).collect()
+    fn ended_by_writer_loss(&self) -> bool {
+        self.link.error().is_some()
     }
 }
 
-/// State the backup's inputs and outputs share (both live on the vCPU thread).
-#[derive(Default)]
-struct Shared {
-    /// The real outputs, once live.
-    live: Option<LiveOutputs>,
-    /// Outputs the primary may not have released: re-emitted (the disk
-    /// writes re-applied) at go-live.
-    packets: Unreleased<Vec<u8>>,
-    console: Unreleased<Vec<u8>>,
-    disk_writes: Unreleased<(u64, Vec<u8>)>,
-}
-
-/// The backup's outputs: nothing leaves while it is a backup; what the
-/// primary may not have released yet is kept for go-live.
+/// The backup's outputs: nothing leaves; what the primary may not have released yet is kept
+/// for go-live.
 pub struct BackupOutputs {
-    shared: Rc<RefCell<Shared>>,
-    status: Arc<BackupStatus>,
+    replayed: Rc<RefCell<Replayed>>,
 }
 
 impl Outputs for BackupOutputs {
     fn console(&mut self, bytes: &[u8]) {
-        let mut shared = self.shared.borrow_mut();
-        match shared.live.as_mut() {
-            Some(live) => live.console(bytes),
-            None => {
-                let released = self.status.released(OutputKind::Console);
-                shared.console.push(bytes.to_vec(), bytes.len() as u64, released);
-            }
-        }
+        let replayed = &mut *self.replayed.borrow_mut();
+        let released = replayed.core.released(OutputKind::Console);
+        replayed.console.push(bytes.to_vec(), bytes.len() as u64, released);
     }
 
     fn transmit(&mut self, frame: &[u8]) {
-        let mut shared = self.shared.borrow_mut();
-        match shared.live.as_mut() {
-            Some(live) => live.transmit(frame),
-            None => {
-                let released = self.status.released(OutputKind::Packet);
-                shared.packets.push(frame.to_vec(), frame.len() as u64, released);
-            }
-        }
+        let replayed = &mut *self.replayed.borrow_mut();
+        let released = replayed.core.released(OutputKind::Packet);
+        replayed.packets.push(frame.to_vec(), frame.len() as u64, released);
     }
 
     fn disk_write(&mut self, offset: u64, data: &[u8]) -> Result<(), OutputError> {
-        let mut shared = self.shared.borrow_mut();
-        if let Some(live) = shared.live.as_mut() {
-            return live.disk_write(offset, data);
-        }
-        let released = self.status.released(OutputKind::DiskWrite);
-        shared.disk_writes.push((offset, data.to_vec()), data.len() as u64, released);
+        let replayed = &mut *self.replayed.borrow_mut();
+        let released = replayed.core.released(OutputKind::DiskWrite);
+        replayed.disk_writes.push((offset, data.to_vec()), data.len() as u64, released);
         Ok(())
     }
 
     fn disk_flush(&mut self) -> Result<(), OutputError> {
-        match self.shared.borrow_mut().live.as_mut() {
-            Some(live) => live.disk_flush(),
-            None => Ok(()),
-        }
+        Ok(())
     }
 }
 
-/// What going live needs.
-struct GoLive {
+/// Going live: what it needs.
+pub struct BackupTakeover {
     config: FtConfig,
     generation: u64,
     link: Arc<BackupLink>,
@@ -235,20 +151,12 @@ struct GoLive {
     backends: Backends,
     net_mac: Option<[u8; 6]>,
     console: Option<Box<dyn Write + Send>>,
-}
-
-/// The backup's inputs: the replayed log, then, after go-live, the host.
-pub struct BackupInputs {
-    replay: Option<ReplayInputs<LinkSource>>,
-    live: Option<LiveInputs>,
-    last_monotonic_ns: u64,
-    go_live: GoLive,
-    shared: Rc<RefCell<Shared>>,
+    replayed: Rc<RefCell<Replayed>>,
     status: Arc<BackupStatus>,
 }
 
 /// This backup's pair: its settings, generation and link.
-pub struct BackupPair {
+pub struct BackupPairLink {
     /// Its settings.
     pub config: FtConfig,
     /// The generation it runs in.
@@ -257,29 +165,37 @@ pub struct BackupPair {
     pub link: Arc<BackupLink>,
 }
 
-/// The backup's inputs and outputs for a run whose start was read from
-/// `replay`, going live on `backends` (this host's attachments, already
-/// checked against the primary's devices; `net_mac` the guest's MAC).
+/// The backup's entry source, outputs and takeover, going live on `backends` (this host's
+/// attachments, already checked against the primary's devices; `net_mac` the guest's MAC).
 pub fn backup_io(
-    replay: ReplayInputs<LinkSource>,
     status: Arc<BackupStatus>,
-    pair: BackupPair,
+    pair: BackupPairLink,
     backends: Backends,
     net_mac: Option<[u8; 6]>,
     console: Box<dyn Write + Send>,
-) -> (BackupInputs, BackupOutputs) {
-    let shared = Rc::new(RefCell::new(Shared::default()));
-    let BackupPair { config, generation, link } = pair;
-    let go_live = GoLive { config, generation, link, backends, net_mac, console: Some(console) };
-    let inputs = BackupInputs {
-        replay: Some(replay),
-        live: None,
+) -> (LinkSource, BackupOutputs, BackupTakeover) {
+    let BackupPairLink { config, generation, link } = pair;
+    let replayed = Rc::new(RefCell::new(Replayed {
+        core: BackupPair::new(config.channel.failure_timeout_ms),
         last_monotonic_ns: 0,
-        go_live,
-        shared: shared.clone(),
-        status: status.clone(),
+        packets: Unreleased::new(UNRELEASED_MAX_BYTES),
+        console: Unreleased::new(UNRELEASED_MAX_BYTES),
+        disk_writes: Unreleased::new(UNRELEASED_MAX_BYTES),
+    }));
+    let source =
+        LinkSource { link: link.clone(), status: status.clone(), replayed: replayed.clone() };
+    let outputs = BackupOutputs { replayed: replayed.clone() };
+    let takeover = BackupTakeover {
+        config,
+        generation,
+        link,
+        backends,
+        net_mac,
+        console: Some(console),
+        replayed,
+        status,
     };
-    (inputs, BackupOutputs { shared, status })
+    (source, outputs, takeover)
 }
 
 /// A gratuitous RARP from `mac` (what VMware FT sends): every bridge on the
@@ -298,54 +214,76 @@ fn rarp_announcement(mac: [u8; 6]) -> Vec<u8> {
     frame
 }
 
-impl BackupInputs {
-    /// The primary is gone: wait out its lease, win the arbiter, then switch to the host.
-    fn go_live(&mut self, at: &At, why: String) -> Result<(), InputError> {
-        sleep_until(self.go_live.link.live_not_before())?;
-        let go_live = &self.go_live;
-        let why = format!("primary presumed dead ({why})");
-        arbitrate(&go_live.config, go_live.generation, "backup", &why).map_err(|not_won| {
-            match not_won {
-                NotWon::Lost(reason) => {
-                    eprintln!("ftvm: {reason}");
-                    InputError::Halted(reason)
+impl BackupTakeover {
+    /// Waits out the primary's lease and asks the arbiter, as the core says, until it says
+    /// go live; or the outcome that ends the run.
+    fn decide(&mut self) -> Result<(), RunOutcome> {
+        loop {
+            let step = {
+                let mut replayed = self.replayed.borrow_mut();
+                self.link.with_core(|channel, now_ns| replayed.core.replay_ran_out(channel, now_ns))
+            };
+            match step {
+                BackupStep::WaitUntil(at_ns) => {
+                    sleep_until(self.link.instant_at(at_ns)).map_err(|_| RunOutcome::Stopped)?
                 }
-                NotWon::Stopped => InputError::Stopped,
+                BackupStep::AskArbiter(why) => {
+                    let verdict = arbitrate(&self.config, self.generation, "backup", &why);
+                    let verdict = match verdict {
+                        Ok(()) => Ok(()),
+                        Err(NotWon::Stopped) => return Err(RunOutcome::Stopped),
+                        Err(NotWon::Lost(reason)) => {
+                            eprintln!("ftvm: {reason}");
+                            Err(reason)
+                        }
+                    };
+                    self.replayed.borrow_mut().core.arbiter_said(verdict);
+                }
+                BackupStep::GoLive => return Ok(()),
+                BackupStep::Halt(reason) => return Err(RunOutcome::Halted(reason)),
             }
-        })?;
-        let backends = std::mem::take(&mut self.go_live.backends);
+        }
+    }
+}
+
+impl Takeover for BackupTakeover {
+    fn take_over(
+        &mut self,
+        landmark: u64,
+    ) -> Result<(Box<dyn Inputs>, Box<dyn Outputs>), RunOutcome> {
+        self.decide()?;
+        let backends = std::mem::take(&mut self.backends);
         if let Some(tap) = backends.tap.as_ref() {
             // Frames queued while this side was a backup were flooded to both sides (the
             // primary's guest consumed them, and the log carried them here): stale now.
             while let Ok(Some(_)) = tap.read_packet() {}
         }
-        let mut shared = self.shared.borrow_mut();
-        let console = self.go_live.console.take().expect("go-live happens once");
-        let mut live_outputs =
-            LiveOutputs::new(console, backends.tap.clone(), backends.disk.clone());
+        let console = self.console.take().expect("go-live happens once");
+        let mut live = LiveOutputs::new(console, backends.tap.clone(), backends.disk.clone());
+        let replayed = &mut *self.replayed.borrow_mut();
+        let core = &replayed.core;
         // What the primary may not have released: its writes first (a reader must find them),
         // then the announcement, then the packets and console output the world may not have
         // seen, in the order the guest produced them.
-        let host_error = |error: OutputError| InputError::Host(error.to_string());
-        let status = &self.status;
-        let writes = shared.disk_writes.take_after(status.released(OutputKind::DiskWrite));
+        let host_error = |error: OutputError| RunOutcome::OutputFailed(error.to_string());
+        let writes = replayed.disk_writes.take_after(core.released(OutputKind::DiskWrite));
         let rewritten = writes.len();
         for (offset, data) in writes {
-            live_outputs.disk_write(offset, &data).map_err(host_error)?;
+            live.disk_write(offset, &data).map_err(host_error)?;
         }
         if backends.disk.is_some() {
-            live_outputs.disk_flush().map_err(host_error)?;
+            live.disk_flush().map_err(host_error)?;
         }
-        if let (Some(mac), Some(_)) = (self.go_live.net_mac, backends.tap.as_ref()) {
-            live_outputs
-                .transmit(&crate::devices::virtio::net::plain_packet(&rarp_announcement(mac)));
+        if let (Some(mac), Some(_)) = (self.net_mac, backends.tap.as_ref()) {
+            live.transmit(&crate::devices::virtio::net::plain_packet(&rarp_announcement(mac)));
         }
-        let packets = shared.packets.take_after(status.released(OutputKind::Packet));
-        let console = shared.console.take_after(status.released(OutputKind::Console));
+        let packets = replayed.packets.take_after(core.released(OutputKind::Packet));
+        let console = replayed.console.take_after(core.released(OutputKind::Console));
         let re_emitted = (packets.len(), console.len());
-        packets.iter().for_each(|packet| live_outputs.transmit(packet));
-        console.iter().for_each(|text| live_outputs.console(text));
-        let dropped = shared.packets.dropped + shared.console.dropped + shared.disk_writes.dropped;
+        packets.iter().for_each(|packet| live.transmit(packet));
+        console.iter().for_each(|text| live.console(text));
+        let dropped =
+            replayed.packets.dropped() + replayed.console.dropped() + replayed.disk_writes.dropped();
         if dropped > 0 {
             eprintln!(
                 "ftvm: warning: {dropped} unreleased outputs were over the {} MiB kept per kind \
@@ -353,85 +291,16 @@ impl BackupInputs {
                 UNRELEASED_MAX_BYTES >> 20
             );
         }
-        shared.live = Some(live_outputs);
         self.status.live.store(true, Ordering::SeqCst);
-        let replayed = self.replay.take().map(|replay| replay.log_stats().entries()).unwrap_or(0);
-        self.live = Some(LiveInputs::continuing_at(self.last_monotonic_ns + 1, backends));
         eprintln!(
-            "ftvm: role: backup -> live, generation {}, at landmark {} rip {:#x}, {replayed} entries replayed, {rewritten} unreleased disk writes re-applied, {} packets and {} console writes re-emitted, at unix ns {}",
-            self.go_live.generation, at.point.landmark, at.point.rip, re_emitted.0, re_emitted.1, unix_time_ns()
+            "ftvm: role: backup -> live, generation {}, at landmark {landmark}, replayed through seq {}, {rewritten} unreleased disk writes re-applied, {} packets and {} console writes re-emitted, at unix ns {}",
+            self.generation,
+            self.status.replayed_seq.load(Ordering::SeqCst),
+            re_emitted.0,
+            re_emitted.1,
+            unix_time_ns()
         );
-        Ok(())
-    }
-
-    /// Runs `call` on the replay, or after go-live on the host; a lost
-    /// primary in the middle of a call makes the backup go live and redo it.
-    fn with<T>(
-        &mut self,
-        at: &At,
-        mut call: impl FnMut(&mut dyn Inputs) -> Result<T, InputError>,
-    ) -> Result<T, InputError> {
-        if let Some(replay) = self.replay.as_mut() {
-            match call(replay) {
-                Err(InputError::PrimaryLost(why)) => self.go_live(at, why)?,
-                other => return other,
-            }
-        }
-        call(self.live.as_mut().expect("live after go-live"))
-    }
-}
-
-impl Inputs for BackupInputs {
-    fn monotonic_ns(&mut self, at: &At) -> Result<u64, InputError> {
-        let value = self.with(at, |inputs| inputs.monotonic_ns(at))?;
-        self.last_monotonic_ns = self.last_monotonic_ns.max(value);
-        Ok(value)
-    }
-
-    fn wall_ns(&mut self, at: &At) -> Result<u64, InputError> {
-        self.with(at, |inputs| inputs.wall_ns(at))
-    }
-
-    fn entropy(&mut self, at: &At, buf: &mut [u8]) -> Result<(), InputError> {
-        self.with(at, |inputs| inputs.entropy(at, buf))
-    }
-
-    fn disk_read(&mut self, at: &At, offset: u64, buf: &mut [u8]) -> Result<(), InputError> {
-        self.with(at, |inputs| inputs.disk_read(at, offset, buf))
-    }
-
-    fn stop_here(&mut self, at: &At) -> Result<bool, InputError> {
-        if crate::signals::stop_requested() {
-            return Ok(true);
-        }
-        self.with(at, |inputs| inputs.stop_here(at))
-    }
-
-    fn poll_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
-        self.with(at, |inputs| inputs.poll_events(at, armed))
-    }
-
-    fn wait_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
-        self.with(at, |inputs| inputs.wait_events(at, armed))
-    }
-
-    fn end_of_run(&mut self, end: &RunEnd) -> Result<(), InputError> {
-        // This backup was stopped (SIGTERM) in the middle of its replay: its end is its own,
-        // not the recorded guest's, so there is nothing to compare.
-        if end.stopped && crate::signals::stop_requested() {
-            return Ok(());
-        }
-        match self.replay.as_mut() {
-            Some(replay) => match replay.end_of_run(end) {
-                // The primary died after its guest ended: nothing left to check.
-                Err(InputError::PrimaryLost(_)) => Ok(()),
-                other => other,
-            },
-            None => Ok(()),
-        }
-    }
-
-    fn log_stats(&self) -> LogStats {
-        self.replay.as_ref().map(|replay| replay.log_stats()).unwrap_or_default()
+        let inputs = LiveInputs::continuing_at(replayed.last_monotonic_ns + 1, backends);
+        Ok((Box::new(inputs), Box::new(live)))
     }
 }

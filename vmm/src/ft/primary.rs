@@ -1,99 +1,169 @@
-//! The primary's side of the pair: every log entry goes to the backup over
-//! the channel, with the lag bound applied as it is sent; every output is held
-//! until the backup has acknowledged the last entry sent before it (the
-//! output rule) and is then released, in order, by one thread. Execution goes
-//! on meanwhile; only output waits.
+//! The primary's side of the pair: a thin driver of [`PrimaryPair`], the sans-IO core that
+//! holds the decisions. The vCPU thread appends every log entry to the channel (the lag bound
+//! holding it back when the backup falls behind), holds every output in the core, and tells
+//! it when each exit ends (the output's entry goes out then). One releaser thread performs
+//! what the core releases, asks the arbiter when the core says the backup is lost, and drops
+//! what the core drops. The run ends at the next landmark once the core says so (halted, or
+//! an output failed on the host).
 //!
-//! Fencing: the releaser performs an output only while the primary holds its
-//! lease (see `logchannel::PrimaryCore`), checked right before the write on
-//! the releaser's own thread, so a primary that was paused or cut off past the
-//! failure timeout releases nothing more on waking: its link reports the
-//! backup lost, and it asks the arbiter. It goes on solo (releasing what it
-//! held) only if it wins; if it loses it drops everything it held and halts.
-//!
-//! The window that remains: a pause of the releaser thread after the lease
-//! check and before its `pwrite`/`write` syscall (a few microseconds of code)
-//! that lasts past the backup's go-live. Linux cannot revoke a file
-//! descriptor, so only a fence in the storage itself (SCSI reservations, a
-//! block service that checks generations) could close it.
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+//! The fence's remaining window: a pause of the releaser thread after the lease check and
+//! before its `pwrite`/`write` syscall (a few microseconds of code) that lasts past the
+//! backup's go-live. Linux cannot revoke a file descriptor, so only a fence in the storage
+//! itself (SCSI reservations, a block service that checks generations) could close it.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use logchannel::{ChannelError, Entry, PrimaryLink};
+use logchannel::pair::primary::{PrimaryEnd, PrimaryPair, PrimaryRole, PrimaryStep};
+use logchannel::pair::OutputKind;
+use logchannel::{Entry, PrimaryLink};
+use storage::BlockStore;
 
 use super::{arbitrate, median_p99, FtConfig, NotWon, PairReport};
-
-/// Lag samples kept for the report (one per entry sent, up to this many).
-const MAX_LAG_SAMPLES: usize = 1 << 20;
 use crate::inputs::live::{deadline_after, unix_time_ns, HostClock};
 use crate::inputs::record::EntrySink;
 use crate::inputs::InputError;
+use crate::outcome::RunOutcome;
 use crate::outputs::{LiveOutputs, OutputError, Outputs};
 
-/// The pair as the primary sees it; shared by the log sink and the releaser.
+/// Lag samples kept for the report (one per entry sent, up to this many).
+const MAX_LAG_SAMPLES: usize = 1 << 20;
+/// How long the releaser waits before it looks at the channel again (a failed link is
+/// noticed within this, also while nothing is held).
+const RELEASER_TICK: Duration = Duration::from_millis(20);
+
+/// An output waiting for its acknowledgement.
+pub enum Held {
+    /// Console text.
+    Console(Vec<u8>),
+    /// A frame for the TAP.
+    Frame(Vec<u8>),
+    /// A write of the shared disk at a byte offset.
+    DiskWrite(u64, Vec<u8>),
+    /// A flush of the shared disk.
+    DiskFlush,
+}
+
+/// The core and whether the run is over, under one lock.
+struct PairState {
+    core: PrimaryPair<Held>,
+    closing: bool,
+}
+
+/// The pair as the primary sees it; shared by the log sink, the held outputs and the releaser.
 pub struct PrimarySide {
     link: PrimaryLink,
     config: FtConfig,
     generation: u64,
-    /// The landmark the guest is at (its exit being handled).
-    current_landmark: AtomicU64,
-    /// The highest landmark a progress entry sent so far announced.
-    announced_landmark: AtomicU64,
-    solo: AtomicBool,
-    /// Set when this side lost the arbiter, or was stopped while asking it.
-    halted: Mutex<Option<NotWon>>,
-    /// Set when an output failed on the host (the shared disk): the run ends.
-    /// Set once, when an output failed on the host (a write or flush of the shared disk):
-    /// nothing after it is released, and the run ends.
-    output_failed: OnceLock<String>,
-    last_sent_seq: AtomicU64,
+    state: Mutex<PairState>,
+    /// An output was held or done, a verdict came, or the run is closing.
+    changed: Condvar,
     /// (entries, bytes, ms) the backup lagged behind, sampled at each entry sent.
     lag_samples: Mutex<Vec<(u64, u64, u64)>>,
     /// Measures the fence's window (lease check to end of write).
     clock: HostClock,
     fence_window_ns: AtomicU64,
     longest_output_call_ns: AtomicU64,
-    released_under_lease: AtomicU64,
 }
 
 impl PrimarySide {
     /// The primary's side of `generation` over a connected link.
     pub fn new(link: PrimaryLink, config: FtConfig, generation: u64) -> Arc<Self> {
+        let core = PrimaryPair::new(config.max_held_bytes);
         Arc::new(PrimarySide {
             link,
             config,
             generation,
-            current_landmark: AtomicU64::new(0),
-            announced_landmark: AtomicU64::new(0),
-            solo: AtomicBool::new(false),
-            halted: Mutex::new(None),
-            output_failed: OnceLock::new(),
-            last_sent_seq: AtomicU64::new(0),
+            state: Mutex::new(PairState { core, closing: false }),
+            changed: Condvar::new(),
             lag_samples: Mutex::new(Vec::new()),
             clock: HostClock::start(),
             fence_window_ns: AtomicU64::new(0),
             longest_output_call_ns: AtomicU64::new(0),
-            released_under_lease: AtomicU64::new(0),
         })
     }
 
-    /// Whether the primary runs alone (the backup is gone and it won the arbiter).
-    pub fn is_solo(&self) -> bool {
-        self.solo.load(Ordering::SeqCst)
+    fn lock(&self) -> MutexGuard<'_, PairState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn wait<'a>(&self, state: MutexGuard<'a, PairState>) -> MutexGuard<'a, PairState> {
+        match self.changed.wait_timeout(state, RELEASER_TICK) {
+            Ok((state, _)) => state,
+            Err(poisoned) => poisoned.into_inner().0,
+        }
+    }
+
+    /// How the run must end, if the core says it must.
+    pub fn end(&self) -> Option<RunOutcome> {
+        self.lock().core.end().map(|end| match end {
+            PrimaryEnd::Halted(reason) => RunOutcome::Halted(reason),
+            PrimaryEnd::OutputFailed(reason) => RunOutcome::OutputFailed(format!(
+                "the shared disk refused a write of the guest ({reason}): this primary released \
+                 nothing after it and halts"
+            )),
+        })
+    }
+
+    /// Reads `buf.len()` bytes of the guest's disk at `offset` as the guest sees it: the
+    /// image, with the writes still held for acknowledgement laid over it in order. (Waiting
+    /// for them to be released instead would deadlock a read that follows a write in the same
+    /// exit: that write is released only when the exit ends.) A write being performed is
+    /// waited for; the lock keeps the releaser from taking another meanwhile.
+    pub fn read_disk(&self, disk: &BlockStore, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        let mut state = self.lock();
+        while state.core.performing(OutputKind::DiskWrite) {
+            state = self.wait(state);
+        }
+        disk.read_at(offset, buf).map_err(|error| error.to_string())?;
+        let end = offset + buf.len() as u64;
+        for held in state.core.held() {
+            let Held::DiskWrite(at, data) = held else { continue };
+            let (from, to) = ((*at).max(offset), (at + data.len() as u64).min(end));
+            if from < to {
+                buf[(from - offset) as usize..(to - offset) as usize]
+                    .copy_from_slice(&data[(from - at) as usize..(to - at) as usize]);
+            }
+        }
+        Ok(())
+    }
+
+    fn is_paired(&self) -> bool {
+        *self.lock().core.role() == PrimaryRole::Paired
+    }
+
+    /// Blocks until every held output was released (or dropped), an arbitration in progress
+    /// included; the releaser then stops. Outputs of an exit the run ended in without
+    /// finishing it (a VMM error) are tied to `last_landmark` first.
+    pub fn close_and_drain(&self, last_landmark: u64) {
+        let mut state = self.lock();
+        self.link.with_core(|channel, now_ns| state.core.exit_done(channel, last_landmark, now_ns));
+        state.closing = true;
+        self.changed.notify_all();
+        while !state.core.drained() || *state.core.role() == PrimaryRole::Arbitrating {
+            state = self.wait(state);
+        }
     }
 
     /// What the pair looked like from here.
     pub fn report(&self) -> PairReport {
         let stats = self.link.stats();
+        let (role, released_under_lease) = {
+            let state = self.lock();
+            let role = match state.core.role() {
+                PrimaryRole::Solo => "solo",
+                PrimaryRole::Halted(_) => "halted",
+                PrimaryRole::Paired | PrimaryRole::Arbitrating => "primary",
+            };
+            (role, state.core.released_under_lease())
+        };
         let samples = self.lag_samples.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let column = |pick: fn(&(u64, u64, u64)) -> u64| {
             median_p99(&mut samples.iter().map(pick).collect::<Vec<_>>())
         };
         PairReport {
-            role: if self.is_solo() { "solo" } else { "primary" }.into(),
+            role: role.into(),
             generation: self.generation,
             sent_seq: stats.sent_seq,
             acked_seq: stats.acked_seq,
@@ -101,47 +171,30 @@ impl PrimarySide {
             lag_entries: column(|sample| sample.0),
             lag_bytes: column(|sample| sample.1),
             lag_ms: column(|sample| sample.2),
-            released_under_lease: self.released_under_lease.load(Ordering::Relaxed),
+            released_under_lease,
             fence_window_ns: self.fence_window_ns.load(Ordering::Relaxed),
             longest_output_call_ns: self.longest_output_call_ns.load(Ordering::Relaxed),
             wall_ns: self.clock.elapsed_ns(),
         }
     }
 
-    /// The backup is presumed dead: win the arbiter and go solo, or halt.
-    /// Called by whichever thread notices first; the others wait for its answer.
-    fn backup_failed(&self, error: &ChannelError) -> Result<(), NotWon> {
-        let mut halted = self.halted.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if self.is_solo() {
-            return Ok(());
-        }
-        if let Some(not_won) = halted.as_ref() {
-            return Err(not_won.clone());
-        }
-        let why = format!("backup presumed dead ({error})");
-        match arbitrate(&self.config, self.generation, "primary", &why) {
-            Ok(()) => {
-                eprintln!(
-                    "ftvm: role: primary -> solo, generation {}, at unix ns {}",
-                    self.generation,
-                    unix_time_ns()
-                );
-                self.solo.store(true, Ordering::SeqCst);
-                Ok(())
-            }
-            Err(not_won) => {
-                if let NotWon::Lost(reason) = &not_won {
-                    eprintln!("ftvm: {reason}; the outputs it held are dropped");
-                }
-                *halted = Some(not_won.clone());
-                Err(not_won)
-            }
+    fn sample_lag(&self) {
+        let stats = self.link.stats();
+        let mut samples = self.lag_samples.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if samples.len() < MAX_LAG_SAMPLES {
+            samples.push((
+                stats.sent_seq - stats.replayed_seq,
+                stats.unreplayed_bytes,
+                stats.replay_catch_up_ms,
+            ));
         }
     }
 }
 
-/// The primary's log sink: entries go to the backup, and the lag bound holds
-/// the guest back when the backup falls behind.
+/// The primary's log sink: entries go to the backup while paired, and the lag bound holds the
+/// guest back when the backup falls behind. A failed link is the releaser's to handle (the
+/// core reports it there); meanwhile entries are not sent (a side that wins goes solo, one
+/// that loses halts).
 pub struct LinkSink {
     side: Arc<PrimarySide>,
     clock_readings: u64,
@@ -168,347 +221,186 @@ impl LinkSink {
 
 impl EntrySink for LinkSink {
     fn append(&mut self, entry: &Entry) -> Result<u64, InputError> {
-        if let Some(reason) = self.side.output_failed.get() {
-            return Err(InputError::Host(reason.clone()));
-        }
-        if self.side.is_solo() {
+        if !self.side.is_paired() {
             return Ok(0);
         }
         let falsified = self.maybe_falsify(entry);
-        let sent = self.side.link.send(falsified.as_ref().unwrap_or(entry)).and_then(|sent| {
-            self.side.last_sent_seq.store(sent.seq, Ordering::SeqCst);
-            if let Entry::Progress { landmark } = entry {
-                self.side.announced_landmark.fetch_max(*landmark, Ordering::SeqCst);
-            }
-            let stats = self.side.link.stats();
-            let mut samples =
-                self.side.lag_samples.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if samples.len() < MAX_LAG_SAMPLES {
-                samples.push((
-                    stats.sent_seq - stats.replayed_seq,
-                    stats.unreplayed_bytes,
-                    stats.replay_catch_up_ms,
-                ));
-            }
-            drop(samples);
-            let config = &self.side.config;
-            self.side.link.wait_for_room(config.max_lag_bytes, config.max_lag_ms).map(|()| sent)
-        });
-        match sent {
-            Ok(sent) => Ok(sent.frame_len_bytes),
-            Err(error) => self.side.backup_failed(&error).map(|()| 0).map_err(input_error),
-        }
+        let link = &self.side.link;
+        let Ok(sent) = link.send(falsified.as_ref().unwrap_or(entry)) else { return Ok(0) };
+        self.side.sample_lag();
+        let config = &self.side.config;
+        // A link that fails while the guest waits here ends the wait.
+        let _ = link.wait_for_room(config.max_lag_bytes, config.max_lag_ms);
+        Ok(sent.frame_len_bytes)
     }
 
-    fn at_landmark(&mut self, landmark: u64) {
-        self.side.current_landmark.store(landmark, Ordering::SeqCst);
+    fn at_landmark(&mut self, _landmark: u64) -> Option<RunOutcome> {
+        self.side.end()
     }
 
     fn flush(&mut self) -> Result<(), InputError> {
-        if self.side.is_solo() {
-            return Ok(());
+        if self.side.is_paired() {
+            let timeout_ms = self.side.config.channel.failure_timeout_ms * 2;
+            // A failed link is the releaser's to handle.
+            let _ = self.side.link.flush(deadline_after(Duration::from_millis(timeout_ms)));
         }
-        let deadline =
-            deadline_after(Duration::from_millis(self.side.config.channel.failure_timeout_ms * 2));
-        match self.side.link.flush(deadline) {
-            Ok(_) => Ok(()),
-            Err(error) => self.side.backup_failed(&error).map_err(input_error),
-        }
+        Ok(())
     }
 }
 
-/// How a lost arbitration ends the run.
-fn input_error(not_won: NotWon) -> InputError {
-    match not_won {
-        NotWon::Lost(reason) => InputError::Halted(reason),
-        NotWon::Stopped => InputError::Stopped,
-    }
-}
-
-/// An output waiting for its acknowledgement.
-enum Held {
-    Console(Vec<u8>),
-    Frame(Vec<u8>),
-    DiskWrite(u64, Vec<u8>),
-    DiskFlush,
-}
-
-impl Held {
-    fn is_disk(&self) -> bool {
-        matches!(self, Held::DiskWrite(..) | Held::DiskFlush)
-    }
-
-    fn len_bytes(&self) -> u64 {
-        match self {
-            Held::Console(bytes) | Held::Frame(bytes) | Held::DiskWrite(_, bytes) => {
-                bytes.len() as u64
-            }
-            Held::DiskFlush => 0,
-        }
-    }
-}
-
-#[derive(Default)]
-struct Queue {
-    held: VecDeque<(u64, Held)>,
-    /// Outputs queued or being performed.
-    in_flight: usize,
-    /// Disk outputs queued or being performed.
-    disk_pending: usize,
-    /// Bytes of the outputs queued or being performed.
-    held_bytes: u64,
-    /// Set when the run is over: the releaser drains what it holds and stops.
-    closing: bool,
-}
-
-/// The output queue shared by the guest's outputs and the releaser thread.
-pub struct OutputQueue {
-    state: Mutex<Queue>,
-    changed: Condvar,
-}
-
-impl OutputQueue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Queues `held`; first waits (the vCPU with it) while the held bytes would pass
-    /// `max_held_bytes`, unless nothing is held (one output larger than the bound still goes).
-    /// Waiting ends early once `failed` is set (nothing will be released any more).
-    fn push(&self, seq: u64, held: Held, max_held_bytes: u64, failed: &OnceLock<String>) {
-        let mut queue = self.lock();
-        let len_bytes = held.len_bytes();
-        while queue.held_bytes > 0
-            && queue.held_bytes + len_bytes > max_held_bytes
-            && failed.get().is_none()
-            && !queue.closing
-        {
-            queue = self.changed.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-        queue.held_bytes += len_bytes;
-        if held.is_disk() {
-            queue.disk_pending += 1;
-        }
-        queue.in_flight += 1;
-        queue.held.push_back((seq, held));
-        self.changed.notify_all();
-    }
-
-    /// Blocks until no disk write or flush is held or in progress, so a disk
-    /// read sees every write the guest made before it.
-    pub fn wait_disk_drained(&self) {
-        let mut queue = self.lock();
-        while queue.disk_pending > 0 {
-            queue = self.changed.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-    }
-
-    /// Blocks until every held output was released (or dropped by a halt).
-    pub fn close_and_drain(&self) {
-        let mut queue = self.lock();
-        queue.closing = true;
-        self.changed.notify_all();
-        while queue.in_flight > 0 {
-            queue = self.changed.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
-    }
-}
-
-/// The primary's outputs: held until acknowledged, then released in order
-/// by a thread of their own.
+/// The primary's outputs: held in the core until it releases them.
 pub struct HeldOutputs {
     side: Arc<PrimarySide>,
-    queue: Arc<OutputQueue>,
+    /// Outputs were held during the exit in progress.
+    held_in_exit: bool,
 }
 
 impl HeldOutputs {
     /// Holds outputs for `live` (the real console, TAP and disk) and starts the releaser.
-    pub fn start(
-        side: Arc<PrimarySide>,
-        live: LiveOutputs,
-    ) -> (HeldOutputs, Arc<OutputQueue>, JoinHandle<()>) {
-        let queue =
-            Arc::new(OutputQueue { state: Mutex::new(Queue::default()), changed: Condvar::new() });
+    pub fn start(side: Arc<PrimarySide>, live: LiveOutputs) -> (HeldOutputs, JoinHandle<()>) {
         let releaser = {
-            let (side, queue) = (side.clone(), queue.clone());
+            let side = side.clone();
             std::thread::Builder::new()
                 .name("ftvm-output".into())
-                .spawn(move || release(side, queue, live))
+                .spawn(move || release(&side, live))
                 .expect("spawning the output thread")
         };
-        (HeldOutputs { side, queue: queue.clone() }, queue, releaser)
+        (HeldOutputs { side, held_in_exit: false }, releaser)
     }
 
-    /// Holds `held`, tied to an entry at its own point: if nothing in the log announces the
-    /// landmark the guest is at, a progress entry for it goes first. (Tied to an older entry,
-    /// it could be released once that one is acked, and a backup going live there would meet
-    /// live events at landmarks where the primary had none, and might never produce it.)
-    fn hold(&self, held: Held) {
+    /// Holds `output`; first waits (the vCPU with it) while the core has no room for it.
+    fn hold(&mut self, output: Held, kind: OutputKind, len_bytes: u64) {
         let side = &self.side;
-        let landmark = side.current_landmark.load(Ordering::SeqCst);
-        if !side.is_solo() && side.announced_landmark.load(Ordering::SeqCst) < landmark {
-            // A failed link is handled by the log sink and the releaser.
-            if let Ok(sent) = side.link.send(&Entry::Progress { landmark }) {
-                side.last_sent_seq.store(sent.seq, Ordering::SeqCst);
-                side.announced_landmark.fetch_max(landmark, Ordering::SeqCst);
-            }
+        let mut state = side.lock();
+        while !state.core.has_room_for(len_bytes) && !state.closing {
+            state = side.wait(state);
         }
-        let seq = side.last_sent_seq.load(Ordering::SeqCst);
-        self.queue.push(seq, held, side.config.max_held_bytes, &side.output_failed);
+        state.core.hold(output, kind, len_bytes);
+        side.changed.notify_all();
+        self.held_in_exit = true;
     }
 
     fn disk_error(&self) -> Result<(), OutputError> {
-        match self.side.output_failed.get() {
-            Some(error) => Err(OutputError::Disk(error.clone())),
-            None => Ok(()),
+        match self.side.lock().core.end() {
+            Some(PrimaryEnd::OutputFailed(error)) => Err(OutputError::Disk(error)),
+            _ => Ok(()),
         }
     }
 }
 
 impl Outputs for HeldOutputs {
     fn console(&mut self, bytes: &[u8]) {
-        self.hold(Held::Console(bytes.to_vec()));
+        self.hold(Held::Console(bytes.to_vec()), OutputKind::Console, bytes.len() as u64);
     }
 
     fn transmit(&mut self, frame: &[u8]) {
-        self.hold(Held::Frame(frame.to_vec()));
+        self.hold(Held::Frame(frame.to_vec()), OutputKind::Packet, frame.len() as u64);
     }
 
     fn disk_write(&mut self, offset: u64, data: &[u8]) -> Result<(), OutputError> {
         self.disk_error()?;
-        self.hold(Held::DiskWrite(offset, data.to_vec()));
+        let len_bytes = data.len() as u64;
+        self.hold(Held::DiskWrite(offset, data.to_vec()), OutputKind::DiskWrite, len_bytes);
         Ok(())
     }
 
     fn disk_flush(&mut self) -> Result<(), OutputError> {
         self.disk_error()?;
-        self.hold(Held::DiskFlush);
+        self.hold(Held::DiskFlush, OutputKind::DiskFlush, 0);
         Ok(())
     }
+
+    fn exit_done(&mut self, landmark: u64) {
+        let side = &self.side;
+        side.link.note_exits_complete(landmark);
+        if std::mem::take(&mut self.held_in_exit) {
+            let mut state = side.lock();
+            side.link.with_core(|channel, now_ns| state.core.exit_done(channel, landmark, now_ns));
+            side.changed.notify_all();
+        }
+    }
 }
 
-/// The releaser: waits until each output may be released (acknowledged, and
-/// the lease held, or solo), then performs it at once on this thread.
-fn release(side: Arc<PrimarySide>, queue: Arc<OutputQueue>, mut live: LiveOutputs) {
-    let mut report = ReleaseReport::default();
+/// The releaser: performs what the core releases, right after the lease check on this
+/// thread; asks the arbiter when the core says so.
+fn release(side: &PrimarySide, mut live: LiveOutputs) {
     loop {
-        let (seq, held) = {
-            let mut state = queue.lock();
-            loop {
-                if let Some(next) = state.held.pop_front() {
-                    break next;
+        let mut state = side.lock();
+        let step = side.link.with_core(|channel, now_ns| state.core.next_step(channel, now_ns));
+        match step {
+            PrimaryStep::Release { output, under_lease, .. } => {
+                let checked_at_ns = side.clock.elapsed_ns();
+                drop(state);
+                let called_at_ns = side.clock.elapsed_ns();
+                let result = perform(&mut live, output);
+                if under_lease {
+                    // The fence's window: from the lease check to the call that performs the
+                    // output (a pause there lets the output out late); and how long the call
+                    // took (storage slower than the lease's margin lets a write land late too).
+                    let done_at_ns = side.clock.elapsed_ns();
+                    side.fence_window_ns
+                        .fetch_add(called_at_ns.saturating_sub(checked_at_ns), Ordering::Relaxed);
+                    side.longest_output_call_ns
+                        .fetch_max(done_at_ns.saturating_sub(called_at_ns), Ordering::Relaxed);
                 }
-                if state.closing {
+                if let Err(error) = &result {
+                    eprintln!("ftvm: output stopped: {error}; nothing after it is released");
+                }
+                done(side, Some(result.map_err(|error| error.to_string())));
+            }
+            PrimaryStep::Drop(_) => {
+                drop(state);
+                done(side, None);
+            }
+            PrimaryStep::WaitForAck(seq) => {
+                drop(state);
+                // A failure or a timeout is the core's to judge at the next step.
+                let _ = side.link.wait_releasable(seq, deadline_after(RELEASER_TICK));
+            }
+            PrimaryStep::AskArbiter(why) => {
+                drop(state);
+                let verdict = arbitrate(&side.config, side.generation, "primary", &why);
+                let mut state = side.lock();
+                match &verdict {
+                    Ok(()) => eprintln!(
+                        "ftvm: role: primary -> solo, generation {}, at unix ns {}",
+                        side.generation,
+                        unix_time_ns()
+                    ),
+                    Err(NotWon::Lost(reason)) => {
+                        eprintln!("ftvm: {reason}; the outputs it held are dropped")
+                    }
+                    Err(NotWon::Stopped) => {}
+                }
+                state.core.arbiter_said(verdict.map_err(|not_won| match not_won {
+                    NotWon::Lost(reason) => reason,
+                    NotWon::Stopped => "stopped while asking the arbiter".into(),
+                }));
+                side.changed.notify_all();
+            }
+            PrimaryStep::Idle | PrimaryStep::WaitForExitEnd | PrimaryStep::WaitForVerdict => {
+                if state.closing && state.core.drained() {
                     return;
                 }
-                state = queue.changed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+                drop(side.wait(state));
             }
-        };
-        // `Some(time of the lease check)` when released under the lease.
-        let mut checked_at_ns = None;
-        let released = loop {
-            if side.is_solo() {
-                break true;
-            }
-            match side.link.wait_releasable(seq, deadline_after(Duration::from_millis(100))) {
-                Ok(true) => {
-                    checked_at_ns = Some(side.clock.elapsed_ns());
-                    break true;
-                }
-                Ok(false) => continue,
-                Err(error) => break side.backup_failed(&error).is_ok(),
-            }
-        };
-        let is_disk = held.is_disk();
-        let len_bytes = held.len_bytes();
-        // After a failed output nothing more is released: the world must not see what the
-        // guest did after a write the shared disk refused.
-        let released = released && side.output_failed.get().is_none();
-        if released {
-            report.count(&held);
         }
-        let called_at_ns = side.clock.elapsed_ns();
-        let result = match (released, held) {
-            (false, _) => Ok(()),
-            (true, Held::Console(bytes)) => {
-                live.console(&bytes);
-                Ok(())
-            }
-            (true, Held::Frame(frame)) => {
-                live.transmit(&frame);
-                Ok(())
-            }
-            (true, Held::DiskWrite(offset, data)) => live.disk_write(offset, &data),
-            (true, Held::DiskFlush) => live.disk_flush(),
-        };
-        if let Some(checked_at_ns) = checked_at_ns {
-            // The fence's window: from the lease check to the call that performs the output (a
-            // pause there lets the output out late); and how long the call itself took (storage
-            // slower than the lease's margin lets a write land late too).
-            let done_at_ns = side.clock.elapsed_ns();
-            side.fence_window_ns
-                .fetch_add(called_at_ns.saturating_sub(checked_at_ns), Ordering::Relaxed);
-            side.longest_output_call_ns
-                .fetch_max(done_at_ns.saturating_sub(called_at_ns), Ordering::Relaxed);
-            side.released_under_lease.fetch_add(1, Ordering::Relaxed);
-        }
-        let mut state = queue.lock();
-        if let Err(error) = result {
-            let reason = format!(
-                "the shared disk refused a write of the guest ({error}): this primary releases \
-                 nothing after it and halts"
-            );
-            eprintln!("ftvm: output stopped: {error}");
-            let _ = side.output_failed.set(reason);
-        }
-        if is_disk {
-            state.disk_pending -= 1;
-        }
-        state.held_bytes -= len_bytes;
-        state.in_flight -= 1;
-        let caught_up = state.held.is_empty();
-        queue.changed.notify_all();
-        drop(state);
-        report.send_if_due(&side, caught_up);
     }
 }
 
-/// How far the releaser has released each kind of output, and when it last
-/// told the backup (an [`Entry::Released`] in the log): when it has caught up
-/// with the queue, or every [`ReleaseReport::EVERY`] outputs while it has not.
-#[derive(Default)]
-struct ReleaseReport {
-    packets: u64,
-    console_writes: u64,
-    disk_writes: u64,
-    since_sent: u64,
+/// Tells the core an output it handed out is done (`None`: dropped).
+fn done(side: &PrimarySide, result: Option<Result<(), String>>) {
+    let mut state = side.lock();
+    side.link.with_core(|channel, now_ns| state.core.output_done(channel, result, now_ns));
+    side.changed.notify_all();
 }
 
-impl ReleaseReport {
-    const EVERY: u64 = 32;
-
-    fn count(&mut self, held: &Held) {
-        match held {
-            Held::Frame(_) => self.packets += 1,
-            Held::Console(_) => self.console_writes += 1,
-            Held::DiskWrite(..) => self.disk_writes += 1,
-            Held::DiskFlush => return,
-        }
-        self.since_sent += 1;
+fn perform(live: &mut LiveOutputs, output: Held) -> Result<(), OutputError> {
+    match output {
+        Held::Console(bytes) => live.console(&bytes),
+        Held::Frame(frame) => live.transmit(&frame),
+        Held::DiskWrite(offset, data) => return live.disk_write(offset, &data),
+        Held::DiskFlush => return live.disk_flush(),
     }
-
-    fn send_if_due(&mut self, side: &PrimarySide, caught_up: bool) {
-        if self.since_sent == 0 || !(caught_up || self.since_sent >= Self::EVERY) || side.is_solo()
-        {
-            return;
-        }
-        let entry = Entry::Released {
-            packets: self.packets,
-            console_writes: self.console_writes,
-            disk_writes: self.disk_writes,
-        };
-        // A failed link is noticed and handled by the log sink and the wait for acks.
-        let _ = side.link.send(&entry);
-        self.since_sent = 0;
-    }
+    Ok(())
 }

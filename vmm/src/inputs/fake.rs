@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use super::{Armed, AsyncEvent, At, InputError, Inputs, RunEnd};
+use super::{Armed, AsyncEvent, At, AtLandmark, InputError, Inputs, RunEnd};
 
 /// The fill byte of every disk read.
 pub const DISK_FILL: u8 = 0xd1;
@@ -59,8 +59,8 @@ impl Inputs for FakeInputs {
         Ok(())
     }
 
-    fn stop_here(&mut self, _at: &At) -> Result<bool, InputError> {
-        Ok(false)
+    fn at_landmark(&mut self, _at: &At) -> Result<AtLandmark, InputError> {
+        Ok(AtLandmark::Run)
     }
 
     fn poll_events(&mut self, _at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {

@@ -9,7 +9,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use storage::BlockStore;
 
-use super::{Armed, AsyncEvent, At, InputError, Inputs, RunEnd};
+use super::{Armed, AsyncEvent, At, AtLandmark, InputError, Inputs, RunEnd};
+use crate::outcome::RunOutcome;
 use crate::tap::Tap;
 
 /// The host's monotonic clock, for measurement.
@@ -38,9 +39,9 @@ pub fn unix_time_ns() -> u128 {
         .map_or(0, |since| since.as_nanos())
 }
 
-/// A hook run before each disk read (an FT primary uses it to let the
-/// guest's held writes reach the disk first).
-pub type DiskReadBarrier = Arc<dyn Fn() + Send + Sync>;
+/// Reads the guest's disk as the guest sees it, in place of the image: an FT
+/// primary's guest must see its own writes that are held for acknowledgement.
+pub type DiskReader = Arc<dyn Fn(&BlockStore, u64, &mut [u8]) -> Result<(), String> + Send + Sync>;
 
 /// A host deadline `duration` from now, for VMM-side waits that never reach
 /// the guest (the FT pair's ack and flush waits). It lives here so that this
@@ -49,13 +50,17 @@ pub fn deadline_after(duration: std::time::Duration) -> Instant {
     Instant::now() + duration
 }
 
+/// A stop signal (SIGINT/SIGTERM) ended a wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StopRequested;
+
 /// Sleeps until `deadline` on the host clock, waking early only for a stop
-/// signal ([`InputError::Stopped`]).
-pub fn sleep_until(deadline: Instant) -> Result<(), InputError> {
+/// signal.
+pub fn sleep_until(deadline: Instant) -> Result<(), StopRequested> {
     const SLICE: std::time::Duration = std::time::Duration::from_millis(10);
     loop {
         if crate::signals::stop_requested() {
-            return Err(InputError::Stopped);
+            return Err(StopRequested);
         }
         let now = Instant::now();
         if now >= deadline {
@@ -72,8 +77,8 @@ pub struct Backends {
     pub tap: Option<Arc<Tap>>,
     /// The disk image behind the block device.
     pub disk: Option<Arc<BlockStore>>,
-    /// Run before every disk read.
-    pub before_disk_read: Option<DiskReadBarrier>,
+    /// Reads the disk instead of reading the image directly, if set.
+    pub disk_reader: Option<DiskReader>,
 }
 
 /// Inputs taken from the host as they happen.
@@ -148,17 +153,20 @@ impl Inputs for LiveInputs {
     }
 
     fn disk_read(&mut self, _at: &At, offset: u64, buf: &mut [u8]) -> Result<(), InputError> {
-        if let Some(barrier) = &self.backends.before_disk_read {
-            barrier();
-        }
         let disk = self.backends.disk.as_ref().ok_or_else(|| {
             InputError::Host("the guest read a disk the VMM has no image for".into())
         })?;
-        disk.read_at(offset, buf).map_err(|error| InputError::Host(error.to_string()))
+        match &self.backends.disk_reader {
+            Some(reader) => reader(disk, offset, buf).map_err(InputError::Host),
+            None => disk.read_at(offset, buf).map_err(|error| InputError::Host(error.to_string())),
+        }
     }
 
-    fn stop_here(&mut self, _at: &At) -> Result<bool, InputError> {
-        Ok(crate::signals::stop_requested())
+    fn at_landmark(&mut self, _at: &At) -> Result<AtLandmark, InputError> {
+        Ok(match crate::signals::stop_requested() {
+            true => AtLandmark::End(RunOutcome::Stopped),
+            false => AtLandmark::Run,
+        })
     }
 
     fn poll_events(&mut self, _at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
@@ -181,7 +189,8 @@ impl Inputs for LiveInputs {
                 return Ok(events);
             }
             if crate::signals::stop_requested() {
-                return Err(InputError::Stopped);
+                // The wait ends empty; the next landmark ends the run.
+                return Ok(Vec::new());
             }
             let remaining_ns =
                 armed.timer_deadline_ns.map(|deadline| deadline.saturating_sub(self.now_ns()));

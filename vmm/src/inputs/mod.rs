@@ -21,6 +21,8 @@ use kvm_bindings::kvm_regs;
 pub use logchannel::{AsyncEvent, ExecPoint, RunEnd};
 use thiserror::Error;
 
+use crate::outcome::RunOutcome;
+
 /// Where the guest is when it consumes an input: the execution point and the
 /// registers there (hashed only when an entry is written or checked).
 #[derive(Clone, Copy, Debug, Default)]
@@ -73,6 +75,22 @@ impl fmt::Display for Divergence {
     }
 }
 
+/// What the run does at a landmark, decided by the inputs before its exit is handled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AtLandmark {
+    /// Handle the exit.
+    Run,
+    /// The run ends here, before the exit is handled (stopped by the host, halted by the
+    /// arbiter, or the recording being replayed was stopped here).
+    End(RunOutcome),
+    /// The log being replayed holds nothing for this exit and never will (it was cut short,
+    /// or the primary sending it is gone): a backup goes live here; any other replay stops.
+    LogEnded {
+        /// How far the log covers.
+        covered_landmark: u64,
+    },
+}
+
 /// Why an input could not be produced. Each ends the run.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum InputError {
@@ -90,16 +108,6 @@ pub enum InputError {
         /// Where the guest is.
         landmark: u64,
     },
-    /// The host asked the VMM to stop (SIGINT/SIGTERM), or the recording
-    /// being replayed was stopped here.
-    #[error("stopped by the host")]
-    Stopped,
-    /// The primary is presumed dead (the log channel failed or fell silent).
-    #[error("the primary is presumed dead: {0}")]
-    PrimaryLost(String),
-    /// This side lost the arbiter: the other side runs the guest now.
-    #[error("{0}")]
-    Halted(String),
     /// The log could not be read: corrupt, truncated, out of order.
     #[error("the log is unreadable: {0}")]
     LogCorrupt(String),
@@ -150,11 +158,11 @@ pub trait Inputs {
     /// The asynchronous events that have arrived by this landmark, at once.
     /// At most `armed.net_rx_capacity` of them are received frames.
     fn poll_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError>;
-    /// Whether the run stops at this landmark, before it is handled: the
-    /// host asked to stop (live, record) or the recording stopped here (replay).
-    fn stop_here(&mut self, at: &At) -> Result<bool, InputError>;
-    /// Blocks until at least one asynchronous event arrives
-    /// ([`InputError::Stopped`] if the host asks to stop meanwhile).
+    /// Whether the run goes on at this landmark, before its exit is handled (see
+    /// [`AtLandmark`]).
+    fn at_landmark(&mut self, at: &At) -> Result<AtLandmark, InputError>;
+    /// Blocks until at least one asynchronous event arrives, or the host asks to stop (then
+    /// with none: the next landmark ends the run).
     fn wait_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError>;
     /// The run is over: record its end, or check it against the recording.
     fn end_of_run(&mut self, end: &RunEnd) -> Result<(), InputError>;

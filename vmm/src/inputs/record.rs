@@ -3,7 +3,8 @@
 use logchannel::{Entry, Input, InputEntry, LogFileWriter, RunStart};
 
 use super::live::{Backends, LiveInputs};
-use super::{Armed, AsyncEvent, At, InputError, Inputs, LogStats, RunEnd};
+use super::{Armed, AsyncEvent, At, AtLandmark, InputError, Inputs, LogStats, RunEnd};
+use crate::outcome::RunOutcome;
 
 /// Where a recorder writes entries (a log file; later the log channel).
 pub trait EntrySink {
@@ -11,9 +12,11 @@ pub trait EntrySink {
     fn append(&mut self, entry: &Entry) -> Result<u64, InputError>;
     /// Pushes buffered entries out.
     fn flush(&mut self) -> Result<(), InputError>;
-    /// The guest has reached `landmark` (every exit, before anything is consumed there): an
-    /// FT primary ties the outputs of this landmark to an entry at it.
-    fn at_landmark(&mut self, _landmark: u64) {}
+    /// The guest has reached `landmark` (every exit, before anything is consumed there):
+    /// `Some` ends the run there (an FT primary that lost its arbiter).
+    fn at_landmark(&mut self, _landmark: u64) -> Option<RunOutcome> {
+        None
+    }
 }
 
 impl EntrySink for LogFileWriter<Entry> {
@@ -96,9 +99,11 @@ impl<S: EntrySink> Inputs for RecordingInputs<S> {
         self.log(at, Input::DiskRead(buf.to_vec()))
     }
 
-    fn stop_here(&mut self, at: &At) -> Result<bool, InputError> {
-        self.sink.at_landmark(at.point.landmark);
-        self.live.stop_here(at)
+    fn at_landmark(&mut self, at: &At) -> Result<AtLandmark, InputError> {
+        if let Some(end) = self.sink.at_landmark(at.point.landmark) {
+            return Ok(AtLandmark::End(end));
+        }
+        self.live.at_landmark(at)
     }
 
     fn poll_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {

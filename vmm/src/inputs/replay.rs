@@ -4,15 +4,23 @@
 //! read from the host. The guest is never run past what the log covers.
 use logchannel::{Entry, FrameError, Input, InputEntry, LogFileReader};
 
-use super::{Armed, AsyncEvent, At, Divergence, InputError, Inputs, LogStats, RunEnd};
+use super::{Armed, AsyncEvent, At, AtLandmark, Divergence, InputError, Inputs, LogStats, RunEnd};
+use crate::outcome::RunOutcome;
 
 /// Where a replayer reads entries from: a log file, or the log channel from
 /// a live primary.
 pub trait EntrySource {
     /// The next entry, its sequence number and the bytes it took. With
-    /// `wait`, blocks until one arrives (`None` only at the clean end of a
-    /// file); without, `None` also means "none has arrived yet".
+    /// `wait`, blocks until one arrives (`None` only when the log has ended:
+    /// the clean end of a file, or a channel whose primary is gone); without,
+    /// `None` also means "none has arrived yet".
     fn next_entry(&mut self, wait: bool) -> Result<Option<(u64, Entry, u64)>, InputError>;
+
+    /// Whether the log ended because its writer is gone (a primary that died), not at an
+    /// end it wrote: then a guest that ended on its own has nothing to be compared with.
+    fn ended_by_writer_loss(&self) -> bool {
+        false
+    }
 }
 
 impl EntrySource for LogFileReader<Entry> {
@@ -211,10 +219,20 @@ impl<S: EntrySource> Inputs for ReplayInputs<S> {
         Ok(())
     }
 
-    fn stop_here(&mut self, at: &At) -> Result<bool, InputError> {
-        Ok(
-            matches!(self.peek_at(Some(at.point.landmark))?, Some((_, Entry::RunEnd(end))) if end.stopped && end.landmarks == at.point.landmark),
-        )
+    fn at_landmark(&mut self, at: &At) -> Result<AtLandmark, InputError> {
+        let landmark = at.point.landmark;
+        if crate::signals::stop_requested() {
+            return Ok(AtLandmark::End(RunOutcome::Stopped));
+        }
+        let covered_landmark = self.covered_landmark;
+        Ok(match self.peek_at(Some(landmark))? {
+            Some((_, Entry::RunEnd(end))) if end.stopped && end.landmarks == landmark => {
+                AtLandmark::End(RunOutcome::Stopped)
+            }
+            // Nothing more will come and this exit is not covered: the log ends before it.
+            None if landmark > covered_landmark => AtLandmark::LogEnded { covered_landmark },
+            _ => AtLandmark::Run,
+        })
     }
 
     fn poll_events(&mut self, at: &At, _armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
@@ -246,14 +264,22 @@ impl<S: EntrySource> Inputs for ReplayInputs<S> {
     }
 
     fn wait_events(&mut self, at: &At, _armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
-        if self.stop_here(at)? {
-            return Err(InputError::Stopped);
-        }
         self.events(at, "events (waited)", |input| matches!(input, Input::Waited(_)))
     }
 
     fn end_of_run(&mut self, end: &RunEnd) -> Result<(), InputError> {
-        let covered_landmark = self.covered_landmark;
+        // Stopped by this host, not where the recording stopped: nothing to compare.
+        if end.stopped && crate::signals::stop_requested() {
+            return Ok(());
+        }
+        if self.peek()?.is_none() {
+            // The primary died after its guest ended: nothing left to check.
+            if self.source.ended_by_writer_loss() {
+                return Ok(());
+            }
+            let (covered_landmark, landmark) = (self.covered_landmark, end.landmarks);
+            return Err(InputError::LogEnded { covered_landmark, landmark });
+        }
         match self.peek()? {
             Some((_, Entry::RunEnd(recorded))) if recorded == end => Ok(()),
             Some((seq, Entry::RunEnd(recorded))) => {
@@ -270,7 +296,7 @@ impl<S: EntrySource> Inputs for ReplayInputs<S> {
                 actual: format!("the guest ended the run: {}", end.outcome),
                 actual_regs: String::new(),
             }))),
-            None => Err(InputError::LogEnded { covered_landmark, landmark: end.landmarks }),
+            None => unreachable!("seen above"),
         }
     }
 

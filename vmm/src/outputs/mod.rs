@@ -37,6 +37,9 @@ pub trait Outputs {
     fn disk_write(&mut self, offset: u64, data: &[u8]) -> Result<(), OutputError>;
     /// The guest asked for its writes to be made durable.
     fn disk_flush(&mut self) -> Result<(), OutputError>;
+    /// The exit at `landmark` has been handled: every input and output of it is in. An FT
+    /// primary ties the outputs of that exit to an entry sent now.
+    fn exit_done(&mut self, _landmark: u64) {}
 }
 
 /// Console text goes to a writer; a failing writer (a closed pipe) is

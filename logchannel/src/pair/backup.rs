@@ -1,0 +1,215 @@
+//! The backup's decisions: it replays every complete exit it received; when the channel has
+//! failed and nothing is left to replay, it waits until the failure timeout has passed since
+//! it last heard the primary (so the primary's lease has ended, whichever way the link
+//! failed), asks the arbiter, and goes live or halts on the verdict. Going live it re-emits
+//! the outputs its guest produced beyond what the primary reported releasing
+//! ([`Unreleased`]).
+
+use std::collections::VecDeque;
+
+use super::{OutputKind, ReleasedCounts};
+use crate::channel::BackupCore;
+use crate::entry::Entry;
+
+const NS_PER_MS: u64 = 1_000_000;
+
+/// Where the backup stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackupRole {
+    /// Replaying the primary's log.
+    Backup,
+    /// The primary is presumed dead and the replay has run out: waiting out its lease.
+    LostPrimary {
+        /// Why.
+        why: String,
+        /// The earliest time this side may ask to go live, on the channel core's clock.
+        not_before_ns: u64,
+    },
+    /// Asking the arbiter.
+    Arbitrating,
+    /// Won: runs the guest.
+    Live,
+    /// Lost the arbiter (or was stopped while asking it).
+    Halted(String),
+}
+
+/// What the backup's driver does next, once its replay has run out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackupStep {
+    /// Wait until this time (the channel core's clock), then ask again.
+    WaitUntil(u64),
+    /// Ask the arbiter, then call [`BackupPair::arbiter_said`].
+    AskArbiter(String),
+    /// Go live at the point the replay reached.
+    GoLive,
+    /// Halt: the other side runs the guest.
+    Halt(String),
+}
+
+/// The backup's side of a pair.
+pub struct BackupPair {
+    role: BackupRole,
+    failure_timeout_ns: u64,
+    /// How far the primary reported releasing each kind of output.
+    released: ReleasedCounts,
+}
+
+impl BackupPair {
+    /// A backup whose channel presumes the primary dead after `failure_timeout_ms`.
+    pub fn new(failure_timeout_ms: u64) -> Self {
+        BackupPair {
+            role: BackupRole::Backup,
+            failure_timeout_ns: failure_timeout_ms.saturating_mul(NS_PER_MS),
+            released: ReleasedCounts::default(),
+        }
+    }
+
+    /// Where the backup stands.
+    pub fn role(&self) -> &BackupRole {
+        &self.role
+    }
+
+    /// Takes in an entry received from the primary; `false` if it is not for the replay (a
+    /// release report, absorbed here).
+    pub fn note_entry(&mut self, entry: &Entry) -> bool {
+        let Some(counts) = ReleasedCounts::from_entry(entry) else { return true };
+        let released = &mut self.released;
+        released.packets = released.packets.max(counts.packets);
+        released.console_writes = released.console_writes.max(counts.console_writes);
+        released.disk_writes = released.disk_writes.max(counts.disk_writes);
+        false
+    }
+
+    /// How many outputs of `kind` the primary reported releasing.
+    pub fn released(&self, kind: OutputKind) -> u64 {
+        self.released.of(kind)
+    }
+
+    /// The replay has taken every complete exit `channel` received, and `channel` has failed:
+    /// what to do now, at `now_ns` on the core's clock.
+    pub fn replay_ran_out(&mut self, channel: &BackupCore, now_ns: u64) -> BackupStep {
+        if self.role == BackupRole::Backup {
+            let why = channel.error().map_or("the log ended".into(), ToString::to_string);
+            let not_before_ns = channel.last_heard_ns().saturating_add(self.failure_timeout_ns);
+            self.role = BackupRole::LostPrimary { why, not_before_ns };
+        }
+        match &self.role {
+            BackupRole::LostPrimary { why, not_before_ns } => {
+                if now_ns < *not_before_ns {
+                    return BackupStep::WaitUntil(*not_before_ns);
+                }
+                let why = format!("primary presumed dead ({why})");
+                self.role = BackupRole::Arbitrating;
+                BackupStep::AskArbiter(why)
+            }
+            BackupRole::Halted(reason) => BackupStep::Halt(reason.clone()),
+            BackupRole::Live => BackupStep::GoLive,
+            BackupRole::Arbitrating | BackupRole::Backup => {
+                unreachable!("the driver asks the arbiter before it asks again")
+            }
+        }
+    }
+
+    /// The arbiter's verdict after [`BackupStep::AskArbiter`]: `Ok` if this side won, else why
+    /// it halts.
+    pub fn arbiter_said(&mut self, verdict: Result<(), String>) -> BackupStep {
+        match verdict {
+            Ok(()) => {
+                self.role = BackupRole::Live;
+                BackupStep::GoLive
+            }
+            Err(reason) => {
+                self.role = BackupRole::Halted(reason.clone());
+                BackupStep::Halt(reason)
+            }
+        }
+    }
+}
+
+/// One kind of output the backup's guest produced that the primary may not have released yet:
+/// numbered from 1 in the order the guest produced them (the primary's guest produced the
+/// same ones in the same order), kept until the primary reports releasing them, up to a byte
+/// bound.
+pub struct Unreleased<T> {
+    produced: u64,
+    kept: VecDeque<(u64, T, u64)>,
+    kept_bytes: u64,
+    max_kept_bytes: u64,
+    /// Outputs given up to the byte bound before the primary reported them.
+    dropped: u64,
+}
+
+impl<T> Unreleased<T> {
+    /// Keeps at most `max_kept_bytes` of outputs.
+    pub fn new(max_kept_bytes: u64) -> Self {
+        Unreleased { produced: 0, kept: VecDeque::new(), kept_bytes: 0, max_kept_bytes, dropped: 0 }
+    }
+
+    /// Keeps `item` (`bytes` long), forgetting those up to `released`.
+    pub fn push(&mut self, item: T, bytes: u64, released: u64) {
+        self.produced += 1;
+        self.kept.push_back((self.produced, item, bytes));
+        self.kept_bytes += bytes;
+        self.forget_through(released);
+        while self.kept_bytes > self.max_kept_bytes {
+            let (_, _, bytes) = self.kept.pop_front().expect("bytes counted are kept");
+            self.kept_bytes -= bytes;
+            self.dropped += 1;
+        }
+    }
+
+    fn forget_through(&mut self, released: u64) {
+        while self.kept.front().is_some_and(|(index, _, _)| *index <= released) {
+            let (_, _, bytes) = self.kept.pop_front().expect("front exists");
+            self.kept_bytes -= bytes;
+        }
+    }
+
+    /// The outputs after `released`, in order; the queue is empty afterwards.
+    pub fn take_after(&mut self, released: u64) -> Vec<T> {
+        self.forget_through(released);
+        self.kept_bytes = 0;
+        std::mem::take(&mut self.kept).into_iter().map(|(_, item, _)| item).collect()
+    }
+
+    /// Outputs given up to the byte bound before the primary reported them.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreleased_keeps_what_the_primary_did_not_report_in_order() {
+        let mut kept = Unreleased::new(10);
+        for item in 1..=5u64 {
+            kept.push(item, 1, 2);
+        }
+        assert_eq!(kept.take_after(3), vec![4, 5]);
+        assert!(kept.take_after(0).is_empty(), "taken once");
+    }
+
+    #[test]
+    fn unreleased_gives_up_the_oldest_past_its_bound_and_counts_them() {
+        let mut kept = Unreleased::new(3);
+        for item in 1..=5u64 {
+            kept.push(item, 1, 0);
+        }
+        assert_eq!(kept.dropped(), 2);
+        assert_eq!(kept.take_after(0), vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn release_reports_are_absorbed_and_only_move_forward() {
+        let mut pair = BackupPair::new(300);
+        assert!(pair.note_entry(&Entry::Progress { landmark: 3 }));
+        let report = |packets| Entry::Released { packets, console_writes: 1, disk_writes: 2 };
+        assert!(!pair.note_entry(&report(7)));
+        assert!(!pair.note_entry(&report(5)));
+        assert_eq!(pair.released(OutputKind::Packet), 7);
+        assert_eq!(pair.released(OutputKind::DiskWrite), 2);
+    }
+}
