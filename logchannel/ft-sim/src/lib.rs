@@ -3,8 +3,10 @@
 //! stalls that heal (TCP delivering late), kills with and without a FIN, each side's clock rate and offset, network delays, slow replay and slow
 //! output), and the simulation runs the channel cores production runs
 //! ([`logchannel::PrimaryCore`], [`logchannel::BackupCore`]: framing, session tags, acks,
-//! heartbeats, failure detection and the lease) over simulated pipes, a simulated arbiter and
-//! simulated clocks, with the release and go-live rules of `vmm/src/ft` on top.
+//! heartbeats, failure detection and the lease) and the pair's decision cores production runs
+//! ([`logchannel::pair::primary::PrimaryPair`]: the output rule, the fence, arbitration;
+//! [`logchannel::pair::backup::BackupPair`]: when to go live) over simulated pipes, a simulated
+//! arbiter and simulated clocks.
 //!
 //! Checked at every step:
 //! - **fencing**: the primary never releases an output under its lease once the backup is live;
@@ -24,6 +26,9 @@
 use std::collections::VecDeque;
 use std::fmt;
 
+use logchannel::pair::backup::{BackupPair, BackupRole, BackupStep};
+use logchannel::pair::primary::{PrimaryPair, PrimaryRole, PrimaryStep};
+use logchannel::pair::OutputKind;
 use logchannel::{
     BackupCore, ChannelConfig, ChannelError, Entry, LeaseRule, PrimaryCore, SessionKey,
 };
@@ -306,24 +311,6 @@ impl Pipe {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum PrimaryRole {
-    Primary,
-    Solo,
-    Halted,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BackupRole {
-    Backup,
-    /// Lost the primary; may go live once its clock passes this.
-    WaitingToGoLive {
-        not_before_ns: u64,
-    },
-    Live,
-    Halted,
-}
-
 /// The simulation of one seed.
 pub struct Simulation {
     settings: Settings,
@@ -334,14 +321,13 @@ pub struct Simulation {
     backup_clock: Clock,
     to_backup: Pipe,
     to_primary: Pipe,
-    primary_role: PrimaryRole,
-    backup_role: BackupRole,
+    /// The primary's decisions: its held outputs carry the landmark of their exit.
+    primary_pair: PrimaryPair<u64>,
+    backup_pair: BackupPair,
     primary_alive: bool,
     backup_alive: bool,
     primary_paused_until_ms: u64,
     backup_paused_until_ms: u64,
-    /// Outputs held by the primary: the sequence number of the entry each is tied to.
-    held: VecDeque<u64>,
     /// The primary's output thread is busy with a slow output until then.
     output_busy_until_ms: u64,
     /// The highest entry an output released under the lease was tied to.
@@ -375,13 +361,12 @@ impl Simulation {
             backup_clock,
             to_backup: Pipe::default(),
             to_primary: Pipe::default(),
-            primary_role: PrimaryRole::Primary,
-            backup_role: BackupRole::Backup,
+            primary_pair: PrimaryPair::new(u64::MAX),
+            backup_pair: BackupPair::new(channel.failure_timeout_ms),
             primary_alive: true,
             backup_alive: true,
             primary_paused_until_ms: 0,
             backup_paused_until_ms: 0,
-            held: VecDeque::new(),
             output_busy_until_ms: 0,
             max_released_seq: 0,
             backup_reading_paused: false,
@@ -458,15 +443,16 @@ impl Simulation {
         Err(Violation { at_ms, what })
     }
 
+    fn primary_halted(&self) -> bool {
+        matches!(self.primary_pair.role(), PrimaryRole::Halted(_))
+    }
+
     fn primary_step(&mut self, now_ms: u64) -> Result<(), Violation> {
-        if !self.primary_alive
-            || now_ms < self.primary_paused_until_ms
-            || self.primary_role == PrimaryRole::Halted
-        {
+        if !self.primary_alive || now_ms < self.primary_paused_until_ms || self.primary_halted() {
             return Ok(());
         }
         let now_ns = self.primary_clock.now_ns(now_ms);
-        if self.primary_role == PrimaryRole::Primary {
+        if *self.primary_pair.role() == PrimaryRole::Paired {
             let bytes = self.to_primary.arrived(now_ms);
             let mut outcome = self.primary.handle_input(&bytes, now_ns).map(drop);
             if self.to_primary.ended(now_ms) && self.primary.error().is_none() {
@@ -486,32 +472,22 @@ impl Simulation {
                 && !lagging
                 && self.rng.chance(self.settings.entry_per_mille)
             {
-                // The guest runs this ms (else it idles): like the VMM, it logs its progress
-                // each ms it runs, marked with how long it has run (what the backup's replay
-                // must run again), some entries with an output tied to them.
+                // The guest runs one exit this ms (else it idles), marked with how long it has
+                // run (what the backup's replay must run again); some exits produce an output,
+                // tied by the pair's core to the entry that ends the exit. Others end with a
+                // plain progress entry, like the VMM's about once a millisecond.
                 self.landmark += 1;
-                let progress = Entry::Progress { landmark: self.landmark };
-                if let Ok(sent) = self.primary.send(&progress, now_ns) {
-                    if self.rng.chance(self.settings.output_per_mille) {
-                        self.held.push_back(sent.seq);
-                    }
+                if self.rng.chance(self.settings.output_per_mille) {
+                    self.primary_pair.hold(self.landmark, OutputKind::Packet, 1);
+                    self.primary_pair.exit_done(&mut self.primary, self.landmark, now_ns);
+                } else {
+                    let _ = self.primary.send(&Entry::Progress { landmark: self.landmark }, now_ns);
                 }
             }
             if self.primary.error().is_some() {
-                // Lost the backup: its link shuts the socket (the backup sees EOF), and the
-                // arbiter decides.
+                // Lost the backup: its link shuts the socket (the backup sees EOF).
                 let closed_at_ms = now_ms + self.delay_ms();
                 self.to_backup.closed_at_ms.get_or_insert(closed_at_ms);
-                self.primary_role = match self.arbiter.get_or_insert("primary") {
-                    &mut "primary" => {
-                        self.outcome.solo = true;
-                        PrimaryRole::Solo
-                    }
-                    _ => {
-                        self.held.clear();
-                        PrimaryRole::Halted
-                    }
-                };
             }
             let mut out = Vec::new();
             self.primary.take_output(&mut out);
@@ -521,38 +497,50 @@ impl Simulation {
         self.release(now_ms, now_ns)
     }
 
-    /// The output thread: performs held outputs in order while the rule allows.
+    /// The output thread: performs what the primary's core releases, asks the arbiter when
+    /// it says so.
     fn release(&mut self, now_ms: u64, now_ns: u64) -> Result<(), Violation> {
         while now_ms >= self.output_busy_until_ms {
-            let Some(&seq) = self.held.front() else { return Ok(()) };
-            let under_lease = match self.primary_role {
-                PrimaryRole::Solo => false,
-                PrimaryRole::Primary => {
-                    if self.primary.acked_seq() < seq || !self.primary.lease_valid(now_ns) {
-                        return Ok(());
+            match self.primary_pair.next_step(&self.primary, now_ns) {
+                PrimaryStep::Release { seq, under_lease, .. } => {
+                    self.output_busy_until_ms =
+                        now_ms + self.rng.range(0, self.settings.max_output_ms);
+                    if under_lease {
+                        if self.backup_pair.role() == &BackupRole::Live {
+                            return self.violation(
+                                now_ms,
+                                format!(
+                                    "fencing: the primary released an output (entry {seq}) \
+                                     under its lease after the backup went live at {} ms",
+                                    self.outcome.live_at_ms.unwrap_or_default()
+                                ),
+                            );
+                        }
+                        self.outcome.released_under_lease += 1;
+                        self.max_released_seq = self.max_released_seq.max(seq);
+                    } else {
+                        self.outcome.released_solo += 1;
                     }
-                    true
+                    self.primary_pair.output_done(&mut self.primary, Some(Ok(())), now_ns);
                 }
-                PrimaryRole::Halted => return Ok(()),
-            };
-            self.held.pop_front();
-            self.output_busy_until_ms = now_ms + self.rng.range(0, self.settings.max_output_ms);
-            if !under_lease {
-                self.outcome.released_solo += 1;
-                continue;
+                PrimaryStep::Drop(_) => {
+                    self.primary_pair.output_done(&mut self.primary, None, now_ns)
+                }
+                PrimaryStep::AskArbiter(_) => {
+                    let verdict = match self.arbiter.get_or_insert("primary") {
+                        &mut "primary" => {
+                            self.outcome.solo = true;
+                            Ok(())
+                        }
+                        _ => Err("the backup holds the generation".into()),
+                    };
+                    self.primary_pair.arbiter_said(verdict);
+                }
+                PrimaryStep::WaitForAck(_)
+                | PrimaryStep::WaitForExitEnd
+                | PrimaryStep::Idle
+                | PrimaryStep::WaitForVerdict => return Ok(()),
             }
-            if self.backup_role == BackupRole::Live {
-                return self.violation(
-                    now_ms,
-                    format!(
-                        "fencing: the primary released an output (entry {seq}) under its lease \
-                         after the backup went live at {} ms",
-                        self.outcome.live_at_ms.unwrap_or_default()
-                    ),
-                );
-            }
-            self.outcome.released_under_lease += 1;
-            self.max_released_seq = self.max_released_seq.max(seq);
         }
         Ok(())
     }
@@ -560,12 +548,13 @@ impl Simulation {
     fn backup_step(&mut self, now_ms: u64) -> Result<(), Violation> {
         if !self.backup_alive
             || now_ms < self.backup_paused_until_ms
-            || matches!(self.backup_role, BackupRole::Halted | BackupRole::Live)
+            || matches!(self.backup_pair.role(), BackupRole::Halted(_) | BackupRole::Live)
         {
             return Ok(());
         }
         let now_ns = self.backup_clock.now_ns(now_ms);
-        if self.backup_role == BackupRole::Backup {
+        let reading = self.backup.error().is_none();
+        if reading {
             let mut outcome = Ok(());
             if !self.backup_reading_paused {
                 let bytes = self.to_backup.arrived(now_ms);
@@ -578,7 +567,7 @@ impl Simulation {
             self.send_acks(now_ms);
         }
         self.replay();
-        if self.backup_role == BackupRole::Backup {
+        if reading {
             // Backpressure: the backup reads no further ahead than its receive buffer.
             self.backup_reading_paused = self.backup.queued_bytes() >= 2048;
             self.backup.set_paused(self.backup_reading_paused, now_ns);
@@ -586,21 +575,23 @@ impl Simulation {
             if self.backup.error().is_some() {
                 let closed_at_ms = now_ms + self.delay_ms();
                 self.to_primary.closed_at_ms.get_or_insert(closed_at_ms);
-                let timeout_ns = self.settings.channel.failure_timeout_ms * MS;
-                let not_before_ns = self.backup.last_heard_ns() + timeout_ns;
-                self.backup_role = BackupRole::WaitingToGoLive { not_before_ns };
             }
         }
-        if let BackupRole::WaitingToGoLive { not_before_ns } = self.backup_role {
-            // Live at the end of the log: every entry received is replayed first.
-            if now_ns >= not_before_ns
-                && self.backup.queued_entries() == 0
-                && self.replaying.is_none()
-            {
-                self.backup_role = match self.arbiter.get_or_insert("backup") {
-                    &mut "backup" => self.go_live(now_ms)?,
-                    _ => BackupRole::Halted,
+        // The replay has run out: every complete exit received is replayed first.
+        if self.backup.error().is_some()
+            && self.backup.queued_entries() == 0
+            && self.replaying.is_none()
+        {
+            let mut step = self.backup_pair.replay_ran_out(&self.backup, now_ns);
+            if let BackupStep::AskArbiter(_) = step {
+                let verdict = match self.arbiter.get_or_insert("backup") {
+                    &mut "backup" => Ok(()),
+                    _ => Err("the primary holds the generation".into()),
                 };
+                step = self.backup_pair.arbiter_said(verdict);
+            }
+            if step == BackupStep::GoLive {
+                self.go_live(now_ms)?;
             }
         }
         Ok(())
@@ -617,6 +608,9 @@ impl Simulation {
                 self.replay_cursor_ms = self.replay_cursor_ms.min(self.replayed_landmark as f64);
                 return;
             };
+            if !self.backup_pair.note_entry(&received.entry) {
+                continue;
+            }
             let Entry::Progress { landmark } = received.entry else { continue };
             if landmark as f64 > self.replay_cursor_ms {
                 self.replaying = Some(received);
@@ -634,7 +628,7 @@ impl Simulation {
         self.backup.acks_sent();
     }
 
-    fn go_live(&mut self, now_ms: u64) -> Result<BackupRole, Violation> {
+    fn go_live(&mut self, now_ms: u64) -> Result<(), Violation> {
         let received = self.backup.acked_seq();
         if self.max_released_seq > received {
             return self.violation(
@@ -647,11 +641,13 @@ impl Simulation {
             );
         }
         self.outcome.live_at_ms = Some(now_ms);
-        Ok(BackupRole::Live)
+        Ok(())
     }
 
     fn check_one_owner(&self, now_ms: u64) -> Result<(), Violation> {
-        if self.primary_role == PrimaryRole::Solo && self.backup_role == BackupRole::Live {
+        if *self.primary_pair.role() == PrimaryRole::Solo
+            && *self.backup_pair.role() == BackupRole::Live
+        {
             return self.violation(now_ms, "one owner: a solo primary and a live backup".into());
         }
         Ok(())
@@ -659,8 +655,9 @@ impl Simulation {
 
     fn check_liveness(&self) -> Result<(), Violation> {
         let end_ms = self.settings.duration_ms;
-        let primary_runs = self.primary_alive && self.primary_role != PrimaryRole::Halted;
-        let backup_runs = self.backup_alive && self.backup_role != BackupRole::Halted;
+        let primary_runs = self.primary_alive && !self.primary_halted();
+        let backup_runs =
+            self.backup_alive && !matches!(self.backup_pair.role(), BackupRole::Halted(_));
         if !primary_runs && !backup_runs {
             return self.violation(end_ms, "liveness: neither side runs the guest".into());
         }

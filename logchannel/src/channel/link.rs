@@ -265,6 +265,18 @@ impl PrimaryLink {
     /// it fails meanwhile (a backup that stops acking entirely is presumed dead after the
     /// failure timeout, so this does not block forever).
     pub fn wait_for_room(&self, max_lag_bytes: u64, max_lag_ms: u64) -> Result<(), ChannelError> {
+        self.wait_for_room_after(max_lag_bytes, max_lag_ms, None)
+    }
+
+    /// Like [`Self::wait_for_room`]; if it has to wait, sends `before_waiting` first (a
+    /// progress entry that lets the backup replay up to where the guest waits).
+    pub fn wait_for_room_after(
+        &self,
+        max_lag_bytes: u64,
+        max_lag_ms: u64,
+        before_waiting: Option<&Entry>,
+    ) -> Result<(), ChannelError> {
+        let mut before_waiting = before_waiting;
         let max_lag_ns = max_lag_ms.saturating_mul(1_000_000);
         let mut state = lock(&self.shared.state);
         let mut blocked_since_ns = None;
@@ -283,6 +295,10 @@ impl PrimaryLink {
                 return Ok(());
             }
             blocked_since_ns.get_or_insert(now_ns);
+            if let Some(entry) = before_waiting.take() {
+                state.core.send(entry, now_ns)?;
+                self.shared.output_ready.notify_one();
+            }
             state = wait(&self.shared.changed, state, self.shared.tick);
         }
     }

@@ -266,5 +266,4 @@ impl<T> PrimaryPair<T> {
     pub fn released_under_lease(&self) -> u64 {
         self.released_under_lease
     }
-
 }

@@ -282,8 +282,9 @@ impl Takeover for BackupTakeover {
         let re_emitted = (packets.len(), console.len());
         packets.iter().for_each(|packet| live.transmit(packet));
         console.iter().for_each(|text| live.console(text));
-        let dropped =
-            replayed.packets.dropped() + replayed.console.dropped() + replayed.disk_writes.dropped();
+        let dropped = replayed.packets.dropped()
+            + replayed.console.dropped()
+            + replayed.disk_writes.dropped();
         if dropped > 0 {
             eprintln!(
                 "ftvm: warning: {dropped} unreleased outputs were over the {} MiB kept per kind \

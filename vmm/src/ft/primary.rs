@@ -10,7 +10,7 @@
 //! before its `pwrite`/`write` syscall (a few microseconds of code) that lasts past the
 //! backup's go-live. Linux cannot revoke a file descriptor, so only a fence in the storage
 //! itself (SCSI reservations, a block service that checks generations) could close it.
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -57,6 +57,9 @@ pub struct PrimarySide {
     config: FtConfig,
     generation: u64,
     state: Mutex<PairState>,
+    /// Paired, and no output failed: cleared by the releaser when the core's role or end
+    /// changes, read without the lock by the vCPU thread at every exit and entry.
+    paired: AtomicBool,
     /// An output was held or done, a verdict came, or the run is closing.
     changed: Condvar,
     /// (entries, bytes, ms) the backup lagged behind, sampled at each entry sent.
@@ -76,6 +79,7 @@ impl PrimarySide {
             config,
             generation,
             state: Mutex::new(PairState { core, closing: false }),
+            paired: AtomicBool::new(true),
             changed: Condvar::new(),
             lag_samples: Mutex::new(Vec::new()),
             clock: HostClock::start(),
@@ -129,8 +133,14 @@ impl PrimarySide {
         Ok(())
     }
 
+    /// Mirrors the core's role for the vCPU thread's lock-free checks.
+    fn note_role(&self, state: &PairState) {
+        let paired = *state.core.role() == PrimaryRole::Paired && state.core.end().is_none();
+        self.paired.store(paired, Ordering::SeqCst);
+    }
+
     fn is_paired(&self) -> bool {
-        *self.lock().core.role() == PrimaryRole::Paired
+        self.paired.load(Ordering::SeqCst)
     }
 
     /// Blocks until every held output was released (or dropped), an arbitration in progress
@@ -228,14 +238,24 @@ impl EntrySink for LinkSink {
         let link = &self.side.link;
         let Ok(sent) = link.send(falsified.as_ref().unwrap_or(entry)) else { return Ok(0) };
         self.side.sample_lag();
-        let config = &self.side.config;
-        // A link that fails while the guest waits here ends the wait.
-        let _ = link.wait_for_room(config.max_lag_bytes, config.max_lag_ms);
         Ok(sent.frame_len_bytes)
     }
 
-    fn at_landmark(&mut self, _landmark: u64) -> Option<RunOutcome> {
-        self.side.end()
+    /// Between two exits: the lag bound holds the guest here while the backup falls behind
+    /// (never inside an exit: the backup replays an exit only once it is complete), and the
+    /// run ends here once the core says so.
+    fn at_landmark(&mut self, landmark: u64) -> Option<RunOutcome> {
+        let side = &self.side;
+        if !side.paired.load(Ordering::SeqCst) {
+            return side.end();
+        }
+        let config = &side.config;
+        // The exits before this one are complete: say so before waiting, so the backup can
+        // replay up to here. A link that fails meanwhile ends the wait.
+        let complete = Entry::Progress { landmark: landmark - 1 };
+        let _ =
+            side.link.wait_for_room_after(config.max_lag_bytes, config.max_lag_ms, Some(&complete));
+        None
     }
 
     fn flush(&mut self) -> Result<(), InputError> {
@@ -327,6 +347,7 @@ fn release(side: &PrimarySide, mut live: LiveOutputs) {
     loop {
         let mut state = side.lock();
         let step = side.link.with_core(|channel, now_ns| state.core.next_step(channel, now_ns));
+        side.note_role(&state);
         match step {
             PrimaryStep::Release { output, under_lease, .. } => {
                 let checked_at_ns = side.clock.elapsed_ns();
@@ -376,6 +397,7 @@ fn release(side: &PrimarySide, mut live: LiveOutputs) {
                     NotWon::Lost(reason) => reason,
                     NotWon::Stopped => "stopped while asking the arbiter".into(),
                 }));
+                side.note_role(&state);
                 side.changed.notify_all();
             }
             PrimaryStep::Idle | PrimaryStep::WaitForExitEnd | PrimaryStep::WaitForVerdict => {
@@ -392,6 +414,7 @@ fn release(side: &PrimarySide, mut live: LiveOutputs) {
 fn done(side: &PrimarySide, result: Option<Result<(), String>>) {
     let mut state = side.lock();
     side.link.with_core(|channel, now_ns| state.core.output_done(channel, result, now_ns));
+    side.note_role(&state);
     side.changed.notify_all();
 }
 

@@ -224,13 +224,16 @@ impl<S: EntrySource> Inputs for ReplayInputs<S> {
         if crate::signals::stop_requested() {
             return Ok(AtLandmark::End(RunOutcome::Stopped));
         }
-        let covered_landmark = self.covered_landmark;
-        Ok(match self.peek_at(Some(landmark))? {
-            Some((_, Entry::RunEnd(end))) if end.stopped && end.landmarks == landmark => {
-                AtLandmark::End(RunOutcome::Stopped)
+        let stopped_here = self.peek_at(Some(landmark))?.map(|(_, entry)| {
+            matches!(entry, Entry::RunEnd(end) if end.stopped && end.landmarks == landmark)
+        });
+        Ok(match stopped_here {
+            Some(true) => AtLandmark::End(RunOutcome::Stopped),
+            // Nothing more will come and this exit is not covered (read after peeking, which
+            // may have moved the coverage): the log ends before it.
+            None if landmark > self.covered_landmark => {
+                AtLandmark::LogEnded { covered_landmark: self.covered_landmark }
             }
-            // Nothing more will come and this exit is not covered: the log ends before it.
-            None if landmark > covered_landmark => AtLandmark::LogEnded { covered_landmark },
             _ => AtLandmark::Run,
         })
     }
