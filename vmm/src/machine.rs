@@ -121,14 +121,18 @@ impl Machine {
             return Action::LogEnded { covered_landmark, landmark };
         }
         self.landmarks = landmark;
-        let action = match decided {
-            Ok(AtLandmark::Run) => self.handle(exit, at),
+        match decided {
+            Ok(AtLandmark::Run) => {
+                let action = self.handle(exit, at);
+                self.outputs.exit_done(landmark);
+                action
+            }
+            // Not handled, so not done: a replay learns that the run ended here from the end
+            // of the log, not from a claim that this exit is complete.
             Ok(AtLandmark::End(outcome)) => Action::Stop(outcome),
             Ok(AtLandmark::LogEnded { .. }) => unreachable!("returned above"),
             Err(error) => Action::Stop(error.into()),
-        };
-        self.outputs.exit_done(landmark);
-        action
+        }
     }
 
     fn handle(&mut self, exit: Exit, at: At) -> Action {

@@ -128,15 +128,15 @@ pub struct Vm {
     _kvm: Kvm,
 }
 
+/// The inputs and outputs a run goes on with after a takeover.
+pub type LiveIo = (Box<dyn Inputs>, Box<dyn Outputs>);
+
 /// What a backup does when the log it replays ends (its primary is gone): wait out the
 /// primary's lease, win the arbiter, and hand back live inputs and outputs for the guest to go
 /// on with from the exit at `landmark`; or the outcome that ends the run (halted, stopped).
 pub trait Takeover {
     /// Goes live at the exit at `landmark`.
-    fn take_over(
-        &mut self,
-        landmark: u64,
-    ) -> Result<(Box<dyn Inputs>, Box<dyn Outputs>), RunOutcome>;
+    fn take_over(&mut self, landmark: u64) -> Result<LiveIo, RunOutcome>;
 }
 
 /// Host-time measurements of a run (never seen by the guest).

@@ -203,6 +203,27 @@ mod tests {
     }
 
     #[test]
+    fn the_backup_goes_live_only_a_failure_timeout_after_it_last_heard_the_primary() {
+        let config = crate::channel::ChannelConfig::default();
+        let key = crate::SessionKey::from_bytes([3; 32]);
+        let mut channel = BackupCore::new(&config, 0, &key);
+        let _ = channel.handle_eof();
+        let mut pair = BackupPair::new(config.failure_timeout_ms);
+        let timeout_ns = config.failure_timeout_ms * NS_PER_MS;
+        assert_eq!(pair.replay_ran_out(&channel, 1), BackupStep::WaitUntil(timeout_ns));
+        assert_eq!(
+            pair.replay_ran_out(&channel, timeout_ns - 1),
+            BackupStep::WaitUntil(timeout_ns)
+        );
+        assert!(matches!(pair.replay_ran_out(&channel, timeout_ns), BackupStep::AskArbiter(_)));
+        assert_eq!(pair.arbiter_said(Ok(())), BackupStep::GoLive);
+        assert_eq!(pair.role(), &BackupRole::Live);
+        let mut loser = BackupPair::new(config.failure_timeout_ms);
+        let _ = loser.replay_ran_out(&channel, timeout_ns);
+        assert_eq!(loser.arbiter_said(Err("lost".into())), BackupStep::Halt("lost".into()));
+    }
+
+    #[test]
     fn release_reports_are_absorbed_and_only_move_forward() {
         let mut pair = BackupPair::new(300);
         assert!(pair.note_entry(&Entry::Progress { landmark: 3 }));

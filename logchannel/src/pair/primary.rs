@@ -215,11 +215,8 @@ impl<T> PrimaryPair<T> {
         let (kind, len_bytes) = self.performing.pop_front().expect("an output was handed out");
         self.held_bytes -= len_bytes;
         match result {
-            Some(Ok(())) => {
-                if self.released.count(kind) {
-                    self.unreported += 1;
-                }
-            }
+            Some(Ok(())) if self.released.count(kind) => self.unreported += 1,
+            Some(Ok(())) => {}
             Some(Err(reason)) => {
                 self.output_failed.get_or_insert(reason);
             }
@@ -265,5 +262,134 @@ impl<T> PrimaryPair<T> {
     /// Outputs released under the lease so far.
     pub fn released_under_lease(&self) -> u64 {
         self.released_under_lease
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::{BackupCore, ChannelConfig, ChannelError};
+    use crate::SessionKey;
+
+    const MS: u64 = 1_000_000;
+
+    /// A primary core and a backup core joined directly, and the pair's core on top.
+    struct Harness {
+        channel: PrimaryCore,
+        backup: BackupCore,
+        pair: PrimaryPair<&'static str>,
+    }
+
+    impl Harness {
+        fn new(max_held_bytes: u64) -> Self {
+            let (config, key) = (ChannelConfig::default(), SessionKey::from_bytes([9; 32]));
+            Harness {
+                channel: PrimaryCore::new(&config, 0, &key),
+                backup: BackupCore::new(&config, 0, &key),
+                pair: PrimaryPair::new(max_held_bytes),
+            }
+        }
+
+        /// Delivers everything sent to the backup and its acks back, at `now_ns`.
+        fn exchange(&mut self, now_ns: u64) {
+            let mut bytes = Vec::new();
+            self.channel.take_output(&mut bytes);
+            self.backup.handle_input(&bytes, now_ns).unwrap();
+            let mut acks = Vec::new();
+            self.backup.take_output(&mut acks);
+            self.backup.acks_sent();
+            self.channel.handle_input(&acks, now_ns).unwrap();
+        }
+
+        fn step(&mut self, now_ns: u64) -> PrimaryStep<&'static str> {
+            self.pair.next_step(&self.channel, now_ns)
+        }
+    }
+
+    #[test]
+    fn an_output_waits_for_the_end_of_its_exit_then_for_the_ack_of_that_entry() {
+        let mut harness = Harness::new(1 << 20);
+        harness.pair.hold("frame", OutputKind::Packet, 60);
+        assert_eq!(harness.step(MS), PrimaryStep::WaitForExitEnd);
+        harness.pair.exit_done(&mut harness.channel, 4, MS);
+        assert_eq!(harness.step(MS), PrimaryStep::WaitForAck(1));
+        harness.exchange(2 * MS);
+        let step = harness.step(2 * MS);
+        assert_eq!(step, PrimaryStep::Release { output: "frame", seq: 1, under_lease: true });
+        harness.pair.output_done(&mut harness.channel, Some(Ok(())), 2 * MS);
+        assert!(harness.pair.drained());
+        // The release was reported to the backup (the entry after the progress entry).
+        harness.exchange(3 * MS);
+        let reported: Vec<Entry> =
+            std::iter::from_fn(|| harness.backup.next_entry()).map(|r| r.entry).collect();
+        assert_eq!(
+            reported,
+            vec![
+                Entry::Progress { landmark: 4 },
+                Entry::Released { packets: 1, console_writes: 0, disk_writes: 0 }
+            ]
+        );
+    }
+
+    #[test]
+    fn no_release_once_the_lease_has_lapsed() {
+        let mut harness = Harness::new(1 << 20);
+        harness.pair.hold("frame", OutputKind::Packet, 60);
+        harness.pair.exit_done(&mut harness.channel, 1, 0);
+        harness.exchange(0);
+        let timeout_ns = ChannelConfig::default().failure_timeout_ms * MS;
+        assert_eq!(harness.step(timeout_ns), PrimaryStep::WaitForAck(1));
+    }
+
+    #[test]
+    fn a_lost_backup_means_asking_the_arbiter_and_the_verdict_decides() {
+        for won in [true, false] {
+            let mut harness = Harness::new(1 << 20);
+            harness.pair.hold("frame", OutputKind::Packet, 60);
+            harness.pair.exit_done(&mut harness.channel, 1, 0);
+            harness.channel.fail(ChannelError::Closed);
+            assert!(matches!(harness.step(MS), PrimaryStep::AskArbiter(_)));
+            assert_eq!(harness.step(MS), PrimaryStep::WaitForVerdict);
+            assert_eq!(harness.pair.end(), None);
+            harness.pair.arbiter_said(if won { Ok(()) } else { Err("lost".into()) });
+            let step = harness.step(MS);
+            if won {
+                assert_eq!(
+                    step,
+                    PrimaryStep::Release { output: "frame", seq: 1, under_lease: false }
+                );
+                assert_eq!(harness.pair.end(), None);
+            } else {
+                assert_eq!(step, PrimaryStep::Drop("frame"));
+                assert_eq!(harness.pair.end(), Some(PrimaryEnd::Halted("lost".into())));
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_output_drops_everything_after_it_and_ends_the_run() {
+        let mut harness = Harness::new(1 << 20);
+        harness.pair.hold("write", OutputKind::DiskWrite, 512);
+        harness.pair.hold("frame", OutputKind::Packet, 60);
+        harness.pair.exit_done(&mut harness.channel, 1, 0);
+        harness.exchange(0);
+        assert!(matches!(harness.step(0), PrimaryStep::Release { output: "write", .. }));
+        harness.pair.output_done(&mut harness.channel, Some(Err("EIO".into())), 0);
+        assert_eq!(harness.step(0), PrimaryStep::Drop("frame"));
+        assert_eq!(harness.pair.end(), Some(PrimaryEnd::OutputFailed("EIO".into())));
+    }
+
+    #[test]
+    fn held_bytes_are_bounded_but_one_large_output_still_goes() {
+        let mut harness = Harness::new(100);
+        assert!(harness.pair.has_room_for(1_000), "nothing held: any size goes");
+        harness.pair.hold("big", OutputKind::Packet, 1_000);
+        assert!(!harness.pair.has_room_for(1));
+        harness.pair.exit_done(&mut harness.channel, 1, 0);
+        harness.exchange(0);
+        assert!(matches!(harness.step(0), PrimaryStep::Release { .. }));
+        assert!(!harness.pair.has_room_for(1), "still being performed");
+        harness.pair.output_done(&mut harness.channel, Some(Ok(())), 0);
+        assert!(harness.pair.has_room_for(100));
     }
 }

@@ -22,10 +22,10 @@ use logchannel::{BackupLink, Entry, Input};
 use super::{arbitrate, FtConfig, NotWon};
 use crate::inputs::live::{sleep_until, unix_time_ns, Backends, LiveInputs};
 use crate::inputs::replay::EntrySource;
-use crate::inputs::{InputError, Inputs};
+use crate::inputs::InputError;
 use crate::outcome::RunOutcome;
 use crate::outputs::{LiveOutputs, OutputError, Outputs};
-use crate::vm::Takeover;
+use crate::vm::{LiveIo, Takeover};
 
 /// How long one wait for the next entry lasts before it is retried (the
 /// channel reports a dead primary on its own, after the failure timeout).
@@ -247,10 +247,7 @@ impl BackupTakeover {
 }
 
 impl Takeover for BackupTakeover {
-    fn take_over(
-        &mut self,
-        landmark: u64,
-    ) -> Result<(Box<dyn Inputs>, Box<dyn Outputs>), RunOutcome> {
+    fn take_over(&mut self, landmark: u64) -> Result<LiveIo, RunOutcome> {
         self.decide()?;
         let backends = std::mem::take(&mut self.backends);
         if let Some(tap) = backends.tap.as_ref() {

@@ -60,6 +60,8 @@ pub struct PrimarySide {
     /// Paired, and no output failed: cleared by the releaser when the core's role or end
     /// changes, read without the lock by the vCPU thread at every exit and entry.
     paired: AtomicBool,
+    /// A stop signal came while this side asked the arbiter: the run ends as stopped.
+    stopped: AtomicBool,
     /// An output was held or done, a verdict came, or the run is closing.
     changed: Condvar,
     /// (entries, bytes, ms) the backup lagged behind, sampled at each entry sent.
@@ -80,6 +82,7 @@ impl PrimarySide {
             generation,
             state: Mutex::new(PairState { core, closing: false }),
             paired: AtomicBool::new(true),
+            stopped: AtomicBool::new(false),
             changed: Condvar::new(),
             lag_samples: Mutex::new(Vec::new()),
             clock: HostClock::start(),
@@ -99,8 +102,12 @@ impl PrimarySide {
         }
     }
 
-    /// How the run must end, if the core says it must.
+    /// How the run must end, if the core says it must (or a stop signal came while this
+    /// side asked the arbiter).
     pub fn end(&self) -> Option<RunOutcome> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Some(RunOutcome::Stopped);
+        }
         self.lock().core.end().map(|end| match end {
             PrimaryEnd::Halted(reason) => RunOutcome::Halted(reason),
             PrimaryEnd::OutputFailed(reason) => RunOutcome::OutputFailed(format!(
@@ -391,7 +398,7 @@ fn release(side: &PrimarySide, mut live: LiveOutputs) {
                     Err(NotWon::Lost(reason)) => {
                         eprintln!("ftvm: {reason}; the outputs it held are dropped")
                     }
-                    Err(NotWon::Stopped) => {}
+                    Err(NotWon::Stopped) => side.stopped.store(true, Ordering::SeqCst),
                 }
                 state.core.arbiter_said(verdict.map_err(|not_won| match not_won {
                     NotWon::Lost(reason) => reason,
