@@ -239,6 +239,10 @@ mod tests {
 
     const RAM: u64 = 16 << 20;
 
+    fn outputs() -> crate::outputs::ReplayOutputs {
+        crate::outputs::ReplayOutputs::new(Box::new(SharedSink::default()))
+    }
+
     fn machine() -> (Machine, SharedSink) {
         let sink = SharedSink::default();
         let memory = crate::memory::create(RAM).unwrap();
@@ -389,6 +393,22 @@ mod tests {
         ] {
             assert_eq!(machine.misbehaviour.count(offence), 1, "{offence:?}");
         }
+    }
+
+    #[test]
+    fn an_exit_past_the_end_of_the_log_is_left_for_live_inputs_to_handle() {
+        let (mut machine, _) = machine();
+        let mut ending = FakeInputs::default();
+        ending.log_ends_before = Some(2);
+        machine.switch_io(Box::new(ending), Box::new(outputs()));
+        assert_eq!(value(read(&mut machine, clock::BASE + clock::MONOTONIC_NS)), 1_000);
+        let exit = Exit::MmioRead { addr: clock::BASE + clock::MONOTONIC_NS, size: 8 };
+        let action = machine.handle_exit(exit.clone(), &at_rip(0x20_0000));
+        assert_eq!(action, Action::LogEnded { covered_landmark: 1, landmark: 2 });
+        assert_eq!(machine.landmarks(), 1, "the exit is not counted until it is handled");
+        machine.switch_io(Box::<FakeInputs>::default(), Box::new(outputs()));
+        assert_eq!(value(machine.handle_exit(exit, &at_rip(0x20_0000))), 1_000);
+        assert_eq!(machine.landmarks(), 2);
     }
 
     #[test]

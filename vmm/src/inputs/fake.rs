@@ -18,6 +18,8 @@ pub struct FakeInputs {
     counter: u8,
     /// Frames waiting to be delivered (shared with the test that queues them).
     pub frames: Arc<Mutex<VecDeque<Vec<u8>>>>,
+    /// The log these inputs stand for ends before this landmark.
+    pub log_ends_before: Option<u64>,
 }
 
 impl FakeInputs {
@@ -59,8 +61,13 @@ impl Inputs for FakeInputs {
         Ok(())
     }
 
-    fn at_landmark(&mut self, _at: &At) -> Result<AtLandmark, InputError> {
-        Ok(AtLandmark::Run)
+    fn at_landmark(&mut self, at: &At) -> Result<AtLandmark, InputError> {
+        Ok(match self.log_ends_before {
+            Some(landmark) if at.point.landmark >= landmark => {
+                AtLandmark::LogEnded { covered_landmark: landmark - 1 }
+            }
+            _ => AtLandmark::Run,
+        })
     }
 
     fn poll_events(&mut self, _at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
