@@ -103,6 +103,8 @@ pub enum Fault {
         /// How long, in ms.
         stall_ms: u64,
     },
+    /// The shared disk refuses the primary's next output (a failed write or flush).
+    OutputFails,
 }
 
 /// A rule deliberately broken, to show the simulation catches it.
@@ -163,7 +165,7 @@ impl Settings {
         };
         let mut rng = Rng::new(seed);
         let pause_ms = rng.range(50, 1500);
-        let fault = match rng.range(0, 9) {
+        let fault = match rng.range(0, 10) {
             0 => Fault::KillPrimary,
             1 => Fault::CrashPrimary,
             2 => Fault::KillBackup,
@@ -173,7 +175,8 @@ impl Settings {
             6 => Fault::CutTowardsPrimary,
             7 => Fault::CutBoth,
             8 => Fault::StallTowardsBackup { stall_ms: pause_ms },
-            _ => Fault::StallTowardsPrimary { stall_ms: pause_ms },
+            9 => Fault::StallTowardsPrimary { stall_ms: pause_ms },
+            _ => Fault::OutputFails,
         };
         let drift = |rng: &mut Rng| rng.range(0, 40_000) as i64 - 20_000;
         let channel = ChannelConfig {
@@ -332,6 +335,10 @@ pub struct Simulation {
     output_busy_until_ms: u64,
     /// The highest entry an output released under the lease was tied to.
     max_released_seq: u64,
+    /// The primary's next output fails on the host (the shared disk refuses it).
+    next_output_fails: bool,
+    /// When an output failed, if one did: nothing may be released after it.
+    output_failed_at_ms: Option<u64>,
     backup_reading_paused: bool,
     lost_primary_at_ms: Option<u64>,
     arbiter: Option<&'static str>,
@@ -369,6 +376,8 @@ impl Simulation {
             backup_paused_until_ms: 0,
             output_busy_until_ms: 0,
             max_released_seq: 0,
+            next_output_fails: false,
+            output_failed_at_ms: None,
             backup_reading_paused: false,
             lost_primary_at_ms: None,
             arbiter: None,
@@ -432,6 +441,7 @@ impl Simulation {
             Fault::StallTowardsPrimary { stall_ms } => {
                 self.to_primary.stalled_until_ms = now_ms + stall_ms
             }
+            Fault::OutputFails => self.next_output_fails = true,
         }
     }
 
@@ -494,7 +504,16 @@ impl Simulation {
             let arrive = now_ms + self.delay_ms();
             self.to_backup.send(out, arrive);
         }
-        self.release(now_ms, now_ns)
+        self.release(now_ms, now_ns)?;
+        if self.primary_alive && self.primary_pair.end().is_some() && !self.primary_halted() {
+            // The run ends (the VMM exits 120 after a failed output): its kernel closes the
+            // connection, and the backup takes over.
+            self.primary_alive = false;
+            self.lost_primary_at_ms = Some(now_ms);
+            let closed_at_ms = now_ms + self.delay_ms();
+            self.to_backup.closed_at_ms.get_or_insert(closed_at_ms);
+        }
+        Ok(())
     }
 
     /// The output thread: performs what the primary's core releases, asks the arbiter when
@@ -505,6 +524,21 @@ impl Simulation {
                 PrimaryStep::Release { seq, under_lease, .. } => {
                     self.output_busy_until_ms =
                         now_ms + self.rng.range(0, self.settings.max_output_ms);
+                    if let Some(failed_at_ms) = self.output_failed_at_ms {
+                        return self.violation(
+                            now_ms,
+                            format!(
+                                "disk error: the primary released an output (entry {seq}) after \
+                                 one failed at {failed_at_ms} ms"
+                            ),
+                        );
+                    }
+                    if std::mem::take(&mut self.next_output_fails) {
+                        self.output_failed_at_ms = Some(now_ms);
+                        let failed = Some(Err("the shared disk refused a write".into()));
+                        self.primary_pair.output_done(&mut self.primary, failed, now_ns);
+                        continue;
+                    }
                     if under_lease {
                         if self.backup_pair.role() == &BackupRole::Live {
                             return self.violation(
