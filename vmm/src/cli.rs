@@ -129,6 +129,21 @@ enum Command {
     ///   ftvm pair init etcd://10.0.0.5:2379,10.0.0.6:2379/ftvm/pair-a
     #[command(verbatim_doc_comment, subcommand)]
     Pair(PairCommand),
+    /// Talk to a running VMM through its API socket (`--api-socket PATH` on
+    /// run, record, primary and backup); prints the answer as JSON.
+    ///
+    /// Examples:
+    ///   ftvm remote --api-socket /run/vm1.sock status   # role, generation, landmarks, lag, ...
+    ///   ftvm remote --api-socket /run/vm1.sock stop     # an orderly stop, like SIGTERM
+    #[command(verbatim_doc_comment)]
+    Remote {
+        /// The VMM's API socket.
+        #[arg(long, value_name = "PATH")]
+        api_socket: PathBuf,
+        /// What to ask.
+        #[arg(value_enum)]
+        request: RemoteRequest,
+    },
     /// Measure the platform: boot time, exit costs, timer latency and guest
     /// compute speed next to the host's, as a table of medians.
     Bench {
@@ -150,6 +165,15 @@ enum Command {
     ///   cargo run --release --bin ftvm -- demo
     #[command(verbatim_doc_comment)]
     Demo(ftvm_tools::demo::DemoArgs),
+}
+
+/// What `ftvm remote` asks.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RemoteRequest {
+    /// The VMM's state: role, generation, landmarks, lag, log bytes, ...
+    Status,
+    /// Stop the guest in an orderly way.
+    Stop,
 }
 
 /// `ftvm pair ...`.
@@ -219,6 +243,11 @@ struct HostArgs {
     /// its data.
     #[arg(long, value_parser = parse_disk, value_name = "PATH[,size=SIZE][,create]")]
     disk: Option<DiskAttachment>,
+    /// Answer API requests on this Unix socket (created mode 0600, removed at
+    /// exit): `ftvm remote --api-socket PATH status` prints the VMM's state as
+    /// JSON, `... stop` stops it in an orderly way.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
 }
 
 /// Settings of the fault-tolerant pair, the same on both sides.
@@ -361,6 +390,7 @@ pub fn main() -> ExitCode {
         Command::Backup { listen, pair, host } => backup(&listen, &pair, &host),
         Command::Replay { log, console, stats } => replay(log, console, stats),
         Command::Pair(command) => pair(command),
+        Command::Remote { api_socket, request } => remote(&api_socket, request),
         Command::Bench { runs } => crate::bench::run(runs.max(1)).map(|table| {
             print!("{table}");
             0
@@ -445,7 +475,11 @@ fn vm_config(args: &RunArgs) -> anyhow::Result<VmConfig> {
 }
 
 fn attachments(host: &HostArgs) -> Attachments {
-    Attachments { net: host.net.clone(), disk: host.disk.clone() }
+    Attachments {
+        net: host.net.clone(),
+        disk: host.disk.clone(),
+        api_socket: host.api_socket.clone(),
+    }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<u8> {
@@ -519,6 +553,16 @@ fn replay(log: PathBuf, console: Option<PathBuf>, stats: bool) -> anyhow::Result
         print_stats(&report);
     }
     Ok(report.outcome.exit_status())
+}
+
+fn remote(api_socket: &std::path::Path, request: RemoteRequest) -> anyhow::Result<u8> {
+    let command = match request {
+        RemoteRequest::Status => "status",
+        RemoteRequest::Stop => "stop",
+    };
+    let answer = crate::api::call(api_socket, &serde_json::json!({ "command": command }))?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(0)
 }
 
 /// Reports a log that cannot be replayed at all; returns the exit status.

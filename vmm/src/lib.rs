@@ -6,6 +6,7 @@
 //! [`inputs`] is the only source of non-determinism; [`loader`] checks and
 //! loads the kernel ELF; [`x86`] builds page tables, GDT, TSS and registers.
 
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod devices;

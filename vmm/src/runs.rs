@@ -3,6 +3,7 @@
 //! attachments (TAP, disk image) behind the guest's NIC and disk.
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use std::net::TcpListener;
@@ -12,9 +13,11 @@ use logchannel::{
     BackupLink, BackupListener, ChannelError, Devices, Entry, LogFileReader, LogFileWriter,
     PrimaryLink, RunStart,
 };
+use serde_json::json;
 use storage::{BlockStore, BlockStoreError};
 use thiserror::Error;
 
+use crate::api::{ApiError, ApiServer};
 use crate::devices::DeviceSet;
 use crate::ft::backup::{backup_io, BackupPairLink, BackupStatus};
 use crate::ft::primary::{HeldOutputs, LinkSink, PrimarySide};
@@ -52,6 +55,9 @@ pub enum RunError {
     /// This side cannot take part in its pair (exit status 119).
     #[error(transparent)]
     PairSetup(#[from] PairSetupError),
+    /// The API socket could not be served.
+    #[error(transparent)]
+    Api(#[from] ApiError),
     /// Stopped by the host (SIGINT/SIGTERM) before the guest ran.
     #[error("stopped by the host")]
     Stopped,
@@ -85,13 +91,33 @@ pub struct DiskAttachment {
     pub create: bool,
 }
 
-/// What the host attaches to the guest.
+/// What the host attaches to the guest, and the API socket it serves.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Attachments {
     /// The NIC, if any.
     pub net: Option<NetAttachment>,
     /// The disk, if any.
     pub disk: Option<DiskAttachment>,
+    /// Where to answer API requests ([`crate::api`]), if anywhere.
+    pub api_socket: Option<PathBuf>,
+}
+
+/// Serves the API socket of `attachments`, if it names one, with `status` (plus the landmark
+/// count published in `landmarks`) as the answer to `status`.
+fn serve_api(
+    attachments: &Attachments,
+    landmarks: &Arc<AtomicU64>,
+    status: impl Fn() -> serde_json::Value + Send + Sync + 'static,
+) -> Result<Option<ApiServer>, RunError> {
+    let Some(path) = attachments.api_socket.as_ref() else { return Ok(None) };
+    let landmarks = landmarks.clone();
+    let status = Arc::new(move || {
+        let mut answer = status();
+        answer["landmarks"] = landmarks.load(Ordering::Relaxed).into();
+        answer["pid"] = std::process::id().into();
+        answer
+    });
+    Ok(Some(signals::spawning_helpers(|| ApiServer::start(path, status))?))
 }
 
 /// Opens the host side of `attachments`.
@@ -121,8 +147,11 @@ pub fn live(
     console: Box<dyn Write + Send>,
 ) -> Result<RunReport, RunError> {
     let (backends, devices) = open(attachments)?;
+    let landmarks = Arc::new(AtomicU64::new(0));
+    let _api = serve_api(attachments, &landmarks, || json!({ "role": "standalone" }))?;
     let outputs = live_outputs(console, &backends);
-    Ok(Vm::new(config, devices, Box::new(LiveInputs::new(backends)), outputs)?.run()?)
+    let vm = Vm::new(config, devices, Box::new(LiveInputs::new(backends)), outputs)?;
+    Ok(vm.with_landmark_counter(landmarks).run()?)
 }
 
 /// Runs `config` with live inputs, recording every one of them to `log`.
@@ -133,13 +162,16 @@ pub fn record(
     log: &Path,
 ) -> Result<RunReport, RunError> {
     let (backends, devices) = open(attachments)?;
+    let landmarks = Arc::new(AtomicU64::new(0));
+    let _api = serve_api(attachments, &landmarks, || json!({ "role": "recording" }))?;
     let outputs = live_outputs(console, &backends);
     let inputs = RecordingInputs::new(
         LogFileWriter::<Entry>::create(log)?,
         &run_start(config, devices),
         backends,
     )?;
-    Ok(Vm::new(config, devices, Box::new(inputs), outputs)?.run()?)
+    let vm = Vm::new(config, devices, Box::new(inputs), outputs)?;
+    Ok(vm.with_landmark_counter(landmarks).run()?)
 }
 
 fn run_start(config: &VmConfig, devices: DeviceSet) -> RunStart {
@@ -199,13 +231,18 @@ pub fn primary(
     })?;
     let stats_side = side.clone();
     signals::serve_stats_signal(move || eprintln!("ftvm: pair: {}", stats_side.report()));
+    let landmarks = Arc::new(AtomicU64::new(0));
+    let api_side = side.clone();
+    let _api = serve_api(attachments, &landmarks, move || {
+        serde_json::to_value(api_side.report()).unwrap_or_default()
+    })?;
     let reader = side.clone();
     backends.disk_reader =
         Some(Arc::new(move |disk, offset, buf| reader.read_disk(disk, offset, buf)));
     let inputs =
         RecordingInputs::new(LinkSink::new(side.clone()), &run_start(config, devices), backends)?;
-    let result =
-        Vm::new(config, devices, Box::new(inputs), Box::new(held)).and_then(|mut vm| vm.run());
+    let result = Vm::new(config, devices, Box::new(inputs), Box::new(held))
+        .and_then(|vm| vm.with_landmark_counter(landmarks).run());
     // Whatever the guest produced is released (or dropped by a halt) before the process ends.
     side.close_and_drain(result.as_ref().map_or(0, |report| report.landmarks));
     let _ = releaser.join();
@@ -266,6 +303,10 @@ pub fn backup(
     signals::serve_stats_signal(move || {
         eprintln!("ftvm: pair: {}", stats_status.describe(&stats_link, generation))
     });
+    let landmarks = Arc::new(AtomicU64::new(0));
+    let (api_status, api_link) = (status.clone(), link.clone());
+    let _api =
+        serve_api(attachments, &landmarks, move || api_status.to_json(&api_link, generation))?;
     let pair = BackupPairLink { config: ft.clone(), generation, link };
     let (source, outputs, takeover) =
         backup_io(status, pair, backends, own_devices.net_mac, console);
@@ -280,6 +321,7 @@ pub fn backup(
     eprintln!("ftvm: role: backup, replaying `{}`", config.cmdline);
     let result = Vm::new(&config, devices, Box::new(replay), Box::new(outputs))?
         .with_takeover(Box::new(takeover))
+        .with_landmark_counter(landmarks)
         .run();
     // Strangers are refused (and named) until the end.
     drop(listener);

@@ -3,6 +3,9 @@
 //! No in-kernel irqchip, PIT or LAPIC timer: KVM is never a source of
 //! asynchrony (DESIGN §3).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use ftvm_abi::boot::{BootInfo, BootInfoError, BYTES as BOOT_INFO_BYTES};
 use ftvm_abi::layout::BOOT_INFO_ADDR;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
@@ -121,6 +124,8 @@ pub struct Vm {
     vcpu: Vcpu,
     machine: Machine,
     takeover: Option<Box<dyn Takeover>>,
+    /// Landmarks so far, published for the API socket's status.
+    landmark_counter: Option<Arc<AtomicU64>>,
     /// The statistics of the log replayed before a takeover.
     replayed_stats: Option<LogStats>,
     timing: Timing,
@@ -219,11 +224,18 @@ impl Vm {
             vcpu: Vcpu::new(vcpu_fd),
             machine,
             takeover: None,
+            landmark_counter: None,
             replayed_stats: None,
             timing,
             _vm: vm,
             _kvm: kvm,
         })
+    }
+
+    /// Publishes the landmark count to `counter` after every exit (for status reports).
+    pub fn with_landmark_counter(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.landmark_counter = Some(counter);
+        self
     }
 
     /// Goes live with `takeover` when the replayed log ends (an FT backup).
@@ -258,6 +270,9 @@ impl Vm {
                 },
                 None => Action::Stop(InputError::LogEnded { covered_landmark, landmark }.into()),
             };
+        }
+        if let Some(counter) = &self.landmark_counter {
+            counter.store(self.machine.landmarks(), Ordering::Relaxed);
         }
         match action {
             Action::Resume { read_value } => {

@@ -43,6 +43,19 @@ pub struct BackupStatus {
 }
 
 impl BackupStatus {
+    /// Role, generation, how far the log was received and replayed, as JSON.
+    pub fn to_json(&self, link: &BackupLink, generation: u64) -> serde_json::Value {
+        let role = if self.live.load(Ordering::SeqCst) { "live" } else { "backup" };
+        let (received, replayed) = (link.acked_seq(), self.replayed_seq.load(Ordering::SeqCst));
+        serde_json::json!({
+            "role": role,
+            "generation": generation,
+            "received_seq": received,
+            "replayed_seq": replayed,
+            "lag_entries": received.saturating_sub(replayed),
+        })
+    }
+
     /// One line: role, generation, how far the log was received and replayed.
     pub fn describe(&self, link: &BackupLink, generation: u64) -> String {
         let role = if self.live.load(Ordering::SeqCst) { "live" } else { "backup" };

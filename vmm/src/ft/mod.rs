@@ -64,8 +64,8 @@ impl FtConfig {
     }
 }
 
-/// What the primary saw of its pair, for `--stats` and the benchmark.
-#[derive(Clone, Debug, Default)]
+/// What the primary saw of its pair, for `--stats`, the API socket and the benchmark.
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct PairReport {
     /// The primary's role at the end: `primary` or `solo`.
     pub role: String,

@@ -1,0 +1,209 @@
+//! The API socket (`--api-socket PATH`), after Firecracker's and cloud-hypervisor's: a Unix
+//! socket on which the VMM answers one JSON request per line with one JSON line, and
+//! `ftvm remote` as its client (like `ch-remote`). Requests: `{"command":"status"}` (what
+//! SIGUSR1 prints, as JSON: role, generation, landmarks, lag, log bytes, ...) and
+//! `{"command":"stop"}` (an orderly stop, as SIGTERM).
+//!
+//! The socket is created mode 0600 (only its owner may drive the VMM); a socket left by a
+//! VMM that died is replaced, one that answers is refused. Requests are served one at a time
+//! by a thread of their own; a client that sends no complete line within
+//! [`REQUEST_TIMEOUT`] or more than [`MAX_REQUEST_BYTES`] is answered with an error and
+//! dropped.
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use thiserror::Error;
+
+/// The longest a request may take to arrive.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest request line accepted.
+pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+/// What the VMM reports for `status`.
+pub type StatusFn = Arc<dyn Fn() -> Value + Send + Sync>;
+
+/// A request on the API socket.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// The VMM's state, as JSON.
+    Status,
+    /// Stop the guest in an orderly way (as SIGTERM does).
+    Stop,
+}
+
+/// Why the API socket could not be served or reached.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// Another VMM answers on the path.
+    #[error("{path} is the API socket of a running VMM; choose another path")]
+    InUse {
+        /// The socket's path.
+        path: PathBuf,
+    },
+    /// The socket could not be created.
+    #[error("cannot create the API socket {path}: {source}")]
+    Create {
+        /// The socket's path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No VMM answers on the path.
+    #[error("no VMM answers on {path}: {source} (is it running with --api-socket {path}?)")]
+    Connect {
+        /// The socket's path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The VMM did not answer properly.
+    #[error("the VMM on {path} did not answer: {detail}")]
+    Answer {
+        /// The socket's path.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// A served API socket; removed when dropped.
+pub struct ApiServer {
+    path: PathBuf,
+}
+
+impl ApiServer {
+    /// Serves `path`, answering `status` with `status()`.
+    pub fn start(path: &Path, status: StatusFn) -> Result<ApiServer, ApiError> {
+        if UnixStream::connect(path).is_ok() {
+            return Err(ApiError::InUse { path: path.into() });
+        }
+        let create = |source| ApiError::Create { path: path.into(), source };
+        // A socket file nobody answers on is what a VMM that died left behind.
+        if std::fs::symlink_metadata(path).is_ok() {
+            std::fs::remove_file(path).map_err(create)?;
+        }
+        let listener = UnixListener::bind(path).map_err(create)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(create)?;
+        std::thread::Builder::new()
+            .name("ftvm-api".into())
+            .spawn(move || serve(listener, &status))
+            .map_err(create)?;
+        Ok(ApiServer { path: path.into() })
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve(listener: UnixListener, status: &StatusFn) {
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let answer = read_request(&stream).map_or_else(error_answer, |request| match request {
+            Request::Status => status(),
+            Request::Stop => {
+                // The same path as SIGTERM: the vCPU thread takes it (every other thread
+                // blocks it), which ends KVM_RUN or a wait, and stops at the next landmark.
+                // SAFETY: kill with this process's own pid and a valid signal number.
+                unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+                json!({ "stopping": true })
+            }
+        });
+        let _ = writeln!(stream, "{answer}");
+    }
+}
+
+fn error_answer(detail: String) -> Value {
+    json!({ "error": detail })
+}
+
+fn read_request(stream: &UnixStream) -> Result<Request, String> {
+    stream.set_read_timeout(Some(REQUEST_TIMEOUT)).map_err(|error| error.to_string())?;
+    let mut line = String::new();
+    BufReader::new(stream.take(MAX_REQUEST_BYTES))
+        .read_line(&mut line)
+        .map_err(|error| format!("reading the request: {error}"))?;
+    if !line.ends_with('\n') {
+        return Err(format!(
+            "a request is one JSON line of at most {MAX_REQUEST_BYTES} bytes, ended by a newline"
+        ));
+    }
+    serde_json::from_str(&line).map_err(|error| {
+        format!("{error}; requests are {{\"command\":\"status\"}} or {{\"command\":\"stop\"}}")
+    })
+}
+
+/// Sends `request` (a JSON object) to the VMM on `path` and returns its answer; an answer
+/// holding `error` is an error.
+pub fn call(path: &Path, request: &Value) -> Result<Value, ApiError> {
+    let mut stream = UnixStream::connect(path)
+        .map_err(|source| ApiError::Connect { path: path.into(), source })?;
+    let answer_error = |detail: String| ApiError::Answer { path: path.into(), detail };
+    stream.set_read_timeout(Some(REQUEST_TIMEOUT * 2)).map_err(|e| answer_error(e.to_string()))?;
+    writeln!(stream, "{request}").map_err(|error| answer_error(error.to_string()))?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).map_err(|error| answer_error(error.to_string()))?;
+    let answer: Value = serde_json::from_str(&line)
+        .map_err(|error| answer_error(format!("{error} in {line:?}")))?;
+    match answer.get("error") {
+        Some(detail) => Err(answer_error(detail.as_str().unwrap_or_default().to_owned())),
+        None => Ok(answer),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("ftvm-api-test-{name}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn status_is_answered_and_bad_requests_are_explained() {
+        let path = socket_path("status");
+        let server = ApiServer::start(&path, Arc::new(|| json!({ "role": "test" }))).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(call(&path, &json!({ "command": "status" })).unwrap()["role"], "test");
+        let error = call(&path, &json!({ "command": "explode" })).unwrap_err().to_string();
+        assert!(error.contains("unknown variant") && error.contains("status"), "{error}");
+        // A second VMM may not take the socket of a running one.
+        let taken = ApiServer::start(&path, Arc::new(|| json!({}))).err().unwrap();
+        assert!(matches!(taken, ApiError::InUse { .. }), "{taken}");
+        drop(server);
+        assert!(!path.exists(), "removed when the VMM ends");
+    }
+
+    #[test]
+    fn a_stale_socket_file_is_replaced_and_a_missing_vmm_is_named() {
+        let path = socket_path("stale");
+        drop(UnixListener::bind(&path).unwrap());
+        let _server = ApiServer::start(&path, Arc::new(|| json!({ "ok": 1 }))).unwrap();
+        assert_eq!(call(&path, &json!({ "command": "status" })).unwrap()["ok"], 1);
+        let missing = socket_path("missing");
+        let error = call(&missing, &json!({ "command": "status" })).unwrap_err().to_string();
+        assert!(error.contains("no VMM answers") && error.contains("--api-socket"), "{error}");
+    }
+
+    #[test]
+    fn a_request_without_its_newline_is_refused() {
+        let path = socket_path("partial");
+        let _server = ApiServer::start(&path, Arc::new(|| json!({}))).unwrap();
+        let mut stream = UnixStream::connect(&path).unwrap();
+        write!(stream, "{{\"command\":\"status\"}}").unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        BufReader::new(stream).read_line(&mut answer).unwrap();
+        assert!(answer.contains("one JSON line"), "{answer}");
+    }
+}
