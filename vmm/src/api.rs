@@ -1,8 +1,9 @@
 //! The API socket (`--api-socket PATH`), after Firecracker's and cloud-hypervisor's: a Unix
 //! socket on which the VMM answers one JSON request per line with one JSON line, and
 //! `ftvm remote` as its client (like `ch-remote`). Requests: `{"command":"status"}` (what
-//! SIGUSR1 prints, as JSON: role, generation, landmarks, lag, log bytes, ...) and
-//! `{"command":"stop"}` (an orderly stop, as SIGTERM).
+//! SIGUSR1 prints, as JSON: role, generation, landmarks, lag, log bytes, ...),
+//! `{"command":"stop"}` (an orderly stop, as SIGTERM) and, for a standalone guest,
+//! `{"command":"snapshot","path":"FILE"}` ([`crate::snapshot`]; answered once written).
 //!
 //! The socket is created mode 0600 (only its owner may drive the VMM); a socket left by a
 //! VMM that died is replaced, one that answers is refused. Requests are served one at a time
@@ -20,6 +21,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use thiserror::Error;
 
+use crate::snapshot::SnapshotRequests;
+
 /// The longest a request may take to arrive.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest request line accepted.
@@ -36,7 +39,15 @@ pub enum Request {
     Status,
     /// Stop the guest in an orderly way (as SIGTERM does).
     Stop,
+    /// Write a snapshot of the guest to `path` (a standalone guest only).
+    Snapshot {
+        /// The file to write.
+        path: PathBuf,
+    },
 }
+
+/// How long a snapshot may take before the API gives up waiting for it.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Why the API socket could not be served or reached.
 #[derive(Debug, Error)]
@@ -48,20 +59,20 @@ pub enum ApiError {
         path: PathBuf,
     },
     /// The socket could not be created.
-    #[error("cannot create the API socket {path}: {source}")]
+    #[error("cannot create the API socket {path}: {error}")]
     Create {
         /// The socket's path.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// No VMM answers on the path.
-    #[error("no VMM answers on {path}: {source} (is it running with --api-socket {path}?)")]
+    #[error("no VMM answers on {path}: {error} (is it running with --api-socket {path}?)")]
     Connect {
         /// The socket's path.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The VMM did not answer properly.
     #[error("the VMM on {path} did not answer: {detail}")]
@@ -79,12 +90,17 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Serves `path`, answering `status` with `status()`.
-    pub fn start(path: &Path, status: StatusFn) -> Result<ApiServer, ApiError> {
+    /// Serves `path`, answering `status` with `status()` and taking snapshots through
+    /// `snapshots` (if the VM offers them).
+    pub fn start(
+        path: &Path,
+        status: StatusFn,
+        snapshots: Option<Arc<SnapshotRequests>>,
+    ) -> Result<ApiServer, ApiError> {
         if UnixStream::connect(path).is_ok() {
             return Err(ApiError::InUse { path: path.into() });
         }
-        let create = |source| ApiError::Create { path: path.into(), source };
+        let create = |error| ApiError::Create { path: path.into(), error };
         // A socket file nobody answers on is what a VMM that died left behind.
         if std::fs::symlink_metadata(path).is_ok() {
             std::fs::remove_file(path).map_err(create)?;
@@ -93,7 +109,7 @@ impl ApiServer {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(create)?;
         std::thread::Builder::new()
             .name("ftvm-api".into())
-            .spawn(move || serve(listener, &status))
+            .spawn(move || serve(listener, &status, snapshots.as_deref()))
             .map_err(create)?;
         Ok(ApiServer { path: path.into() })
     }
@@ -105,10 +121,11 @@ impl Drop for ApiServer {
     }
 }
 
-fn serve(listener: UnixListener, status: &StatusFn) {
+fn serve(listener: UnixListener, status: &StatusFn, snapshots: Option<&SnapshotRequests>) {
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         let answer = read_request(&stream).map_or_else(error_answer, |request| match request {
+            Request::Snapshot { path } => snapshot(snapshots, path),
             Request::Status => status(),
             Request::Stop => {
                 // The same path as SIGTERM: the vCPU thread takes it (every other thread
@@ -119,6 +136,22 @@ fn serve(listener: UnixListener, status: &StatusFn) {
             }
         });
         let _ = writeln!(stream, "{answer}");
+    }
+}
+
+/// Asks the vCPU thread for a snapshot and waits for it to be written.
+fn snapshot(snapshots: Option<&SnapshotRequests>, path: PathBuf) -> Value {
+    let Some(snapshots) = snapshots else {
+        return error_answer("snapshots are taken of standalone guests (`ftvm run`) only".into());
+    };
+    let shown = path.display().to_string();
+    match snapshots.request(path).recv_timeout(SNAPSHOT_TIMEOUT) {
+        Ok(Ok(())) => json!({ "snapshot": shown }),
+        Ok(Err(error)) => error_answer(format!("the snapshot failed: {error}")),
+        Err(_) => error_answer(format!(
+            "no snapshot within {} s: the guest ran no exit (or the VMM is ending)",
+            SNAPSHOT_TIMEOUT.as_secs()
+        )),
     }
 }
 
@@ -138,7 +171,10 @@ fn read_request(stream: &UnixStream) -> Result<Request, String> {
         ));
     }
     serde_json::from_str(&line).map_err(|error| {
-        format!("{error}; requests are {{\"command\":\"status\"}} or {{\"command\":\"stop\"}}")
+        format!(
+            "{error}; requests are {{\"command\":\"status\"}}, {{\"command\":\"stop\"}} or \
+             {{\"command\":\"snapshot\",\"path\":\"FILE\"}}"
+        )
     })
 }
 
@@ -146,7 +182,7 @@ fn read_request(stream: &UnixStream) -> Result<Request, String> {
 /// holding `error` is an error.
 pub fn call(path: &Path, request: &Value) -> Result<Value, ApiError> {
     let mut stream = UnixStream::connect(path)
-        .map_err(|source| ApiError::Connect { path: path.into(), source })?;
+        .map_err(|error| ApiError::Connect { path: path.into(), error })?;
     let answer_error = |detail: String| ApiError::Answer { path: path.into(), detail };
     stream.set_read_timeout(Some(REQUEST_TIMEOUT * 2)).map_err(|e| answer_error(e.to_string()))?;
     writeln!(stream, "{request}").map_err(|error| answer_error(error.to_string()))?;
@@ -171,14 +207,14 @@ mod tests {
     #[test]
     fn status_is_answered_and_bad_requests_are_explained() {
         let path = socket_path("status");
-        let server = ApiServer::start(&path, Arc::new(|| json!({ "role": "test" }))).unwrap();
+        let server = ApiServer::start(&path, Arc::new(|| json!({ "role": "test" })), None).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(call(&path, &json!({ "command": "status" })).unwrap()["role"], "test");
         let error = call(&path, &json!({ "command": "explode" })).unwrap_err().to_string();
         assert!(error.contains("unknown variant") && error.contains("status"), "{error}");
         // A second VMM may not take the socket of a running one.
-        let taken = ApiServer::start(&path, Arc::new(|| json!({}))).err().unwrap();
+        let taken = ApiServer::start(&path, Arc::new(|| json!({})), None).err().unwrap();
         assert!(matches!(taken, ApiError::InUse { .. }), "{taken}");
         drop(server);
         assert!(!path.exists(), "removed when the VMM ends");
@@ -188,7 +224,7 @@ mod tests {
     fn a_stale_socket_file_is_replaced_and_a_missing_vmm_is_named() {
         let path = socket_path("stale");
         drop(UnixListener::bind(&path).unwrap());
-        let _server = ApiServer::start(&path, Arc::new(|| json!({ "ok": 1 }))).unwrap();
+        let _server = ApiServer::start(&path, Arc::new(|| json!({ "ok": 1 })), None).unwrap();
         assert_eq!(call(&path, &json!({ "command": "status" })).unwrap()["ok"], 1);
         let missing = socket_path("missing");
         let error = call(&missing, &json!({ "command": "status" })).unwrap_err().to_string();
@@ -198,7 +234,7 @@ mod tests {
     #[test]
     fn a_request_without_its_newline_is_refused() {
         let path = socket_path("partial");
-        let _server = ApiServer::start(&path, Arc::new(|| json!({}))).unwrap();
+        let _server = ApiServer::start(&path, Arc::new(|| json!({})), None).unwrap();
         let mut stream = UnixStream::connect(&path).unwrap();
         write!(stream, "{{\"command\":\"status\"}}").unwrap();
         stream.shutdown(std::net::Shutdown::Write).unwrap();

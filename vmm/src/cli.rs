@@ -133,16 +133,31 @@ enum Command {
     /// run, record, primary and backup); prints the answer as JSON.
     ///
     /// Examples:
-    ///   ftvm remote --api-socket /run/vm1.sock status   # role, generation, landmarks, lag, ...
-    ///   ftvm remote --api-socket /run/vm1.sock stop     # an orderly stop, like SIGTERM
+    ///   ftvm remote --api-socket /run/vm1.sock status            # role, generation, landmarks, lag, ...
+    ///   ftvm remote --api-socket /run/vm1.sock stop              # an orderly stop, like SIGTERM
+    ///   ftvm remote --api-socket /run/vm1.sock snapshot vm1.snap # a standalone guest, to restore later
     #[command(verbatim_doc_comment)]
     Remote {
         /// The VMM's API socket.
         #[arg(long, value_name = "PATH")]
         api_socket: PathBuf,
         /// What to ask.
-        #[arg(value_enum)]
+        #[command(subcommand)]
         request: RemoteRequest,
+    },
+    /// Run a guest on from a snapshot taken with `ftvm remote ... snapshot`:
+    /// its memory, registers and devices as they were, its clock going on from
+    /// where it stood. Name the same NIC (MAC) and disk image it had.
+    ///
+    /// Example:
+    ///   ftvm restore --snapshot vm1.snap --console vm1.log
+    #[command(verbatim_doc_comment)]
+    Restore {
+        /// The snapshot file.
+        #[arg(long)]
+        snapshot: PathBuf,
+        #[command(flatten)]
+        host: HostArgs,
     },
     /// Measure the platform: boot time, exit costs, timer latency and guest
     /// compute speed next to the host's, as a table of medians.
@@ -168,12 +183,18 @@ enum Command {
 }
 
 /// What `ftvm remote` asks.
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Subcommand)]
 enum RemoteRequest {
     /// The VMM's state: role, generation, landmarks, lag, log bytes, ...
     Status,
     /// Stop the guest in an orderly way.
     Stop,
+    /// Write a snapshot of a standalone guest (`ftvm run`) to FILE; the guest
+    /// pauses while it is written, then runs on.
+    Snapshot {
+        /// The snapshot file to write (replaced if it exists).
+        file: PathBuf,
+    },
 }
 
 /// `ftvm pair ...`.
@@ -391,6 +412,7 @@ pub fn main() -> ExitCode {
         Command::Replay { log, console, stats } => replay(log, console, stats),
         Command::Pair(command) => pair(command),
         Command::Remote { api_socket, request } => remote(&api_socket, request),
+        Command::Restore { snapshot, host } => restore(&snapshot, &host),
         Command::Bench { runs } => crate::bench::run(runs.max(1)).map(|table| {
             print!("{table}");
             0
@@ -529,6 +551,12 @@ fn primary(backup_addr: &str, stats: bool, pair: &PairArgs, args: RunArgs) -> an
     Ok(report.outcome.exit_status())
 }
 
+fn restore(snapshot: &std::path::Path, host: &HostArgs) -> anyhow::Result<u8> {
+    let report = runs::restore(snapshot, &attachments(host), console_sink(host.console.as_ref())?)?;
+    print_summary(&report);
+    Ok(report.outcome.exit_status())
+}
+
 fn backup(listen: &str, pair: &PairArgs, host: &HostArgs) -> anyhow::Result<u8> {
     let report = runs::backup(
         listen,
@@ -556,11 +584,17 @@ fn replay(log: PathBuf, console: Option<PathBuf>, stats: bool) -> anyhow::Result
 }
 
 fn remote(api_socket: &std::path::Path, request: RemoteRequest) -> anyhow::Result<u8> {
-    let command = match request {
-        RemoteRequest::Status => "status",
-        RemoteRequest::Stop => "stop",
+    let request = match request {
+        RemoteRequest::Status => serde_json::json!({ "command": "status" }),
+        RemoteRequest::Stop => serde_json::json!({ "command": "stop" }),
+        RemoteRequest::Snapshot { file } => {
+            // The VMM writes the file: give it a path that does not depend on this directory.
+            let file = std::path::absolute(&file)
+                .with_context(|| format!("cannot resolve {}", file.display()))?;
+            serde_json::json!({ "command": "snapshot", "path": file })
+        }
     };
-    let answer = crate::api::call(api_socket, &serde_json::json!({ "command": command }))?;
+    let answer = crate::api::call(api_socket, &request)?;
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(0)
 }

@@ -21,6 +21,7 @@ pub mod outcome;
 pub mod outputs;
 pub mod runs;
 pub mod signals;
+pub mod snapshot;
 pub mod tap;
 pub mod vcpu;
 pub mod vm;

@@ -7,7 +7,7 @@ use kvm_bindings::kvm_regs;
 use vm_memory::GuestMemoryMmap;
 
 use crate::devices::virtio::QueueFault;
-use crate::devices::{DeviceCtx, DeviceSet, Devices, EventState};
+use crate::devices::{DeviceCtx, DeviceSet, Devices, DevicesState, EventState};
 use crate::inputs::{AsyncEvent, At, AtLandmark, ExecPoint, InputError, Inputs};
 use crate::misbehaviour::{Misbehaviour, Offence};
 use crate::outcome::RunOutcome;
@@ -76,20 +76,38 @@ impl Machine {
         inputs: Box<dyn Inputs>,
         outputs: Box<dyn Outputs>,
     ) -> Self {
-        Machine {
-            memory,
-            devices: Devices::new(set),
-            events: EventState::default(),
-            misbehaviour: Misbehaviour::default(),
-            inputs,
-            outputs,
-            landmarks: 0,
-        }
+        let (devices, events) = (Devices::new(set), EventState::default());
+        Machine::restore(memory, devices, events, 0, inputs, outputs)
     }
 
     /// The inputs, e.g. to close a recording at the end of the run.
     pub fn inputs_mut(&mut self) -> &mut dyn Inputs {
         self.inputs.as_mut()
+    }
+
+    /// A machine restored from a snapshot: `devices` and `events` as saved, `landmarks` so far.
+    pub fn restore(
+        memory: GuestMemoryMmap,
+        devices: Devices,
+        events: EventState,
+        landmarks: u64,
+        inputs: Box<dyn Inputs>,
+        outputs: Box<dyn Outputs>,
+    ) -> Self {
+        Machine {
+            memory,
+            devices,
+            events,
+            misbehaviour: Misbehaviour::default(),
+            inputs,
+            outputs,
+            landmarks,
+        }
+    }
+
+    /// The devices' state, the pending events and the landmark count, for a snapshot.
+    pub fn save(&self) -> (DevicesState, EventState, u64) {
+        (self.devices.save(), self.events, self.landmarks)
     }
 
     /// Replaces the inputs and outputs (a backup going live); returns the old ones.

@@ -28,6 +28,7 @@ use crate::inputs::replay::ReplayInputs;
 use crate::inputs::InputError;
 use crate::outputs::{LiveOutputs, ReplayOutputs};
 use crate::signals;
+use crate::snapshot::{Snapshot, SnapshotError, SnapshotRequests};
 use crate::tap::{Tap, TapError};
 use crate::vm::{RunReport, Vm, VmConfig, VmError};
 
@@ -55,6 +56,9 @@ pub enum RunError {
     /// This side cannot take part in its pair (exit status 119).
     #[error(transparent)]
     PairSetup(#[from] PairSetupError),
+    /// A snapshot could not be read or does not fit this host.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
     /// The API socket could not be served.
     #[error(transparent)]
     Api(#[from] ApiError),
@@ -107,6 +111,7 @@ pub struct Attachments {
 fn serve_api(
     attachments: &Attachments,
     landmarks: &Arc<AtomicU64>,
+    snapshots: Option<Arc<SnapshotRequests>>,
     status: impl Fn() -> serde_json::Value + Send + Sync + 'static,
 ) -> Result<Option<ApiServer>, RunError> {
     let Some(path) = attachments.api_socket.as_ref() else { return Ok(None) };
@@ -117,7 +122,7 @@ fn serve_api(
         answer["pid"] = std::process::id().into();
         answer
     });
-    Ok(Some(signals::spawning_helpers(|| ApiServer::start(path, status))?))
+    Ok(Some(signals::spawning_helpers(|| ApiServer::start(path, status, snapshots))?))
 }
 
 /// Opens the host side of `attachments`.
@@ -147,11 +152,41 @@ pub fn live(
     console: Box<dyn Write + Send>,
 ) -> Result<RunReport, RunError> {
     let (backends, devices) = open(attachments)?;
-    let landmarks = Arc::new(AtomicU64::new(0));
-    let _api = serve_api(attachments, &landmarks, || json!({ "role": "standalone" }))?;
     let outputs = live_outputs(console, &backends);
     let vm = Vm::new(config, devices, Box::new(LiveInputs::new(backends)), outputs)?;
-    Ok(vm.with_landmark_counter(landmarks).run()?)
+    run_standalone(vm, attachments)
+}
+
+/// Runs a standalone guest, its API socket answering status, stop and snapshot.
+fn run_standalone(vm: Vm, attachments: &Attachments) -> Result<RunReport, RunError> {
+    let landmarks = Arc::new(AtomicU64::new(0));
+    let snapshots = Arc::new(SnapshotRequests::default());
+    let status = || json!({ "role": "standalone" });
+    let _api = serve_api(attachments, &landmarks, Some(snapshots.clone()), status)?;
+    Ok(vm.with_landmark_counter(landmarks).with_snapshots(snapshots).run()?)
+}
+
+/// Runs on from the snapshot in `snapshot_file` with live inputs (the guest's clock going on
+/// from where it stood) on this host's `attachments`, which must give the guest the same
+/// devices.
+pub fn restore(
+    snapshot_file: &Path,
+    attachments: &Attachments,
+    console: Box<dyn Write + Send>,
+) -> Result<RunReport, RunError> {
+    let snapshot = Snapshot::read(snapshot_file)?;
+    let (backends, devices) = open(attachments)?;
+    if devices != snapshot.devices {
+        return Err(RunError::Snapshot(SnapshotError::State(format!(
+            "the snapshot's guest has {:?}, --net/--disk give {devices:?}: name the same NIC and \
+             disk image",
+            snapshot.devices
+        ))));
+    }
+    let inputs = LiveInputs::continuing_at(snapshot.monotonic_ns, backends.clone());
+    let outputs = live_outputs(console, &backends);
+    let vm = Vm::restore(snapshot, Box::new(inputs), outputs)?;
+    run_standalone(vm, attachments)
 }
 
 /// Runs `config` with live inputs, recording every one of them to `log`.
@@ -163,7 +198,7 @@ pub fn record(
 ) -> Result<RunReport, RunError> {
     let (backends, devices) = open(attachments)?;
     let landmarks = Arc::new(AtomicU64::new(0));
-    let _api = serve_api(attachments, &landmarks, || json!({ "role": "recording" }))?;
+    let _api = serve_api(attachments, &landmarks, None, || json!({ "role": "recording" }))?;
     let outputs = live_outputs(console, &backends);
     let inputs = RecordingInputs::new(
         LogFileWriter::<Entry>::create(log)?,
@@ -233,7 +268,7 @@ pub fn primary(
     signals::serve_stats_signal(move || eprintln!("ftvm: pair: {}", stats_side.report()));
     let landmarks = Arc::new(AtomicU64::new(0));
     let api_side = side.clone();
-    let _api = serve_api(attachments, &landmarks, move || {
+    let _api = serve_api(attachments, &landmarks, None, move || {
         serde_json::to_value(api_side.report()).unwrap_or_default()
     })?;
     let reader = side.clone();
@@ -305,8 +340,9 @@ pub fn backup(
     });
     let landmarks = Arc::new(AtomicU64::new(0));
     let (api_status, api_link) = (status.clone(), link.clone());
-    let _api =
-        serve_api(attachments, &landmarks, move || api_status.to_json(&api_link, generation))?;
+    let _api = serve_api(attachments, &landmarks, None, move || {
+        api_status.to_json(&api_link, generation)
+    })?;
     let pair = BackupPairLink { config: ft.clone(), generation, link };
     let (source, outputs, takeover) =
         backup_io(status, pair, backends, own_devices.net_mac, console);

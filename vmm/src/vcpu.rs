@@ -133,6 +133,11 @@ impl Vcpu {
         self.fd.sync_regs().regs
     }
 
+    /// The general and segment registers, read with ioctls (for a snapshot).
+    pub fn full_state(&self) -> Result<(kvm_regs, kvm_bindings::kvm_sregs), kvm_ioctls::Error> {
+        Ok((self.fd.get_regs()?, self.fd.get_sregs()?))
+    }
+
     /// A hash of the general registers at the last exit.
     pub fn regs_hash(&self) -> u64 {
         regs_hash(&self.regs())

@@ -14,6 +14,7 @@ use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::devices::DeviceSet;
+use crate::devices::Devices;
 use crate::inputs::live::HostClock;
 use crate::inputs::{InputError, Inputs, LogStats, RunEnd};
 use crate::loader::{self, LoaderError};
@@ -22,6 +23,7 @@ use crate::memory::{self, MemoryError};
 use crate::misbehaviour::Misbehaviour;
 use crate::outcome::RunOutcome;
 use crate::outputs::Outputs;
+use crate::snapshot::{Snapshot, SnapshotError, SnapshotRequests, PAGE_BYTES};
 use crate::vcpu::{self, Exit, RunError, Vcpu};
 use crate::x86::{self, EntryMode};
 
@@ -76,6 +78,9 @@ pub enum VmError {
     /// KVM_RUN failed.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// A snapshot could not be restored.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
 }
 
 fn kvm_error(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -124,6 +129,10 @@ pub struct Vm {
     vcpu: Vcpu,
     machine: Machine,
     takeover: Option<Box<dyn Takeover>>,
+    /// Snapshot requests to serve between exits.
+    snapshots: Option<Arc<SnapshotRequests>>,
+    /// The guest's command line (for snapshots).
+    cmdline: String,
     /// Landmarks so far, published for the API socket's status.
     landmark_counter: Option<Arc<AtomicU64>>,
     /// The statistics of the log replayed before a takeover.
@@ -187,7 +196,137 @@ impl Vm {
         info.encode(&mut block).map_err(VmError::Cmdline)?;
         guest_memory.write_slice(&block, GuestAddress(BOOT_INFO_ADDR))?;
         x86::write_tables(&guest_memory)?;
+        let (kvm, vm, vcpu_fd) = create_kvm_vm(&guest_memory, config.mem_bytes)?;
+        let sregs = vcpu_fd.get_sregs().map_err(kvm_error("get sregs"))?;
+        vcpu_fd.set_sregs(&x86::sregs(sregs, config.entry_mode)).map_err(kvm_error("set sregs"))?;
+        vcpu_fd
+            .set_regs(&x86::regs(kernel.entry, config.entry_mode))
+            .map_err(kvm_error("set regs"))?;
+        let machine = Machine::new(guest_memory, devices, inputs, outputs);
+        Ok(Vm::assemble(Vcpu::new(vcpu_fd), machine, config.cmdline.clone(), clock, (vm, kvm)))
+    }
 
+    fn assemble(
+        vcpu: Vcpu,
+        machine: Machine,
+        cmdline: String,
+        clock: HostClock,
+        (vm, kvm): (VmFd, Kvm),
+    ) -> Vm {
+        let timing = Timing { clock, guest_ns: 0, stretch_ns: 0, longest_stretch_ns: 0 };
+        Vm {
+            vcpu,
+            machine,
+            takeover: None,
+            landmark_counter: None,
+            snapshots: None,
+            cmdline,
+            replayed_stats: None,
+            timing,
+            _vm: vm,
+            _kvm: kvm,
+        }
+    }
+
+    /// The VM `snapshot` describes, ready to run on from there with `inputs` and `outputs`
+    /// (whose clock should go on from [`Snapshot::monotonic_ns`]).
+    pub fn restore(
+        snapshot: Snapshot,
+        inputs: Box<dyn Inputs>,
+        outputs: Box<dyn Outputs>,
+    ) -> Result<Vm, VmError> {
+        let clock = HostClock::start();
+        let guest_memory = memory::create(snapshot.mem_bytes)?;
+        for (index, bytes) in &snapshot.pages {
+            let addr = index
+                .checked_mul(PAGE_BYTES as u64)
+                .filter(|addr| addr + bytes.len() as u64 <= snapshot.mem_bytes)
+                .ok_or_else(|| {
+                    SnapshotError::State(format!("page {index} lies outside guest RAM"))
+                })?;
+            guest_memory.write_slice(bytes, GuestAddress(addr))?;
+        }
+        let (kvm, vm, vcpu_fd) = create_kvm_vm(&guest_memory, snapshot.mem_bytes)?;
+        let refused = |what| move |error| SnapshotError::Kvm { what, error };
+        vcpu_fd.set_sregs(&snapshot.sregs).map_err(refused("segment registers"))?;
+        vcpu_fd.set_regs(&snapshot.regs).map_err(refused("general registers"))?;
+        let devices = Devices::restore(snapshot.device_state)?;
+        if devices.set() != snapshot.devices {
+            return Err(SnapshotError::State("the saved devices contradict the VM's".into()).into());
+        }
+        let machine = Machine::restore(
+            guest_memory,
+            devices,
+            snapshot.events,
+            snapshot.landmarks,
+            inputs,
+            outputs,
+        );
+        Ok(Vm::assemble(Vcpu::new(vcpu_fd), machine, snapshot.cmdline, clock, (vm, kvm)))
+    }
+
+    /// Serves snapshot requests from `requests` between two exits.
+    pub fn with_snapshots(mut self, requests: Arc<SnapshotRequests>) -> Self {
+        self.snapshots = Some(requests);
+        self
+    }
+
+    /// The guest as it stands, between two exits: the last exit's MMIO read is completed
+    /// first (KVM_RUN with immediate_exit finishes the instruction without entering the
+    /// guest), so the registers are those after it.
+    fn snapshot(&mut self) -> Result<Snapshot, String> {
+        self.vcpu.immediate_exit_round_trip().map_err(|error| error.to_string())?;
+        let (regs, sregs) = self.vcpu.full_state().map_err(|error| error.to_string())?;
+        let monotonic_ns = self
+            .machine
+            .inputs_mut()
+            .clock_now_ns()
+            .ok_or("only a guest running on live inputs (`ftvm run`) can be snapshotted")?;
+        let memory = &self.machine.memory;
+        let mem_bytes = memory::ram_bytes(memory);
+        let mut pages = Vec::new();
+        let mut page = vec![0u8; PAGE_BYTES];
+        for index in 0..mem_bytes / PAGE_BYTES as u64 {
+            memory
+                .read_slice(&mut page, GuestAddress(index * PAGE_BYTES as u64))
+                .map_err(|error| error.to_string())?;
+            if page.iter().any(|byte| *byte != 0) {
+                pages.push((index, serde_bytes::ByteBuf::from(page.clone())));
+            }
+        }
+        let (device_state, events, landmarks) = self.machine.save();
+        Ok(Snapshot {
+            mem_bytes,
+            cmdline: self.cmdline.clone(),
+            devices: self.machine.devices.set(),
+            landmarks,
+            monotonic_ns,
+            regs,
+            sregs,
+            device_state,
+            events,
+            pages,
+        })
+    }
+
+    /// Takes the snapshots asked for, if any.
+    fn serve_snapshots(&mut self) {
+        let Some(requests) = self.snapshots.clone() else { return };
+        while let Some((path, answer)) = requests.take() {
+            let written = self
+                .snapshot()
+                .and_then(|snapshot| snapshot.write(&path).map_err(|error| error.to_string()));
+            let _ = answer.send(written);
+        }
+    }
+}
+
+/// Opens KVM, creates a VM over `guest_memory` and its one vCPU with the host's CPUID.
+fn create_kvm_vm(
+    guest_memory: &vm_memory::GuestMemoryMmap,
+    mem_bytes: u64,
+) -> Result<(Kvm, VmFd, kvm_ioctls::VcpuFd), VmError> {
+    {
         let kvm = open_kvm()?;
         if !kvm.check_extension(Cap::SyncRegs) {
             return Err(VmError::MissingCapability("KVM_CAP_SYNC_REGS"));
@@ -200,7 +339,7 @@ impl Vm {
             slot: 0,
             flags: 0,
             guest_phys_addr: 0,
-            memory_size: config.mem_bytes,
+            memory_size: mem_bytes,
             userspace_addr: host_addr,
         };
         // SAFETY: the region is the mapping owned by `guest_memory`, which the
@@ -212,26 +351,11 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_error("get supported CPUID"))?;
         vcpu_fd.set_cpuid2(&cpuid).map_err(kvm_error("set CPUID"))?;
-        let sregs = vcpu_fd.get_sregs().map_err(kvm_error("get sregs"))?;
-        vcpu_fd.set_sregs(&x86::sregs(sregs, config.entry_mode)).map_err(kvm_error("set sregs"))?;
-        vcpu_fd
-            .set_regs(&x86::regs(kernel.entry, config.entry_mode))
-            .map_err(kvm_error("set regs"))?;
-
-        let machine = Machine::new(guest_memory, devices, inputs, outputs);
-        let timing = Timing { clock, guest_ns: 0, stretch_ns: 0, longest_stretch_ns: 0 };
-        Ok(Vm {
-            vcpu: Vcpu::new(vcpu_fd),
-            machine,
-            takeover: None,
-            landmark_counter: None,
-            replayed_stats: None,
-            timing,
-            _vm: vm,
-            _kvm: kvm,
-        })
+        Ok((kvm, vm, vcpu_fd))
     }
+}
 
+impl Vm {
     /// Publishes the landmark count to `counter` after every exit (for status reports).
     pub fn with_landmark_counter(mut self, counter: Arc<AtomicU64>) -> Self {
         self.landmark_counter = Some(counter);
@@ -279,6 +403,7 @@ impl Vm {
                 if let Some(value) = read_value {
                     self.vcpu.complete_mmio_read(value);
                 }
+                self.serve_snapshots();
                 Ok(None)
             }
             Action::Stop(outcome) => Ok(Some(outcome)),

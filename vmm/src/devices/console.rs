@@ -1,6 +1,7 @@
 //! Console device: the guest names a buffer in one register write (a packed
 //! descriptor, ftvm_abi::buf); the bytes go to the outputs. A running hash of
 //! everything printed lets runs be compared.
+
 use std::io::Write;
 
 use ftvm_abi::mmio::console::{BASE, WRITE};
@@ -10,6 +11,8 @@ use xxhash_rust::xxh3::Xxh3;
 use super::{no_such_register, DeviceCtx, MmioDevice, RegisterResult};
 use crate::memory::guest_range;
 use crate::misbehaviour::Offence;
+use crate::snapshot::{Persist, SnapshotError};
+use serde::{Deserialize, Serialize};
 
 /// A console sink that keeps everything in memory (tests, benchmarks).
 #[derive(Clone, Default)]
@@ -49,6 +52,26 @@ impl Console {
     /// Bytes the guest printed so far.
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written
+    }
+}
+
+/// The console's saved state: its hash so far (the restored console chains on from it) and
+/// the bytes printed.
+#[derive(Serialize, Deserialize)]
+pub struct ConsoleState {
+    hash: u64,
+    bytes_written: u64,
+}
+
+impl Persist for Console {
+    type State = ConsoleState;
+
+    fn save(&self) -> ConsoleState {
+        ConsoleState { hash: self.output_hash(), bytes_written: self.bytes_written }
+    }
+
+    fn restore(state: ConsoleState) -> Result<Self, SnapshotError> {
+        Ok(Console { hash: Xxh3::with_seed(state.hash), bytes_written: state.bytes_written })
     }
 }
 

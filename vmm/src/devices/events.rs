@@ -5,15 +5,20 @@
 use ftvm_abi::mmio::events::{page, BASE, EVENT_PAGE, WAIT, YIELD};
 use vm_memory::{Bytes, GuestAddress};
 
+use serde::{Deserialize, Serialize};
+
 use super::{no_such_register, DeviceCtx, MmioDevice, RegisterResult};
 use crate::memory::guest_range_of;
 use crate::misbehaviour::Offence;
+use crate::snapshot::SavedAsIs;
 
-/// The registered event page, if any.
-#[derive(Default)]
+/// The registered event page, if any (also its saved state).
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct Events {
     event_page: Option<u64>,
 }
+
+impl SavedAsIs for Events {}
 
 impl Events {
     /// The machine has already blocked until an event was pending

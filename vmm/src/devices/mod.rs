@@ -25,11 +25,14 @@ use crate::outcome::RunOutcome;
 use crate::outputs::Outputs;
 use virtio::block::Block;
 use virtio::net::Net;
-use virtio::VirtioMmio;
+use virtio::{VirtioMmio, VirtioState};
+
+use crate::snapshot::{Persist, SnapshotError};
+use serde::{Deserialize, Serialize};
 
 /// Event state shared by the timer and event devices: what is pending for the
 /// guest and what is armed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventState {
     /// Bits of `ftvm_abi::mmio::events` the guest has not read yet.
     pub pending: u64,
@@ -65,7 +68,7 @@ pub trait MmioDevice {
 }
 
 /// The devices a VM has beyond the fixed platform ones.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceSet {
     /// A NIC with this MAC.
     pub net_mac: Option<[u8; 6]>,
@@ -102,7 +105,56 @@ pub struct Devices {
     pub block: Option<VirtioMmio<Block>>,
 }
 
+/// Every device's saved state (the clock, timer and entropy devices have none).
+#[derive(Serialize, Deserialize)]
+pub struct DevicesState {
+    console: console::ConsoleState,
+    power: power::Power,
+    events: events::Events,
+    net: Option<VirtioState<virtio::net::NetState>>,
+    block: Option<VirtioState<Block>>,
+}
+
 impl Devices {
+    /// Every device's state.
+    pub fn save(&self) -> DevicesState {
+        DevicesState {
+            console: self.console.save(),
+            power: self.power.save(),
+            events: self.events.save(),
+            net: self.net.as_ref().map(VirtioMmio::save),
+            block: self.block.as_ref().map(VirtioMmio::save),
+        }
+    }
+
+    /// The devices in `state`.
+    pub fn restore(state: DevicesState) -> Result<Self, SnapshotError> {
+        Ok(Devices {
+            console: console::Console::restore(state.console)?,
+            power: power::Power::restore(state.power)?,
+            clock: clock::Clock,
+            timer: timer::Timer,
+            entropy: entropy::Entropy,
+            events: events::Events::restore(state.events)?,
+            net: state
+                .net
+                .map(|net| VirtioMmio::restore(net, mmio::virtio::NET_BASE))
+                .transpose()?,
+            block: state
+                .block
+                .map(|block| VirtioMmio::restore(block, mmio::virtio::BLOCK_BASE))
+                .transpose()?,
+        })
+    }
+
+    /// The NIC and disk these devices have.
+    pub fn set(&self) -> DeviceSet {
+        DeviceSet {
+            net_mac: self.net.as_ref().map(|net| net.device().mac()),
+            disk_bytes: self.block.as_ref().map(|block| block.device().capacity_bytes()),
+        }
+    }
+
     /// The platform devices plus those in `set`.
     pub fn new(set: DeviceSet) -> Self {
         Devices {

@@ -2,17 +2,22 @@
 //! (the guest's ring-0 stub writes vector, error code and RIP, then REPORT).
 use ftvm_abi::mmio::power::{BASE, FAULT_ERROR, FAULT_REPORT, FAULT_RIP, FAULT_VECTOR, SHUTDOWN};
 
+use serde::{Deserialize, Serialize};
+
 use super::{no_such_register, DeviceCtx, MmioDevice, RegisterResult};
 use crate::misbehaviour::Offence;
 use crate::outcome::RunOutcome;
+use crate::snapshot::SavedAsIs;
 
-/// The fault report being assembled.
-#[derive(Default)]
+/// The fault report being assembled (also its saved state).
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct Power {
     vector: u64,
     error_code: u64,
     rip: u64,
 }
+
+impl SavedAsIs for Power {}
 
 impl MmioDevice for Power {
     fn read(&mut self, offset: u64, ctx: &mut DeviceCtx) -> RegisterResult<u64> {

@@ -222,4 +222,8 @@ impl Inputs for LiveInputs {
     fn end_of_run(&mut self, _end: &RunEnd) -> Result<(), InputError> {
         Ok(())
     }
+
+    fn clock_now_ns(&self) -> Option<u64> {
+        Some(self.now_ns())
+    }
 }

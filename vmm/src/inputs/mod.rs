@@ -166,6 +166,11 @@ pub trait Inputs {
     fn wait_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError>;
     /// The run is over: record its end, or check it against the recording.
     fn end_of_run(&mut self, end: &RunEnd) -> Result<(), InputError>;
+    /// The guest's monotonic clock now, for inputs that read the host's clock (live): a
+    /// snapshot saves it so a restored guest's clock goes on from there.
+    fn clock_now_ns(&self) -> Option<u64> {
+        None
+    }
     /// Statistics of the log written or read (empty when live).
     fn log_stats(&self) -> LogStats {
         LogStats::default()

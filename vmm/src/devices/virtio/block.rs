@@ -10,7 +10,9 @@ use virtio_queue::{Queue, QueueT, Reader, Writer};
 use super::{QueueFault, VirtioDevice, FEATURE_VERSION_1};
 use crate::devices::DeviceCtx;
 use crate::outcome::RunOutcome;
+use crate::snapshot::SavedAsIs;
 use ftvm_abi::mmio::events;
+use serde::{Deserialize, Serialize};
 use storage::SECTOR_BYTES;
 
 const DEVICE_ID_BLOCK: u32 = 2;
@@ -34,16 +36,24 @@ mod status {
     pub const UNSUPPORTED: u8 = 2;
 }
 
-/// The block device model.
+/// The block device model (also its saved state).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Block {
     capacity_bytes: u64,
     requests: u64,
 }
 
+impl SavedAsIs for Block {}
+
 impl Block {
     /// A disk of `capacity_bytes` (whole sectors).
     pub fn new(capacity_bytes: u64) -> Self {
         Block { capacity_bytes, requests: 0 }
+    }
+
+    /// Its size in bytes.
+    pub fn capacity_bytes(&self) -> u64 {
+        self.capacity_bytes
     }
 
     /// Requests served.

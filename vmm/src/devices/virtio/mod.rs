@@ -13,12 +13,14 @@
 pub mod block;
 pub mod net;
 
+use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::DeviceCtx;
 use crate::misbehaviour::Offence;
 use crate::outcome::RunOutcome;
+use crate::snapshot::{Persist, SnapshotError};
 
 /// "virt" in little endian.
 const MAGIC: u32 = 0x7472_6976;
@@ -102,17 +104,101 @@ impl From<RunOutcome> for QueueFault {
     }
 }
 
-/// A virtio device behind the MMIO transport.
-pub struct VirtioMmio<D: VirtioDevice> {
-    device: D,
-    queues: Vec<Queue>,
-    base: u64,
+/// A queue's saved state (virtio-queue's `QueueState`, which has no serde).
+#[derive(Serialize, Deserialize)]
+pub struct SavedQueue {
+    max_size: u16,
+    next_avail: u16,
+    next_used: u16,
+    event_idx_enabled: bool,
+    size: u16,
+    ready: bool,
+    desc_table: u64,
+    avail_ring: u64,
+    used_ring: u64,
+}
+
+/// The transport's saved state, with its device's.
+#[derive(Serialize, Deserialize)]
+pub struct VirtioState<S> {
+    device: S,
+    queues: Vec<SavedQueue>,
+    registers: Registers,
+}
+
+/// The transport's registers (also their saved state).
+#[derive(Clone, Copy, Default, Serialize, Deserialize)]
+struct Registers {
     status: u32,
     device_features_select: u32,
     driver_features_select: u32,
     driver_features: u64,
     queue_select: u32,
     interrupt_status: u32,
+}
+
+impl<D: VirtioDevice + Persist> VirtioMmio<D> {
+    /// The transport's and its device's state.
+    pub fn save(&self) -> VirtioState<D::State> {
+        let queues = self
+            .queues
+            .iter()
+            .map(|queue| {
+                let state = queue.state();
+                SavedQueue {
+                    max_size: state.max_size,
+                    next_avail: state.next_avail,
+                    next_used: state.next_used,
+                    event_idx_enabled: state.event_idx_enabled,
+                    size: state.size,
+                    ready: state.ready,
+                    desc_table: state.desc_table,
+                    avail_ring: state.avail_ring,
+                    used_ring: state.used_ring,
+                }
+            })
+            .collect();
+        VirtioState { device: self.device.save(), queues, registers: self.registers }
+    }
+
+    /// The transport in `state`, at `base`; queues are checked as virtio-queue checks them.
+    pub fn restore(state: VirtioState<D::State>, base: u64) -> Result<Self, SnapshotError> {
+        let device = D::restore(state.device)?;
+        if state.queues.len() != device.queue_max_sizes().len() {
+            return Err(SnapshotError::State(format!(
+                "{} queues saved for a device with {}",
+                state.queues.len(),
+                device.queue_max_sizes().len()
+            )));
+        }
+        let queues = state
+            .queues
+            .into_iter()
+            .map(|saved| {
+                Queue::try_from(virtio_queue::QueueState {
+                    max_size: saved.max_size,
+                    next_avail: saved.next_avail,
+                    next_used: saved.next_used,
+                    event_idx_enabled: saved.event_idx_enabled,
+                    size: saved.size,
+                    ready: saved.ready,
+                    desc_table: saved.desc_table,
+                    avail_ring: saved.avail_ring,
+                    used_ring: saved.used_ring,
+                })
+                .map_err(|error| SnapshotError::State(format!("a saved queue: {error:?}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(VirtioMmio { device, queues, base, registers: state.registers })
+    }
+}
+
+/// A virtio device behind the MMIO transport.
+pub struct VirtioMmio<D: VirtioDevice> {
+    device: D,
+    queues: Vec<Queue>,
+    base: u64,
+    registers: Registers,
 }
 
 impl<D: VirtioDevice> VirtioMmio<D> {
@@ -123,17 +209,7 @@ impl<D: VirtioDevice> VirtioMmio<D> {
             .iter()
             .map(|&max| Queue::new(max).expect("queue sizes are powers of two"))
             .collect();
-        VirtioMmio {
-            device,
-            queues,
-            base,
-            status: 0,
-            device_features_select: 0,
-            driver_features_select: 0,
-            driver_features: 0,
-            queue_select: 0,
-            interrupt_status: 0,
-        }
+        VirtioMmio { device, queues, base, registers: Registers::default() }
     }
 
     /// The device model.
@@ -148,31 +224,32 @@ impl<D: VirtioDevice> VirtioMmio<D> {
 
     /// Whether the driver finished setup and the device has not failed.
     pub fn is_live(&self) -> bool {
-        self.status & status::DRIVER_OK != 0 && self.status & status::NEEDS_RESET == 0
+        self.registers.status & status::DRIVER_OK != 0
+            && self.registers.status & status::NEEDS_RESET == 0
     }
 
     fn reset(&mut self) {
-        self.status = 0;
-        self.driver_features = 0;
-        self.queue_select = 0;
-        self.interrupt_status = 0;
+        self.registers.status = 0;
+        self.registers.driver_features = 0;
+        self.registers.queue_select = 0;
+        self.registers.interrupt_status = 0;
         self.queues.iter_mut().for_each(QueueT::reset);
         self.device.set_driver_features(0);
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
-        self.queues.get_mut(self.queue_select as usize)
+        self.queues.get_mut(self.registers.queue_select as usize)
     }
 
     /// Marks the device failed after the guest broke the contract.
     pub fn needs_reset(&mut self, ctx: &mut DeviceCtx) {
         ctx.misbehaviour.record(Offence::BadVirtioUse, self.base, 0);
-        self.status |= status::NEEDS_RESET;
+        self.registers.status |= status::NEEDS_RESET;
     }
 
     /// Records that buffers were used: the guest learns it from the event mask.
     pub fn signal_used(&mut self, ctx: &mut DeviceCtx) {
-        self.interrupt_status |= 1;
+        self.registers.interrupt_status |= 1;
         ctx.events.pending |= self.device.event_bit();
     }
 
@@ -202,7 +279,7 @@ impl<D: VirtioDevice> VirtioMmio<D> {
             register::VERSION => VERSION,
             register::DEVICE_ID => self.device.device_id(),
             register::VENDOR_ID => VENDOR_ID,
-            register::DEVICE_FEATURES => match self.device_features_select {
+            register::DEVICE_FEATURES => match self.registers.device_features_select {
                 0 => features as u32,
                 1 => (features >> 32) as u32,
                 _ => 0,
@@ -213,8 +290,8 @@ impl<D: VirtioDevice> VirtioMmio<D> {
             register::QUEUE_READY => {
                 self.selected_queue().map_or(0, |queue| u32::from(queue.ready()))
             }
-            register::INTERRUPT_STATUS => self.interrupt_status,
-            register::STATUS => self.status,
+            register::INTERRUPT_STATUS => self.registers.interrupt_status,
+            register::STATUS => self.registers.status,
             register::CONFIG_GENERATION => 0,
             _ => return None,
         })
@@ -230,19 +307,20 @@ impl<D: VirtioDevice> VirtioMmio<D> {
             _ => queue.set_used_ring_address(None, Some(value)),
         };
         match offset {
-            register::DEVICE_FEATURES_SEL => self.device_features_select = value,
-            register::DRIVER_FEATURES_SEL => self.driver_features_select = value,
-            register::DRIVER_FEATURES => match self.driver_features_select {
+            register::DEVICE_FEATURES_SEL => self.registers.device_features_select = value,
+            register::DRIVER_FEATURES_SEL => self.registers.driver_features_select = value,
+            register::DRIVER_FEATURES => match self.registers.driver_features_select {
                 0 => {
-                    self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(value)
+                    self.registers.driver_features =
+                        (self.registers.driver_features & !0xffff_ffff) | u64::from(value)
                 }
                 1 => {
-                    self.driver_features =
-                        (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                    self.registers.driver_features =
+                        (self.registers.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
                 }
                 _ => return false,
             },
-            register::QUEUE_SEL => self.queue_select = value,
+            register::QUEUE_SEL => self.registers.queue_select = value,
             register::QUEUE_NUM => match self.selected_queue() {
                 Some(queue) => queue.set_size(value as u16),
                 None => return false,
@@ -274,7 +352,7 @@ impl<D: VirtioDevice> VirtioMmio<D> {
                     None => return false,
                 }
             }
-            register::INTERRUPT_ACK => self.interrupt_status &= !value,
+            register::INTERRUPT_ACK => self.registers.interrupt_status &= !value,
             register::STATUS => return self.write_status(value),
             _ => return false,
         }
@@ -289,16 +367,16 @@ impl<D: VirtioDevice> VirtioMmio<D> {
         let mut value = value;
         if value & status::FEATURES_OK != 0 {
             let offered = self.device.features();
-            let acceptable = self.driver_features & !offered == 0
-                && self.driver_features & FEATURE_VERSION_1 != 0;
+            let acceptable = self.registers.driver_features & !offered == 0
+                && self.registers.driver_features & FEATURE_VERSION_1 != 0;
             if acceptable {
-                self.device.set_driver_features(self.driver_features);
+                self.device.set_driver_features(self.registers.driver_features);
             } else {
                 // The spec's answer: FEATURES_OK does not stick.
                 value &= !status::FEATURES_OK;
             }
         }
-        self.status = value | (self.status & status::NEEDS_RESET);
+        self.registers.status = value | (self.registers.status & status::NEEDS_RESET);
         true
     }
 }

@@ -31,7 +31,9 @@ use xxhash_rust::xxh3::Xxh3;
 use super::{QueueFault, VirtioDevice, VirtioMmio, FEATURE_VERSION_1};
 use crate::devices::DeviceCtx;
 use crate::misbehaviour::Offence;
+use crate::snapshot::{Persist, SnapshotError};
 use ftvm_abi::mmio::{events, virtio::NET_BASE};
+use serde::{Deserialize, Serialize};
 
 const DEVICE_ID_NET: u32 = 1;
 const RX: usize = 0;
@@ -321,6 +323,50 @@ fn complete_checksum(header: NetHeader, frame: &mut [u8]) {
     frame[at..at + 2].copy_from_slice(&checksum.to_be_bytes());
 }
 
+/// The network device's saved state (the transmit hash chains on from its value).
+#[derive(Serialize, Deserialize)]
+pub struct NetState {
+    mac: [u8; 6],
+    driver_features: u64,
+    tx_hash: u64,
+    tx_frames: u64,
+    tx_refused: u64,
+    rx_frames: u64,
+    rx_truncated: u64,
+    rx_dropped: u64,
+}
+
+impl Persist for Net {
+    type State = NetState;
+
+    fn save(&self) -> NetState {
+        NetState {
+            mac: self.mac,
+            driver_features: self.driver_features,
+            tx_hash: self.tx_hash.digest(),
+            tx_frames: self.tx_frames,
+            tx_refused: self.tx_refused,
+            rx_frames: self.rx_frames,
+            rx_truncated: self.rx_truncated,
+            rx_dropped: self.rx_dropped,
+        }
+    }
+
+    fn restore(state: NetState) -> Result<Self, SnapshotError> {
+        Ok(Net {
+            mac: state.mac,
+            driver_features: state.driver_features,
+            tx_hash: Xxh3::with_seed(state.tx_hash),
+            tx_frames: state.tx_frames,
+            tx_refused: state.tx_refused,
+            rx_frames: state.rx_frames,
+            rx_truncated: state.rx_truncated,
+            rx_dropped: state.rx_dropped,
+            scratch: Vec::new(),
+        })
+    }
+}
+
 /// The network device model.
 pub struct Net {
     mac: [u8; 6],
@@ -349,6 +395,11 @@ impl Net {
             rx_dropped: 0,
             scratch: Vec::new(),
         }
+    }
+
+    /// Its MAC address.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
     }
 
     /// Packets the guest transmitted, and a hash of all of them in order.
