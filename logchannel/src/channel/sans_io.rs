@@ -136,9 +136,14 @@ pub struct PrimaryCore {
     replayed_seq: u64,
     /// Stream offset of the first unreplayed byte.
     replayed_offset_bytes: u64,
-    /// (when the replayed position moved, the work clock of the entry it moved to), over the
-    /// last [`REPLAY_SPEED_WINDOW_NS`]: how fast the backup replays the primary's work.
-    replay_marks: VecDeque<(u64, u64)>,
+    /// (when the replayed position moved, the work clock of the entry it moved to, the time
+    /// the backup had work to replay so far), over the last [`REPLAY_SPEED_WINDOW_NS`]: how
+    /// fast the backup replays the primary's work while it has some. (Time it waited for the
+    /// primary says nothing of its speed: counting it would make a primary the lag bound holds
+    /// back see its backup as slow, and hold itself back for ever.)
+    replay_marks: VecDeque<(u64, u64, u64)>,
+    /// The time the backup had work to replay, summed.
+    replay_busy_ns: u64,
     /// Time the primary's guest spent held back by the lag bound: not work to replay.
     blocked_ns: u64,
     /// The work clock of the last entry the backup replayed.
@@ -176,6 +181,7 @@ impl PrimaryCore {
             replayed_seq: FIRST_SEQ - 1,
             replayed_offset_bytes: 0,
             replay_marks: VecDeque::new(),
+            replay_busy_ns: 0,
             blocked_ns: 0,
             replayed_work_ns: 0,
             acked_seq: FIRST_SEQ - 1,
@@ -278,16 +284,26 @@ impl PrimaryCore {
             format!("replayed seq {replayed_seq} after replayed seq {}", self.replayed_seq)
         } else {
             let mut replayed_work_ns = None;
+            // The backup had work from the later of its last progress and the first entry
+            // it replayed now reaching the core.
+            let previous_mark_ns = self.replay_marks.back().map_or(0, |mark| mark.0);
+            let busy_since_ns =
+                self.unreplayed.front().map_or(now_ns, |frame| frame.sent_ns.max(previous_mark_ns));
             while self.unreplayed.front().is_some_and(|frame| frame.seq <= replayed_seq) {
                 let frame = self.unreplayed.pop_front().expect("front exists");
                 self.replayed_offset_bytes = frame.end_offset_bytes;
                 replayed_work_ns = Some(frame.work_ns);
             }
             if let Some(work_ns) = replayed_work_ns {
+                // Work replayed only moves the estimate if it is work (heartbeats of a guest
+                // held back carry none).
+                if work_ns > self.replayed_work_ns {
+                    self.replay_busy_ns += now_ns.saturating_sub(busy_since_ns);
+                }
                 self.replayed_work_ns = work_ns;
-                self.replay_marks.push_back((now_ns, work_ns));
+                self.replay_marks.push_back((now_ns, work_ns, self.replay_busy_ns));
                 while self.replay_marks.len() > 2
-                    && self.replay_marks.front().is_some_and(|(at_ns, _)| {
+                    && self.replay_marks.front().is_some_and(|(at_ns, _, _)| {
                         now_ns.saturating_sub(*at_ns) > REPLAY_SPEED_WINDOW_NS
                     })
                 {
@@ -423,12 +439,12 @@ impl PrimaryCore {
             return 0;
         }
         let backlog_ns = self.work_ns(now_ns).saturating_sub(self.replayed_work_ns);
-        let (Some(&(first_at_ns, first_work_ns)), Some(&(last_at_ns, last_work_ns))) =
+        let (Some(&(_, first_work_ns, first_busy_ns)), Some(&(_, last_work_ns, last_busy_ns))) =
             (self.replay_marks.front(), self.replay_marks.back())
         else {
             return backlog_ns;
         };
-        let elapsed_ns = last_at_ns.saturating_sub(first_at_ns);
+        let elapsed_ns = last_busy_ns.saturating_sub(first_busy_ns);
         if elapsed_ns < REPLAY_SPEED_MIN_SPAN_NS {
             return backlog_ns;
         }
