@@ -24,7 +24,7 @@ fn listening() -> (SocketAddr, BackupListener, Arc<Mutex<Vec<String>>>) {
     let addr = listener.local_addr().unwrap();
     let log = Arc::new(Mutex::new(Vec::new()));
     let lines = Arc::clone(&log);
-    let own = Devices { net_mac: None, disk_bytes: Some(1 << 20) };
+    let own = Devices { net_mac: None, disk_bytes: Some(1 << 20), disk_own: false };
     let check = move |hello: &logchannel::Hello| {
         if hello.devices == own {
             Ok(())
@@ -44,7 +44,7 @@ fn connect(addr: SocketAddr, credentials: &Credentials) -> Result<PrimaryLink, C
         addr,
         &config(),
         credentials,
-        Devices { net_mac: None, disk_bytes: Some(1 << 20) },
+        Devices { net_mac: None, disk_bytes: Some(1 << 20), disk_own: false },
     )
 }
 

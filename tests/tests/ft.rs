@@ -386,14 +386,40 @@ fn killing_the_primary_mid_disk_test_keeps_the_shared_disk_whole() {
         &format!("{image},size=256M,create"),
     ]);
     assert_eq!(Reaped::spawn(create).finish().status, Some(0));
+    kill_the_primary_mid_disk_test(&arbiter, image, image);
+}
+
+#[test]
+fn killing_the_primary_mid_disk_test_keeps_the_backups_own_disk_whole() {
+    // Own-disk mode: each side its own image, both created empty; the backup writes the
+    // guest's writes to its image as it replays and reads its own image.
+    let arbiter = pair_dir("own-disk");
+    let own_image = |side: &str| {
+        let image = arbiter.0.join(format!("{side}.img"));
+        format!("{},size=256M,create,mode=own", image.display())
+    };
+    kill_the_primary_mid_disk_test(&arbiter, &own_image("primary"), &own_image("backup"));
+}
+
+/// Runs the disk self-test on a pair with these `--disk` arguments, kills the primary during
+/// it, and checks that the backup finished it and left its image whole.
+fn kill_the_primary_mid_disk_test(arbiter: &Scratch, primary_disk: &str, backup_disk: &str) {
     let port = free_port().to_string();
     let listen = format!("127.0.0.1:{port}");
     let mut backup = Command::new(FTVM);
-    backup.args(["backup", "--listen", &listen, "--arbiter", arbiter.path(), "--disk", image]);
+    backup.args([
+        "backup",
+        "--listen",
+        &listen,
+        "--arbiter",
+        arbiter.path(),
+        "--disk",
+        backup_disk,
+    ]);
     let backup = Reaped::spawn(backup);
     let mut primary = Command::new(FTVM);
     primary
-        .args(["primary", "--backup", &listen, "--arbiter", arbiter.path(), "--disk", image])
+        .args(["primary", "--backup", &listen, "--arbiter", arbiter.path(), "--disk", primary_disk])
         .args(["--cmdline", "role=disk-selftest mib=192"]);
     let mut primary = Reaped::spawn(primary);
     std::thread::sleep(Duration::from_millis(400));
@@ -403,6 +429,7 @@ fn killing_the_primary_mid_disk_test_keeps_the_shared_disk_whole() {
     assert_eq!(backup.status, Some(0), "the backup finished the disk test: {backup:?}");
     assert!(backup.stdout.contains("disk ok: generation 1"), "{}", backup.stdout);
     // The image holds what the guest believes it wrote: a second run verifies it.
+    let image = backup_disk.split(',').next().unwrap();
     let mut verify = Command::new(FTVM);
     verify.args(["run", "--cmdline", "role=disk-selftest mib=192", "--disk", image]);
     let verify = Reaped::spawn(verify).finish();

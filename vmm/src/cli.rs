@@ -259,10 +259,20 @@ struct HostArgs {
     #[arg(long, value_parser = parse_net, value_name = "tap=NAME[,mac=MAC]")]
     net: Option<NetAttachment>,
     /// Give the guest a virtio-blk disk backed by an image file:
-    /// `PATH[,size=SIZE][,create]`. `create` makes a zero-filled image of
-    /// `size` bytes (K/M/G suffixes) if it is missing; an existing image keeps
-    /// its data.
-    #[arg(long, value_parser = parse_disk, value_name = "PATH[,size=SIZE][,create]")]
+    /// `PATH[,size=SIZE][,create][,mode=own|shared]`. `create` makes a
+    /// zero-filled image of `size` bytes (K/M/G suffixes) if it is missing; an
+    /// existing image keeps its data. In an FT pair, `mode=shared` (the
+    /// default) is one image both hosts reach, written only by the side that
+    /// runs the guest; `mode=own` gives each side its own image (both must
+    /// start the same, e.g. both created empty): the backup applies the
+    /// guest's writes to its image as it replays, so writes need no
+    /// acknowledgement and reads do not travel in the log. Both sides must
+    /// give the same mode.
+    #[arg(
+        long,
+        value_parser = parse_disk,
+        value_name = "PATH[,size=SIZE][,create][,mode=own|shared]"
+    )]
     disk: Option<DiskAttachment>,
     /// Answer API requests on this Unix socket (created mode 0600, removed at
     /// exit): `ftvm remote --api-socket PATH status` prints the VMM's state as
@@ -366,16 +376,26 @@ fn parse_net(text: &str) -> Result<NetAttachment, String> {
     Ok(NetAttachment { tap, mac })
 }
 
-/// Parses `PATH[,size=SIZE][,create]`.
+/// Parses `PATH[,size=SIZE][,create][,mode=own|shared]`.
 fn parse_disk(text: &str) -> Result<DiskAttachment, String> {
     let mut parts = text.split(',');
     let path = parts.next().filter(|path| !path.is_empty()).ok_or("a disk needs an image path")?;
-    let mut disk = DiskAttachment { path: PathBuf::from(path), size_bytes: None, create: false };
+    let mut disk =
+        DiskAttachment { path: PathBuf::from(path), size_bytes: None, create: false, own: false };
     for part in parts {
         match part.split_once('=') {
             Some(("size", size)) => disk.size_bytes = Some(parse_size(size)?),
+            Some(("mode", "own")) => disk.own = true,
+            Some(("mode", "shared")) => disk.own = false,
+            Some(("mode", other)) => {
+                return Err(format!("unknown disk mode `{other}`: expected own or shared"))
+            }
             None if part == "create" => disk.create = true,
-            _ => return Err(format!("unknown disk option `{part}`: expected size=SIZE or create")),
+            _ => {
+                return Err(format!(
+                    "unknown disk option `{part}`: expected size=SIZE, create or mode=own|shared"
+                ))
+            }
         }
     }
     if disk.create && disk.size_bytes.is_none() {

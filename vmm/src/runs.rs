@@ -93,6 +93,12 @@ pub struct DiskAttachment {
     pub size_bytes: Option<u64>,
     /// Create the image if it is missing.
     pub create: bool,
+    /// In an FT pair, this side's own image (`mode=own`): the backup applies the guest's
+    /// writes to its own image as it replays and reads its own image, so disk writes are not
+    /// held for acknowledgement and disk reads do not travel in the log. Both images must
+    /// start the same (two empty ones: `create` on both sides). Otherwise one image both
+    /// sides share (the default), written only by the side that runs the guest.
+    pub own: bool,
 }
 
 /// What the host attaches to the guest, and the API socket it serves.
@@ -138,7 +144,8 @@ pub fn open(attachments: &Attachments) -> Result<(Backends, DeviceSet), RunError
         net_mac: attachments.net.as_ref().map(|net| net.mac),
         disk_bytes: disk.as_ref().map(|disk| disk.capacity_bytes()),
     };
-    Ok((Backends { tap, disk, disk_reader: None }, devices))
+    let disk_own = attachments.disk.as_ref().is_some_and(|disk| disk.own);
+    Ok((Backends { tap, disk, disk_reader: None, disk_own }, devices))
 }
 
 fn live_outputs(console: Box<dyn Write + Send>, backends: &Backends) -> Box<LiveOutputs> {
@@ -231,8 +238,12 @@ fn config_of(start: RunStart) -> (VmConfig, DeviceSet) {
     (config, devices)
 }
 
-fn channel_devices(devices: DeviceSet) -> Devices {
-    Devices { net_mac: devices.net_mac, disk_bytes: devices.disk_bytes }
+fn channel_devices(devices: DeviceSet, backends: &Backends) -> Devices {
+    Devices {
+        net_mac: devices.net_mac,
+        disk_bytes: devices.disk_bytes,
+        disk_own: backends.disk_own,
+    }
 }
 
 /// Runs `config` as the primary of an FT pair whose backup listens at `backup_addr`.
@@ -250,18 +261,19 @@ pub fn primary(
         credentials.generation, credentials.pair_id
     );
     signals::block_stats_signal();
+    let hello_devices = channel_devices(devices, &backends);
     let (side, held, releaser) = signals::spawning_helpers(|| {
-        let link =
-            PrimaryLink::connect(backup_addr, &ft.channel, &credentials, channel_devices(devices))
-                .map_err(|error| match error {
-                    ChannelError::Refused { .. } => {
-                        RunError::PairSetup(PairSetupError::Refused(error.to_string()))
-                    }
-                    other => RunError::Channel(other),
-                })?;
+        let link = PrimaryLink::connect(backup_addr, &ft.channel, &credentials, hello_devices)
+            .map_err(|error| match error {
+                ChannelError::Refused { .. } => {
+                    RunError::PairSetup(PairSetupError::Refused(error.to_string()))
+                }
+                other => RunError::Channel(other),
+            })?;
         let side = PrimarySide::new(link, ft.clone(), credentials.generation);
         let live = LiveOutputs::new(console, backends.tap.clone(), backends.disk.clone());
-        let (held, releaser) = HeldOutputs::start(side.clone(), live);
+        let own_disk = backends.disk.clone().filter(|_| backends.disk_own);
+        let (held, releaser) = HeldOutputs::start(side.clone(), live, own_disk);
         Ok::<_, RunError>((side, held, releaser))
     })?;
     let stats_side = side.clone();
@@ -271,9 +283,12 @@ pub fn primary(
     let _api = serve_api(attachments, &landmarks, None, move || {
         serde_json::to_value(api_side.report()).unwrap_or_default()
     })?;
-    let reader = side.clone();
-    backends.disk_reader =
-        Some(Arc::new(move |disk, offset, buf| reader.read_disk(disk, offset, buf)));
+    if !backends.disk_own {
+        // The shared image: the guest reads it through the writes still held.
+        let reader = side.clone();
+        backends.disk_reader =
+            Some(Arc::new(move |disk, offset, buf| reader.read_disk(disk, offset, buf)));
+    }
     let inputs =
         RecordingInputs::new(LinkSink::new(side.clone()), &run_start(config, devices), backends)?;
     let result = Vm::new(config, devices, Box::new(inputs), Box::new(held))
@@ -313,7 +328,7 @@ pub fn backup(
         credentials.generation, credentials.pair_id
     );
     signals::block_stats_signal();
-    let own = channel_devices(own_devices);
+    let own = channel_devices(own_devices, &backends);
     let check = move |hello: &logchannel::Hello| devices_match(own, hello.devices);
     let report = |line: String| eprintln!("ftvm: log channel: {line}");
     let listener = signals::spawning_helpers(|| {
@@ -344,11 +359,14 @@ pub fn backup(
         api_status.to_json(&api_link, generation)
     })?;
     let pair = BackupPairLink { config: ft.clone(), generation, link };
+    let own_disk = backends.disk.clone().filter(|_| backends.disk_own);
     let (source, outputs, takeover) =
         backup_io(status, pair, backends, own_devices.net_mac, console);
-    let mut replay = ReplayInputs::new(source);
+    let mut replay = ReplayInputs::new(source).reading_own_disk(own_disk);
     let (config, devices) = config_of(replay.read_start()?);
-    if channel_devices(devices) != accepted.hello.devices {
+    if channel_devices(devices, &Backends { disk_own: own.disk_own, ..Backends::default() })
+        != accepted.hello.devices
+    {
         return Err(RunError::Log(InputError::LogCorrupt(format!(
             "the primary's run start names devices {devices:?}, its handshake {:?}",
             accepted.hello.devices
@@ -381,6 +399,14 @@ fn devices_match(own: Devices, primary: Devices) -> Result<(), String> {
              MAC",
             show_mac(primary.net_mac),
             show_mac(own.net_mac)
+        ));
+    }
+    if own.disk_own != primary.disk_own {
+        let mode = |own: bool| if own { "mode=own" } else { "a shared image" };
+        return Err(format!(
+            "the primary's disk is {}, this backup's --disk is {}: give both sides the same mode",
+            mode(primary.disk_own),
+            mode(own.disk_own)
         ));
     }
     if own.disk_bytes != primary.disk_bytes {

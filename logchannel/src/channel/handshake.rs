@@ -85,6 +85,8 @@ pub struct Devices {
     pub net_mac: Option<[u8; 6]>,
     /// The guest disk's size, if it has one.
     pub disk_bytes: Option<u64>,
+    /// Each side has its own image of the disk (`mode=own`), rather than one shared image.
+    pub disk_own: bool,
 }
 
 /// The primary's opening message.

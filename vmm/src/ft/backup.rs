@@ -18,6 +18,7 @@ use std::time::Duration;
 use logchannel::pair::backup::{BackupPair, BackupStep, Unreleased};
 use logchannel::pair::OutputKind;
 use logchannel::{BackupLink, Entry, Input};
+use storage::BlockStore;
 
 use super::{arbitrate, FtConfig, NotWon};
 use crate::inputs::live::{sleep_until, unix_time_ns, Backends, LiveInputs};
@@ -125,9 +126,11 @@ impl EntrySource for LinkSource {
 }
 
 /// The backup's outputs: nothing leaves; what the primary may not have released yet is kept
-/// for go-live.
+/// for go-live. Writes to this side's own disk image (`mode=own`) go to it as they are
+/// replayed: the image follows the guest, as the primary's does.
 pub struct BackupOutputs {
     replayed: Rc<RefCell<Replayed>>,
+    own_disk: Option<Arc<BlockStore>>,
 }
 
 impl Outputs for BackupOutputs {
@@ -144,6 +147,11 @@ impl Outputs for BackupOutputs {
     }
 
     fn disk_write(&mut self, offset: u64, data: &[u8]) -> Result<(), OutputError> {
+        if let Some(disk) = &self.own_disk {
+            return disk
+                .write_at(offset, data)
+                .map_err(|error| OutputError::Disk(error.to_string()));
+        }
         let replayed = &mut *self.replayed.borrow_mut();
         let released = replayed.core.released(OutputKind::DiskWrite);
         replayed.disk_writes.push((offset, data.to_vec()), data.len() as u64, released);
@@ -151,7 +159,10 @@ impl Outputs for BackupOutputs {
     }
 
     fn disk_flush(&mut self) -> Result<(), OutputError> {
-        Ok(())
+        match &self.own_disk {
+            Some(disk) => disk.flush().map_err(|error| OutputError::Disk(error.to_string())),
+            None => Ok(()),
+        }
     }
 }
 
@@ -197,7 +208,8 @@ pub fn backup_io(
     }));
     let source =
         LinkSource { link: link.clone(), status: status.clone(), replayed: replayed.clone() };
-    let outputs = BackupOutputs { replayed: replayed.clone() };
+    let own_disk = backends.disk.clone().filter(|_| backends.disk_own);
+    let outputs = BackupOutputs { replayed: replayed.clone(), own_disk };
     let takeover = BackupTakeover {
         config,
         generation,

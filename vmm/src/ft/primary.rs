@@ -275,16 +275,23 @@ impl EntrySink for LinkSink {
     }
 }
 
-/// The primary's outputs: held in the core until it releases them.
+/// The primary's outputs: held in the core until it releases them; writes to this side's
+/// own disk image (`mode=own`) are not outputs to the world and go to it at once.
 pub struct HeldOutputs {
     side: Arc<PrimarySide>,
+    own_disk: Option<Arc<BlockStore>>,
     /// Outputs were held during the exit in progress.
     held_in_exit: bool,
 }
 
 impl HeldOutputs {
-    /// Holds outputs for `live` (the real console, TAP and disk) and starts the releaser.
-    pub fn start(side: Arc<PrimarySide>, live: LiveOutputs) -> (HeldOutputs, JoinHandle<()>) {
+    /// Holds outputs for `live` (the real console, TAP and disk) and starts the releaser;
+    /// `own_disk` is this side's own image, if the pair's disks are `mode=own`.
+    pub fn start(
+        side: Arc<PrimarySide>,
+        live: LiveOutputs,
+        own_disk: Option<Arc<BlockStore>>,
+    ) -> (HeldOutputs, JoinHandle<()>) {
         let releaser = {
             let side = side.clone();
             std::thread::Builder::new()
@@ -292,7 +299,7 @@ impl HeldOutputs {
                 .spawn(move || release(&side, live))
                 .expect("spawning the output thread")
         };
-        (HeldOutputs { side, held_in_exit: false }, releaser)
+        (HeldOutputs { side, own_disk, held_in_exit: false }, releaser)
     }
 
     /// Holds `output`; first waits (the vCPU with it) while the core has no room for it.
@@ -325,6 +332,11 @@ impl Outputs for HeldOutputs {
     }
 
     fn disk_write(&mut self, offset: u64, data: &[u8]) -> Result<(), OutputError> {
+        if let Some(disk) = &self.own_disk {
+            return disk
+                .write_at(offset, data)
+                .map_err(|error| OutputError::Disk(error.to_string()));
+        }
         self.disk_error()?;
         let len_bytes = data.len() as u64;
         self.hold(Held::DiskWrite(offset, data.to_vec()), OutputKind::DiskWrite, len_bytes);
@@ -332,6 +344,9 @@ impl Outputs for HeldOutputs {
     }
 
     fn disk_flush(&mut self) -> Result<(), OutputError> {
+        if let Some(disk) = &self.own_disk {
+            return disk.flush().map_err(|error| OutputError::Disk(error.to_string()));
+        }
         self.disk_error()?;
         self.hold(Held::DiskFlush, OutputKind::DiskFlush, 0);
         Ok(())

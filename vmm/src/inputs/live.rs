@@ -79,6 +79,8 @@ pub struct Backends {
     pub disk: Option<Arc<BlockStore>>,
     /// Reads the disk instead of reading the image directly, if set.
     pub disk_reader: Option<DiskReader>,
+    /// The image is this side's own in an FT pair (`mode=own`): its reads need no log.
+    pub disk_own: bool,
 }
 
 /// Inputs taken from the host as they happen.
@@ -98,6 +100,11 @@ impl LiveInputs {
     /// `monotonic_ns` (a backup going live continues its guest's clock).
     pub fn continuing_at(monotonic_ns: u64, backends: Backends) -> Self {
         LiveInputs { boot: HostClock::start(), monotonic_base_ns: monotonic_ns, backends }
+    }
+
+    /// Whether the disk is this side's own image (its reads are not logged).
+    pub fn disk_is_own(&self) -> bool {
+        self.backends.disk_own
     }
 
     /// The guest's monotonic clock: host ns since it booted (or since it

@@ -96,6 +96,10 @@ impl<S: EntrySink> Inputs for RecordingInputs<S> {
 
     fn disk_read(&mut self, at: &At, offset: u64, buf: &mut [u8]) -> Result<(), InputError> {
         self.live.disk_read(at, offset, buf)?;
+        // The backup reads its own image, which holds the same data: nothing to log.
+        if self.live.disk_is_own() {
+            return Ok(());
+        }
         self.log(at, Input::DiskRead(buf.to_vec()))
     }
 

@@ -2,7 +2,10 @@
 //! guest consumed them, and each is checked against where the replayed guest
 //! is (landmark, RIP, register hash) before it is handed over. Nothing is
 //! read from the host. The guest is never run past what the log covers.
+use std::sync::Arc;
+
 use logchannel::{Entry, FrameError, Input, InputEntry, LogFileReader};
+use storage::BlockStore;
 
 use super::{Armed, AsyncEvent, At, AtLandmark, Divergence, InputError, Inputs, LogStats, RunEnd};
 use crate::outcome::RunOutcome;
@@ -36,6 +39,8 @@ impl EntrySource for LogFileReader<Entry> {
 /// Inputs read back from a log.
 pub struct ReplayInputs<S: EntrySource> {
     source: S,
+    /// A backup's own image of the disk (`mode=own`): reads come from it, not the log.
+    own_disk: Option<Arc<BlockStore>>,
     peeked: Option<(u64, Entry)>,
     covered_landmark: u64,
     stats: LogStats,
@@ -71,7 +76,19 @@ fn format_regs(at: &At) -> String {
 impl<S: EntrySource> ReplayInputs<S> {
     /// A replayer over `source`, positioned after the run-start entry.
     pub fn new(source: S) -> Self {
-        ReplayInputs { source, peeked: None, covered_landmark: 0, stats: LogStats::default() }
+        ReplayInputs {
+            source,
+            own_disk: None,
+            peeked: None,
+            covered_landmark: 0,
+            stats: LogStats::default(),
+        }
+    }
+
+    /// Reads the guest's disk from `own_disk`, if given, rather than from the log.
+    pub fn reading_own_disk(mut self, own_disk: Option<Arc<BlockStore>>) -> Self {
+        self.own_disk = own_disk;
+        self
     }
 
     /// Reads the run-start entry (the first entry of every log).
@@ -201,7 +218,10 @@ impl<S: EntrySource> Inputs for ReplayInputs<S> {
         Ok(())
     }
 
-    fn disk_read(&mut self, at: &At, _offset: u64, buf: &mut [u8]) -> Result<(), InputError> {
+    fn disk_read(&mut self, at: &At, offset: u64, buf: &mut [u8]) -> Result<(), InputError> {
+        if let Some(disk) = &self.own_disk {
+            return disk.read_at(offset, buf).map_err(|error| InputError::Host(error.to_string()));
+        }
         let Input::DiskRead(bytes) =
             self.take(at, "disk read", |input| matches!(input, Input::DiskRead(_)))?
         else {
