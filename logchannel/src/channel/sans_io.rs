@@ -639,6 +639,12 @@ impl BackupCore {
         let received = self.received.pop_front()?;
         self.queued_bytes -= received.frame_len_bytes;
         self.taken_seq = received.seq;
+        if self.received.is_empty() && self.error.is_none() {
+            // Caught up: say so now rather than with the next heartbeat, since a primary the
+            // lag bound holds back waits for exactly this.
+            let last_tx_ns = self.liveness.last_tx_ns;
+            self.send_ack(last_tx_ns);
+        }
         Some(received)
     }
 
