@@ -483,12 +483,15 @@ impl Client {
         out: &mut Outputs,
     ) {
         let chunk_size = self.chunk_size();
-        let Some(Op { kind: OpKind::Read(read), wait, .. }) = self.ops.get_mut(&op_id) else {
+        let Some(Op { kind: OpKind::Read(read), wait, attempts, .. }) = self.ops.get_mut(&op_id)
+        else {
             return;
         };
         *wait = Wait::Nothing;
         match result {
             Ok(bytes) => {
+                // Per step, as for writes: a chunk read is progress.
+                *attempts = 0;
                 let position = read.offset + read.buf.len() as u64;
                 let len =
                     (read.len - read.buf.len() as u64).min(chunk_size - position % chunk_size);
@@ -527,13 +530,18 @@ impl Client {
         out: &mut Outputs,
     ) {
         let chunk_size = self.chunk_size();
-        let Some(Op { kind: OpKind::Mutation(state), wait, .. }) = self.ops.get_mut(&op_id) else {
+        let Some(Op { kind: OpKind::Mutation(state), wait, attempts, .. }) =
+            self.ops.get_mut(&op_id)
+        else {
             return;
         };
         *wait = Wait::Nothing;
         state.pushed = false;
         match result {
             Ok(chunk_offset) => {
+                // The attempt limit is per step: a long write that keeps making progress
+                // must not run out of attempts on the failures of earlier chunks.
+                *attempts = 0;
                 if state.append {
                     let index = state.index.expect("known before mutating");
                     let offset = index * chunk_size + u64::from(chunk_offset);

@@ -596,8 +596,14 @@ impl Worker {
                 ClientOp::Delete { path: reduce.temp_path.clone() }
             }
             (ReduceStage::DeleteTemp, _) => return self.finish(now_ms, TaskOutcome::Done, out),
-            (_, Err(error)) => {
-                return self.finish(now_ms, TaskOutcome::Failed(TaskError::Gfs(error)), out)
+            (stage, Err(error)) => {
+                // A failed attempt's temporary file would hold its chunks forever and, attempt
+                // after attempt, fill the chunkservers: delete it (its result is not awaited).
+                if matches!(stage, ReduceStage::WriteTemp | ReduceStage::Commit) {
+                    let op = ClientOp::Delete { path: reduce.temp_path.clone() };
+                    self.gfs.submit(now_ms, op, out);
+                }
+                return self.finish(now_ms, TaskOutcome::Failed(TaskError::Gfs(error)), out);
             }
             (ReduceStage::Fetching, Ok(_)) => return,
         };
