@@ -24,16 +24,18 @@ pub mod settings;
 use std::collections::BTreeMap;
 
 use gfs::client::{ClientEvent, ClientOp, OpId, OpOutput};
+use gfs::driver::Driver;
 use gfs::pcg::Pcg32;
 use gfs::wire::{GfsError, NodeId};
 use gfs_sim::world::{ExternalInput, Role, World};
 use mapreduce::app::app_for;
 use mapreduce::coordinator::{output_path, Coordinator};
-use mapreduce::job_client::JobClient;
 use mapreduce::records::run_sequential;
+use mapreduce::service::MrNode;
+use mapreduce::wire::{decode_packet, Packet};
 use mapreduce::wire::{JobSpec, JobState, TaskKind};
 use mapreduce::worker::Worker;
-use mapreduce::{Event, Input, MrConfig, Outputs, StateMachine};
+use mapreduce::{Event, MrConfig};
 
 pub use settings::{app_named, Settings, COORDINATOR_ID, JOB_CLIENT_ID, LOADER_ID};
 
@@ -73,22 +75,6 @@ pub struct Outcome {
     pub trace: Vec<String>,
 }
 
-enum Machine {
-    Coordinator(Box<Coordinator>),
-    Worker(Box<Worker>),
-    JobClient(Box<JobClient>),
-}
-
-impl Machine {
-    fn as_state_machine(&mut self) -> &mut dyn StateMachine {
-        match self {
-            Machine::Coordinator(m) => m.as_mut(),
-            Machine::Worker(m) => m.as_mut(),
-            Machine::JobClient(m) => m.as_mut(),
-        }
-    }
-}
-
 struct WorkerSlot {
     index: usize,
     id: NodeId,
@@ -99,7 +85,8 @@ struct Sim {
     settings: Settings,
     config: MrConfig,
     world: World,
-    machines: BTreeMap<usize, Machine>,
+    /// The MapReduce nodes' drivers (the same the VMs run), by world index.
+    drivers: BTreeMap<usize, Driver<MrNode>>,
     workers: Vec<WorkerSlot>,
     loader: usize,
     coordinator: usize,
@@ -166,7 +153,7 @@ impl Sim {
             settings,
             config,
             world,
-            machines: BTreeMap::new(),
+            drivers: BTreeMap::new(),
             workers,
             loader,
             coordinator,
@@ -180,25 +167,33 @@ impl Sim {
             outcome: Outcome::default(),
         };
         let seed = sim.fault_rng.next_u64();
-        let machine = Machine::Coordinator(Box::new(Coordinator::new(
-            COORDINATOR_ID,
-            sim.config.clone(),
-            seed,
-        )));
-        sim.install(coordinator, machine);
-        let machine =
-            Machine::JobClient(Box::new(JobClient::new(JOB_CLIENT_ID, sim.config.clone())));
-        sim.install(job_client, machine);
+        let node = Coordinator::new(COORDINATOR_ID, sim.config.clone(), seed);
+        sim.install(coordinator, MrNode::Coordinator(Box::new(node)));
+        let seed = sim.fault_rng.next_u64();
+        sim.install(job_client, MrNode::job(JOB_CLIENT_ID, sim.config.clone(), seed));
         for k in 0..sim.workers.len() {
             sim.boot_worker(k);
         }
         sim
     }
 
-    fn install(&mut self, index: usize, mut machine: Machine) {
-        let poll = machine.as_state_machine().next_poll_ms();
-        self.machines.insert(index, machine);
-        self.world.set_poll(index, poll);
+    fn install(&mut self, index: usize, node: MrNode) {
+        let id = self.world.nodes[index].id;
+        self.drivers.insert(index, Driver::new(id, node));
+        self.poll(index);
+    }
+
+    /// Polls node `index`'s driver through the world and observes its events.
+    fn poll(&mut self, index: usize) {
+        let Some(driver) = self.drivers.get_mut(&index) else { return };
+        self.world.poll_driver(index, driver);
+        let id = driver.id();
+        for event in driver.take_events() {
+            self.observe(id, event);
+        }
+        if self.workers.iter().any(|slot| slot.index == index) {
+            self.count_parallel();
+        }
     }
 
     fn boot_worker(&mut self, k: usize) {
@@ -209,7 +204,7 @@ impl Sim {
         if self.world.nodes[index].machine.is_none() {
             self.world.boot(index);
         }
-        self.install(index, Machine::Worker(Box::new(worker)));
+        self.install(index, MrNode::Worker(Box::new(worker)));
     }
 
     fn run_all(&mut self) -> Result<(), Failure> {
@@ -243,55 +238,20 @@ impl Sim {
     }
 
     fn step_external(&mut self, index: usize, input: ExternalInput) -> Result<(), Failure> {
-        let input = match input {
-            ExternalInput::Frame { from, frame } => {
-                let sender = self.world.index_of(from);
-                if self.world.nodes[sender].role == Role::External {
-                    let (msg, _) =
-                        mapreduce::wire::decode_frame(&frame).expect("MapReduce frames decode");
-                    Input::Mr { from, msg }
-                } else {
-                    let (msg, _) = gfs::wire::decode_frame(&frame).expect("GFS frames decode");
-                    Input::Gfs { from, msg }
-                }
+        if let ExternalInput::Frame { from, frame } = input {
+            let sender = self.world.index_of(from);
+            let from_gfs = self.world.nodes[sender].role != Role::External;
+            let (packet, _) = decode_packet(from_gfs, &frame).expect("frames decode");
+            if self.world.trace.is_some() {
+                let line =
+                    format!("node {} <- {from}: {}", self.world.nodes[index].id, short(&packet));
+                self.world.log(line);
             }
-            ExternalInput::Disk(done) => Input::Disk(done),
-            ExternalInput::Tick => Input::Tick,
-        };
-        let Some(machine) = self.machines.get_mut(&index) else { return Ok(()) };
-        // The world already traced ticks and disk completions; frames are traced here, decoded.
-        let frame = matches!(input, Input::Mr { .. } | Input::Gfs { .. });
-        if frame && self.world.trace.is_some() {
-            let line = format!("node {} <- {}", self.world.nodes[index].id, short_input(&input));
-            self.world.log(line);
+            let Some(driver) = self.drivers.get_mut(&index) else { return Ok(()) };
+            driver.receive(from, packet);
         }
-        let now_ms = self.world.now_ms;
-        let mut out = Outputs::default();
-        let state_machine = machine.as_state_machine();
-        state_machine.step(now_ms, input, &mut out);
-        let poll = state_machine.next_poll_ms();
-        self.world.stats.steps += 1;
-        self.route(index, out, poll);
+        self.poll(index);
         Ok(())
-    }
-
-    fn route(&mut self, index: usize, out: Outputs, poll: Option<u64>) {
-        let id = self.world.nodes[index].id;
-        let mut frames: Vec<(NodeId, Vec<u8>)> = Vec::new();
-        for envelope in &out.messages {
-            frames.push((envelope.to, mapreduce::wire::encode_frame(&envelope.msg)));
-        }
-        for envelope in &out.gfs_messages {
-            frames.push((envelope.to, gfs::wire::encode_frame(&envelope.msg)));
-        }
-        self.world.emit(index, frames, out.disk);
-        self.world.set_poll(index, poll);
-        for event in out.events {
-            self.observe(id, event);
-        }
-        if self.workers.iter().any(|slot| slot.index == index) {
-            self.count_parallel();
-        }
     }
 
     fn observe(&mut self, node: NodeId, event: Event) {
@@ -320,7 +280,7 @@ impl Sim {
         let mut maps = 0;
         let mut reduces = 0;
         for slot in &self.workers {
-            if let Some(Machine::Worker(worker)) = self.machines.get(&slot.index) {
+            if let Some(MrNode::Worker(worker)) = self.drivers.get(&slot.index).map(Driver::node) {
                 match worker.running().map(|assignment| assignment.kind()) {
                     Some(TaskKind::Map) => maps += 1,
                     Some(TaskKind::Reduce) => reduces += 1,
@@ -404,15 +364,12 @@ impl Sim {
         self.submitted_ms = self.world.now_ms;
         let index = self.job_client;
         let now_ms = self.world.now_ms;
-        let mut out = Outputs::default();
-        let poll = match self.machines.get_mut(&index) {
-            Some(Machine::JobClient(client)) => {
-                client.submit(now_ms, spec, &mut out);
-                client.next_poll_ms()
-            }
-            _ => unreachable!("the job client is installed"),
-        };
-        self.route(index, out, poll);
+        let driver = self.drivers.get_mut(&index).expect("the job client is installed");
+        driver.with_node(|node, out| match node {
+            MrNode::Job { job, .. } => job.submit(now_ms, spec, out),
+            _ => unreachable!("the job client's node"),
+        });
+        self.poll(index);
         let deadline_ms = self.submitted_ms + self.settings.job_deadline_ms;
         loop {
             if let Some((node, at_ms)) = self.early_exit {
@@ -422,8 +379,8 @@ impl Sim {
                     at_ms,
                 ));
             }
-            let client_done = match self.machines.get(&self.job_client) {
-                Some(Machine::JobClient(client)) => client.result().cloned(),
+            let client_done = match self.drivers.get(&self.job_client).map(Driver::node) {
+                Some(MrNode::Job { job, .. }) => job.result().cloned(),
                 _ => None,
             };
             match client_done {
@@ -447,7 +404,9 @@ impl Sim {
         }
         let finished_ms = self.job_finished_ms.expect("the client heard of it, so it finished");
         self.outcome.job_ms = finished_ms - self.submitted_ms;
-        if let Some(Machine::Coordinator(coordinator)) = self.machines.get(&self.coordinator) {
+        if let Some(MrNode::Coordinator(coordinator)) =
+            self.drivers.get(&self.coordinator).map(Driver::node)
+        {
             self.outcome.map_tasks = coordinator.map_tasks();
         }
         // Faults stop; every worker comes back and must learn the job is done and exit.
@@ -504,7 +463,7 @@ impl Sim {
         // Keep at least one worker up.
         if up && !exited && self.down.len() + 1 < self.workers.len() {
             self.world.crash(index);
-            self.machines.remove(&index);
+            self.drivers.remove(&index);
             self.outcome.worker_crashes += 1;
             let downtime_ms = self.fault_rng.range_inclusive(20, 1500);
             self.down.push((index, now_ms + downtime_ms));
@@ -562,22 +521,9 @@ impl Sim {
     }
 }
 
-fn short_input(input: &Input) -> String {
-    let mut text = match input {
-        Input::Mr { from, msg } => format!("{from}: {msg:?}"),
-        Input::Gfs { from, msg } => format!("{from}: {}", gfs_sim::world::short_msg(msg)),
-        Input::Disk(done) => {
-            format!("disk #{} {}", done.id, if done.result.is_ok() { "ok" } else { "error" })
-        }
-        Input::Tick => "tick".into(),
-    };
-    if text.len() > 240 {
-        let mut cut = 240;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
+fn short(packet: &Packet) -> String {
+    match packet {
+        Packet::Mr(msg) => gfs_sim::world::short_msg(msg),
+        Packet::Gfs(msg) => gfs_sim::world::short_msg(msg),
     }
-    text
 }

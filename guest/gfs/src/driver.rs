@@ -1,0 +1,286 @@
+//! One driver per service node, the same in the VMs and in the simulators: it runs a node's
+//! state machine over a transport and a disk that the world around it supplies (the guest
+//! kernel: its mesh over smoltcp and virtio-blk; the simulators: their faulty versions).
+//!
+//! Shaped like a smoltcp interface: the caller hands the driver what arrived
+//! ([`Driver::receive`]) and polls it with the time ([`Driver::poll`]); the driver steps the
+//! state machine, loops the node's messages to itself straight back as inputs, sends the rest,
+//! submits disk requests and feeds their completions back (a completion it did not ask for is
+//! counted and dropped), ticks the machine once its poll time has come and gives the node's
+//! scripted workload, if it has one, its turn. It reads no clock and does no I/O of its own.
+
+use alloc::boxed::Box;
+use alloc::collections::{BTreeSet, VecDeque};
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::disk::{DiskCompletion, DiskRequest};
+use crate::wire::NodeId;
+
+/// Where a node's messages go. Delivery is not promised: the services retry.
+pub trait Transport<M> {
+    /// Sends `msg` to node `to`.
+    fn send(&mut self, to: NodeId, msg: M);
+}
+
+/// The node's own block device: requests go in, completions come out, maybe later.
+pub trait Disk {
+    /// Starts `request`; its completion is taken later with [`Disk::take_completion`].
+    fn submit(&mut self, request: DiskRequest);
+
+    /// A finished request, if any. A write completed without an error is durable.
+    fn take_completion(&mut self) -> Option<DiskCompletion>;
+}
+
+/// A disk for nodes that have none: every request fails.
+#[derive(Default)]
+pub struct NoDisk {
+    failed: VecDeque<u64>,
+}
+
+impl Disk for NoDisk {
+    fn submit(&mut self, request: DiskRequest) {
+        self.failed.push_back(request.id);
+    }
+
+    fn take_completion(&mut self) -> Option<DiskCompletion> {
+        let id = self.failed.pop_front()?;
+        Some(DiskCompletion { id, result: Err(crate::disk::DiskError::Io) })
+    }
+}
+
+/// A state machine the driver can run: how its inputs are made and its outputs taken apart.
+pub trait Node {
+    /// What travels between nodes.
+    type Message;
+    type Input;
+    type Outputs: Default;
+    /// What the node reports to its workload and to whoever runs it (logs, checks).
+    type Event: Clone;
+
+    fn step(&mut self, now_ms: u64, input: Self::Input, out: &mut Self::Outputs);
+    /// The earliest time the node wants a tick.
+    fn next_poll_ms(&self) -> Option<u64>;
+    fn message_input(from: NodeId, msg: Self::Message) -> Self::Input;
+    fn disk_input(done: DiskCompletion) -> Self::Input;
+    fn tick_input() -> Self::Input;
+    /// Moves what `out` holds (and the events the node keeps inside, e.g. a client's
+    /// completions) into `taken`.
+    fn take_outputs(&mut self, out: &mut Self::Outputs, taken: &mut Taken<Self>);
+}
+
+/// Outputs taken apart by [`Node::take_outputs`].
+pub struct Taken<N: Node + ?Sized> {
+    pub messages: Vec<(NodeId, N::Message)>,
+    pub disk: Vec<DiskRequest>,
+    pub events: Vec<N::Event>,
+}
+
+impl<N: Node + ?Sized> Default for Taken<N> {
+    fn default() -> Self {
+        Taken { messages: Vec::new(), disk: Vec::new(), events: Vec::new() }
+    }
+}
+
+/// A scripted workload on a node (e.g. the VM client that writes a file and reads it back).
+pub trait Workload<N: Node> {
+    /// Sees the node's events since its last turn and may start work on `node` (whose outputs
+    /// go into `out`); says what happened in `log`. `Some` once the workload is over.
+    fn drive(
+        &mut self,
+        now_ms: u64,
+        node: &mut N,
+        out: &mut N::Outputs,
+        events: &[N::Event],
+        log: &mut Vec<String>,
+    ) -> Option<Result<(), String>>;
+
+    /// When it next wants a turn without news.
+    fn wake_at_ms(&self) -> Option<u64>;
+}
+
+/// Counters for reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DriverStats {
+    pub steps: u64,
+    pub messages_sent: u64,
+    /// Messages the node sent itself (looped back, never on the wire).
+    pub self_messages: u64,
+    pub disk_requests: u64,
+    pub disk_errors: u64,
+    /// Completions of requests the driver did not have in flight (dropped).
+    pub stray_completions: u64,
+}
+
+/// Runs one node (see the module doc).
+pub struct Driver<N: Node> {
+    me: NodeId,
+    node: N,
+    outputs: N::Outputs,
+    taken: Taken<N>,
+    inputs: VecDeque<N::Input>,
+    disk_in_flight: BTreeSet<u64>,
+    workload: Option<Box<dyn Workload<N>>>,
+    /// Events the workload has not seen yet.
+    workload_events: Vec<N::Event>,
+    finished: Option<Result<(), String>>,
+    /// Events and log lines the caller has not taken yet.
+    events: Vec<N::Event>,
+    log: Vec<String>,
+    pub stats: DriverStats,
+}
+
+impl<N: Node> Driver<N> {
+    /// A driver for `node`, whose id is `me`.
+    pub fn new(me: NodeId, node: N) -> Self {
+        Driver {
+            me,
+            node,
+            outputs: N::Outputs::default(),
+            taken: Taken::default(),
+            inputs: VecDeque::new(),
+            disk_in_flight: BTreeSet::new(),
+            workload: None,
+            workload_events: Vec::new(),
+            finished: None,
+            events: Vec::new(),
+            log: Vec::new(),
+            stats: DriverStats::default(),
+        }
+    }
+
+    /// Gives the node a scripted workload.
+    pub fn with_workload(mut self, workload: Box<dyn Workload<N>>) -> Self {
+        self.workload = Some(workload);
+        self
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    pub fn node(&self) -> &N {
+        &self.node
+    }
+
+    pub fn node_mut(&mut self) -> &mut N {
+        &mut self.node
+    }
+
+    /// The workload's result once it is over.
+    pub fn finished(&self) -> Option<&Result<(), String>> {
+        self.finished.as_ref()
+    }
+
+    /// Lets the caller start work on the node (e.g. submit a client operation); what the node
+    /// emits goes out at the next poll.
+    pub fn with_node<R>(&mut self, f: impl FnOnce(&mut N, &mut N::Outputs) -> R) -> R {
+        f(&mut self.node, &mut self.outputs)
+    }
+
+    /// Queues a message that arrived from `from`; it is stepped at the next poll.
+    pub fn receive(&mut self, from: NodeId, msg: N::Message) {
+        self.inputs.push_back(N::message_input(from, msg));
+    }
+
+    /// Runs everything that is due at `now_ms`: arrived messages, disk completions, messages to
+    /// itself, one tick if the node's poll time has come, and the workload's turn.
+    pub fn poll(
+        &mut self,
+        now_ms: u64,
+        transport: &mut impl Transport<N::Message>,
+        disk: &mut impl Disk,
+    ) {
+        // What the node emitted outside a step (see `with_node`) goes first.
+        self.route(transport, disk);
+        self.run_inputs(now_ms, transport, disk);
+        if self.node.next_poll_ms().is_some_and(|at_ms| at_ms <= now_ms) {
+            self.step(now_ms, N::tick_input(), transport, disk);
+            self.run_inputs(now_ms, transport, disk);
+        }
+        if let (Some(workload), None) = (self.workload.as_mut(), self.finished.as_ref()) {
+            let events = core::mem::take(&mut self.workload_events);
+            self.finished =
+                workload.drive(now_ms, &mut self.node, &mut self.outputs, &events, &mut self.log);
+            self.route(transport, disk);
+            self.run_inputs(now_ms, transport, disk);
+        }
+    }
+
+    /// Steps every queued input and completed disk request, and what they cause.
+    fn run_inputs(
+        &mut self,
+        now_ms: u64,
+        transport: &mut impl Transport<N::Message>,
+        disk: &mut impl Disk,
+    ) {
+        loop {
+            while let Some(done) = disk.take_completion() {
+                if !self.disk_in_flight.remove(&done.id) {
+                    self.stats.stray_completions += 1;
+                    continue;
+                }
+                self.stats.disk_errors += u64::from(done.result.is_err());
+                self.inputs.push_back(N::disk_input(done));
+            }
+            let Some(input) = self.inputs.pop_front() else { return };
+            self.step(now_ms, input, transport, disk);
+        }
+    }
+
+    fn step(
+        &mut self,
+        now_ms: u64,
+        input: N::Input,
+        transport: &mut impl Transport<N::Message>,
+        disk: &mut impl Disk,
+    ) {
+        self.stats.steps += 1;
+        self.node.step(now_ms, input, &mut self.outputs);
+        self.route(transport, disk);
+    }
+
+    /// Carries out what the node emitted.
+    fn route(&mut self, transport: &mut impl Transport<N::Message>, disk: &mut impl Disk) {
+        self.node.take_outputs(&mut self.outputs, &mut self.taken);
+        for (to, msg) in self.taken.messages.drain(..) {
+            if to == self.me {
+                self.stats.self_messages += 1;
+                self.inputs.push_back(N::message_input(to, msg));
+            } else {
+                self.stats.messages_sent += 1;
+                transport.send(to, msg);
+            }
+        }
+        for request in self.taken.disk.drain(..) {
+            self.stats.disk_requests += 1;
+            self.disk_in_flight.insert(request.id);
+            disk.submit(request);
+        }
+        if self.workload.is_some() {
+            self.workload_events.extend(self.taken.events.iter().cloned());
+        }
+        self.events.append(&mut self.taken.events);
+    }
+
+    /// When the driver next wants a poll without news: the node's poll time (a time already
+    /// handled counts as a millisecond later) or the workload's.
+    pub fn wake_at_ms(&self, now_ms: u64) -> Option<u64> {
+        let node_ms = self.node.next_poll_ms().map(|at_ms| at_ms.max(now_ms + 1));
+        let workload_ms = match (&self.workload, &self.finished) {
+            (Some(workload), None) => workload.wake_at_ms(),
+            _ => None,
+        };
+        [node_ms, workload_ms].into_iter().flatten().min()
+    }
+
+    /// The events since the last call.
+    pub fn take_events(&mut self) -> Vec<N::Event> {
+        core::mem::take(&mut self.events)
+    }
+
+    /// The workload's log lines since the last call.
+    pub fn take_log(&mut self) -> Vec<String> {
+        core::mem::take(&mut self.log)
+    }
+}
