@@ -54,7 +54,13 @@ pub fn sweep_seeds(
                 if seed >= seeds.end {
                     return;
                 }
-                if !passes(seed) {
+                // A panic is a failure of that seed, not the end of the sweep.
+                let passed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| passes(seed)))
+                    .unwrap_or_else(|_| {
+                        println!("FAIL seed {seed}: panicked (message above)");
+                        false
+                    });
+                if !passed {
                     let elapsed = started.elapsed().as_secs_f64();
                     println!("  (found after {elapsed:.2}s of sweeping)");
                     failures.lock().expect("lock").push(seed);

@@ -108,6 +108,7 @@ impl Sim {
         world.duplicate_per_mille = settings.duplicate_per_mille;
         world.delay_min_ms = settings.delay_min_ms;
         world.delay_max_ms = settings.delay_max_ms;
+        world.start_faults(settings.device_faults);
         if trace {
             world.trace = Some(Vec::new());
         }
@@ -164,6 +165,7 @@ impl Sim {
         }
         self.world.drop_per_mille = 0;
         self.world.duplicate_per_mille = 0;
+        self.world.stop_faults();
         Ok(())
     }
 
@@ -332,6 +334,8 @@ impl Sim {
         if every > 0 && self.fault_rng.chance(tick_ms, every) {
             self.corrupt_one_replica(&servers);
         }
+        let every = self.settings.device_faults.partition_every_ms;
+        self.world.maybe_partition(&mut self.fault_rng, tick_ms, every);
     }
 
     /// Flips a byte in the written data of one replica, at most once per chunk (so the other

@@ -125,6 +125,46 @@ pub struct DiskFaults {
     pub slow_ms: u64,
 }
 
+/// The faults behind the driver's interfaces besides message loss, duplication and delay, as
+/// both simulators draw them from a seed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeviceFaults {
+    pub disk: DiskFaults,
+    /// Mean time between network partitions (0: none).
+    pub partition_every_ms: u64,
+}
+
+impl DeviceFaults {
+    /// Faults drawn from `rng` (none when `calm`).
+    pub fn draw(rng: &mut Pcg32, calm: bool) -> Self {
+        let error_per_mille = rng.below(25);
+        let slow_per_mille = rng.below(60);
+        let slow_ms = rng.range_inclusive(10, 300);
+        let partition_every_ms =
+            if rng.chance(1, 2) { 0 } else { rng.range_inclusive(800, 6000) };
+        if calm {
+            return DeviceFaults::default();
+        }
+        DeviceFaults {
+            disk: DiskFaults { error_per_mille, slow_per_mille, slow_ms },
+            partition_every_ms,
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceFaults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "disk_errors={}‰ disk_slow={}‰(+{}ms) partition_every={}ms",
+            self.disk.error_per_mille,
+            self.disk.slow_per_mille,
+            self.disk.slow_ms,
+            self.partition_every_ms
+        )
+    }
+}
+
 /// A network partition: messages between `side` and the other nodes are lost until `until_ms`.
 #[derive(Clone, Debug)]
 pub struct Partition {
@@ -295,6 +335,32 @@ impl World {
         node.poll_ms = None;
         let id = node.id;
         self.log(format!("crash node {id}"));
+    }
+
+    /// Starts the device faults `faults` (disk faults now, partitions with
+    /// [`World::maybe_partition`]).
+    pub fn start_faults(&mut self, faults: DeviceFaults) {
+        self.disk_faults = faults.disk;
+    }
+
+    /// Ends the disk faults and any partition.
+    pub fn stop_faults(&mut self) {
+        self.disk_faults = DiskFaults::default();
+        self.partition = None;
+    }
+
+    /// Once per `tick_ms`: with a mean time of `every_ms` between them, cuts the nodes into two
+    /// random sides for 50 ms to 2 s (one partition at a time).
+    pub fn maybe_partition(&mut self, rng: &mut Pcg32, tick_ms: u64, every_ms: u64) {
+        let active = self.partition.as_ref().is_some_and(|p| self.now_ms < p.until_ms);
+        if every_ms == 0 || active || !rng.chance(tick_ms, every_ms) {
+            return;
+        }
+        let side: BTreeSet<NodeId> =
+            self.nodes.iter().filter(|_| rng.chance(1, 2)).map(|node| node.id).collect();
+        let until_ms = self.now_ms + rng.range_inclusive(50, 2000);
+        self.log(format!("partition {side:?} from the rest until {until_ms}ms"));
+        self.partition = Some(Partition { side, until_ms });
     }
 
     /// A write the device did not finish: all of it, a prefix of its sectors, or nothing

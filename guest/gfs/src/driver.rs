@@ -6,15 +6,20 @@
 //! ([`Driver::receive`]) and polls it with the time ([`Driver::poll`]); the driver steps the
 //! state machine, loops the node's messages to itself straight back as inputs, sends the rest,
 //! submits disk requests and feeds their completions back (a completion it did not ask for is
-//! counted and dropped), ticks the machine once its poll time has come and gives the node's
+//! counted and dropped; a request that failed with an I/O error is issued again, up to
+//! [`DISK_ATTEMPTS`] in all), ticks the machine once its poll time has come and gives the node's
 //! scripted workload, if it has one, its turn. It reads no clock and does no I/O of its own.
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeSet, VecDeque};
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::disk::{DiskCompletion, DiskRequest};
+use crate::disk::{DiskCompletion, DiskError, DiskRequest};
+
+/// How often a disk request that failed with an I/O error is issued in all before the node
+/// sees the error (a device error may pass, as a block layer's retries assume).
+pub const DISK_ATTEMPTS: u32 = 3;
 use crate::wire::NodeId;
 
 /// Where a node's messages go. Delivery is not promised: the services retry.
@@ -107,7 +112,9 @@ pub struct DriverStats {
     /// Messages the node sent itself (looped back, never on the wire).
     pub self_messages: u64,
     pub disk_requests: u64,
+    /// I/O errors the node saw (after the retries), and retries made.
     pub disk_errors: u64,
+    pub disk_retries: u64,
     /// Completions of requests the driver did not have in flight (dropped).
     pub stray_completions: u64,
 }
@@ -119,7 +126,8 @@ pub struct Driver<N: Node> {
     outputs: N::Outputs,
     taken: Taken<N>,
     inputs: VecDeque<N::Input>,
-    disk_in_flight: BTreeSet<u64>,
+    /// Disk requests issued and not completed, with the attempts made.
+    disk_in_flight: BTreeMap<u64, (DiskRequest, u32)>,
     workload: Option<Box<dyn Workload<N>>>,
     /// Events the workload has not seen yet.
     workload_events: Vec<N::Event>,
@@ -139,7 +147,7 @@ impl<N: Node> Driver<N> {
             outputs: N::Outputs::default(),
             taken: Taken::default(),
             inputs: VecDeque::new(),
-            disk_in_flight: BTreeSet::new(),
+            disk_in_flight: BTreeMap::new(),
             workload: None,
             workload_events: Vec::new(),
             finished: None,
@@ -216,8 +224,14 @@ impl<N: Node> Driver<N> {
     ) {
         loop {
             while let Some(done) = disk.take_completion() {
-                if !self.disk_in_flight.remove(&done.id) {
+                let Some((request, attempts)) = self.disk_in_flight.remove(&done.id) else {
                     self.stats.stray_completions += 1;
+                    continue;
+                };
+                if done.result == Err(DiskError::Io) && attempts < DISK_ATTEMPTS {
+                    self.stats.disk_retries += 1;
+                    self.disk_in_flight.insert(done.id, (request.clone(), attempts + 1));
+                    disk.submit(request);
                     continue;
                 }
                 self.stats.disk_errors += u64::from(done.result.is_err());
@@ -254,7 +268,7 @@ impl<N: Node> Driver<N> {
         }
         for request in self.taken.disk.drain(..) {
             self.stats.disk_requests += 1;
-            self.disk_in_flight.insert(request.id);
+            self.disk_in_flight.insert(request.id, (request.clone(), 1));
             disk.submit(request);
         }
         if self.workload.is_some() {

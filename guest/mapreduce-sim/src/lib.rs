@@ -218,9 +218,11 @@ impl Sim {
         self.load(&documents)?;
         self.world.drop_per_mille = self.settings.drop_per_mille;
         self.world.duplicate_per_mille = self.settings.duplicate_per_mille;
+        self.world.start_faults(self.settings.device_faults);
         self.run_job()?;
         self.world.drop_per_mille = 0;
         self.world.duplicate_per_mille = 0;
+        self.world.stop_faults();
         self.check_outputs(&documents)
     }
 
@@ -449,6 +451,8 @@ impl Sim {
             let k = self.workers.iter().position(|slot| slot.index == index).expect("a worker");
             self.boot_worker(k);
         }
+        let every = self.settings.device_faults.partition_every_ms;
+        self.world.maybe_partition(&mut self.fault_rng, 10, every);
         let every = self.settings.worker_crash_every_ms;
         if every == 0 || self.outcome.worker_crashes >= self.settings.max_worker_crashes {
             return;
