@@ -62,6 +62,32 @@ pub struct Outcome {
     pub trace: Vec<String>,
 }
 
+impl cli::Report for Outcome {
+    fn failure(&self) -> Option<String> {
+        let failure = self.failure.as_ref()?;
+        Some(cli::failure_text(failure.invariant, failure.at_ms, &failure.detail))
+    }
+
+    fn trace(&self) -> &[String] {
+        &self.trace
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} ops, {} bytes acknowledged, {} sim ms, {} steps, {} chunks lost to corruption, \
+             disk errors {} torn writes {} lost writes {}",
+            self.ops_completed,
+            self.bytes_acked,
+            self.sim_ms,
+            self.stats.steps,
+            self.chunks_lost,
+            self.stats.disk_errors,
+            self.stats.torn_writes,
+            self.stats.lost_writes
+        )
+    }
+}
+
 struct Sim {
     world: World,
     model: Model,

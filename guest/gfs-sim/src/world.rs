@@ -140,8 +140,7 @@ impl DeviceFaults {
         let error_per_mille = rng.below(25);
         let slow_per_mille = rng.below(60);
         let slow_ms = rng.range_inclusive(10, 300);
-        let partition_every_ms =
-            if rng.chance(1, 2) { 0 } else { rng.range_inclusive(800, 6000) };
+        let partition_every_ms = if rng.chance(1, 2) { 0 } else { rng.range_inclusive(800, 6000) };
         if calm {
             return DeviceFaults::default();
         }

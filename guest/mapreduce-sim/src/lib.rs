@@ -75,6 +75,35 @@ pub struct Outcome {
     pub trace: Vec<String>,
 }
 
+impl gfs_sim::cli::Report for Outcome {
+    fn failure(&self) -> Option<String> {
+        let failure = self.failure.as_ref()?;
+        Some(gfs_sim::cli::failure_text(failure.check, failure.at_ms, &failure.detail))
+    }
+
+    fn trace(&self) -> &[String] {
+        &self.trace
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "job {} sim ms, {} map tasks (runs {:?}), max parallel maps {} reduces {}, {} backups, \
+             {} worker crashes, {} workers lost, {} B in, {} B out, {} steps",
+            self.job_ms,
+            self.map_tasks,
+            self.map_runs.values().collect::<Vec<_>>(),
+            self.max_parallel_maps,
+            self.max_parallel_reduces,
+            self.backup_attempts,
+            self.worker_crashes,
+            self.workers_lost,
+            self.input_bytes,
+            self.output_bytes,
+            self.steps
+        )
+    }
+}
+
 struct WorkerSlot {
     index: usize,
     id: NodeId,

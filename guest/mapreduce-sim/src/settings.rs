@@ -3,8 +3,8 @@
 use core::fmt;
 
 use gfs::pcg::Pcg32;
-use mapreduce::wire::AppKind;
 use gfs_sim::world::DeviceFaults;
+use mapreduce::wire::AppKind;
 use mapreduce::MrConfig;
 
 /// The coordinator's node id (GFS's master is 0, chunkservers 10, 20, ...).

@@ -104,7 +104,10 @@ enum Phase {
 
 enum DiskWait {
     /// A recovery read of `count` sectors at `sector` (read again after an I/O error).
-    Recovery { sector: u64, count: u64 },
+    Recovery {
+        sector: u64,
+        count: u64,
+    },
     Log,
 }
 
