@@ -12,7 +12,7 @@ use std::fmt::Debug;
 
 use gfs::client::{Client, ClientEvent};
 use gfs::disk::{DiskCompletion, DiskError, DiskOp, DiskRequest, SECTOR_BYTES};
-use gfs::driver::{Disk, Driver, Transport};
+use gfs::driver::{Disk, Driver, Transport, Workload};
 use gfs::pcg::Pcg32;
 use gfs::service::GfsNode;
 use gfs::wire::{decode_frame, FramedMessage, NodeId};
@@ -438,6 +438,22 @@ impl World {
         self.client_events.extend(driver.take_events().into_iter().map(|event| (id, event)));
         self.nodes[index].machine = Some(Machine::Gfs(driver));
         self.stepped.push(index);
+    }
+
+    /// Gives GFS node `index` a scripted workload (e.g. the VM client's script), polled from now.
+    pub fn set_workload(&mut self, index: usize, workload: Box<dyn Workload<GfsNode>>) {
+        if let Some(Machine::Gfs(driver)) = self.nodes[index].machine.as_mut() {
+            driver.set_workload(workload);
+            self.nodes[index].poll_ms = Some(self.now_ms);
+        }
+    }
+
+    /// The result of GFS node `index`'s workload, once it is over.
+    pub fn workload_result(&self, index: usize) -> Option<&Result<(), String>> {
+        match &self.nodes[index].machine {
+            Some(Machine::Gfs(driver)) => driver.finished(),
+            _ => None,
+        }
     }
 
     /// Submits work to a client node and sends what it emits.

@@ -157,10 +157,10 @@ impl<N: Node> Driver<N> {
         }
     }
 
-    /// Gives the node a scripted workload.
-    pub fn with_workload(mut self, workload: Box<dyn Workload<N>>) -> Self {
+    /// Gives the node a scripted workload (its first turn comes at the next poll).
+    pub fn set_workload(&mut self, workload: Box<dyn Workload<N>>) {
         self.workload = Some(workload);
-        self
+        self.finished = None;
     }
 
     pub fn id(&self) -> NodeId {

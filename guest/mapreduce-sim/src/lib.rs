@@ -31,6 +31,7 @@ use gfs_sim::world::{ExternalInput, Role, World};
 use mapreduce::app::app_for;
 use mapreduce::coordinator::{output_path, Coordinator};
 use mapreduce::records::run_sequential;
+use mapreduce::script::WordCountScript;
 use mapreduce::service::MrNode;
 use mapreduce::wire::{decode_packet, Packet};
 use mapreduce::wire::{JobSpec, JobState, TaskKind};
@@ -128,6 +129,20 @@ struct Sim {
     exited: BTreeMap<NodeId, u64>,
     early_exit: Option<(NodeId, u64)>,
     outcome: Outcome,
+}
+
+/// Runs the VM job node's script (`mapreduce::script::WordCountScript`, what `role=mr-job`
+/// runs: load `files` files of `kib` KiB, submit word count, read the output back and compare)
+/// on the job node of a world drawn from `settings`, under its message, disk and crash faults
+/// from the start. The script's own verdict is the outcome's failure, if any.
+pub fn run_vm_job_script(settings: &Settings, files: usize, kib: usize) -> Outcome {
+    let mut sim = Sim::new(settings.clone(), false);
+    let failure = sim.run_vm_job_script(files, kib).err();
+    let mut outcome = std::mem::take(&mut sim.outcome);
+    outcome.settings = Some(settings.clone());
+    outcome.failure = failure;
+    outcome.steps = sim.world.stats.steps;
+    outcome
 }
 
 /// Runs one seeded simulation.
@@ -253,6 +268,35 @@ impl Sim {
         self.world.duplicate_per_mille = 0;
         self.world.stop_faults();
         self.check_outputs(&documents)
+    }
+
+    fn run_vm_job_script(&mut self, files: usize, kib: usize) -> Result<(), Failure> {
+        let chunk_bytes = u64::from(self.config.gfs.chunk_size_bytes);
+        let (seed, now_ms) = (self.settings.seed, self.world.now_ms);
+        let reduces = self.settings.reduce_tasks;
+        let script = WordCountScript::new(files, kib, reduces, seed, chunk_bytes, now_ms, 100);
+        let index = self.job_client;
+        self.drivers.get_mut(&index).expect("the job node").set_workload(script.boxed());
+        self.world.drop_per_mille = self.settings.drop_per_mille;
+        self.world.duplicate_per_mille = self.settings.duplicate_per_mille;
+        self.world.start_faults(self.settings.device_faults);
+        self.poll(index);
+        loop {
+            match self.drivers.get(&index).and_then(Driver::finished) {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(error)) => {
+                    return Err(fail(
+                        "the VM job script succeeds",
+                        error.clone(),
+                        self.world.now_ms,
+                    ))
+                }
+                None => {}
+            }
+            let until = self.world.now_ms + 10;
+            self.run_until(until)?;
+            self.inject_faults();
+        }
     }
 
     /// Runs the world up to `until_ms`, stepping the MapReduce machines it hands inputs to.

@@ -128,7 +128,7 @@ pub fn run(kind: Kind, args: &Cmdline, info: &BootInfo) -> Result<(), RoleError>
         let seed = number(args, "seed", 1)?;
         let limit_s = number(args, "limit_s", 60)?;
         let script = PatternScript::new(path, seed, (mib as usize) << 20, clock.now_ms(), limit_s);
-        driver = driver.with_workload(script.boxed());
+        driver.set_workload(script.boxed());
     }
     let decode = Box::new(|_, bytes: &[u8]| gfs::wire::decode_frame(bytes));
     let report = report(label, me);

@@ -153,7 +153,9 @@ pub fn run(kind: Kind, args: &Cmdline, info: &BootInfo) -> Result<(), RoleError>
         Kind::Job => {
             let chunk_bytes = u64::from(config.gfs.chunk_size_bytes);
             let script = job_script(args, chunk_bytes, clock.now_ms())?;
-            Driver::new(me, MrNode::job(me, config.clone(), seed)).with_workload(script.boxed())
+            let mut driver = Driver::new(me, MrNode::job(me, config.clone(), seed));
+            driver.set_workload(script.boxed());
+            driver
         }
     };
     let decode = Box::new(move |from, bytes: &[u8]| {
