@@ -12,7 +12,7 @@ use std::time::Instant;
 
 /// The options every simulator takes (its own come through `extra` in [`Command::parse`]).
 pub const SHARED_USAGE: &str = "[--seeds A..B | --count N | --seed N [--trace]] [--threads N] \
-    [--stop-after N]";
+    [--stop-after N] | --bench";
 
 /// What a simulator's command line asks for.
 pub struct Command {
@@ -24,6 +24,8 @@ pub struct Command {
     pub trace: bool,
     pub threads: usize,
     pub stop_after_failures: usize,
+    /// Run the simulator's benchmark instead.
+    pub bench: bool,
 }
 
 /// Seeds a sweep without `--seeds` runs.
@@ -44,6 +46,7 @@ impl Command {
             trace: false,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             stop_after_failures: usize::MAX,
+            bench: false,
         };
         let mut count = DEFAULT_COUNT;
         while let Some(arg) = args.next() {
@@ -65,6 +68,7 @@ impl Command {
                     command.single = true;
                 }
                 "--trace" => command.trace = true,
+                "--bench" => command.bench = true,
                 "--threads" => command.threads = number("--threads")? as usize,
                 "--stop-after" => command.stop_after_failures = number("--stop-after")? as usize,
                 "--help" | "-h" => return Err(usage.into()),
@@ -100,14 +104,24 @@ pub trait Report {
     fn summary(&self) -> String;
 }
 
-/// Runs what `command` asks for: one seed (`--seed`) or a sweep. `settings(seed)` describes a
+/// Runs what the parsed `command` asks for: one seed (`--seed`), a sweep, or `bench`; a
+/// command line that did not parse exits 2 with its message. `settings(seed)` describes a
 /// seed's settings; `run(seed, trace)` runs it.
 pub fn run_command<R: Report>(
     name: &str,
-    command: &Command,
+    command: Result<Command, String>,
+    bench: impl FnOnce() -> ExitCode,
     settings: impl Fn(u64) -> String + Sync,
     run: impl Fn(u64, bool) -> R + Sync,
 ) -> ExitCode {
+    let command = match command {
+        Ok(command) if command.bench => return bench(),
+        Ok(command) => command,
+        Err(message) => {
+            eprintln!("{name}: {message}");
+            return ExitCode::from(2);
+        }
+    };
     let rerun = |seed: u64| {
         format!("  rerun: cargo run --release -p {name} -- --seed {seed} --trace (with the same options)")
     };

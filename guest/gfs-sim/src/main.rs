@@ -16,7 +16,7 @@ use gfs_sim::cli::{median, run_command, Command, Report, SHARED_USAGE};
 use gfs_sim::{run, Outcome, Settings};
 
 fn usage() -> String {
-    format!("usage: gfs-sim {SHARED_USAGE} [--break stale-version] | --bench")
+    format!("usage: gfs-sim {SHARED_USAGE} [--break stale-version]")
 }
 
 fn settings_for(seed: u64, break_stale_version: bool) -> Settings {
@@ -95,32 +95,21 @@ fn bench() -> ExitCode {
 
 fn main() -> ExitCode {
     let mut break_stale_version = false;
-    let mut bench_only = false;
     let usage = usage();
     let command = Command::parse(std::env::args().skip(1), &usage, |option, args| {
-        match option {
-            "--break" => match args.next().as_deref() {
-                Some("stale-version") => break_stale_version = true,
-                other => return Err(format!("unknown --break {other:?} (known: stale-version)")),
-            },
-            "--bench" => bench_only = true,
-            _ => return Ok(false),
+        if option != "--break" {
+            return Ok(false);
+        }
+        match args.next().as_deref() {
+            Some("stale-version") => break_stale_version = true,
+            other => return Err(format!("unknown --break {other:?} (known: stale-version)")),
         }
         Ok(true)
     });
-    let command = match command {
-        Ok(command) => command,
-        Err(message) => {
-            eprintln!("gfs-sim: {message}");
-            return ExitCode::from(2);
-        }
-    };
-    if bench_only {
-        return bench();
-    }
     run_command(
         "gfs-sim",
-        &command,
+        command,
+        bench,
         |seed| settings_for(seed, break_stale_version).to_string(),
         |seed, trace| run(&settings_for(seed, break_stale_version), trace),
     )

@@ -17,7 +17,7 @@ mod bench;
 fn usage() -> String {
     format!(
         "usage: mapreduce-sim {SHARED_USAGE} [--app wc|ii|grep|sort] [--workers N] \
-         [--reduces N] [--crash-every-ms MS] [--slow-worker-ms MS] [--no-backups] | --bench"
+         [--reduces N] [--crash-every-ms MS] [--slow-worker-ms MS] [--no-backups]"
     )
 }
 
@@ -52,7 +52,6 @@ impl Overrides {
 
 fn main() -> ExitCode {
     let mut overrides = Overrides::default();
-    let mut bench_only = false;
     let usage = usage();
     let command = Command::parse(std::env::args().skip(1), &usage, |option, args| {
         let number = |args: &mut dyn Iterator<Item = String>| -> Result<u64, String> {
@@ -70,24 +69,14 @@ fn main() -> ExitCode {
             "--crash-every-ms" => overrides.crash_every_ms = Some(number(args)?),
             "--slow-worker-ms" => overrides.slow_worker_ms = Some(number(args)?),
             "--no-backups" => overrides.no_backups = true,
-            "--bench" => bench_only = true,
             _ => return Ok(false),
         }
         Ok(true)
     });
-    let command = match command {
-        Ok(command) => command,
-        Err(message) => {
-            eprintln!("mapreduce-sim: {message}");
-            return ExitCode::from(2);
-        }
-    };
-    if bench_only {
-        return bench::run_all();
-    }
     run_command(
         "mapreduce-sim",
-        &command,
+        command,
+        bench::run_all,
         |seed| overrides.settings_for(seed).to_string(),
         |seed, trace| run(&overrides.settings_for(seed), trace),
     )
