@@ -24,6 +24,8 @@ pub struct Command {
     pub trace: bool,
     pub threads: usize,
     pub stop_after_failures: usize,
+    /// The simulator's own options as given (a rerun command repeats them).
+    pub own_options: Vec<String>,
     /// Run the simulator's benchmark instead.
     pub bench: bool,
 }
@@ -35,7 +37,7 @@ impl Command {
     /// Parses the shared options from `args`; `extra(option, args)` takes a simulator's own
     /// option (and its value from `args`) and says whether it knew it.
     pub fn parse(
-        mut args: impl Iterator<Item = String>,
+        args: impl Iterator<Item = String>,
         usage: &str,
         mut extra: impl FnMut(&str, &mut dyn Iterator<Item = String>) -> Result<bool, String>,
     ) -> Result<Command, String> {
@@ -46,9 +48,11 @@ impl Command {
             trace: false,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             stop_after_failures: usize::MAX,
+            own_options: Vec::new(),
             bench: false,
         };
         let mut count = DEFAULT_COUNT;
+        let mut args = args;
         while let Some(arg) = args.next() {
             let mut number = |name: &str| -> Result<u64, String> {
                 let text = args.next().ok_or_else(|| format!("{name} needs a value"))?;
@@ -73,9 +77,18 @@ impl Command {
                 "--stop-after" => command.stop_after_failures = number("--stop-after")? as usize,
                 "--help" | "-h" => return Err(usage.into()),
                 other => {
-                    if !extra(other, &mut args)? {
+                    // Whatever the simulator's option takes is recorded with it.
+                    let mut taken = Vec::new();
+                    let mut recording = std::iter::from_fn(|| {
+                        let next = args.next()?;
+                        taken.push(next.clone());
+                        Some(next)
+                    });
+                    if !extra(other, &mut recording)? {
                         return Err(format!("unknown argument {other:?} (try --help)"));
                     }
+                    command.own_options.push(other.to_string());
+                    command.own_options.append(&mut taken);
                 }
             }
         }
@@ -123,7 +136,8 @@ pub fn run_command<R: Report>(
         }
     };
     let rerun = |seed: u64| {
-        format!("  rerun: cargo run --release -p {name} -- --seed {seed} --trace (with the same options)")
+        let own: String = command.own_options.iter().map(|option| format!(" {option}")).collect();
+        format!("  rerun: cargo run --release -p {name} -- --seed {seed} --trace{own}")
     };
     if command.single {
         let seed = command.seeds.start;

@@ -17,7 +17,7 @@ mod bench;
 fn usage() -> String {
     format!(
         "usage: mapreduce-sim {SHARED_USAGE} [--app wc|ii|grep|sort] [--workers N] \
-         [--reduces N] [--crash-every-ms MS] [--slow-worker-ms MS] [--no-backups]"
+         [--reduces N] [--crash-every-ms MS] [--slow-worker-ms MS] [--no-backups] [--break map-reexecution]"
     )
 }
 
@@ -30,6 +30,7 @@ struct Overrides {
     crash_every_ms: Option<u64>,
     slow_worker_ms: Option<u64>,
     no_backups: bool,
+    break_map_reexecution: bool,
 }
 
 impl Overrides {
@@ -46,6 +47,7 @@ impl Overrides {
             settings.slow_worker = Some((0, extra_ms));
         }
         settings.backup_tasks &= !self.no_backups;
+        settings.knobs.never_reexecute_completed_maps = self.break_map_reexecution;
         settings
     }
 }
@@ -69,6 +71,10 @@ fn main() -> ExitCode {
             "--crash-every-ms" => overrides.crash_every_ms = Some(number(args)?),
             "--slow-worker-ms" => overrides.slow_worker_ms = Some(number(args)?),
             "--no-backups" => overrides.no_backups = true,
+            "--break" => match args.next().as_deref() {
+                Some("map-reexecution") => overrides.break_map_reexecution = true,
+                other => return Err(format!("unknown --break {other:?} (known: map-reexecution)")),
+            },
             _ => return Ok(false),
         }
         Ok(true)

@@ -45,6 +45,8 @@ pub struct Settings {
     /// Disk errors, slow disks and partitions while the job runs (drawn last, so the other
     /// draws stay the same).
     pub device_faults: DeviceFaults,
+    /// The deliberately broken rule, if any.
+    pub knobs: mapreduce::MrTestKnobs,
 }
 
 const APPS: [&str; 4] = ["wc", "ii", "grep", "sort"];
@@ -74,6 +76,7 @@ impl Settings {
             backup_tasks: true,
             job_deadline_ms: 120_000,
             device_faults: DeviceFaults::default(),
+            knobs: Default::default(),
         };
         settings.device_faults = DeviceFaults::draw(&mut rng, calm);
         settings
@@ -115,6 +118,7 @@ impl Settings {
             exit_workers_when_done: true,
             submit_retry_ms: 300,
             locate_retry_ms: 200,
+            knobs: self.knobs.clone(),
         }
     }
 }
@@ -135,7 +139,7 @@ impl fmt::Display for Settings {
         write!(
             f,
             "seed={} app={:?} chunkservers={} workers={} files={} max_file_chunks={} R={} \
-             drop={}‰ dup={}‰ delay=1..{}ms worker_crash_every={}ms max_crashes={} slow_worker={:?} backups={} {}",
+             drop={}‰ dup={}‰ delay=1..{}ms worker_crash_every={}ms max_crashes={} slow_worker={:?} backups={} {} never_reexecute_completed_maps={}",
             self.seed,
             self.app,
             self.chunkservers,
@@ -151,6 +155,7 @@ impl fmt::Display for Settings {
             self.slow_worker,
             self.backup_tasks,
             self.device_faults,
+            self.knobs.never_reexecute_completed_maps,
         )
     }
 }

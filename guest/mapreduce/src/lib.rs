@@ -37,5 +37,5 @@ pub mod split;
 pub mod wire;
 pub mod worker;
 
-pub use config::MrConfig;
+pub use config::{MrConfig, MrTestKnobs};
 pub use node::{Event, Input, Outputs, StateMachine};
