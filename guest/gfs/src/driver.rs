@@ -61,7 +61,7 @@ pub trait Node {
     type Input;
     type Outputs: Default;
     /// What the node reports to its workload and to whoever runs it (logs, checks).
-    type Event: Clone;
+    type Event;
 
     fn step(&mut self, now_ms: u64, input: Self::Input, out: &mut Self::Outputs);
     /// The earliest time the node wants a tick.
@@ -129,11 +129,11 @@ pub struct Driver<N: Node> {
     /// Disk requests issued and not completed, with the attempts made.
     disk_in_flight: BTreeMap<u64, (DiskRequest, u32)>,
     workload: Option<Box<dyn Workload<N>>>,
-    /// Events the workload has not seen yet.
-    workload_events: Vec<N::Event>,
     finished: Option<Result<(), String>>,
-    /// Events and log lines the caller has not taken yet.
+    /// Events the caller has not taken yet; the workload has seen the first `workload_seen`
+    /// (the caller gets no event before the workload has had it, and no copies are made).
     events: Vec<N::Event>,
+    workload_seen: usize,
     log: Vec<String>,
     pub stats: DriverStats,
 }
@@ -149,9 +149,9 @@ impl<N: Node> Driver<N> {
             inputs: VecDeque::new(),
             disk_in_flight: BTreeMap::new(),
             workload: None,
-            workload_events: Vec::new(),
             finished: None,
             events: Vec::new(),
+            workload_seen: 0,
             log: Vec::new(),
             stats: DriverStats::default(),
         }
@@ -207,9 +207,10 @@ impl<N: Node> Driver<N> {
             self.run_inputs(now_ms, transport, disk);
         }
         if let (Some(workload), None) = (self.workload.as_mut(), self.finished.as_ref()) {
-            let events = core::mem::take(&mut self.workload_events);
+            let events = &self.events[self.workload_seen..];
             self.finished =
-                workload.drive(now_ms, &mut self.node, &mut self.outputs, &events, &mut self.log);
+                workload.drive(now_ms, &mut self.node, &mut self.outputs, events, &mut self.log);
+            self.workload_seen = self.events.len();
             self.route(transport, disk);
             self.run_inputs(now_ms, transport, disk);
         }
@@ -271,9 +272,6 @@ impl<N: Node> Driver<N> {
             self.disk_in_flight.insert(request.id, (request.clone(), 1));
             disk.submit(request);
         }
-        if self.workload.is_some() {
-            self.workload_events.extend(self.taken.events.iter().cloned());
-        }
         self.events.append(&mut self.taken.events);
     }
 
@@ -288,9 +286,12 @@ impl<N: Node> Driver<N> {
         [node_ms, workload_ms].into_iter().flatten().min()
     }
 
-    /// The events since the last call.
+    /// The events since the last call (while a workload runs, those it has seen).
     pub fn take_events(&mut self) -> Vec<N::Event> {
-        core::mem::take(&mut self.events)
+        let running = self.workload.is_some() && self.finished.is_none();
+        let keep = if running { self.events.split_off(self.workload_seen) } else { Vec::new() };
+        self.workload_seen = 0;
+        core::mem::replace(&mut self.events, keep)
     }
 
     /// The workload's log lines since the last call.
