@@ -299,3 +299,149 @@ impl<N: Node> Driver<N> {
         core::mem::take(&mut self.log)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::DiskOp;
+    use alloc::vec;
+
+    /// A node that records its inputs; a message `n > 0` makes it send `n - 1` to itself and
+    /// to node 9, a message 100 issues a disk write; it wants a tick at 50 ms.
+    #[derive(Default)]
+    struct Echo {
+        seen: Vec<Seen>,
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Message(NodeId, u32),
+        Disk(u64, bool),
+        Tick,
+    }
+
+    #[derive(Default)]
+    struct EchoOut {
+        messages: Vec<(NodeId, u32)>,
+        disk: Vec<DiskRequest>,
+    }
+
+    impl Node for Echo {
+        type Message = u32;
+        type Input = Seen;
+        type Outputs = EchoOut;
+        type Event = ();
+
+        fn step(&mut self, _now_ms: u64, input: Seen, out: &mut EchoOut) {
+            if let Seen::Message(_, 100) = input {
+                out.disk.push(DiskRequest { id: 7, op: DiskOp::Write { sector: 0, data: vec![] } });
+            } else if let Seen::Message(_, n) = input {
+                if n > 0 {
+                    out.messages.extend([(1, n - 1), (9, n - 1)]);
+                }
+            }
+            self.seen.push(input);
+        }
+
+        fn next_poll_ms(&self) -> Option<u64> {
+            Some(50)
+        }
+
+        fn message_input(from: NodeId, msg: u32) -> Seen {
+            Seen::Message(from, msg)
+        }
+
+        fn disk_input(done: DiskCompletion) -> Seen {
+            Seen::Disk(done.id, done.result.is_ok())
+        }
+
+        fn tick_input() -> Seen {
+            Seen::Tick
+        }
+
+        fn take_outputs(&mut self, out: &mut EchoOut, taken: &mut Taken<Self>) {
+            taken.messages.append(&mut out.messages);
+            taken.disk.append(&mut out.disk);
+        }
+    }
+
+    #[derive(Default)]
+    struct Wire(Vec<(NodeId, u32)>);
+
+    impl Transport<u32> for Wire {
+        fn send(&mut self, to: NodeId, msg: u32) {
+            self.0.push((to, msg));
+        }
+    }
+
+    /// Completes every request at once, failing the first `failures` with an I/O error.
+    #[derive(Default)]
+    struct Flaky {
+        failures: u32,
+        submitted: u32,
+        done: VecDeque<DiskCompletion>,
+    }
+
+    impl Disk for Flaky {
+        fn submit(&mut self, request: DiskRequest) {
+            self.submitted += 1;
+            let result = if self.failures > 0 {
+                self.failures -= 1;
+                Err(DiskError::Io)
+            } else {
+                Ok(Vec::new())
+            };
+            self.done.push_back(DiskCompletion { id: request.id, result });
+        }
+
+        fn take_completion(&mut self) -> Option<DiskCompletion> {
+            self.done.pop_front()
+        }
+    }
+
+    #[test]
+    fn messages_to_itself_loop_back_and_never_reach_the_transport() {
+        let mut driver = Driver::new(1, Echo::default());
+        let (mut wire, mut disk) = (Wire::default(), Flaky::default());
+        driver.receive(5, 2);
+        driver.poll(10, &mut wire, &mut disk);
+        let seen = &driver.node().seen;
+        assert_eq!(seen, &[Seen::Message(5, 2), Seen::Message(1, 1), Seen::Message(1, 0)]);
+        assert_eq!(wire.0, vec![(9, 1), (9, 0)]);
+        assert_eq!(driver.stats.self_messages, 2);
+    }
+
+    #[test]
+    fn the_tick_comes_once_its_time_has_come() {
+        let mut driver = Driver::new(1, Echo::default());
+        let (mut wire, mut disk) = (Wire::default(), Flaky::default());
+        driver.poll(49, &mut wire, &mut disk);
+        assert!(driver.node().seen.is_empty());
+        driver.poll(50, &mut wire, &mut disk);
+        assert_eq!(driver.node().seen, vec![Seen::Tick]);
+        // A time already handled counts as a millisecond later.
+        assert_eq!(driver.wake_at_ms(50), Some(51));
+    }
+
+    #[test]
+    fn an_io_error_is_retried_and_only_a_persistent_one_reaches_the_node() {
+        for (failures, reaches_node_ok) in [(DISK_ATTEMPTS - 1, true), (DISK_ATTEMPTS, false)] {
+            let mut driver = Driver::new(1, Echo::default());
+            let mut disk = Flaky { failures, ..Flaky::default() };
+            driver.receive(5, 100);
+            driver.poll(10, &mut Wire::default(), &mut disk);
+            assert_eq!(driver.node().seen.last(), Some(&Seen::Disk(7, reaches_node_ok)));
+            assert_eq!(disk.submitted, failures.min(DISK_ATTEMPTS - 1) + 1);
+        }
+    }
+
+    #[test]
+    fn a_completion_nobody_asked_for_is_dropped() {
+        let mut driver = Driver::new(1, Echo::default());
+        let mut disk = Flaky::default();
+        disk.done.push_back(DiskCompletion { id: 99, result: Ok(Vec::new()) });
+        driver.poll(10, &mut Wire::default(), &mut disk);
+        assert!(driver.node().seen.is_empty());
+        assert_eq!(driver.stats.stray_completions, 1);
+    }
+}
