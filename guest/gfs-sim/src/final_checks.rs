@@ -4,8 +4,8 @@
 use gfs::client::{ClientOp, OpOutput};
 use gfs::wire::CRC32C;
 
-use crate::world::Machine;
 use crate::{fail, Failure, Sim, READ_BACK_LIMIT_MS};
+use gfs::service::GfsNode;
 
 impl Sim {
     /// Chunkservers holding an intact replica of `handle` at `version` or newer (god view: the
@@ -15,7 +15,7 @@ impl Sim {
             .nodes
             .iter()
             .filter(|node| {
-                let Some(Machine::Chunkserver(server)) = &node.machine else {
+                let Some(GfsNode::Chunkserver(server)) = node.gfs() else {
                     return false;
                 };
                 let Some((slot, meta)) = server.replica_slot(handle) else {
@@ -38,7 +38,7 @@ impl Sim {
     pub(crate) fn check_replication_and_gc(&mut self) -> Result<(), Failure> {
         let now_ms = self.world.now_ms;
         let master_index = self.world.index_of(crate::MASTER_ID);
-        let Some(Machine::Master(master)) = &self.world.nodes[master_index].machine else {
+        let Some(GfsNode::Master(master)) = self.world.nodes[master_index].gfs() else {
             return Err(fail("liveness: master up", "master is down".into(), now_ms));
         };
         let state = master.state().clone();
@@ -61,7 +61,7 @@ impl Sim {
             }
         }
         for node in &self.world.nodes {
-            let Some(Machine::Chunkserver(server)) = &node.machine else {
+            let Some(GfsNode::Chunkserver(server)) = node.gfs() else {
                 continue;
             };
             for replica in server.replica_versions() {

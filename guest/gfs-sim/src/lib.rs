@@ -25,10 +25,11 @@ use gfs::client::{ClientEvent, OpOutput};
 use gfs::master::state::{LogRecord, PersistentState};
 use gfs::wire::{GfsError, NodeId};
 
+use gfs::service::GfsNode;
 use model::{FileModel, Model};
 pub use settings::Settings;
 use workload::{ClientDriver, Pending};
-use world::{Machine, Role, Stats, World};
+use world::{Role, Stats, World};
 
 /// The master's node id in the simulator.
 pub const MASTER_ID: NodeId = 0;
@@ -59,6 +60,32 @@ pub struct Outcome {
     pub chunks_lost: u64,
     /// Trace lines (only when asked for).
     pub trace: Vec<String>,
+}
+
+impl cli::Report for Outcome {
+    fn failure(&self) -> Option<String> {
+        let failure = self.failure.as_ref()?;
+        Some(cli::failure_text(failure.invariant, failure.at_ms, &failure.detail))
+    }
+
+    fn trace(&self) -> &[String] {
+        &self.trace
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} ops, {} bytes acknowledged, {} sim ms, {} steps, {} chunks lost to corruption, \
+             disk errors {} torn writes {} lost writes {}",
+            self.ops_completed,
+            self.bytes_acked,
+            self.sim_ms,
+            self.stats.steps,
+            self.chunks_lost,
+            self.stats.disk_errors,
+            self.stats.torn_writes,
+            self.stats.lost_writes
+        )
+    }
 }
 
 struct Sim {
@@ -107,6 +134,7 @@ impl Sim {
         world.duplicate_per_mille = settings.duplicate_per_mille;
         world.delay_min_ms = settings.delay_min_ms;
         world.delay_max_ms = settings.delay_max_ms;
+        world.start_faults(settings.device_faults);
         if trace {
             world.trace = Some(Vec::new());
         }
@@ -163,6 +191,7 @@ impl Sim {
         }
         self.world.drop_per_mille = 0;
         self.world.duplicate_per_mille = 0;
+        self.world.stop_faults();
         Ok(())
     }
 
@@ -194,9 +223,9 @@ impl Sim {
     fn after_step(&mut self) -> Result<(), Failure> {
         let stepped = std::mem::take(&mut self.world.stepped);
         for index in stepped {
-            match &self.world.nodes[index].machine {
-                Some(Machine::Chunkserver(_)) => self.check_leases(index)?,
-                Some(Machine::Master(_)) => self.check_master_recovery(index)?,
+            match self.world.nodes[index].gfs() {
+                Some(GfsNode::Chunkserver(_)) => self.check_leases(index)?,
+                Some(GfsNode::Master(_)) => self.check_master_recovery(index)?,
                 _ => {}
             }
         }
@@ -209,7 +238,7 @@ impl Sim {
 
     fn check_leases(&self, index: usize) -> Result<(), Failure> {
         let now_ms = self.world.now_ms;
-        let Some(Machine::Chunkserver(server)) = &self.world.nodes[index].machine else {
+        let Some(GfsNode::Chunkserver(server)) = self.world.nodes[index].gfs() else {
             return Ok(());
         };
         for (handle, version) in server.leases_held(now_ms) {
@@ -217,7 +246,7 @@ impl Sim {
                 if other_index == index {
                     continue;
                 }
-                if let Some(Machine::Chunkserver(other_server)) = &other.machine {
+                if let Some(GfsNode::Chunkserver(other_server)) = other.gfs() {
                     if other_server.leases_held(now_ms).iter().any(|(h, _)| *h == handle) {
                         return Err(fail(
                             "one lease holder per chunk",
@@ -236,7 +265,7 @@ impl Sim {
     }
 
     fn check_master_recovery(&mut self, index: usize) -> Result<(), Failure> {
-        let Some(Machine::Master(master)) = &self.world.nodes[index].machine else {
+        let Some(GfsNode::Master(master)) = self.world.nodes[index].gfs() else {
             return Ok(());
         };
         if master.recovery_errors() > 0 {
@@ -315,7 +344,7 @@ impl Sim {
         let every = self.settings.master_crash_every_ms;
         if every > 0 && self.fault_rng.chance(tick_ms, every) {
             let index = self.world.index_of(MASTER_ID);
-            if let Some(Machine::Master(master)) = &self.world.nodes[index].machine {
+            if let Some(GfsNode::Master(master)) = self.world.nodes[index].gfs() {
                 if master.is_ready() {
                     self.master_expected = master
                         .durable_state()
@@ -331,13 +360,15 @@ impl Sim {
         if every > 0 && self.fault_rng.chance(tick_ms, every) {
             self.corrupt_one_replica(&servers);
         }
+        let every = self.settings.device_faults.partition_every_ms;
+        self.world.maybe_partition(&mut self.fault_rng, tick_ms, every);
     }
 
     /// Flips a byte in the written data of one replica, at most once per chunk (so the other
     /// replicas hold a good copy).
     fn corrupt_one_replica(&mut self, servers: &[usize]) {
         let pick = servers[self.fault_rng.below(servers.len() as u64) as usize];
-        let Some(Machine::Chunkserver(server)) = &self.world.nodes[pick].machine else {
+        let Some(GfsNode::Chunkserver(server)) = self.world.nodes[pick].gfs() else {
             return;
         };
         let candidates: Vec<_> = server

@@ -6,6 +6,8 @@ use gfs::config::TestKnobs;
 use gfs::pcg::Pcg32;
 use gfs::Config;
 
+use crate::world::DeviceFaults;
+
 /// The knobs of one simulated run. [`Settings::from_seed`] draws them from the seed, so a seed
 /// alone reproduces a run; tests may override fields afterwards.
 #[derive(Clone, Debug)]
@@ -36,6 +38,8 @@ pub struct Settings {
     pub chunkserver_slots: u64,
     /// How often each chunkserver verifies one idle replica.
     pub scrub_interval_ms: u64,
+    /// Disk errors, slow disks and partitions (drawn last, so the other draws stay the same).
+    pub device_faults: DeviceFaults,
     /// The deliberately broken invariant, if any.
     pub knobs: TestKnobs,
 }
@@ -45,7 +49,7 @@ impl Settings {
     pub fn from_seed(seed: u64) -> Self {
         let mut rng = Pcg32::new(seed, 0x5e77);
         let calm = rng.chance(1, 5);
-        Settings {
+        let mut settings = Settings {
             seed,
             chunkservers: rng.range_inclusive(3, 6) as u32,
             clients: rng.range_inclusive(1, 3) as u32,
@@ -70,8 +74,11 @@ impl Settings {
             liveness_phase_ms: 12_000,
             scrub_interval_ms: 50,
             chunkserver_slots: 64,
+            device_faults: DeviceFaults::default(),
             knobs: TestKnobs::default(),
-        }
+        };
+        settings.device_faults = DeviceFaults::draw(&mut rng, calm);
+        settings
     }
 
     /// A shorter run for the default test suite (thousands of seeds in debug builds): the same
@@ -119,7 +126,7 @@ impl fmt::Display for Settings {
             f,
             "seed={} chunkservers={} clients={} ops/client={} drop={}‰ dup={}‰ delay={}..{}ms \
              cs_crash_every={}ms master_crash_every={}ms corrupt_every={}ms lose_disk={} \
-             faults_until={}ms liveness={}ms skip_stale_version_check={}",
+             {} faults_until={}ms liveness={}ms skip_stale_version_check={}",
             self.seed,
             self.chunkservers,
             self.clients,
@@ -132,6 +139,7 @@ impl fmt::Display for Settings {
             self.master_crash_every_ms,
             self.corruption_every_ms,
             self.lose_one_disk,
+            self.device_faults,
             self.fault_phase_ms,
             self.liveness_phase_ms,
             self.knobs.skip_stale_version_check,

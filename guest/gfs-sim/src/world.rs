@@ -1,46 +1,38 @@
-//! The simulated world: nodes, their disks, a lossy reordering network and a clock, all driven
-//! by one seeded generator. Every message crosses the wire encoding (postcard + CRC32C frame).
+//! The simulated world: nodes, their disks, a lossy reordering network that partitions, and a
+//! clock, all driven by one seeded generator. Every node runs under the same
+//! [`gfs::driver::Driver`] the VMs use; the world supplies the driver's transport and disk,
+//! with the faults behind those interfaces: messages are lost, duplicated, delayed (and so
+//! reordered) and cut by partitions, every one crossing its wire encoding; disk requests
+//! complete late, some with I/O errors (a failed write may land, partly or not at all), and
+//! the writes in flight when a node crashes land, tear (a prefix of their sectors) or are lost.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
+use std::fmt::Debug;
 
-use gfs::chunkserver::Chunkserver;
 use gfs::client::{Client, ClientEvent};
-use gfs::disk::{DiskCompletion, DiskOp, DiskRequest, SECTOR_BYTES};
-use gfs::master::Master;
+use gfs::disk::{DiskCompletion, DiskError, DiskOp, DiskRequest, SECTOR_BYTES};
+use gfs::driver::{Disk, Driver, Transport, Workload};
 use gfs::pcg::Pcg32;
-use gfs::wire::{decode_frame, encode_frame, NodeId};
-use gfs::{Config, Input, Outputs, StateMachine};
+use gfs::service::GfsNode;
+use gfs::wire::{decode_frame, FramedMessage, NodeId};
+use gfs::{Config, Outputs};
 
-/// A role instance.
+/// A running node.
 pub enum Machine {
-    Master(Box<Master>),
-    Chunkserver(Box<Chunkserver>),
-    Client(Box<Client>),
+    /// A GFS node under its driver.
+    Gfs(Box<Driver<GfsNode>>),
     /// Up, but driven by a layer above the world (see [`Role::External`]).
     External,
 }
 
-impl Machine {
-    fn as_state_machine(&mut self) -> Option<&mut dyn StateMachine> {
-        match self {
-            Machine::Master(m) => Some(m.as_mut()),
-            Machine::Chunkserver(c) => Some(c.as_mut()),
-            Machine::Client(c) => Some(c.as_mut()),
-            Machine::External => None,
-        }
-    }
-}
-
-/// An input for an [`Role::External`] node, handed to the layer that drives it.
+/// What an [`Role::External`] node's layer must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExternalInput {
     /// A frame arrived (undecoded: the layer knows the sender's wire format).
     Frame { from: NodeId, frame: Vec<u8> },
-    /// One of its disk requests completed.
-    Disk(DiskCompletion),
-    /// The poll time it set with [`World::set_poll`] has come.
-    Tick,
+    /// A disk completion is waiting, or the poll time it asked for has come: poll its driver.
+    Poll,
 }
 
 /// Which role a node plays (kept while the node is down).
@@ -50,9 +42,35 @@ pub enum Role {
     Chunkserver,
     Client,
     /// A node of another service (e.g. MapReduce) that shares this world's clock, network,
-    /// disks and crashes, but whose state machine lives in a layer above: its inputs are
-    /// queued in [`World::external_inputs`] and its outputs enter with [`World::emit`].
+    /// disks and crashes, but whose driver lives in a layer above: its inputs are queued in
+    /// [`World::external_inputs`] and the layer polls its driver with [`World::poll_driver`].
     External,
+}
+
+/// The simulated disk behind a driver's [`Disk`]: the world carries the requests out later.
+#[derive(Default)]
+pub struct SimDisk {
+    submitted: Vec<DiskRequest>,
+    done: VecDeque<DiskCompletion>,
+}
+
+impl Disk for SimDisk {
+    fn submit(&mut self, request: DiskRequest) {
+        self.submitted.push(request);
+    }
+
+    fn take_completion(&mut self) -> Option<DiskCompletion> {
+        self.done.pop_front()
+    }
+}
+
+/// The simulated transport behind a driver's [`Transport`]: the world sends what it holds.
+struct Outbox<M>(Vec<(NodeId, M)>);
+
+impl<M> Transport<M> for Outbox<M> {
+    fn send(&mut self, to: NodeId, msg: M) {
+        self.0.push((to, msg));
+    }
 }
 
 /// One node: its role, its running instance (if up), its disk.
@@ -62,10 +80,21 @@ pub struct Node {
     pub machine: Option<Machine>,
     pub incarnation: u64,
     pub disk: Vec<u8>,
-    /// Earliest time the node wants a tick (cached after each step).
+    pub sim_disk: SimDisk,
+    /// Earliest time the node wants a poll (cached after each poll).
     pub poll_ms: Option<u64>,
     /// Added to every message it sends and every disk request it issues (a slow machine).
     pub extra_latency_ms: u64,
+}
+
+impl Node {
+    /// The GFS node, if this is one and it is up.
+    pub fn gfs(&self) -> Option<&GfsNode> {
+        match &self.machine {
+            Some(Machine::Gfs(driver)) => Some(driver.node()),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -81,7 +110,65 @@ enum Event {
         request_id: u64,
         write: Option<(u64, Vec<u8>)>,
         read: Option<(u64, u32)>,
+        /// The device reports an I/O error (a failed write lands, tears or is lost by chance).
+        io_error: bool,
     },
+}
+
+/// Disk faults, in per mille of requests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiskFaults {
+    /// A request fails with an I/O error.
+    pub error_per_mille: u64,
+    /// A request completes this much later than usual (a slow device).
+    pub slow_per_mille: u64,
+    pub slow_ms: u64,
+}
+
+/// The faults behind the driver's interfaces besides message loss, duplication and delay, as
+/// both simulators draw them from a seed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeviceFaults {
+    pub disk: DiskFaults,
+    /// Mean time between network partitions (0: none).
+    pub partition_every_ms: u64,
+}
+
+impl DeviceFaults {
+    /// Faults drawn from `rng` (none when `calm`).
+    pub fn draw(rng: &mut Pcg32, calm: bool) -> Self {
+        let error_per_mille = rng.below(25);
+        let slow_per_mille = rng.below(60);
+        let slow_ms = rng.range_inclusive(10, 300);
+        let partition_every_ms = if rng.chance(1, 2) { 0 } else { rng.range_inclusive(800, 6000) };
+        if calm {
+            return DeviceFaults::default();
+        }
+        DeviceFaults {
+            disk: DiskFaults { error_per_mille, slow_per_mille, slow_ms },
+            partition_every_ms,
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceFaults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "disk_errors={}‰ disk_slow={}‰(+{}ms) partition_every={}ms",
+            self.disk.error_per_mille,
+            self.disk.slow_per_mille,
+            self.disk.slow_ms,
+            self.partition_every_ms
+        )
+    }
+}
+
+/// A network partition: messages between `side` and the other nodes are lost until `until_ms`.
+#[derive(Clone, Debug)]
+pub struct Partition {
+    pub side: BTreeSet<NodeId>,
+    pub until_ms: u64,
 }
 
 /// Counters for benchmarks and reports.
@@ -92,6 +179,9 @@ pub struct Stats {
     pub message_bytes: u64,
     pub disk_ops: u64,
     pub disk_write_bytes: u64,
+    pub disk_errors: u64,
+    pub torn_writes: u64,
+    pub lost_writes: u64,
 }
 
 /// The world.
@@ -106,15 +196,17 @@ pub struct World {
     pub duplicate_per_mille: u64,
     pub delay_min_ms: u64,
     pub delay_max_ms: u64,
+    pub disk_faults: DiskFaults,
+    pub partition: Option<Partition>,
     pub stats: Stats,
     pub trace: Option<Vec<String>>,
-    /// Client completions collected since the driver last looked.
+    /// Client completions collected since the layer above last looked.
     pub client_events: Vec<(NodeId, ClientEvent)>,
-    /// Nodes stepped since the driver last looked (for the lease check).
+    /// Nodes polled since the layer above last looked (for the lease check).
     pub stepped: Vec<usize>,
     /// Disk size of chunkservers added from now on.
     pub chunkserver_disk_sectors: u64,
-    /// Inputs for [`Role::External`] nodes, in order, for the layer above to step.
+    /// Inputs for [`Role::External`] nodes, in order, for the layer above.
     pub external_inputs: Vec<(usize, ExternalInput)>,
 }
 
@@ -135,6 +227,8 @@ impl World {
             duplicate_per_mille: 0,
             delay_min_ms: 1,
             delay_max_ms: 1,
+            disk_faults: DiskFaults::default(),
+            partition: None,
             stats: Stats::default(),
             trace: None,
             client_events: Vec::new(),
@@ -170,6 +264,7 @@ impl World {
             machine: None,
             incarnation: 0,
             disk: vec![0; sectors as usize * SECTOR_BYTES],
+            sim_disk: SimDisk::default(),
             poll_ms: None,
             extra_latency_ms: 0,
         });
@@ -183,26 +278,38 @@ impl World {
         self.nodes.iter().position(|node| node.id == id).expect("known node")
     }
 
+    /// The GFS node at `index`, if it is up.
+    pub fn gfs_node(&self, index: usize) -> Option<&GfsNode> {
+        self.nodes[index].gfs()
+    }
+
     /// Starts a fresh instance of the node's role over its existing disk.
     pub fn boot(&mut self, index: usize) {
-        let node = &mut self.nodes[index];
         let seed = self.rng.next_u64();
+        let node = &mut self.nodes[index];
         let sectors = (node.disk.len() / SECTOR_BYTES) as u64;
         let config = self.config.clone();
-        node.machine = Some(match node.role {
-            Role::Master => Machine::Master(Box::new(Master::new(node.id, config, sectors, seed))),
-            Role::Chunkserver => {
-                Machine::Chunkserver(Box::new(Chunkserver::new(node.id, config, sectors)))
+        let gfs = match node.role {
+            Role::Master => GfsNode::master(node.id, config, sectors, seed),
+            Role::Chunkserver => GfsNode::chunkserver(node.id, config, sectors),
+            Role::Client => Ok(GfsNode::client(node.id, config, seed)),
+            Role::External => {
+                node.machine = Some(Machine::External);
+                node.poll_ms = None;
+                node.sim_disk = SimDisk::default();
+                return;
             }
-            Role::Client => Machine::Client(Box::new(Client::new(node.id, config, seed))),
-            Role::External => Machine::External,
-        });
-        node.poll_ms = if node.role == Role::External { None } else { Some(self.now_ms) };
+        };
+        let gfs = gfs.expect("the simulator sizes every disk");
+        node.machine = Some(Machine::Gfs(Box::new(Driver::new(node.id, gfs))));
+        node.poll_ms = Some(self.now_ms);
+        node.sim_disk = SimDisk::default();
         let id = node.id;
         self.log(format!("boot node {id}"));
     }
 
-    /// Kills the node: its memory is gone; disk writes in flight land or not, by chance.
+    /// Kills the node: its memory is gone; each disk write in flight lands, tears (a prefix
+    /// of its sectors lands) or is lost, by chance.
     pub fn crash(&mut self, index: usize) {
         let incarnation = self.nodes[index].incarnation;
         let mut in_flight: Vec<(u64, u64, Vec<u8>)> = self
@@ -219,9 +326,7 @@ impl World {
             .collect();
         in_flight.sort_by_key(|(seq, _, _)| *seq);
         for (_, sector, data) in in_flight {
-            if self.rng.chance(1, 2) {
-                self.write_disk(index, sector, &data);
-            }
+            self.land_partly(index, sector, &data);
         }
         let node = &mut self.nodes[index];
         node.machine = None;
@@ -231,10 +336,56 @@ impl World {
         self.log(format!("crash node {id}"));
     }
 
+    /// Starts the device faults `faults` (disk faults now, partitions with
+    /// [`World::maybe_partition`]).
+    pub fn start_faults(&mut self, faults: DeviceFaults) {
+        self.disk_faults = faults.disk;
+    }
+
+    /// Ends the disk faults and any partition.
+    pub fn stop_faults(&mut self) {
+        self.disk_faults = DiskFaults::default();
+        self.partition = None;
+    }
+
+    /// Once per `tick_ms`: with a mean time of `every_ms` between them, cuts the nodes into two
+    /// random sides for 50 ms to 2 s (one partition at a time).
+    pub fn maybe_partition(&mut self, rng: &mut Pcg32, tick_ms: u64, every_ms: u64) {
+        let active = self.partition.as_ref().is_some_and(|p| self.now_ms < p.until_ms);
+        if every_ms == 0 || active || !rng.chance(tick_ms, every_ms) {
+            return;
+        }
+        let side: BTreeSet<NodeId> =
+            self.nodes.iter().filter(|_| rng.chance(1, 2)).map(|node| node.id).collect();
+        let until_ms = self.now_ms + rng.range_inclusive(50, 2000);
+        self.log(format!("partition {side:?} from the rest until {until_ms}ms"));
+        self.partition = Some(Partition { side, until_ms });
+    }
+
+    /// A write the device did not finish: all of it, a prefix of its sectors, or nothing
+    /// reaches the disk.
+    fn land_partly(&mut self, index: usize, sector: u64, data: &[u8]) {
+        let sectors = data.len() / SECTOR_BYTES;
+        let landed = match self.rng.below(3) {
+            0 => sectors,
+            1 => {
+                self.stats.lost_writes += 1;
+                0
+            }
+            _ => {
+                self.stats.torn_writes += 1;
+                self.rng.below(sectors as u64 + 1) as usize
+            }
+        };
+        self.write_disk(index, sector, &data[..landed * SECTOR_BYTES]);
+    }
+
     fn write_disk(&mut self, index: usize, sector: u64, data: &[u8]) {
         let at = sector as usize * SECTOR_BYTES;
         let disk = &mut self.nodes[index].disk;
-        disk[at..at + data.len()].copy_from_slice(data);
+        if at + data.len() <= disk.len() {
+            disk[at..at + data.len()].copy_from_slice(data);
+        }
     }
 
     /// Appends a line to the trace, if tracing.
@@ -249,73 +400,78 @@ impl World {
         self.queue.push(Reverse((at_ms, self.sequence, event)));
     }
 
-    /// Runs `input` on node `index` and routes what it emits.
-    pub fn step(&mut self, index: usize, input: Input) {
-        let now_ms = self.now_ms;
-        let mut out = Outputs::default();
+    /// Polls the driver of node `index` (which the caller holds) at the current time through
+    /// the world's transport and disk, and carries out what it emitted. Nothing if it is down.
+    pub fn poll_driver<N: gfs::driver::Node>(&mut self, index: usize, driver: &mut Driver<N>)
+    where
+        N::Message: FramedMessage + Debug,
+    {
         if self.nodes[index].machine.is_none() {
             return;
         }
-        if self.trace.is_some() {
-            let line = format!("node {} <- {}", self.nodes[index].id, short(&input));
-            self.log(line);
+        let steps = driver.stats.steps;
+        let mut outbox = Outbox(Vec::new());
+        let mut disk = std::mem::take(&mut self.nodes[index].sim_disk);
+        driver.poll(self.now_ms, &mut outbox, &mut disk);
+        self.stats.steps += driver.stats.steps - steps;
+        let from = self.nodes[index].id;
+        for (to, msg) in outbox.0 {
+            self.send_frame(index, from, to, msg.to_frame(), &msg);
         }
-        let machine = self.nodes[index].machine.as_mut().expect("checked");
-        let Some(state_machine) = machine.as_state_machine() else {
-            let external = match input {
-                Input::Message { .. } => unreachable!("frames for external nodes stay undecoded"),
-                Input::Disk(done) => ExternalInput::Disk(done),
-                Input::Tick => {
-                    self.nodes[index].poll_ms = None;
-                    ExternalInput::Tick
-                }
-            };
-            self.external_inputs.push((index, external));
-            return;
-        };
-        state_machine.step(now_ms, input, &mut out);
-        let poll = state_machine.next_poll_ms();
-        self.nodes[index].poll_ms = poll;
-        self.stats.steps += 1;
-        self.stepped.push(index);
-        self.route(index, out);
+        let requests = std::mem::take(&mut disk.submitted);
+        self.nodes[index].sim_disk = disk;
+        self.issue_disk(index, requests);
+        self.nodes[index].poll_ms = driver.wake_at_ms(self.now_ms);
+        for line in driver.take_log() {
+            self.log(format!("node {from}: {line}"));
+        }
     }
 
-    /// Submits work to a client node and routes the outputs.
+    /// Polls GFS node `index` and collects its client's completions.
+    fn poll_gfs(&mut self, index: usize) {
+        let Some(Machine::Gfs(mut driver)) = self.nodes[index].machine.take() else {
+            return;
+        };
+        self.nodes[index].machine = Some(Machine::External);
+        self.poll_driver(index, &mut driver);
+        let id = self.nodes[index].id;
+        self.client_events.extend(driver.take_events().into_iter().map(|event| (id, event)));
+        self.nodes[index].machine = Some(Machine::Gfs(driver));
+        self.stepped.push(index);
+    }
+
+    /// Gives GFS node `index` a scripted workload (e.g. the VM client's script), polled from now.
+    pub fn set_workload(&mut self, index: usize, workload: Box<dyn Workload<GfsNode>>) {
+        if let Some(Machine::Gfs(driver)) = self.nodes[index].machine.as_mut() {
+            driver.set_workload(workload);
+            self.nodes[index].poll_ms = Some(self.now_ms);
+        }
+    }
+
+    /// The result of GFS node `index`'s workload, once it is over.
+    pub fn workload_result(&self, index: usize) -> Option<&Result<(), String>> {
+        match &self.nodes[index].machine {
+            Some(Machine::Gfs(driver)) => driver.finished(),
+            _ => None,
+        }
+    }
+
+    /// Submits work to a client node and sends what it emits.
     pub fn with_client<R>(
         &mut self,
         index: usize,
         f: impl FnOnce(&mut Client, u64, &mut Outputs) -> R,
     ) -> Option<R> {
         let now_ms = self.now_ms;
-        let mut out = Outputs::default();
-        let Some(Machine::Client(client)) = self.nodes[index].machine.as_mut() else {
+        let Some(Machine::Gfs(driver)) = self.nodes[index].machine.as_mut() else {
             return None;
         };
-        let result = f(client, now_ms, &mut out);
-        self.nodes[index].poll_ms = client.next_poll_ms();
-        self.route(index, out);
+        let result = driver.with_node(|node, out| match node {
+            GfsNode::Client(client) => Some(f(client, now_ms, out)),
+            _ => None,
+        })?;
+        self.poll_gfs(index);
         Some(result)
-    }
-
-    /// Sends what an [`Role::External`] node emitted: frames already encoded in the wire
-    /// format their receiver speaks, and requests for its own disk. Nothing if it is down.
-    pub fn emit(&mut self, index: usize, frames: Vec<(NodeId, Vec<u8>)>, disk: Vec<DiskRequest>) {
-        if self.nodes[index].machine.is_none() {
-            return;
-        }
-        let from = self.nodes[index].id;
-        for (to, frame) in frames {
-            self.send_frame(index, from, to, frame, None);
-        }
-        self.issue_disk(index, disk);
-    }
-
-    /// Sets when an [`Role::External`] node next wants an [`ExternalInput::Tick`].
-    pub fn set_poll(&mut self, index: usize, poll_ms: Option<u64>) {
-        if self.nodes[index].machine.is_some() {
-            self.nodes[index].poll_ms = poll_ms.map(|at| at.max(self.now_ms));
-        }
     }
 
     fn send_frame(
@@ -324,14 +480,18 @@ impl World {
         from: NodeId,
         to: NodeId,
         frame: Vec<u8>,
-        msg: Option<&gfs::wire::Message>,
+        msg: &dyn Debug,
     ) {
         self.stats.messages += 1;
         self.stats.message_bytes += frame.len() as u64;
-        if self.rng.chance(self.drop_per_mille, 1000) {
+        let cut = self.partition.as_ref().is_some_and(|partition| {
+            self.now_ms < partition.until_ms
+                && partition.side.contains(&from) != partition.side.contains(&to)
+        });
+        if cut || self.rng.chance(self.drop_per_mille, 1000) {
             if self.trace.is_some() {
-                let what = msg.map_or_else(|| format!("{}B frame", frame.len()), short_msg);
-                self.log(format!("drop {from}->{to} {what}"));
+                let why = if cut { "cut" } else { "drop" };
+                self.log(format!("{why} {from}->{to} {}", short_msg(msg)));
             }
             return;
         }
@@ -347,9 +507,14 @@ impl World {
     fn issue_disk(&mut self, index: usize, disk: Vec<DiskRequest>) {
         let incarnation = self.nodes[index].incarnation;
         let extra_ms = self.nodes[index].extra_latency_ms;
+        let faults = self.disk_faults;
         for DiskRequest { id, op } in disk {
             self.stats.disk_ops += 1;
-            let latency = self.rng.range_inclusive(1, 4) + extra_ms;
+            let mut latency = self.rng.range_inclusive(1, 4) + extra_ms;
+            if self.rng.chance(faults.slow_per_mille, 1000) {
+                latency += self.rng.range_inclusive(1, faults.slow_ms.max(1));
+            }
+            let io_error = self.rng.chance(faults.error_per_mille, 1000);
             let (write, read) = match op {
                 DiskOp::Write { sector, data } => {
                     self.stats.disk_write_bytes += data.len() as u64;
@@ -357,20 +522,9 @@ impl World {
                 }
                 DiskOp::Read { sector, count } => (None, Some((sector, count))),
             };
-            let event = Event::DiskDone { node: index, incarnation, request_id: id, write, read };
+            let event =
+                Event::DiskDone { node: index, incarnation, request_id: id, write, read, io_error };
             self.push(self.now_ms + latency, event);
-        }
-    }
-
-    fn route(&mut self, index: usize, out: Outputs) {
-        let from = self.nodes[index].id;
-        for envelope in out.messages {
-            let frame = encode_frame(&envelope.msg);
-            self.send_frame(index, from, envelope.to, frame, Some(&envelope.msg));
-        }
-        self.issue_disk(index, out.disk);
-        for event in out.client_events {
-            self.client_events.push((from, event));
         }
     }
 
@@ -404,12 +558,28 @@ impl World {
             .iter()
             .position(|node| node.poll_ms.is_some_and(|at| at <= now_ms))
             .expect("a poll is due");
-        self.step(index, Input::Tick);
-        // A node asking again for a time already handled is ticked one millisecond later.
+        if self.trace.is_some() {
+            let line = format!("node {} <- tick", self.nodes[index].id);
+            self.log(line);
+        }
+        self.poll_node(index);
+        // A node asking again for a time already handled is polled one millisecond later.
         if let Some(poll) = self.nodes[index].poll_ms.as_mut() {
             *poll = (*poll).max(now_ms + 1);
         }
         true
+    }
+
+    /// Polls node `index`, or asks the layer above to.
+    fn poll_node(&mut self, index: usize) {
+        match self.nodes[index].machine {
+            Some(Machine::Gfs(_)) => self.poll_gfs(index),
+            Some(Machine::External) => {
+                self.nodes[index].poll_ms = None;
+                self.external_inputs.push((index, ExternalInput::Poll));
+            }
+            None => {}
+        }
     }
 
     fn handle(&mut self, event: Event) {
@@ -418,63 +588,89 @@ impl World {
                 let Some(index) = self.nodes.iter().position(|node| node.id == to) else {
                     return;
                 };
-                if matches!(self.nodes[index].machine, Some(Machine::External)) {
-                    self.external_inputs.push((index, ExternalInput::Frame { from, frame }));
-                    return;
+                match &self.nodes[index].machine {
+                    Some(Machine::External) => {
+                        self.external_inputs.push((index, ExternalInput::Frame { from, frame }));
+                    }
+                    Some(Machine::Gfs(_)) => {
+                        let (msg, _) = decode_frame(&frame).expect("frames decode");
+                        if self.trace.is_some() {
+                            let line = format!("node {to} <- {from}: {}", short_msg(&msg));
+                            self.log(line);
+                        }
+                        if let Some(Machine::Gfs(driver)) = self.nodes[index].machine.as_mut() {
+                            driver.receive(from, msg);
+                        }
+                        self.poll_gfs(index);
+                    }
+                    None => {}
                 }
-                let (msg, _) = decode_frame(&frame).expect("frames decode");
-                self.step(index, Input::Message { from, msg });
             }
-            Event::DiskDone { node, incarnation, request_id, write, read } => {
+            Event::DiskDone { node, incarnation, request_id, write, read, io_error } => {
                 if self.nodes[node].incarnation != incarnation {
                     return; // the node crashed; crash() decided the write's fate
                 }
-                let total = self.nodes[node].disk.len();
-                let result = if let Some((sector, data)) = write {
-                    let at = sector as usize * SECTOR_BYTES;
-                    if at + data.len() > total {
-                        Err(gfs::disk::DiskError::OutOfRange)
-                    } else {
-                        self.write_disk(node, sector, &data);
-                        Ok(Vec::new())
-                    }
-                } else {
-                    let (sector, count) = read.expect("a read");
-                    let at = sector as usize * SECTOR_BYTES;
-                    let end = at + count as usize * SECTOR_BYTES;
-                    if end > total {
-                        Err(gfs::disk::DiskError::OutOfRange)
-                    } else {
-                        Ok(self.nodes[node].disk[at..end].to_vec())
-                    }
-                };
+                let result = self.carry_out_disk(node, write, read, io_error);
+                if self.trace.is_some() {
+                    let what = match &result {
+                        Ok(bytes) => format!("ok {}B", bytes.len()),
+                        Err(error) => format!("{error:?}"),
+                    };
+                    let line = format!("node {} <- disk #{request_id} {what}", self.nodes[node].id);
+                    self.log(line);
+                }
                 let completion = DiskCompletion { id: request_id, result };
-                self.step(node, Input::Disk(completion));
+                self.nodes[node].sim_disk.done.push_back(completion);
+                self.poll_node(node);
             }
         }
     }
-}
 
-fn short(input: &Input) -> String {
-    match input {
-        Input::Message { from, msg } => format!("{from}: {}", short_msg(msg)),
-        Input::Disk(done) => format!(
-            "disk #{} {}",
-            done.id,
-            match &done.result {
-                Ok(bytes) => format!("ok {}B", bytes.len()),
-                Err(e) => format!("{e:?}"),
+    /// Carries out one disk request on node `index`'s disk.
+    fn carry_out_disk(
+        &mut self,
+        index: usize,
+        write: Option<(u64, Vec<u8>)>,
+        read: Option<(u64, u32)>,
+        io_error: bool,
+    ) -> Result<Vec<u8>, DiskError> {
+        let total = self.nodes[index].disk.len();
+        if let Some((sector, data)) = write {
+            let at = sector as usize * SECTOR_BYTES;
+            if at + data.len() > total {
+                return Err(DiskError::OutOfRange);
             }
-        ),
-        Input::Tick => "tick".to_string(),
+            if io_error {
+                self.stats.disk_errors += 1;
+                self.land_partly(index, sector, &data);
+                return Err(DiskError::Io);
+            }
+            self.write_disk(index, sector, &data);
+            return Ok(Vec::new());
+        }
+        let (sector, count) = read.expect("a read");
+        let at = sector as usize * SECTOR_BYTES;
+        let end = at + count as usize * SECTOR_BYTES;
+        if end > total {
+            return Err(DiskError::OutOfRange);
+        }
+        if io_error {
+            self.stats.disk_errors += 1;
+            return Err(DiskError::Io);
+        }
+        Ok(self.nodes[index].disk[at..end].to_vec())
     }
 }
 
 /// A message for the trace, with long byte payloads elided.
-pub fn short_msg(msg: &gfs::wire::Message) -> String {
+pub fn short_msg(msg: &dyn Debug) -> String {
     let mut text = format!("{msg:?}");
     if text.len() > 200 {
-        text.truncate(200);
+        let mut cut = 200;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
         text.push('…');
     }
     text

@@ -3,9 +3,10 @@
 //! replicas, a restarted master).
 
 use gfs::client::{ClientOp, OpOutput};
+use gfs::service::GfsNode;
 use gfs::wire::{GfsError, NodeId};
 use gfs_sim::model::write_bytes;
-use gfs_sim::world::{Machine, Role, World};
+use gfs_sim::world::{Role, World};
 use gfs_sim::{Settings, MASTER_ID};
 
 const CLIENT: NodeId = 5;
@@ -77,15 +78,15 @@ impl Cluster {
     }
 
     fn master(&self) -> &gfs::master::Master {
-        match &self.world.nodes[self.index(MASTER_ID)].machine {
-            Some(Machine::Master(master)) => master,
+        match self.world.nodes[self.index(MASTER_ID)].gfs() {
+            Some(GfsNode::Master(master)) => master,
             _ => panic!("master is down"),
         }
     }
 
     fn chunkserver(&self, id: NodeId) -> &gfs::chunkserver::Chunkserver {
-        match &self.world.nodes[self.index(id)].machine {
-            Some(Machine::Chunkserver(server)) => server,
+        match self.world.nodes[self.index(id)].gfs() {
+            Some(GfsNode::Chunkserver(server)) => server,
             _ => panic!("chunkserver {id} is down"),
         }
     }
@@ -95,8 +96,8 @@ impl Cluster {
         self.world
             .nodes
             .iter()
-            .filter_map(|node| match &node.machine {
-                Some(Machine::Chunkserver(server))
+            .filter_map(|node| match node.gfs() {
+                Some(GfsNode::Chunkserver(server))
                     if server.replica_versions().iter().any(|r| r.handle == handle) =>
                 {
                     Some(node.id)

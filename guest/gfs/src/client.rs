@@ -1,14 +1,15 @@
 //! The client library: file operations as asynchronous state machines over the master and the
 //! chunkservers, with a metadata cache.
 //!
-//! Operations are submitted with [`Client::submit`] and complete as [`ClientEvent`]s in
-//! [`Outputs::client_events`]. Reads go to the nearest replica (smallest node-id distance, the
+//! Operations are submitted with [`Client::submit`] and complete as [`ClientEvent`]s kept in the
+//! client until taken with [`Client::take_event`] (as a smoltcp socket keeps what it received).
+//! Reads go to the nearest replica (smallest node-id distance, the
 //! simulator's topology) and move on to the next on a checksum error, a stale replica or a
 //! timeout. Writes and appends push their data along a chain of replicas, then ask the primary
 //! to apply it. Record append is at-least-once: a failed attempt is retried and may leave a
 //! duplicate or a partial record behind, as in the paper.
 
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -74,6 +75,8 @@ pub struct Client {
     replies: BTreeMap<RequestId, OpId>,
     pushes: BTreeMap<DataId, OpId>,
     locations: BTreeMap<(String, u64), CachedLocation>,
+    /// Finished operations not yet taken, oldest first.
+    events: VecDeque<ClientEvent>,
 }
 
 struct CachedLocation {
@@ -145,12 +148,18 @@ impl Client {
             replies: BTreeMap::new(),
             pushes: BTreeMap::new(),
             locations: BTreeMap::new(),
+            events: VecDeque::new(),
         }
     }
 
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// The oldest finished operation not yet taken.
+    pub fn take_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
     }
 
     /// Operations not yet finished.
@@ -186,8 +195,8 @@ impl Client {
             }
             ClientOp::Append { path, data } => {
                 if data.len() > self.config.max_record_bytes() as usize || data.is_empty() {
-                    out.client_events
-                        .push(ClientEvent { op: op_id, result: Err(GfsError::TooLarge) });
+                    self.events
+                        .push_back(ClientEvent { op: op_id, result: Err(GfsError::TooLarge) });
                     return op_id;
                 }
                 OpKind::Mutation(MutationState::new(path, true, 0, data))
@@ -207,10 +216,10 @@ impl Client {
         u64::from(self.config.chunk_size_bytes)
     }
 
-    fn complete(&mut self, op_id: OpId, result: Result<OpOutput, GfsError>, out: &mut Outputs) {
+    fn complete(&mut self, op_id: OpId, result: Result<OpOutput, GfsError>) {
         if let Some(op) = self.ops.remove(&op_id) {
             self.forget_wait(op.wait);
-            out.client_events.push(ClientEvent { op: op_id, result });
+            self.events.push_back(ClientEvent { op: op_id, result });
         }
     }
 
@@ -227,7 +236,7 @@ impl Client {
     }
 
     /// Counts a failed attempt and schedules a retry after a jittered backoff, or fails the op.
-    fn retry_later(&mut self, now_ms: u64, op_id: OpId, error: GfsError, out: &mut Outputs) {
+    fn retry_later(&mut self, now_ms: u64, op_id: OpId, error: GfsError) {
         let max_attempts = self.config.client_max_attempts;
         let backoff_base_ms = self.config.rpc_timeout_ms / 8 + 1;
         let Some(op) = self.ops.get_mut(&op_id) else {
@@ -235,7 +244,7 @@ impl Client {
         };
         op.attempts += 1;
         if op.attempts >= max_attempts {
-            self.complete(op_id, Err(error), out);
+            self.complete(op_id, Err(error));
             return;
         }
         let wait = core::mem::replace(&mut op.wait, Wait::Nothing);
@@ -282,7 +291,7 @@ impl Client {
             OpKind::Read(read) => {
                 if read.buf.len() as u64 >= read.len {
                     let data = core::mem::take(&mut read.buf);
-                    self.complete(op_id, Ok(OpOutput::Data(data)), out);
+                    self.complete(op_id, Ok(OpOutput::Data(data)));
                     return;
                 }
                 let position = read.offset + read.buf.len() as u64;
@@ -320,7 +329,7 @@ impl Client {
                     read.location = None;
                     read.tried.clear();
                     self.locations.remove(&key);
-                    self.retry_later(now_ms, op_id, GfsError::NoReplica, out);
+                    self.retry_later(now_ms, op_id, GfsError::NoReplica);
                     return;
                 };
                 let chunk_offset = position % chunk_size;
@@ -338,7 +347,7 @@ impl Client {
             }
             OpKind::Mutation(state) => {
                 if !state.append && state.written >= state.data.len() {
-                    self.complete(op_id, Ok(OpOutput::Done), out);
+                    self.complete(op_id, Ok(OpOutput::Done));
                     return;
                 }
                 let Some(index) = state.current_index(chunk_size) else {
@@ -417,7 +426,7 @@ impl Client {
         match (&mut op.kind, result) {
             (_, Err(GfsError::Busy | GfsError::NoReplica | GfsError::Timeout)) => {
                 let error = GfsError::Busy;
-                self.retry_later(now_ms, op_id, error, out);
+                self.retry_later(now_ms, op_id, error);
                 return;
             }
             (OpKind::Meta { request }, result) => {
@@ -437,7 +446,7 @@ impl Client {
                     (_, Ok(_)) => Ok(OpOutput::Done),
                     (_, Err(error)) => Err(error),
                 };
-                self.complete(op_id, result, out);
+                self.complete(op_id, result);
                 return;
             }
             (OpKind::Read(read), Ok(MasterAnswer::Chunk(location))) => {
@@ -463,11 +472,11 @@ impl Client {
                 state.pushed = false;
             }
             (_, Ok(_)) => {
-                self.retry_later(now_ms, op_id, GfsError::Busy, out);
+                self.retry_later(now_ms, op_id, GfsError::Busy);
                 return;
             }
             (_, Err(error)) => {
-                self.complete(op_id, Err(error), out);
+                self.complete(op_id, Err(error));
                 return;
             }
         }
@@ -483,12 +492,15 @@ impl Client {
         out: &mut Outputs,
     ) {
         let chunk_size = self.chunk_size();
-        let Some(Op { kind: OpKind::Read(read), wait, .. }) = self.ops.get_mut(&op_id) else {
+        let Some(Op { kind: OpKind::Read(read), wait, attempts, .. }) = self.ops.get_mut(&op_id)
+        else {
             return;
         };
         *wait = Wait::Nothing;
         match result {
             Ok(bytes) => {
+                // Per step, as for writes: a chunk read is progress.
+                *attempts = 0;
                 let position = read.offset + read.buf.len() as u64;
                 let len =
                     (read.len - read.buf.len() as u64).min(chunk_size - position % chunk_size);
@@ -527,17 +539,22 @@ impl Client {
         out: &mut Outputs,
     ) {
         let chunk_size = self.chunk_size();
-        let Some(Op { kind: OpKind::Mutation(state), wait, .. }) = self.ops.get_mut(&op_id) else {
+        let Some(Op { kind: OpKind::Mutation(state), wait, attempts, .. }) =
+            self.ops.get_mut(&op_id)
+        else {
             return;
         };
         *wait = Wait::Nothing;
         state.pushed = false;
         match result {
             Ok(chunk_offset) => {
+                // The attempt limit is per step: a long write that keeps making progress
+                // must not run out of attempts on the failures of earlier chunks.
+                *attempts = 0;
                 if state.append {
                     let index = state.index.expect("known before mutating");
                     let offset = index * chunk_size + u64::from(chunk_offset);
-                    self.complete(op_id, Ok(OpOutput::Appended { offset }), out);
+                    self.complete(op_id, Ok(OpOutput::Appended { offset }));
                     return;
                 }
                 state.written += state.piece(chunk_size).len();
@@ -553,7 +570,7 @@ impl Client {
                 ) {
                     state.lease = None;
                 }
-                self.retry_later(now_ms, op_id, error, out);
+                self.retry_later(now_ms, op_id, error);
                 return;
             }
         }
@@ -577,7 +594,7 @@ impl Client {
                     self.replies.remove(&req);
                     self.on_read_reply(now_ms, op_id, replica, Err(GfsError::Timeout), out);
                 }
-                _ => self.retry_later(now_ms, op_id, GfsError::Timeout, out),
+                _ => self.retry_later(now_ms, op_id, GfsError::Timeout),
             }
         }
     }

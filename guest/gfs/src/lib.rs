@@ -6,8 +6,10 @@
 //! send, disk requests to issue, client completions). It reports when it next wants a tick. It
 //! does no I/O, reads no clock and draws randomness only from a seeded [`pcg::Pcg32`].
 //!
-//! The same code runs in the guest kernel (driven by an adapter over smoltcp and virtio-blk)
-//! and in the host-side seeded simulator (`gfs-sim`).
+//! The same code runs in the guest kernel and in the host-side seeded simulator (`gfs-sim`),
+//! and so does what runs it: a [`driver::Driver`] steps one node ([`service::GfsNode`]) over a
+//! transport and a disk the world supplies (smoltcp and virtio-blk in the guest, faulty
+//! simulated ones in `gfs-sim`) and runs its scripted workload ([`script`]).
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -17,9 +19,12 @@ pub mod chunkserver;
 pub mod client;
 pub mod config;
 pub mod disk;
+pub mod driver;
 pub mod master;
 pub mod node;
 pub mod pcg;
+pub mod script;
+pub mod service;
 pub mod wire;
 
 pub use config::Config;

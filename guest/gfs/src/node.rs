@@ -2,7 +2,6 @@
 
 use alloc::vec::Vec;
 
-use crate::client::ClientEvent;
 use crate::disk::{DiskCompletion, DiskOp, DiskRequest};
 use crate::wire::{Envelope, Message, NodeId};
 
@@ -25,8 +24,6 @@ pub struct Outputs {
     pub messages: Vec<Envelope>,
     /// Disk requests to issue on the node's own disk.
     pub disk: Vec<DiskRequest>,
-    /// Completed client operations (only clients emit these).
-    pub client_events: Vec<ClientEvent>,
 }
 
 impl Outputs {
@@ -42,7 +39,7 @@ impl Outputs {
 
     /// True when nothing was emitted.
     pub fn is_empty(&self) -> bool {
-        self.messages.is_empty() && self.disk.is_empty() && self.client_events.is_empty()
+        self.messages.is_empty() && self.disk.is_empty()
     }
 }
 

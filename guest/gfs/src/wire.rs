@@ -336,6 +336,19 @@ pub fn decode_hello(bytes: &[u8]) -> Result<(NodeId, usize), FrameError> {
     }
 }
 
+/// A message type that crosses the mesh as one frame of this format (GFS's messages, and other
+/// services' that share the mesh), so a transport can carry any of them.
+pub trait FramedMessage {
+    /// Encodes the message as one frame.
+    fn to_frame(&self) -> Vec<u8>;
+}
+
+impl FramedMessage for Message {
+    fn to_frame(&self) -> Vec<u8> {
+        encode_frame(self)
+    }
+}
+
 /// Encodes `msg` as one frame.
 pub fn encode_frame(msg: &Message) -> Vec<u8> {
     encode_frame_of(msg)

@@ -24,16 +24,19 @@ pub mod settings;
 use std::collections::BTreeMap;
 
 use gfs::client::{ClientEvent, ClientOp, OpId, OpOutput};
+use gfs::driver::Driver;
 use gfs::pcg::Pcg32;
 use gfs::wire::{GfsError, NodeId};
 use gfs_sim::world::{ExternalInput, Role, World};
 use mapreduce::app::app_for;
 use mapreduce::coordinator::{output_path, Coordinator};
-use mapreduce::job_client::JobClient;
 use mapreduce::records::run_sequential;
+use mapreduce::script::WordCountScript;
+use mapreduce::service::MrNode;
+use mapreduce::wire::{decode_packet, Packet};
 use mapreduce::wire::{JobSpec, JobState, TaskKind};
 use mapreduce::worker::Worker;
-use mapreduce::{Event, Input, MrConfig, Outputs, StateMachine};
+use mapreduce::{Event, MrConfig};
 
 pub use settings::{app_named, Settings, COORDINATOR_ID, JOB_CLIENT_ID, LOADER_ID};
 
@@ -43,6 +46,13 @@ const WORKER_DISK_SECTORS: u64 = 8192;
 const IO_LIMIT_MS: u64 = 60_000;
 /// After the job finished, every worker that is up must exit within this.
 const EXIT_LIMIT_MS: u64 = 5_000;
+/// Partitions happen only this long after the job starts: like worker crashes (at most
+/// `max_worker_crashes`) they are a bounded fault. With partitions without end (one every
+/// second, each up to two seconds, against a 600 ms failure timeout) the coordinator presumes
+/// workers dead faster than maps complete (seed 7340070277: 122 workers lost, 306 maps run
+/// again in 120 s), which no timeout-based failure detector can outlast; liveness is judged
+/// once they heal.
+const PARTITION_PHASE_MS: u64 = 30_000;
 
 /// A check that did not hold.
 #[derive(Clone, Debug)]
@@ -73,19 +83,32 @@ pub struct Outcome {
     pub trace: Vec<String>,
 }
 
-enum Machine {
-    Coordinator(Box<Coordinator>),
-    Worker(Box<Worker>),
-    JobClient(Box<JobClient>),
-}
+impl gfs_sim::cli::Report for Outcome {
+    fn failure(&self) -> Option<String> {
+        let failure = self.failure.as_ref()?;
+        Some(gfs_sim::cli::failure_text(failure.check, failure.at_ms, &failure.detail))
+    }
 
-impl Machine {
-    fn as_state_machine(&mut self) -> &mut dyn StateMachine {
-        match self {
-            Machine::Coordinator(m) => m.as_mut(),
-            Machine::Worker(m) => m.as_mut(),
-            Machine::JobClient(m) => m.as_mut(),
-        }
+    fn trace(&self) -> &[String] {
+        &self.trace
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "job {} sim ms, {} map tasks (runs {:?}), max parallel maps {} reduces {}, {} backups, \
+             {} worker crashes, {} workers lost, {} B in, {} B out, {} steps",
+            self.job_ms,
+            self.map_tasks,
+            self.map_runs.values().collect::<Vec<_>>(),
+            self.max_parallel_maps,
+            self.max_parallel_reduces,
+            self.backup_attempts,
+            self.worker_crashes,
+            self.workers_lost,
+            self.input_bytes,
+            self.output_bytes,
+            self.steps
+        )
     }
 }
 
@@ -99,7 +122,8 @@ struct Sim {
     settings: Settings,
     config: MrConfig,
     world: World,
-    machines: BTreeMap<usize, Machine>,
+    /// The MapReduce nodes' drivers (the same the VMs run), by world index.
+    drivers: BTreeMap<usize, Driver<MrNode>>,
     workers: Vec<WorkerSlot>,
     loader: usize,
     coordinator: usize,
@@ -112,6 +136,20 @@ struct Sim {
     exited: BTreeMap<NodeId, u64>,
     early_exit: Option<(NodeId, u64)>,
     outcome: Outcome,
+}
+
+/// Runs the VM job node's script (`mapreduce::script::WordCountScript`, what `role=mr-job`
+/// runs: load `files` files of `kib` KiB, submit word count, read the output back and compare)
+/// on the job node of a world drawn from `settings`, under its message, disk and crash faults
+/// from the start. The script's own verdict is the outcome's failure, if any.
+pub fn run_vm_job_script(settings: &Settings, files: usize, kib: usize) -> Outcome {
+    let mut sim = Sim::new(settings.clone(), false);
+    let failure = sim.run_vm_job_script(files, kib).err();
+    let mut outcome = std::mem::take(&mut sim.outcome);
+    outcome.settings = Some(settings.clone());
+    outcome.failure = failure;
+    outcome.steps = sim.world.stats.steps;
+    outcome
 }
 
 /// Runs one seeded simulation.
@@ -166,7 +204,7 @@ impl Sim {
             settings,
             config,
             world,
-            machines: BTreeMap::new(),
+            drivers: BTreeMap::new(),
             workers,
             loader,
             coordinator,
@@ -180,25 +218,33 @@ impl Sim {
             outcome: Outcome::default(),
         };
         let seed = sim.fault_rng.next_u64();
-        let machine = Machine::Coordinator(Box::new(Coordinator::new(
-            COORDINATOR_ID,
-            sim.config.clone(),
-            seed,
-        )));
-        sim.install(coordinator, machine);
-        let machine =
-            Machine::JobClient(Box::new(JobClient::new(JOB_CLIENT_ID, sim.config.clone())));
-        sim.install(job_client, machine);
+        let node = Coordinator::new(COORDINATOR_ID, sim.config.clone(), seed);
+        sim.install(coordinator, MrNode::Coordinator(Box::new(node)));
+        let seed = sim.fault_rng.next_u64();
+        sim.install(job_client, MrNode::job(JOB_CLIENT_ID, sim.config.clone(), seed));
         for k in 0..sim.workers.len() {
             sim.boot_worker(k);
         }
         sim
     }
 
-    fn install(&mut self, index: usize, mut machine: Machine) {
-        let poll = machine.as_state_machine().next_poll_ms();
-        self.machines.insert(index, machine);
-        self.world.set_poll(index, poll);
+    fn install(&mut self, index: usize, node: MrNode) {
+        let id = self.world.nodes[index].id;
+        self.drivers.insert(index, Driver::new(id, node));
+        self.poll(index);
+    }
+
+    /// Polls node `index`'s driver through the world and observes its events.
+    fn poll(&mut self, index: usize) {
+        let Some(driver) = self.drivers.get_mut(&index) else { return };
+        self.world.poll_driver(index, driver);
+        let id = driver.id();
+        for event in driver.take_events() {
+            self.observe(id, event);
+        }
+        if self.workers.iter().any(|slot| slot.index == index) {
+            self.count_parallel();
+        }
     }
 
     fn boot_worker(&mut self, k: usize) {
@@ -209,7 +255,7 @@ impl Sim {
         if self.world.nodes[index].machine.is_none() {
             self.world.boot(index);
         }
-        self.install(index, Machine::Worker(Box::new(worker)));
+        self.install(index, MrNode::Worker(Box::new(worker)));
     }
 
     fn run_all(&mut self) -> Result<(), Failure> {
@@ -223,10 +269,41 @@ impl Sim {
         self.load(&documents)?;
         self.world.drop_per_mille = self.settings.drop_per_mille;
         self.world.duplicate_per_mille = self.settings.duplicate_per_mille;
+        self.world.start_faults(self.settings.device_faults);
         self.run_job()?;
         self.world.drop_per_mille = 0;
         self.world.duplicate_per_mille = 0;
+        self.world.stop_faults();
         self.check_outputs(&documents)
+    }
+
+    fn run_vm_job_script(&mut self, files: usize, kib: usize) -> Result<(), Failure> {
+        let chunk_bytes = u64::from(self.config.gfs.chunk_size_bytes);
+        let (seed, now_ms) = (self.settings.seed, self.world.now_ms);
+        let reduces = self.settings.reduce_tasks;
+        let script = WordCountScript::new(files, kib, reduces, seed, chunk_bytes, now_ms, 100);
+        let index = self.job_client;
+        self.drivers.get_mut(&index).expect("the job node").set_workload(script.boxed());
+        self.world.drop_per_mille = self.settings.drop_per_mille;
+        self.world.duplicate_per_mille = self.settings.duplicate_per_mille;
+        self.world.start_faults(self.settings.device_faults);
+        self.poll(index);
+        loop {
+            match self.drivers.get(&index).and_then(Driver::finished) {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(error)) => {
+                    return Err(fail(
+                        "the VM job script succeeds",
+                        error.clone(),
+                        self.world.now_ms,
+                    ))
+                }
+                None => {}
+            }
+            let until = self.world.now_ms + 10;
+            self.run_until(until)?;
+            self.inject_faults();
+        }
     }
 
     /// Runs the world up to `until_ms`, stepping the MapReduce machines it hands inputs to.
@@ -243,55 +320,20 @@ impl Sim {
     }
 
     fn step_external(&mut self, index: usize, input: ExternalInput) -> Result<(), Failure> {
-        let input = match input {
-            ExternalInput::Frame { from, frame } => {
-                let sender = self.world.index_of(from);
-                if self.world.nodes[sender].role == Role::External {
-                    let (msg, _) =
-                        mapreduce::wire::decode_frame(&frame).expect("MapReduce frames decode");
-                    Input::Mr { from, msg }
-                } else {
-                    let (msg, _) = gfs::wire::decode_frame(&frame).expect("GFS frames decode");
-                    Input::Gfs { from, msg }
-                }
+        if let ExternalInput::Frame { from, frame } = input {
+            let sender = self.world.index_of(from);
+            let from_gfs = self.world.nodes[sender].role != Role::External;
+            let (packet, _) = decode_packet(from_gfs, &frame).expect("frames decode");
+            if self.world.trace.is_some() {
+                let line =
+                    format!("node {} <- {from}: {}", self.world.nodes[index].id, short(&packet));
+                self.world.log(line);
             }
-            ExternalInput::Disk(done) => Input::Disk(done),
-            ExternalInput::Tick => Input::Tick,
-        };
-        let Some(machine) = self.machines.get_mut(&index) else { return Ok(()) };
-        // The world already traced ticks and disk completions; frames are traced here, decoded.
-        let frame = matches!(input, Input::Mr { .. } | Input::Gfs { .. });
-        if frame && self.world.trace.is_some() {
-            let line = format!("node {} <- {}", self.world.nodes[index].id, short_input(&input));
-            self.world.log(line);
+            let Some(driver) = self.drivers.get_mut(&index) else { return Ok(()) };
+            driver.receive(from, packet);
         }
-        let now_ms = self.world.now_ms;
-        let mut out = Outputs::default();
-        let state_machine = machine.as_state_machine();
-        state_machine.step(now_ms, input, &mut out);
-        let poll = state_machine.next_poll_ms();
-        self.world.stats.steps += 1;
-        self.route(index, out, poll);
+        self.poll(index);
         Ok(())
-    }
-
-    fn route(&mut self, index: usize, out: Outputs, poll: Option<u64>) {
-        let id = self.world.nodes[index].id;
-        let mut frames: Vec<(NodeId, Vec<u8>)> = Vec::new();
-        for envelope in &out.messages {
-            frames.push((envelope.to, mapreduce::wire::encode_frame(&envelope.msg)));
-        }
-        for envelope in &out.gfs_messages {
-            frames.push((envelope.to, gfs::wire::encode_frame(&envelope.msg)));
-        }
-        self.world.emit(index, frames, out.disk);
-        self.world.set_poll(index, poll);
-        for event in out.events {
-            self.observe(id, event);
-        }
-        if self.workers.iter().any(|slot| slot.index == index) {
-            self.count_parallel();
-        }
     }
 
     fn observe(&mut self, node: NodeId, event: Event) {
@@ -320,7 +362,7 @@ impl Sim {
         let mut maps = 0;
         let mut reduces = 0;
         for slot in &self.workers {
-            if let Some(Machine::Worker(worker)) = self.machines.get(&slot.index) {
+            if let Some(MrNode::Worker(worker)) = self.drivers.get(&slot.index).map(Driver::node) {
                 match worker.running().map(|assignment| assignment.kind()) {
                     Some(TaskKind::Map) => maps += 1,
                     Some(TaskKind::Reduce) => reduces += 1,
@@ -404,15 +446,12 @@ impl Sim {
         self.submitted_ms = self.world.now_ms;
         let index = self.job_client;
         let now_ms = self.world.now_ms;
-        let mut out = Outputs::default();
-        let poll = match self.machines.get_mut(&index) {
-            Some(Machine::JobClient(client)) => {
-                client.submit(now_ms, spec, &mut out);
-                client.next_poll_ms()
-            }
-            _ => unreachable!("the job client is installed"),
-        };
-        self.route(index, out, poll);
+        let driver = self.drivers.get_mut(&index).expect("the job client is installed");
+        driver.with_node(|node, out| match node {
+            MrNode::Job { job, .. } => job.submit(now_ms, spec, out),
+            _ => unreachable!("the job client's node"),
+        });
+        self.poll(index);
         let deadline_ms = self.submitted_ms + self.settings.job_deadline_ms;
         loop {
             if let Some((node, at_ms)) = self.early_exit {
@@ -422,8 +461,8 @@ impl Sim {
                     at_ms,
                 ));
             }
-            let client_done = match self.machines.get(&self.job_client) {
-                Some(Machine::JobClient(client)) => client.result().cloned(),
+            let client_done = match self.drivers.get(&self.job_client).map(Driver::node) {
+                Some(MrNode::Job { job, .. }) => job.result().cloned(),
                 _ => None,
             };
             match client_done {
@@ -447,7 +486,9 @@ impl Sim {
         }
         let finished_ms = self.job_finished_ms.expect("the client heard of it, so it finished");
         self.outcome.job_ms = finished_ms - self.submitted_ms;
-        if let Some(Machine::Coordinator(coordinator)) = self.machines.get(&self.coordinator) {
+        if let Some(MrNode::Coordinator(coordinator)) =
+            self.drivers.get(&self.coordinator).map(Driver::node)
+        {
             self.outcome.map_tasks = coordinator.map_tasks();
         }
         // Faults stop; every worker comes back and must learn the job is done and exit.
@@ -490,6 +531,10 @@ impl Sim {
             let k = self.workers.iter().position(|slot| slot.index == index).expect("a worker");
             self.boot_worker(k);
         }
+        if now_ms < self.submitted_ms + PARTITION_PHASE_MS {
+            let every = self.settings.device_faults.partition_every_ms;
+            self.world.maybe_partition(&mut self.fault_rng, 10, every);
+        }
         let every = self.settings.worker_crash_every_ms;
         if every == 0 || self.outcome.worker_crashes >= self.settings.max_worker_crashes {
             return;
@@ -504,7 +549,7 @@ impl Sim {
         // Keep at least one worker up.
         if up && !exited && self.down.len() + 1 < self.workers.len() {
             self.world.crash(index);
-            self.machines.remove(&index);
+            self.drivers.remove(&index);
             self.outcome.worker_crashes += 1;
             let downtime_ms = self.fault_rng.range_inclusive(20, 1500);
             self.down.push((index, now_ms + downtime_ms));
@@ -562,22 +607,9 @@ impl Sim {
     }
 }
 
-fn short_input(input: &Input) -> String {
-    let mut text = match input {
-        Input::Mr { from, msg } => format!("{from}: {msg:?}"),
-        Input::Gfs { from, msg } => format!("{from}: {}", gfs_sim::world::short_msg(msg)),
-        Input::Disk(done) => {
-            format!("disk #{} {}", done.id, if done.result.is_ok() { "ok" } else { "error" })
-        }
-        Input::Tick => "tick".into(),
-    };
-    if text.len() > 240 {
-        let mut cut = 240;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
+fn short(packet: &Packet) -> String {
+    match packet {
+        Packet::Mr(msg) => gfs_sim::world::short_msg(msg),
+        Packet::Gfs(msg) => gfs_sim::world::short_msg(msg),
     }
-    text
 }

@@ -2,175 +2,88 @@
 //! trace, or runs the benchmark.
 //!
 //! ```text
-//! mapreduce-sim --seeds 0..10000         sweep (failures are reported by seed)
+//! mapreduce-sim                          1000 seeds from a random start seed (printed first)
+//! mapreduce-sim --seeds 0..10000         sweep (failures are reported by seed, with a rerun command)
 //! mapreduce-sim --seed 42 [--trace]      one run, settings first, trace on failure
 //! mapreduce-sim --bench                  job time vs workers; word-count map throughput
 //! ```
 
-use gfs_sim::cli::{parse_seed_range, sweep_seeds};
-use mapreduce_sim::{app_named, run, Outcome, Settings};
-use std::ops::Range;
+use gfs_sim::cli::{run_command, Command, SHARED_USAGE};
+use mapreduce_sim::{app_named, run, Settings};
 use std::process::ExitCode;
 
 mod bench;
 
-const USAGE: &str = "usage: mapreduce-sim [--seeds A..B | --seed N [--trace]] [--threads N] \
-    [--app wc|ii|grep|sort] [--workers N] [--reduces N] [--crash-every-ms MS] \
-    [--slow-worker-ms MS] [--no-backups] | --bench";
-
-struct Args {
-    seeds: Range<u64>,
-    single: bool,
-    trace: bool,
-    bench: bool,
-    threads: usize,
-    /// Overrides of the drawn settings.
-    overrides: Vec<(String, String)>,
+fn usage() -> String {
+    format!(
+        "usage: mapreduce-sim {SHARED_USAGE} [--app wc|ii|grep|sort] [--workers N] \
+         [--reduces N] [--crash-every-ms MS] [--slow-worker-ms MS] [--no-backups] [--break map-reexecution]"
+    )
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        seeds: 0..1000,
-        single: false,
-        trace: false,
-        bench: false,
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        overrides: Vec::new(),
-    };
-    let mut iter = std::env::args().skip(1);
-    while let Some(arg) = iter.next() {
-        let mut value = |name: &str| iter.next().ok_or_else(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "--seeds" => args.seeds = parse_seed_range(&value("--seeds")?)?,
-            "--seed" => {
-                let seed: u64 = value("--seed")?.parse().map_err(|e| format!("bad --seed: {e}"))?;
-                args.seeds = seed..seed + 1;
-                args.single = true;
-            }
-            "--trace" => args.trace = true,
-            "--bench" => args.bench = true,
-            "--threads" => {
-                args.threads =
-                    value("--threads")?.parse().map_err(|e| format!("bad --threads: {e}"))?
-            }
-            "--app" | "--workers" | "--slow-worker-ms" | "--crash-every-ms" | "--reduces" => {
-                let given = value(&arg)?;
-                args.overrides.push((arg.clone(), given))
-            }
-            "--no-backups" => args.overrides.push((arg.clone(), String::new())),
-            "--help" | "-h" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other:?} (try --help)")),
+/// Overrides of the drawn settings, checked as they are parsed.
+#[derive(Default)]
+struct Overrides {
+    app: Option<mapreduce::wire::AppKind>,
+    workers: Option<u32>,
+    reduces: Option<u32>,
+    crash_every_ms: Option<u64>,
+    slow_worker_ms: Option<u64>,
+    no_backups: bool,
+    break_map_reexecution: bool,
+}
+
+impl Overrides {
+    fn settings_for(&self, seed: u64) -> Settings {
+        let mut settings = Settings::from_seed(seed);
+        if let Some(app) = &self.app {
+            settings.app = app.clone();
         }
-    }
-    Ok(args)
-}
-
-fn settings_for(seed: u64, args: &Args) -> Settings {
-    let mut settings = Settings::from_seed(seed);
-    for (name, value) in &args.overrides {
-        let number =
-            || value.parse::<u64>().unwrap_or_else(|e| panic!("bad {name} {value:?}: {e}"));
-        match name.as_str() {
-            "--app" => {
-                settings.app = app_named(value).unwrap_or_else(|| panic!("unknown app {value:?}"))
-            }
-            "--workers" => settings.workers = number() as u32,
-            "--reduces" => settings.reduce_tasks = number() as u32,
-            "--crash-every-ms" => settings.worker_crash_every_ms = number(),
-            "--slow-worker-ms" => settings.slow_worker = Some((0, number())),
-            "--no-backups" => settings.backup_tasks = false,
-            _ => unreachable!("parsed above"),
+        settings.workers = self.workers.unwrap_or(settings.workers);
+        settings.reduce_tasks = self.reduces.unwrap_or(settings.reduce_tasks);
+        settings.worker_crash_every_ms =
+            self.crash_every_ms.unwrap_or(settings.worker_crash_every_ms);
+        if let Some(extra_ms) = self.slow_worker_ms {
+            settings.slow_worker = Some((0, extra_ms));
         }
+        settings.backup_tasks &= !self.no_backups;
+        settings.knobs.never_reexecute_completed_maps = self.break_map_reexecution;
+        settings
     }
-    settings
-}
-
-fn report_failure(outcome: &Outcome) {
-    let failure = outcome.failure.as_ref().expect("a failure");
-    let settings = outcome.settings.as_ref().expect("settings");
-    println!("FAIL seed {}: {} at {}ms", settings.seed, failure.check, failure.at_ms);
-    println!("  settings: {settings}");
-    println!("  {}", failure.detail);
-    println!("  rerun: cargo run --release -p mapreduce-sim -- --seed {} --trace", settings.seed);
-}
-
-fn sweep(args: &Args) -> ExitCode {
-    println!(
-        "mapreduce-sim: seeds {}..{} on {} threads; settings drawn per seed (e.g. {})",
-        args.seeds.start,
-        args.seeds.end,
-        args.threads,
-        settings_for(args.seeds.start, args)
-    );
-    let result = sweep_seeds(args.seeds.clone(), args.threads, usize::MAX, |seed| {
-        let outcome = run(&settings_for(seed, args), false);
-        if outcome.failure.is_some() {
-            report_failure(&outcome);
-        }
-        outcome.failure.is_none()
-    });
-    let failed = result.failing_seeds.len() as u64;
-    println!(
-        "mapreduce-sim: {} seeds in {:.2}s; {} passed, {failed} failed; failing seeds: {:?}",
-        result.ran,
-        result.elapsed_s,
-        result.ran - failed,
-        result.failing_seeds
-    );
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
-fn single(args: &Args) -> ExitCode {
-    let settings = settings_for(args.seeds.start, args);
-    println!("mapreduce-sim: {settings}");
-    let outcome = run(&settings, true);
-    let print_trace = args.trace || outcome.failure.is_some();
-    if print_trace {
-        let tail = outcome.trace.len().saturating_sub(if args.trace { usize::MAX } else { 400 });
-        println!("trace ({} lines, last {}):", outcome.trace.len(), outcome.trace.len() - tail);
-        for line in &outcome.trace[tail..] {
-            println!("{line}");
-        }
-    }
-    if outcome.failure.is_some() {
-        report_failure(&outcome);
-        return ExitCode::FAILURE;
-    }
-    println!(
-        "ok: job {} sim ms, {} map tasks (runs {:?}), max parallel maps {} reduces {}, {} backups, \
-         {} worker crashes, {} workers lost, {} B in, {} B out, {} steps",
-        outcome.job_ms,
-        outcome.map_tasks,
-        outcome.map_runs.values().collect::<Vec<_>>(),
-        outcome.max_parallel_maps,
-        outcome.max_parallel_reduces,
-        outcome.backup_attempts,
-        outcome.worker_crashes,
-        outcome.workers_lost,
-        outcome.input_bytes,
-        outcome.output_bytes,
-        outcome.steps
-    );
-    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("mapreduce-sim: {message}");
-            return ExitCode::from(2);
+    let mut overrides = Overrides::default();
+    let usage = usage();
+    let command = Command::parse(std::env::args().skip(1), &usage, |option, args| {
+        let number = |args: &mut dyn Iterator<Item = String>| -> Result<u64, String> {
+            let text = args.next().ok_or_else(|| format!("{option} needs a value"))?;
+            text.parse().map_err(|error| format!("bad {option} {text:?}: {error}"))
+        };
+        match option {
+            "--app" => {
+                let name = args.next().unwrap_or_default();
+                let app = app_named(&name).ok_or_else(|| format!("unknown app {name:?}"))?;
+                overrides.app = Some(app);
+            }
+            "--workers" => overrides.workers = Some(number(args)? as u32),
+            "--reduces" => overrides.reduces = Some(number(args)? as u32),
+            "--crash-every-ms" => overrides.crash_every_ms = Some(number(args)?),
+            "--slow-worker-ms" => overrides.slow_worker_ms = Some(number(args)?),
+            "--no-backups" => overrides.no_backups = true,
+            "--break" => match args.next().as_deref() {
+                Some("map-reexecution") => overrides.break_map_reexecution = true,
+                other => return Err(format!("unknown --break {other:?} (known: map-reexecution)")),
+            },
+            _ => return Ok(false),
         }
-    };
-    if args.bench {
-        bench::run_all()
-    } else if args.single {
-        single(&args)
-    } else {
-        sweep(&args)
-    }
+        Ok(true)
+    });
+    run_command(
+        "mapreduce-sim",
+        command,
+        bench::run_all,
+        |seed| overrides.settings_for(seed).to_string(),
+        |seed, trace| run(&overrides.settings_for(seed), trace),
+    )
 }

@@ -3,6 +3,7 @@
 use core::fmt;
 
 use gfs::pcg::Pcg32;
+use gfs_sim::world::DeviceFaults;
 use mapreduce::wire::AppKind;
 use mapreduce::MrConfig;
 
@@ -41,6 +42,11 @@ pub struct Settings {
     pub backup_tasks: bool,
     /// The job must finish within this much simulated time after submission.
     pub job_deadline_ms: u64,
+    /// Disk errors, slow disks and partitions while the job runs (drawn last, so the other
+    /// draws stay the same).
+    pub device_faults: DeviceFaults,
+    /// The deliberately broken rule, if any.
+    pub knobs: mapreduce::MrTestKnobs,
 }
 
 const APPS: [&str; 4] = ["wc", "ii", "grep", "sort"];
@@ -53,7 +59,7 @@ impl Settings {
         let app = app_named(APPS[rng.below(4) as usize]).expect("known");
         let calm = rng.chance(1, 5);
         let chunkservers = rng.range_inclusive(3, 5) as u32;
-        Settings {
+        let mut settings = Settings {
             seed,
             app,
             chunkservers,
@@ -69,7 +75,11 @@ impl Settings {
             slow_worker: None,
             backup_tasks: true,
             job_deadline_ms: 120_000,
-        }
+            device_faults: DeviceFaults::default(),
+            knobs: Default::default(),
+        };
+        settings.device_faults = DeviceFaults::draw(&mut rng, calm);
+        settings
     }
 
     /// A fault-free run of `app` with `workers` workers (the lab's basic tests).
@@ -80,6 +90,7 @@ impl Settings {
         settings.drop_per_mille = 0;
         settings.duplicate_per_mille = 0;
         settings.worker_crash_every_ms = 0;
+        settings.device_faults = DeviceFaults::default();
         settings
     }
 
@@ -107,6 +118,7 @@ impl Settings {
             exit_workers_when_done: true,
             submit_retry_ms: 300,
             locate_retry_ms: 200,
+            knobs: self.knobs.clone(),
         }
     }
 }
@@ -127,7 +139,7 @@ impl fmt::Display for Settings {
         write!(
             f,
             "seed={} app={:?} chunkservers={} workers={} files={} max_file_chunks={} R={} \
-             drop={}‰ dup={}‰ delay=1..{}ms worker_crash_every={}ms max_crashes={} slow_worker={:?} backups={}",
+             drop={}‰ dup={}‰ delay=1..{}ms worker_crash_every={}ms max_crashes={} slow_worker={:?} backups={} {} never_reexecute_completed_maps={}",
             self.seed,
             self.app,
             self.chunkservers,
@@ -142,6 +154,8 @@ impl fmt::Display for Settings {
             self.max_worker_crashes,
             self.slow_worker,
             self.backup_tasks,
+            self.device_faults,
+            self.knobs.never_reexecute_completed_maps,
         )
     }
 }

@@ -176,3 +176,17 @@ fn the_same_seed_replays_the_same_run() {
     assert_eq!(first.trace, second.trace);
     assert_eq!(first.job_ms, second.job_ms);
 }
+
+#[test]
+fn never_reexecuting_completed_maps_is_caught() {
+    // Worker crashes lose completed maps' outputs; a coordinator that never runs them again
+    // must fail the run (the job cannot finish) within a few seeds.
+    let caught = (0..40u64).find(|seed| {
+        let mut settings = Settings::from_seed(*seed);
+        settings.worker_crash_every_ms = 150;
+        settings.max_worker_crashes = 6;
+        settings.knobs.never_reexecute_completed_maps = true;
+        run(&settings, false).failure.is_some()
+    });
+    assert!(caught.is_some(), "the broken re-execution rule went unnoticed in 40 seeds");
+}

@@ -32,6 +32,16 @@ pub struct MrConfig {
     pub submit_retry_ms: u64,
     /// How long the coordinator waits before asking GFS again about the input files.
     pub locate_retry_ms: u64,
+    /// Deliberately broken behaviour, only for proving the simulator catches it.
+    pub knobs: MrTestKnobs,
+}
+
+/// Switches that break a rule on purpose. All off in production.
+#[derive(Clone, Debug, Default)]
+pub struct MrTestKnobs {
+    /// Never run a completed map again: not when its worker is lost (its output lived on that
+    /// worker's disk), not when a reducer cannot fetch its output.
+    pub never_reexecute_completed_maps: bool,
 }
 
 impl Default for MrConfig {
@@ -51,6 +61,7 @@ impl Default for MrConfig {
             exit_workers_when_done: false,
             submit_retry_ms: 5_000,
             locate_retry_ms: 1_000,
+            knobs: MrTestKnobs::default(),
         }
     }
 }
@@ -75,6 +86,7 @@ impl MrConfig {
             exit_workers_when_done: false,
             submit_retry_ms: 1_000,
             locate_retry_ms: 500,
+            knobs: MrTestKnobs::default(),
         }
     }
 }

@@ -379,7 +379,10 @@ impl Coordinator {
             ) => {
                 job.tally.attempts_failed += 1;
                 // The reducer could not get this map output (intact): run the map again.
-                if let Some(map) = job.maps.get_mut(location.map_task as usize) {
+                let reexecute = !self.config.knobs.never_reexecute_completed_maps;
+                if let Some(map) =
+                    job.maps.get_mut(location.map_task as usize).filter(|_| reexecute)
+                {
                     if map.done == Some((location.worker, location.incarnation)) {
                         map.done = None;
                         job.tally.maps_reexecuted += 1;
@@ -428,7 +431,9 @@ impl Coordinator {
         }
         if let Some(job) = self.job.as_mut().filter(|job| job.phase == Phase::Running) {
             job.tally.workers_lost += 1;
-            if job.reduces.iter().any(|r| r.done.is_none()) {
+            if job.reduces.iter().any(|r| r.done.is_none())
+                && !self.config.knobs.never_reexecute_completed_maps
+            {
                 for map in job.maps.iter_mut().filter(|m| m.done == Some((worker, incarnation))) {
                     map.done = None;
                     job.tally.maps_reexecuted += 1;

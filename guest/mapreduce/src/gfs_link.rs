@@ -1,5 +1,6 @@
-//! A role's embedded GFS client: forwards its messages into [`Outputs`] and hands its
-//! completions back to the role.
+//! A node's embedded GFS client: forwards its messages into [`Outputs`] and hands its
+//! completions back to the node (the coordinator's and the workers' own, and the job node's
+//! loader).
 
 use alloc::collections::VecDeque;
 
@@ -10,15 +11,15 @@ use gfs::StateMachine as _;
 use crate::node::Outputs;
 
 /// A GFS client plus the completions the role has not handled yet.
-pub(crate) struct GfsLink {
+pub struct GfsLink {
     client: Client,
     scratch: gfs::Outputs,
     /// Completed operations, oldest first.
-    pub(crate) events: VecDeque<ClientEvent>,
+    pub events: VecDeque<ClientEvent>,
 }
 
 impl GfsLink {
-    pub(crate) fn new(id: NodeId, config: gfs::Config, seed: u64) -> Self {
+    pub fn new(id: NodeId, config: gfs::Config, seed: u64) -> Self {
         GfsLink {
             client: Client::new(id, config, seed),
             scratch: gfs::Outputs::default(),
@@ -28,24 +29,26 @@ impl GfsLink {
 
     fn collect(&mut self, out: &mut Outputs) {
         out.gfs_messages.append(&mut self.scratch.messages);
-        self.events.extend(self.scratch.client_events.drain(..));
+        while let Some(event) = self.client.take_event() {
+            self.events.push_back(event);
+        }
         self.scratch.disk.clear();
     }
 
     /// Starts `op`; its completion shows up in `events`.
-    pub(crate) fn submit(&mut self, now_ms: u64, op: ClientOp, out: &mut Outputs) -> OpId {
+    pub fn submit(&mut self, now_ms: u64, op: ClientOp, out: &mut Outputs) -> OpId {
         let id = self.client.submit(now_ms, op, &mut self.scratch);
         self.collect(out);
         id
     }
 
     /// Feeds the client a GFS message or a tick.
-    pub(crate) fn step(&mut self, now_ms: u64, input: gfs::Input, out: &mut Outputs) {
+    pub fn step(&mut self, now_ms: u64, input: gfs::Input, out: &mut Outputs) {
         self.client.step(now_ms, input, &mut self.scratch);
         self.collect(out);
     }
 
-    pub(crate) fn next_poll_ms(&self) -> Option<u64> {
+    pub fn next_poll_ms(&self) -> Option<u64> {
         self.client.next_poll_ms()
     }
 }

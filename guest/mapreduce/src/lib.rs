@@ -17,7 +17,8 @@
 //!
 //! Applications implement [`app::App`]: word count, inverted index, distributed grep, sort.
 //! No I/O, no clock, no hidden randomness: the same code runs in the guest and in the seeded
-//! simulator (`mapreduce-sim`).
+//! simulator (`mapreduce-sim`), each node run by GFS's [`gfs::driver::Driver`] as a
+//! [`service::MrNode`]; [`script`] holds the job node's scripted workload.
 #![no_std]
 #![forbid(unsafe_code)]
 
@@ -26,13 +27,15 @@ extern crate alloc;
 pub mod app;
 pub mod config;
 pub mod coordinator;
-mod gfs_link;
+pub mod gfs_link;
 pub mod job_client;
 pub mod node;
 pub mod records;
+pub mod script;
+pub mod service;
 pub mod split;
 pub mod wire;
 pub mod worker;
 
-pub use config::MrConfig;
+pub use config::{MrConfig, MrTestKnobs};
 pub use node::{Event, Input, Outputs, StateMachine};

@@ -248,6 +248,32 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(MrMessage, usize), FrameError> {
     gfs::wire::decode_frame_of(bytes)
 }
 
+/// What a MapReduce node's mesh carries: GFS messages (for its embedded GFS client) and
+/// MapReduce messages. The two share the frame format; a receiver tells them apart by sender.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Packet {
+    Gfs(gfs::wire::Message),
+    Mr(MrMessage),
+}
+
+impl gfs::wire::FramedMessage for Packet {
+    fn to_frame(&self) -> Vec<u8> {
+        match self {
+            Packet::Gfs(msg) => gfs::wire::encode_frame(msg),
+            Packet::Mr(msg) => encode_frame(msg),
+        }
+    }
+}
+
+/// Decodes the first frame in `bytes` from a GFS node (`from_gfs`) or a MapReduce node.
+pub fn decode_packet(from_gfs: bool, bytes: &[u8]) -> Result<(Packet, usize), FrameError> {
+    if from_gfs {
+        gfs::wire::decode_frame(bytes).map(|(msg, used)| (Packet::Gfs(msg), used))
+    } else {
+        decode_frame(bytes).map(|(msg, used)| (Packet::Mr(msg), used))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

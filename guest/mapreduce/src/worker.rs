@@ -78,6 +78,7 @@ struct Fetch {
     deadline_ms: u64,
 }
 
+#[derive(PartialEq)]
 enum ReduceStage {
     Fetching,
     CreateTemp,
@@ -195,7 +196,7 @@ impl Worker {
             return;
         }
         if directive.reset {
-            self.stop_running(out);
+            self.stop_running(now_ms, out);
             self.finished.clear();
             self.store = Store::default();
             self.incarnation = self.rng.next_u64();
@@ -205,7 +206,7 @@ impl Worker {
         self.finished.retain(|(attempt, _)| !directive.acknowledged.contains(attempt));
         if let Some(abort) = directive.abort {
             if self.running.as_ref().is_some_and(|running| running.assignment.attempt == abort) {
-                self.stop_running(out);
+                self.stop_running(now_ms, out);
             }
         }
         if let Some(assignment) = directive.assign {
@@ -225,8 +226,20 @@ impl Worker {
         }
     }
 
-    fn stop_running(&mut self, out: &mut Outputs) {
+    /// Ends the running attempt, however it ended (done, failed, aborted, reset).
+    fn stop_running(&mut self, now_ms: u64, out: &mut Outputs) {
         if let Some(running) = self.running.take() {
+            // A reduce attempt that created (or may be creating) its temporary file and did not
+            // commit and delete it would hold its chunks forever; attempt after attempt (an
+            // abort at every partition) they fill the chunkservers. Delete it; the result is
+            // not awaited.
+            if let Work::Reduce(reduce) = &running.work {
+                let made = [ReduceStage::CreateTemp, ReduceStage::WriteTemp, ReduceStage::Commit];
+                if made.contains(&reduce.stage) {
+                    let op = ClientOp::Delete { path: reduce.temp_path.clone() };
+                    self.gfs.submit(now_ms, op, out);
+                }
+            }
             let assignment = &running.assignment;
             out.events.push(Event::TaskStopped {
                 attempt: assignment.attempt,
@@ -244,7 +257,7 @@ impl Worker {
         let Some(attempt) = self.running.as_ref().map(|running| running.assignment.attempt) else {
             return;
         };
-        self.stop_running(out);
+        self.stop_running(now_ms, out);
         self.finished.push((attempt, outcome));
         self.heartbeat(now_ms, out);
     }
@@ -596,6 +609,7 @@ impl Worker {
                 ClientOp::Delete { path: reduce.temp_path.clone() }
             }
             (ReduceStage::DeleteTemp, _) => return self.finish(now_ms, TaskOutcome::Done, out),
+            // `finish` deletes the temporary file.
             (_, Err(error)) => {
                 return self.finish(now_ms, TaskOutcome::Failed(TaskError::Gfs(error)), out)
             }

@@ -211,11 +211,15 @@ impl Chunkserver {
         self.booted = true;
         self.headers_to_load = self.layout.slot_count;
         for slot in 0..self.layout.slot_count {
-            let id = self.disk_id(DiskWait::LoadHeader { slot });
-            let sector = self.layout.header_sector(slot);
-            let count = self.layout.header_sectors as u32;
-            out.disk(id, DiskOp::Read { sector, count });
+            self.load_header(slot, out);
         }
+    }
+
+    fn load_header(&mut self, slot: u32, out: &mut Outputs) {
+        let id = self.disk_id(DiskWait::LoadHeader { slot });
+        let sector = self.layout.header_sector(slot);
+        let count = self.layout.header_sectors as u32;
+        out.disk(id, DiskOp::Read { sector, count });
     }
 
     fn on_disk(&mut self, now_ms: u64, done: DiskCompletion, out: &mut Outputs) {
@@ -224,8 +228,13 @@ impl Chunkserver {
         };
         match wait {
             DiskWait::LoadHeader { slot } => {
+                let Ok(bytes) = done.result else {
+                    // A slot whose header cannot be read is neither free nor known: read again.
+                    self.load_header(slot, out);
+                    return;
+                };
                 self.headers_to_load -= 1;
-                let meta = done.result.ok().and_then(|bytes| self.layout.decode_header(&bytes));
+                let meta = self.layout.decode_header(&bytes);
                 match meta {
                     Some(meta) if !self.replicas.contains_key(&meta.handle) => {
                         let handle = meta.handle;
@@ -431,6 +440,19 @@ impl Chunkserver {
         };
         let bytes = match result {
             Ok(bytes) => bytes,
+            // A failed read changed nothing on the disk: this job fails (a client tries
+            // another replica), the replica stays.
+            Err(_) if matches!(stage, Stage::ReadBlocks { .. }) => {
+                match job {
+                    Job::Mutate { done: MutationFor::Primary { serial }, .. } => {
+                        self.primary_local_done(now_ms, handle, serial, Err(GfsError::Disk), out)
+                    }
+                    job => self.fail_job(handle, job, GfsError::Disk, out),
+                }
+                self.start_next_job(now_ms, handle, out);
+                return;
+            }
+            // A failed write may have torn what it covered: the replica is not trusted.
             Err(_) => {
                 replica.active = Some((job, stage));
                 self.drop_replica(now_ms, handle, DropReason::Corrupt, out);

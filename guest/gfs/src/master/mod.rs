@@ -103,7 +103,11 @@ enum Phase {
 }
 
 enum DiskWait {
-    Recovery,
+    /// A recovery read of `count` sectors at `sector` (read again after an I/O error).
+    Recovery {
+        sector: u64,
+        count: u64,
+    },
     Log,
 }
 
@@ -224,9 +228,8 @@ impl Master {
     // ---- recovery --------------------------------------------------------------------------
 
     fn read_disk(&mut self, sector: u64, count: u64, out: &mut Outputs) {
-        let id = self.disk_id(DiskWait::Recovery);
-        let count = count as u32;
-        out.disk(id, DiskOp::Read { sector, count });
+        let id = self.disk_id(DiskWait::Recovery { sector, count });
+        out.disk(id, DiskOp::Read { sector, count: count as u32 });
     }
 
     fn on_recovery_read(&mut self, now_ms: u64, bytes: Vec<u8>, out: &mut Outputs) {
@@ -486,11 +489,11 @@ impl Master {
 
     fn on_disk(&mut self, now_ms: u64, done: DiskCompletion, out: &mut Outputs) {
         match self.disk_waits.remove(&done.id) {
-            Some(DiskWait::Recovery) => {
-                let bytes =
-                    done.result.expect("the master cannot read its own disk: check the device");
-                self.on_recovery_read(now_ms, bytes, out);
-            }
+            Some(DiskWait::Recovery { sector, count }) => match done.result {
+                Ok(bytes) => self.on_recovery_read(now_ms, bytes, out),
+                // A device error may pass; recovery cannot go on without the bytes.
+                Err(_) => self.read_disk(sector, count, out),
+            },
             Some(DiskWait::Log) => self.on_log_write(now_ms, done.result.is_ok(), out),
             None => {}
         }

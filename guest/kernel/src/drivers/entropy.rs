@@ -14,3 +14,13 @@ pub fn fill(buf: &mut [u8]) {
         super::write(entropy::BASE, entropy::FILL, descriptor);
     }
 }
+
+/// The entropy device as a source of randomness for code that takes it through an interface
+/// (the mesh core).
+pub struct KernelEntropy;
+
+impl mesh::Entropy for KernelEntropy {
+    fn random_u64(&mut self) -> u64 {
+        random_u64()
+    }
+}

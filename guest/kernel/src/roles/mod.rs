@@ -12,6 +12,7 @@ mod fault;
 mod gfs;
 mod hostile;
 mod mr;
+mod node;
 mod selftest;
 mod stress;
 

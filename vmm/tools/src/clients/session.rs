@@ -102,7 +102,7 @@ impl Session {
         for envelope in self.gfs_out.messages.drain(..) {
             self.mesh.send(envelope.to, &gfs::wire::encode_frame(&envelope.msg));
         }
-        self.gfs_events.append(&mut self.gfs_out.client_events);
+        self.gfs_events.extend(std::iter::from_fn(|| self.gfs.take_event()));
         self.gfs_out.disk.clear();
         for envelope in self.mr_out.messages.drain(..) {
             self.mesh.send(envelope.to, &mapreduce::wire::encode_frame(&envelope.msg));
