@@ -12,7 +12,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -32,6 +32,13 @@ const READ_CHUNK_LEN_BYTES: usize = 64 * 1024;
 
 fn now_ns(epoch: Instant) -> u64 {
     epoch.elapsed().as_nanos() as u64
+}
+
+/// Wall-clock ns since the Unix epoch, for timestamps other processes compare with.
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64)
 }
 
 fn disconnected(peer: Peer, what: &str, error: &std::io::Error) -> ChannelError {
@@ -428,6 +435,21 @@ struct BackupShared {
     tick: Duration,
     failure_timeout: Duration,
     max_received_bytes: u64,
+    /// When the reader found the link failed (Unix ns; 0 while it has not): the backup's
+    /// detection of a lost primary, reported at go-live to show where a failover's time went.
+    failed_at_unix_ns: AtomicU64,
+}
+
+impl BackupShared {
+    /// Records the time the reader found the link failed (the first time only).
+    fn note_failure(&self) {
+        let _ = self.failed_at_unix_ns.compare_exchange(
+            0,
+            unix_ns(),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
 }
 
 /// The backup's end of the log channel.
@@ -468,6 +490,7 @@ impl BackupLink {
             tick,
             failure_timeout: Duration::from_millis(config.failure_timeout_ms),
             max_received_bytes: config.max_received_bytes.max(1),
+            failed_at_unix_ns: AtomicU64::new(0),
         });
         let reader = spawn("ftvm-log-reader", {
             let shared = Arc::clone(&shared);
@@ -526,6 +549,12 @@ impl BackupLink {
     /// The failure, if the link has failed.
     pub fn error(&self) -> Option<ChannelError> {
         lock(&self.shared.state).core.error().cloned()
+    }
+
+    /// When the link's reader found it failed (silence past the failure timeout, the
+    /// connection's end or an error), in ns since the Unix epoch; None while it has not.
+    pub fn failed_at_unix_ns(&self) -> Option<u64> {
+        Some(self.shared.failed_at_unix_ns.load(Ordering::SeqCst)).filter(|ns| *ns != 0)
     }
 
     /// Where the primary is.
@@ -610,6 +639,7 @@ fn backup_reader(shared: &BackupShared, mut stream: TcpStream) {
         lock(&shared.state).core.acks_sent();
         shared.changed.notify_all();
         if outcome.is_err() {
+            shared.note_failure();
             let _ = stream.shutdown(Shutdown::Both);
             return;
         }
@@ -617,6 +647,7 @@ fn backup_reader(shared: &BackupShared, mut stream: TcpStream) {
 }
 
 fn backup_fail(shared: &BackupShared, stream: &TcpStream, error: &std::io::Error) {
+    shared.note_failure();
     let mut state = lock(&shared.state);
     if !state.closing {
         state.core.fail(disconnected(Peer::Primary, "cannot send acks to the primary", error));

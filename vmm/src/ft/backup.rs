@@ -200,7 +200,14 @@ impl Outputs for BackupOutputs {
     fn transmit(&mut self, frame: &[u8]) {
         let mut shared = self.shared.borrow_mut();
         match shared.live.as_mut() {
-            Some(live) => live.transmit(frame),
+            Some(live) => {
+                live.transmit(frame);
+                // Once: when the live guest's own first frame left (after any re-emitted ones).
+                static LOGGED: AtomicBool = AtomicBool::new(false);
+                if !LOGGED.swap(true, Ordering::Relaxed) {
+                    eprintln!("ftvm: live: first guest frame out at unix ns {}", unix_time_ns());
+                }
+            }
             None => {
                 let released = self.status.released(OutputKind::Packet);
                 shared.packets.push(frame.to_vec(), frame.len() as u64, released);
@@ -301,7 +308,11 @@ fn rarp_announcement(mac: [u8; 6]) -> Vec<u8> {
 impl BackupInputs {
     /// The primary is gone: wait out its lease, win the arbiter, then switch to the host.
     fn go_live(&mut self, at: &At, why: String) -> Result<(), InputError> {
-        sleep_until(self.go_live.link.live_not_before())?;
+        // Timeline of the failover (printed at the end): the replay has taken every entry received.
+        let (drained_unix_ns, drained) = (unix_time_ns(), std::time::Instant::now());
+        let lease_end = self.go_live.link.live_not_before();
+        sleep_until(lease_end)?;
+        let lease_waited_unix_ns = unix_time_ns();
         let go_live = &self.go_live;
         let why = format!("primary presumed dead ({why})");
         arbitrate(&go_live.config, go_live.generation, "backup", &why).map_err(|not_won| {
@@ -313,6 +324,7 @@ impl BackupInputs {
                 NotWon::Stopped => InputError::Stopped,
             }
         })?;
+        let arbiter_won_unix_ns = unix_time_ns();
         let backends = std::mem::take(&mut self.go_live.backends);
         if let Some(tap) = backends.tap.as_ref() {
             // Frames queued while this side was a backup were flooded to both sides (the
@@ -361,6 +373,13 @@ impl BackupInputs {
             "ftvm: role: backup -> live, generation {}, at landmark {} rip {:#x}, {replayed} entries replayed, {rewritten} unreleased disk writes re-applied, {} packets and {} console writes re-emitted, at unix ns {}",
             self.go_live.generation, at.point.landmark, at.point.rip, re_emitted.0, re_emitted.1, unix_time_ns()
         );
+        let lease_end_unix_ns = drained_unix_ns as i128
+            + lease_end.saturating_duration_since(drained).as_nanos() as i128
+            - drained.saturating_duration_since(lease_end).as_nanos() as i128;
+        eprintln!(
+            "ftvm: go-live timeline (unix ns): link failed {} replay drained {drained_unix_ns} lease end {lease_end_unix_ns} lease waited {lease_waited_unix_ns} arbiter won {arbiter_won_unix_ns}",
+            self.go_live.link.failed_at_unix_ns().unwrap_or(0)
+        );
         Ok(())
     }
 
@@ -378,6 +397,16 @@ impl BackupInputs {
             }
         }
         call(self.live.as_mut().expect("live after go-live"))
+    }
+}
+
+/// Logs, once, when the live guest got its first frame from the network (for the failover
+/// timeline: a client's retransmission reaching the new side).
+fn note_first_frame_in(live: bool, events: &[AsyncEvent]) {
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    let frame = |event: &AsyncEvent| matches!(event, AsyncEvent::FrameReceived(_));
+    if live && events.iter().any(frame) && !LOGGED.swap(true, Ordering::Relaxed) {
+        eprintln!("ftvm: live: first frame in at unix ns {}", unix_time_ns());
     }
 }
 
@@ -408,11 +437,15 @@ impl Inputs for BackupInputs {
     }
 
     fn poll_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
-        self.with(at, |inputs| inputs.poll_events(at, armed))
+        let events = self.with(at, |inputs| inputs.poll_events(at, armed))?;
+        note_first_frame_in(self.live.is_some(), &events);
+        Ok(events)
     }
 
     fn wait_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
-        self.with(at, |inputs| inputs.wait_events(at, armed))
+        let events = self.with(at, |inputs| inputs.wait_events(at, armed))?;
+        note_first_frame_in(self.live.is_some(), &events);
+        Ok(events)
     }
 
     fn end_of_run(&mut self, end: &RunEnd) -> Result<(), InputError> {
