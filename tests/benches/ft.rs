@@ -8,6 +8,15 @@
 //! what the pair costs the host. `--baseline PATH` adds the throughput rows
 //! of another build of the `ftvm` binary (prefixed `before:`). Needs root,
 //! /dev/kvm and python3.
+//!
+//! The failover part puts the pair on two simulated hosts ([`TwoHosts`]) and, for each fault
+//! (SIGKILL of the primary; a host crash: its links down, then SIGKILL, no FIN; SIGSTOP past
+//! the failure timeout, then SIGCONT; the log link cut both ways), runs `--trials N` (20)
+//! failovers under a paced stream and a request/response client. It prints what the clients
+//! saw (longest gap: median, p99, max; bytes lost, duplicated, reordered; resets) and where
+//! the time went, from the timestamps the VMMs print. `--failover-only` skips the throughput
+//! rows; `--faults kill,crash,stop,cut` picks faults; `--failure-timeout-ms MS` is passed to
+//! both sides.
 use std::time::Duration;
 
 use ftvm_tests::bench::{cpu_seconds, measure_echo, runs_arg, MachineCpu, Table};
@@ -176,6 +185,8 @@ impl Fault {
     }
 }
 
+/// `ftvm primary|backup --failure-timeout-ms`'s default.
+const DEFAULT_FAILURE_TIMEOUT_MS: f64 = 300.0;
 /// How long the primary stays stopped, and the log link cut.
 const FAULT_HOLD: Duration = Duration::from_secs(2);
 /// How long the clients run before the fault.
@@ -195,6 +206,9 @@ fn unix_ns_after(stderr: &str, marker: &str, key: &str) -> Option<f64> {
 /// Where one failover's time went, in ms (None: not printed by this build or this side).
 #[derive(Default)]
 struct Phases {
+    /// Fault to the last time the backup heard the primary (its lease end minus the failure
+    /// timeout): log bytes still in flight at the fault arrive after it.
+    last_heard_ms: Option<f64>,
     /// Fault to the backup's link reporting the primary lost (or to the primary asking the
     /// arbiter, when the primary won).
     detection_ms: Option<f64>,
@@ -251,14 +265,18 @@ fn times_after(times: &str, origin_unix_ns: f64) -> Vec<f64> {
         .collect()
 }
 
+fn signed_ms(ms: Option<f64>) -> String {
+    ms.map_or("?".into(), |ms| format!("{ms:+.0}"))
+}
+
 fn plus_ms(times: &[f64]) -> String {
     times.iter().map(|ms| format!("{ms:+.0}")).collect::<Vec<_>>().join(",")
 }
 
 /// One failover of a pair of `exe` on two hosts under `fault`, with both clients running.
-fn failover_trial(exe: &str, fault: Fault) -> Trial {
+fn failover_trial(exe: &str, fault: Fault, pair_args: &[&str], timeout_ms: f64) -> Trial {
     let hosts = TwoHosts::new(exe);
-    let (primary, backup) = hosts.start_pair(exe, &[]);
+    let (primary, backup) = hosts.start_pair(exe, pair_args);
     hosts.wait_for_echo(NETCLIENT);
     let watch = hosts.watch(NETCLIENT, WATCH_SECONDS, STREAM_BYTES_PER_S);
     std::thread::sleep(BEFORE_FAULT);
@@ -325,7 +343,9 @@ fn failover_trial(exe: &str, fault: Fault) -> Trial {
         let (failed, drained) = (timeline("link failed "), timeline("replay drained "));
         let (waited, won) = (timeline("lease waited "), timeline("arbiter won "));
         let live = at(backup, "role: backup -> live", "at unix ns ");
+        let lease_end = timeline("lease end ");
         Phases {
+            last_heard_ms: ms(lease_end, fault_at).map(|ms| ms - timeout_ms),
             detection_ms: ms(failed, fault_at),
             drain_ms: ms(drained, failed),
             lease_wait_ms: ms(waited, drained),
@@ -355,7 +375,7 @@ fn failover_trial(exe: &str, fault: Fault) -> Trial {
     let phases = Phases { live_ms: ms(live, fault_at), ..phases };
     let since_fault = |client: &str, key: &str| {
         let time = word(out, client, key).and_then(|time| time.parse::<f64>().ok());
-        ms(time, fault_at).map_or("?".into(), |ms| format!("{ms:+.0}"))
+        signed_ms(ms(time, fault_at))
     };
     let retransmits = |client| {
         times_after(word(out, client, "retransmits_unix_ns").unwrap_or("-"), fault_unix_ns)
@@ -367,9 +387,11 @@ fn failover_trial(exe: &str, fault: Fault) -> Trial {
         (-RETRANSMIT_SAMPLING_MS..RETRANSMIT_ECHO_MS).contains(&(stream_gap_end_ms - sent))
     });
     eprintln!(
-        "ft bench: {}: live {} ms after the fault; stream gap {:.0} ms ({} -> {}), client retransmits {}; requests gap {:.0} ms ({} -> {}), client retransmits {}",
+        "ft bench: {}: primary last heard {}, lost {}, live {} ms after the fault; stream gap {:.0} ms ({} -> {}), client retransmits {}; requests gap {:.0} ms ({} -> {}), client retransmits {}",
         fault.name(),
-        phases.live_ms.map_or("?".into(), |ms| format!("{ms:+.0}")),
+        signed_ms(phases.last_heard_ms),
+        signed_ms(phases.detection_ms),
+        signed_ms(phases.live_ms),
         value("stream", "gap_ms"),
         since_fault("stream", "gap_start_unix_ns"),
         since_fault("stream", "gap_end_unix_ns"),
@@ -448,11 +470,12 @@ fn print_failover_tables(results: &[(String, Vec<Trial>)]) {
     }
     println!();
     println!(
-        "| fault (medians, ms) | detection | drain | lease wait | arbiter | attach | fault -> live | live -> first guest frame out | live -> first frame in | live -> stream resumed |"
+        "| fault (medians, ms) | last heard | detection | drain | lease wait | arbiter | attach | fault -> live | live -> first guest frame out | live -> first frame in | live -> stream resumed |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, trials) in results {
         let columns = [
+            phase_median(trials, |phases| phases.last_heard_ms),
             phase_median(trials, |phases| phases.detection_ms),
             phase_median(trials, |phases| phases.drain_ms),
             phase_median(trials, |phases| phases.lease_wait_ms),
@@ -483,6 +506,13 @@ fn main() {
         None => Fault::ALL.to_vec(),
     };
     let failover_only = std::env::args().any(|arg| arg == "--failover-only");
+    // Passed to both sides of every failover pair (the heartbeat follows the timeout).
+    let timeout = flag_value("--failure-timeout-ms");
+    let timeout_ms = timeout.as_deref().map_or(DEFAULT_FAILURE_TIMEOUT_MS, |ms| {
+        ms.parse().expect("--failure-timeout-ms takes a number of ms")
+    });
+    let pair_args: Vec<&str> =
+        timeout.iter().flat_map(|ms| ["--failure-timeout-ms", ms.as_str()]).collect();
     let mut table = Table::default();
     let baseline = flag_value("--baseline");
     let mut builds = Vec::new();
@@ -502,7 +532,7 @@ fn main() {
             let mut done = Vec::new();
             for trial in 0..trials {
                 eprintln!("ft bench: {label}{} {}/{trials}", fault.name(), trial + 1);
-                done.push(failover_trial(exe, *fault));
+                done.push(failover_trial(exe, *fault, &pair_args, timeout_ms));
             }
             results.push((format!("{label}{}", fault.name()), done));
         }

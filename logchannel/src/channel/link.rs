@@ -27,6 +27,9 @@ use crate::entry::Entry;
 /// How long a primary waits before trying a refusing backup again.
 const CONNECT_RETRY: Duration = Duration::from_millis(50);
 
+/// The shortest read timeout a backup's reader sets (a zero timeout would mean none).
+const MIN_READ_TIMEOUT: Duration = Duration::from_micros(100);
+
 /// How much a reader asks its socket for at a time.
 const READ_CHUNK_LEN_BYTES: usize = 64 * 1024;
 
@@ -580,6 +583,7 @@ impl Drop for BackupLink {
 fn backup_reader(shared: &BackupShared, mut stream: TcpStream) {
     let mut chunk = vec![0u8; READ_CHUNK_LEN_BYTES];
     let mut acks = Vec::new();
+    let mut read_timeout = shared.tick;
     loop {
         // Backpressure: while the queue is full, only heartbeats go out.
         let mut state = lock(&shared.state);
@@ -607,7 +611,19 @@ fn backup_reader(shared: &BackupShared, mut stream: TcpStream) {
             }
             state = wait(&shared.changed, state, shared.tick);
         }
+        // The read ends when the primary's silence would pass the failure timeout, not up to a
+        // tick after: the backup's detection of a silent primary, and so its go-live, is not
+        // rounded up to the tick. (Set only when it differs: a streaming primary keeps the
+        // deadline far off and costs no extra call.)
+        let silent_after_ns = (state.core.last_heard_ns()
+            + shared.failure_timeout.as_nanos() as u64)
+            .saturating_sub(now_ns(shared.epoch))
+            + 1;
         drop(state);
+        let wanted = Duration::from_nanos(silent_after_ns).clamp(MIN_READ_TIMEOUT, shared.tick);
+        if wanted != read_timeout && stream.set_read_timeout(Some(wanted)).is_ok() {
+            read_timeout = wanted;
+        }
 
         let read = stream.read(&mut chunk);
         let mut state = lock(&shared.state);
