@@ -242,6 +242,9 @@ struct Trial {
     backup_won: bool,
     /// Frames the halted side wrote to its TAP after it resumed or its link healed.
     frames_after_resume: f64,
+    /// Frames the primary wrote after its host's links went down (a host crash): released
+    /// by the primary, never seen by the world.
+    frames_into_dead_host: f64,
     /// The losing side halted on its own (the fault left it alive).
     loser_halted: bool,
     /// The stream's longest gap ended within [`RETRANSMIT_ECHO`] of a retransmission by the
@@ -282,12 +285,19 @@ fn failover_trial(exe: &str, fault: Fault, pair_args: &[&str], timeout_ms: f64) 
     std::thread::sleep(BEFORE_FAULT);
     let fault_unix_ns = vmm::inputs::live::unix_time_ns() as f64;
     let mut frames_after_resume = 0.0;
+    // Frames the primary's VMM wrote that did not leave its host (after a crash: links down).
+    let held_back = || {
+        hosts.frames_sent_by_vmm_on(PRIMARY_HOST) as f64
+            - hosts.frames_sent_to_lan_from(PRIMARY_HOST) as f64
+    };
+    let mut held_back_before_crash = 0.0;
     let mut primary_out = None;
     let mut primary = Some(primary);
     let primary_vmm = primary.as_mut().expect("started");
     match fault {
         Fault::Kill => primary_vmm.kill(),
         Fault::HostCrash => {
+            held_back_before_crash = held_back();
             hosts.cut_host(PRIMARY_HOST);
             primary_vmm.kill();
         }
@@ -307,6 +317,8 @@ fn failover_trial(exe: &str, fault: Fault, pair_args: &[&str], timeout_ms: f64) 
         }
     }
     let watched = watch.finish_within(Duration::from_secs(60));
+    let frames_into_dead_host =
+        if fault == Fault::HostCrash { held_back() - held_back_before_crash } else { 0.0 };
     let primary_out = match primary_out {
         Some(finished) => finished,
         None => primary.take().expect("not yet reaped").stop(),
@@ -373,6 +385,14 @@ fn failover_trial(exe: &str, fault: Fault, pair_args: &[&str], timeout_ms: f64) 
         at(&primary_out.stderr, "role: primary -> solo", "at unix ns ")
     };
     let phases = Phases { live_ms: ms(live, fault_at), ..phases };
+    // The frames the backup re-emitted at go-live ("..., N packets and M console writes re-emitted").
+    let re_emitted = backup_out
+        .stderr
+        .lines()
+        .find(|line| line.contains("role: backup -> live"))
+        .and_then(|line| line.split(" packets and").next()?.rsplit(' ').next())
+        .unwrap_or("-")
+        .to_string();
     let since_fault = |client: &str, key: &str| {
         let time = word(out, client, key).and_then(|time| time.parse::<f64>().ok());
         signed_ms(ms(time, fault_at))
@@ -387,7 +407,7 @@ fn failover_trial(exe: &str, fault: Fault, pair_args: &[&str], timeout_ms: f64) 
         (-RETRANSMIT_SAMPLING_MS..RETRANSMIT_ECHO_MS).contains(&(stream_gap_end_ms - sent))
     });
     eprintln!(
-        "ft bench: {}: primary last heard {}, lost {}, live {} ms after the fault; stream gap {:.0} ms ({} -> {}), client retransmits {}; requests gap {:.0} ms ({} -> {}), client retransmits {}",
+        "ft bench: {}: primary last heard {}, lost {}, live {} ms after the fault; {frames_into_dead_host} frames into the dead host, {re_emitted} re-emitted; stream gap {:.0} ms ({} -> {}), client retransmits {}; requests gap {:.0} ms ({} -> {}), client retransmits {}",
         fault.name(),
         signed_ms(phases.last_heard_ms),
         signed_ms(phases.detection_ms),
@@ -410,6 +430,7 @@ fn failover_trial(exe: &str, fault: Fault, pair_args: &[&str], timeout_ms: f64) 
         resets: value("stream", "resets") + value("requests", "resets"),
         backup_won,
         frames_after_resume,
+        frames_into_dead_host,
         loser_halted,
         stream_resumed_by_client_retransmit,
         phases,
@@ -443,9 +464,9 @@ fn phase_median(trials: &[Trial], pick: impl Fn(&Phases) -> Option<f64>) -> Stri
 fn print_failover_tables(results: &[(String, Vec<Trial>)]) {
     println!();
     println!(
-        "| fault | trials | stream gap ms median / p99 / max | request gap ms median / p99 / max | lost / dup / reordered / corrupt bytes | wrong replies | resets | backup won | loser halted | frames after resume | stream resumed by the client's retransmission |"
+        "| fault | trials | stream gap ms median / p99 / max | request gap ms median / p99 / max | lost / dup / reordered / corrupt bytes | wrong replies | resets | backup won | loser halted | frames after resume | frames into the dead host | stream resumed by the client's retransmission |"
     );
-    println!("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for (name, trials) in results {
         let gaps = |pick: fn(&Trial) -> f64| {
             let (median, p99, max) = spread(&trials.iter().map(pick).collect::<Vec<_>>());
@@ -455,7 +476,7 @@ fn print_failover_tables(results: &[(String, Vec<Trial>)]) {
         let damage: Vec<String> =
             (0..4).map(|kind| total(&|trial| trial.stream_damage[kind]).to_string()).collect();
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             trials.len(),
             gaps(|trial| trial.stream_gap_ms),
             gaps(|trial| trial.requests_gap_ms),
@@ -465,6 +486,7 @@ fn print_failover_tables(results: &[(String, Vec<Trial>)]) {
             trials.iter().filter(|trial| trial.backup_won).count(),
             trials.iter().filter(|trial| trial.loser_halted).count(),
             total(&|trial| trial.frames_after_resume),
+            total(&|trial| trial.frames_into_dead_host),
             trials.iter().filter(|trial| trial.stream_resumed_by_client_retransmit).count(),
         );
     }

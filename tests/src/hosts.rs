@@ -133,13 +133,25 @@ impl TwoHosts {
     /// Frames the VMM on `host` has written to its TAP so far (the kernel counts a TAP's
     /// writes from user space as received).
     pub fn frames_sent_by_vmm_on(&self, host: &str) -> u64 {
+        self.packets(host, TAP, "rx")
+    }
+
+    /// Frames `host` has sent to the LAN switch so far (out of its uplink).
+    pub fn frames_sent_to_lan_from(&self, host: &str) -> u64 {
+        self.packets(host, "uplink", "tx")
+    }
+
+    /// The packet count of `device` on `host` in `direction` (`rx`, `tx`).
+    fn packets(&self, host: &str, device: &str, direction: &str) -> u64 {
         let output = Command::new("ip")
-            .args(["-n", &self.names.host(host), "-s", "-j", "link", "show", "dev", TAP])
+            .args(["-n", &self.names.host(host), "-s", "-j", "link", "show", "dev", device])
             .output()
             .expect("iproute2's `ip`");
         let links: serde_json::Value =
             serde_json::from_slice(&output.stdout).expect("`ip -j` prints JSON");
-        links[0]["stats64"]["rx"]["packets"].as_u64().expect("the TAP's rx packet count")
+        links[0]["stats64"][direction]["packets"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {direction} packet count of {device} on {host}"))
     }
 }
 
