@@ -247,6 +247,8 @@ struct Trial {
     frames_into_dead_host: f64,
     /// The losing side halted on its own (the fault left it alive).
     loser_halted: bool,
+    /// A side took over before the fault (a false failover: the link looked dead under load).
+    failed_over_before_fault: bool,
     /// The stream's longest gap ended within [`RETRANSMIT_ECHO`] of a retransmission by the
     /// client's own TCP (its timer, not the pair, decided when the stream resumed).
     stream_resumed_by_client_retransmit: bool,
@@ -432,6 +434,7 @@ fn failover_trial(exe: &str, fault: Fault, pair_args: &[&str], timeout_ms: f64) 
         frames_after_resume,
         frames_into_dead_host,
         loser_halted,
+        failed_over_before_fault: phases.live_ms.is_some_and(|ms| ms < 0.0),
         stream_resumed_by_client_retransmit,
         phases,
     }
@@ -464,9 +467,9 @@ fn phase_median(trials: &[Trial], pick: impl Fn(&Phases) -> Option<f64>) -> Stri
 fn print_failover_tables(results: &[(String, Vec<Trial>)]) {
     println!();
     println!(
-        "| fault | trials | stream gap ms median / p99 / max | request gap ms median / p99 / max | lost / dup / reordered / corrupt bytes | wrong replies | resets | backup won | loser halted | frames after resume | frames into the dead host | stream resumed by the client's retransmission |"
+        "| fault | trials | stream gap ms median / p99 / max | request gap ms median / p99 / max | lost / dup / reordered / corrupt bytes | wrong replies | resets | backup won | loser halted | frames after resume | frames into the dead host | stream resumed by the client's retransmission | false failovers before the fault |"
     );
-    println!("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, trials) in results {
         let gaps = |pick: fn(&Trial) -> f64| {
             let (median, p99, max) = spread(&trials.iter().map(pick).collect::<Vec<_>>());
@@ -476,7 +479,7 @@ fn print_failover_tables(results: &[(String, Vec<Trial>)]) {
         let damage: Vec<String> =
             (0..4).map(|kind| total(&|trial| trial.stream_damage[kind]).to_string()).collect();
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             trials.len(),
             gaps(|trial| trial.stream_gap_ms),
             gaps(|trial| trial.requests_gap_ms),
@@ -488,6 +491,7 @@ fn print_failover_tables(results: &[(String, Vec<Trial>)]) {
             total(&|trial| trial.frames_after_resume),
             total(&|trial| trial.frames_into_dead_host),
             trials.iter().filter(|trial| trial.stream_resumed_by_client_retransmit).count(),
+            trials.iter().filter(|trial| trial.failed_over_before_fault).count(),
         );
     }
     println!();

@@ -224,6 +224,8 @@ pub fn stream(stream: TcpStream, bytes_per_s: usize, duration: Duration) -> Stre
     let chunk_bytes = (bytes_per_s as f64 * PACE.as_secs_f64()).max(1.0) as usize;
     let retransmits = RetransmitWatch::start(&stream);
     let mut writer = stream.try_clone().expect("a second handle on the socket");
+    // A send blocked on a peer that vanished gives up too (the socket's buffer stays full).
+    writer.set_write_timeout(Some(DRAIN_LIMIT)).expect("a write timeout");
     let sender = std::thread::spawn(move || -> (usize, Option<String>) {
         let (started, mut sent) = (Instant::now(), 0);
         let mut chunk = Vec::with_capacity(chunk_bytes);
@@ -252,10 +254,13 @@ pub fn stream(stream: TcpStream, bytes_per_s: usize, duration: Duration) -> Stre
             sent = Some(bytes);
             report.failure = failure;
         }
-        if let Some(bytes) = sent {
-            if echoed.len() >= bytes || last.0.elapsed() > DRAIN_LIMIT || report.failure.is_some() {
-                break;
-            }
+        if sent.is_some_and(|bytes| echoed.len() >= bytes) || report.failure.is_some() {
+            break;
+        }
+        // A peer that vanished without a reset: nothing comes back, ever.
+        if last.0.elapsed() > DRAIN_LIMIT {
+            report.failure = Some(format!("no echo for {} s", DRAIN_LIMIT.as_secs()));
+            break;
         }
         match reader.read(&mut buffer) {
             Ok(0) => {
@@ -279,7 +284,7 @@ pub fn stream(stream: TcpStream, bytes_per_s: usize, duration: Duration) -> Stre
             }
         }
     }
-    // A failed receive leaves the sender to finish on its own (its socket is dead too).
+    // After a failed receive the sender ends too: its socket is dead, or its send times out.
     let sent = sent.unwrap_or_else(|| sender.map_or(0, |s| s.join().expect("the sender").0));
     report.retransmits_unix_ns = retransmits.finish();
     report.sent_bytes = sent as u64;
