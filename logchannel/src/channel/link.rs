@@ -544,6 +544,13 @@ impl BackupLink {
         self.shared.epoch + Duration::from_nanos(last_heard_ns) + self.shared.failure_timeout
     }
 
+    /// [`Self::live_not_before`] in ns since the Unix epoch (for timelines other processes read).
+    pub fn live_not_before_unix_ns(&self) -> i128 {
+        let (deadline, now, now_unix_ns) = (self.live_not_before(), Instant::now(), unix_ns());
+        now_unix_ns as i128 + deadline.saturating_duration_since(now).as_nanos() as i128
+            - now.saturating_duration_since(deadline).as_nanos() as i128
+    }
+
     /// False once the link has failed.
     pub fn peer_alive(&self) -> bool {
         lock(&self.shared.state).core.error().is_none()

@@ -309,9 +309,9 @@ impl BackupInputs {
     /// The primary is gone: wait out its lease, win the arbiter, then switch to the host.
     fn go_live(&mut self, at: &At, why: String) -> Result<(), InputError> {
         // Timeline of the failover (printed at the end): the replay has taken every entry received.
-        let (drained_unix_ns, drained) = (unix_time_ns(), std::time::Instant::now());
-        let lease_end = self.go_live.link.live_not_before();
-        sleep_until(lease_end)?;
+        let drained_unix_ns = unix_time_ns();
+        let lease_end_unix_ns = self.go_live.link.live_not_before_unix_ns();
+        sleep_until(self.go_live.link.live_not_before())?;
         let lease_waited_unix_ns = unix_time_ns();
         let go_live = &self.go_live;
         let why = format!("primary presumed dead ({why})");
@@ -373,9 +373,6 @@ impl BackupInputs {
             "ftvm: role: backup -> live, generation {}, at landmark {} rip {:#x}, {replayed} entries replayed, {rewritten} unreleased disk writes re-applied, {} packets and {} console writes re-emitted, at unix ns {}",
             self.go_live.generation, at.point.landmark, at.point.rip, re_emitted.0, re_emitted.1, unix_time_ns()
         );
-        let lease_end_unix_ns = drained_unix_ns as i128
-            + lease_end.saturating_duration_since(drained).as_nanos() as i128
-            - drained.saturating_duration_since(lease_end).as_nanos() as i128;
         eprintln!(
             "ftvm: go-live timeline (unix ns): link failed {} replay drained {drained_unix_ns} lease end {lease_end_unix_ns} lease waited {lease_waited_unix_ns} arbiter won {arbiter_won_unix_ns}",
             self.go_live.link.failed_at_unix_ns().unwrap_or(0)
