@@ -8,9 +8,20 @@
 //! what the pair costs the host. `--baseline PATH` adds the throughput rows
 //! of another build of the `ftvm` binary (prefixed `before:`). Needs root,
 //! /dev/kvm and python3.
+//!
+//! The failover part puts the pair on two simulated hosts ([`TwoHosts`]) and, for each fault
+//! (SIGKILL of the primary; a host crash: its links down, then SIGKILL, no FIN; SIGSTOP past
+//! the failure timeout, then SIGCONT; the log link cut both ways), runs `--trials N` (20)
+//! failovers under a paced stream and a request/response client. It prints what the clients
+//! saw (longest gap: median, p99, max; bytes lost, duplicated, reordered; resets) and where
+//! the time went, from the timestamps the VMMs print. `--failover-only` skips the throughput
+//! rows; `--faults kill,crash,stop,cut` picks faults; `--failure-timeout-ms MS` is passed to
+//! both sides.
 use std::time::Duration;
 
-use ftvm_tests::bench::{client, cpu_seconds, measure_echo, runs_arg, MachineCpu, Table};
+use ftvm_tests::bench::{cpu_seconds, measure_echo, runs_arg, MachineCpu, Table};
+use ftvm_tests::failover::{field, word};
+use ftvm_tests::hosts::{TwoHosts, PRIMARY_HOST};
 use ftvm_tests::netns::Lab;
 use ftvm_tests::{net_packets, summary_field, Reaped};
 
@@ -138,54 +149,422 @@ fn throughput_rows(table: &mut Table, label: &str, exe: &str) {
     }
 }
 
-/// The longest pause a client echoing a byte every millisecond sees when the primary of a pair
-/// of `exe` is SIGKILLed.
-fn failover_gap_ms(exe: &str) -> f64 {
-    let lab = Lab::new(2);
-    let arbiter = arbiter_dir("failover");
-    let (mut primary, backup) = pair_of(exe, &lab, &arbiter);
-    let ip = Lab::guest_ip(0);
-    client(&lab, &["wait", &ip, "7", "20"]);
-    let probe = Reaped::spawn(
-        lab.client_command("python3", &[ftvm_tests::bench::CLIENT, "probe", &ip, "7", "3"]),
+/// A fault of the primary's host or of the log link, injected while the clients run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// SIGKILL of the primary (its kernel closes the log connection: FIN).
+    Kill,
+    /// The primary's host crashes: its links go down first, then SIGKILL (no FIN reaches anyone).
+    HostCrash,
+    /// SIGSTOP of the primary past the failure timeout, then SIGCONT: it must halt, not send.
+    Stop,
+    /// The log link is cut both ways for a while, both sides alive; one wins the arbiter.
+    LogLinkCut,
+}
+
+impl Fault {
+    const ALL: [Fault; 4] = [Fault::Kill, Fault::HostCrash, Fault::Stop, Fault::LogLinkCut];
+
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "SIGKILL",
+            Fault::HostCrash => "host crash",
+            Fault::Stop => "SIGSTOP",
+            Fault::LogLinkCut => "log-link cut",
+        }
+    }
+
+    /// `--faults` names.
+    fn flag(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::HostCrash => "crash",
+            Fault::Stop => "stop",
+            Fault::LogLinkCut => "cut",
+        }
+    }
+}
+
+/// `ftvm primary|backup --failure-timeout-ms`'s default.
+const DEFAULT_FAILURE_TIMEOUT_MS: f64 = 300.0;
+/// How long the primary stays stopped, and the log link cut.
+const FAULT_HOLD: Duration = Duration::from_secs(2);
+/// How long the clients run before the fault.
+const BEFORE_FAULT: Duration = Duration::from_millis(1500);
+/// How long the clients run in all.
+const WATCH_SECONDS: f64 = 6.0;
+/// The stream client's pace (the Python client streamed about this much).
+const STREAM_BYTES_PER_S: u64 = 200_000;
+
+/// The `at unix ns N` of the first line of `stderr` containing `marker`.
+fn unix_ns_after(stderr: &str, marker: &str, key: &str) -> Option<f64> {
+    let line = stderr.lines().find(|line| line.contains(marker))?;
+    let rest = line.split(key).nth(1)?;
+    rest.split_whitespace().next()?.trim_end_matches(',').parse().ok()
+}
+
+/// Where one failover's time went, in ms (None: not printed by this build or this side).
+#[derive(Default)]
+struct Phases {
+    /// Fault to the last time the backup heard the primary (its lease end minus the failure
+    /// timeout): log bytes still in flight at the fault arrive after it.
+    last_heard_ms: Option<f64>,
+    /// Fault to the backup's link reporting the primary lost (or to the primary asking the
+    /// arbiter, when the primary won).
+    detection_ms: Option<f64>,
+    /// The replay taking the rest of the log, after the link failed.
+    drain_ms: Option<f64>,
+    /// Waiting out the primary's lease (the failure timeout after last hearing it).
+    lease_wait_ms: Option<f64>,
+    /// The arbiter's test-and-set.
+    arbiter_ms: Option<f64>,
+    /// Arbiter won to live: TAP flushed, announcement and re-emitted frames out.
+    attach_ms: Option<f64>,
+    /// Live to the live guest's own first frame out.
+    first_frame_out_ms: Option<f64>,
+    /// Live to the first frame from the network given to the live guest.
+    first_frame_in_ms: Option<f64>,
+    /// Live to the end of the stream client's longest gap.
+    stream_resumed_ms: Option<f64>,
+    /// Fault to live (the backup's go-live or the primary's going solo).
+    live_ms: Option<f64>,
+}
+
+/// One trial's findings.
+struct Trial {
+    stream_gap_ms: f64,
+    requests_gap_ms: f64,
+    /// Lost, duplicated, reordered, corrupt stream bytes.
+    stream_damage: [f64; 4],
+    /// Wrong replies to requests.
+    wrong_replies: f64,
+    resets: f64,
+    backup_won: bool,
+    /// Frames the halted side wrote to its TAP after it resumed or its link healed.
+    frames_after_resume: f64,
+    /// Frames the primary wrote after its host's links went down (a host crash): released
+    /// by the primary, never seen by the world.
+    frames_into_dead_host: f64,
+    /// The losing side halted on its own (the fault left it alive).
+    loser_halted: bool,
+    /// A side took over before the fault (a false failover: the link looked dead under load).
+    failed_over_before_fault: bool,
+    /// The stream's longest gap ended within [`RETRANSMIT_ECHO`] of a retransmission by the
+    /// client's own TCP (its timer, not the pair, decided when the stream resumed).
+    stream_resumed_by_client_retransmit: bool,
+    phases: Phases,
+}
+
+/// How soon after the client's retransmission its echo can end a gap (a round trip through
+/// the guest, with room for a loaded machine).
+const RETRANSMIT_ECHO_MS: f64 = 20.0;
+/// How late the client may see its own retransmission (it samples TCP_INFO every millisecond).
+const RETRANSMIT_SAMPLING_MS: f64 = 2.0;
+
+/// `times` (Unix ns, comma-separated, `-` for none) as ms after `origin_unix_ns`.
+fn times_after(times: &str, origin_unix_ns: f64) -> Vec<f64> {
+    times
+        .split(',')
+        .filter_map(|time| time.parse::<f64>().ok())
+        .map(|time| (time - origin_unix_ns) / 1e6)
+        .collect()
+}
+
+fn signed_ms(ms: Option<f64>) -> String {
+    ms.map_or("?".into(), |ms| format!("{ms:+.0}"))
+}
+
+fn plus_ms(times: &[f64]) -> String {
+    times.iter().map(|ms| format!("{ms:+.0}")).collect::<Vec<_>>().join(",")
+}
+
+/// One failover of a pair of `exe` on two hosts under `fault`, with both clients running.
+fn failover_trial(exe: &str, fault: Fault, pair_args: &[&str], timeout_ms: f64) -> Trial {
+    let hosts = TwoHosts::new(exe);
+    let (primary, backup) = hosts.start_pair(exe, pair_args);
+    hosts.wait_for_echo(NETCLIENT);
+    let watch = hosts.watch(NETCLIENT, WATCH_SECONDS, STREAM_BYTES_PER_S);
+    std::thread::sleep(BEFORE_FAULT);
+    let fault_unix_ns = vmm::inputs::live::unix_time_ns() as f64;
+    let mut frames_after_resume = 0.0;
+    // Frames the primary's VMM wrote that did not leave its host (after a crash: links down).
+    let held_back = || {
+        hosts.frames_sent_by_vmm_on(PRIMARY_HOST) as f64
+            - hosts.frames_sent_to_lan_from(PRIMARY_HOST) as f64
+    };
+    let mut held_back_before_crash = 0.0;
+    let mut primary_out = None;
+    let mut primary = Some(primary);
+    let primary_vmm = primary.as_mut().expect("started");
+    match fault {
+        Fault::Kill => primary_vmm.kill(),
+        Fault::HostCrash => {
+            held_back_before_crash = held_back();
+            hosts.cut_host(PRIMARY_HOST);
+            primary_vmm.kill();
+        }
+        Fault::Stop => {
+            primary_vmm.signal(libc::SIGSTOP);
+            std::thread::sleep(FAULT_HOLD);
+            let frames = hosts.frames_sent_by_vmm_on(PRIMARY_HOST);
+            primary_vmm.signal(libc::SIGCONT);
+            let stopped = primary.take().expect("started");
+            primary_out = Some(stopped.finish_within(Duration::from_secs(10)));
+            frames_after_resume = (hosts.frames_sent_by_vmm_on(PRIMARY_HOST) - frames) as f64;
+        }
+        Fault::LogLinkCut => {
+            hosts.set_log_link(PRIMARY_HOST, false);
+            std::thread::sleep(FAULT_HOLD);
+            hosts.set_log_link(PRIMARY_HOST, true);
+        }
+    }
+    let watched = watch.finish_within(Duration::from_secs(60));
+    let frames_into_dead_host =
+        if fault == Fault::HostCrash { held_back() - held_back_before_crash } else { 0.0 };
+    let primary_out = match primary_out {
+        Some(finished) => finished,
+        None => primary.take().expect("not yet reaped").stop(),
+    };
+    let backup_out = backup.stop();
+    drop(hosts);
+    let out = &watched.stdout;
+    let value = |client: &str, key: &str| {
+        field(out, client, key).unwrap_or_else(|| {
+            panic!(
+                "{}: no {client} {key} in the client's output: {out}{}\n--- primary\n{}\n--- backup\n{}",
+                fault.name(),
+                watched.stderr,
+                primary_out.stderr,
+                backup_out.stderr
+            )
+        })
+    };
+    let backup_won = backup_out.stderr.contains("role: backup -> live");
+    // The side that lost must have halted by itself (status 127), not by our SIGTERM.
+    let loser_halted = match fault {
+        Fault::Kill | Fault::HostCrash => true,
+        Fault::Stop => primary_out.status == Some(127),
+        Fault::LogLinkCut if backup_won => primary_out.status == Some(127),
+        Fault::LogLinkCut => backup_out.status == Some(127),
+    };
+    let at = |stderr: &str, marker: &str, key: &str| unix_ns_after(stderr, marker, key);
+    let ms = |later: Option<f64>, earlier: Option<f64>| Some((later? - earlier?) / 1e6);
+    let fault_at = Some(fault_unix_ns);
+    let stream_gap_end = Some(value("stream", "gap_end_unix_ns"));
+    let phases = if backup_won {
+        let backup = backup_out.stderr.as_str();
+        let timeline = |key: &str| at(backup, "go-live timeline", key);
+        let (failed, drained) = (timeline("link failed "), timeline("replay drained "));
+        let (waited, won) = (timeline("lease waited "), timeline("arbiter won "));
+        let live = at(backup, "role: backup -> live", "at unix ns ");
+        let lease_end = timeline("lease end ");
+        Phases {
+            last_heard_ms: ms(lease_end, fault_at).map(|ms| ms - timeout_ms),
+            detection_ms: ms(failed, fault_at),
+            drain_ms: ms(drained, failed),
+            lease_wait_ms: ms(waited, drained),
+            arbiter_ms: ms(won, waited),
+            attach_ms: ms(live, won),
+            first_frame_out_ms: ms(at(backup, "first guest frame out", "at unix ns "), live),
+            first_frame_in_ms: ms(at(backup, "first frame in", "at unix ns "), live),
+            stream_resumed_ms: ms(stream_gap_end, live),
+            live_ms: None,
+        }
+    } else {
+        let primary = primary_out.stderr.as_str();
+        let asked = at(primary, "asking the arbiter", "at unix ns ");
+        let solo = at(primary, "role: primary -> solo", "at unix ns ");
+        Phases {
+            detection_ms: ms(asked, fault_at),
+            arbiter_ms: ms(solo, asked),
+            stream_resumed_ms: ms(stream_gap_end, solo),
+            ..Phases::default()
+        }
+    };
+    let live = if backup_won {
+        at(&backup_out.stderr, "role: backup -> live", "at unix ns ")
+    } else {
+        at(&primary_out.stderr, "role: primary -> solo", "at unix ns ")
+    };
+    let phases = Phases { live_ms: ms(live, fault_at), ..phases };
+    // The frames the backup re-emitted at go-live ("..., N packets and M console writes re-emitted").
+    let re_emitted = backup_out
+        .stderr
+        .lines()
+        .find(|line| line.contains("role: backup -> live"))
+        .and_then(|line| line.split(" packets and").next()?.rsplit(' ').next())
+        .unwrap_or("-")
+        .to_string();
+    let since_fault = |client: &str, key: &str| {
+        let time = word(out, client, key).and_then(|time| time.parse::<f64>().ok());
+        signed_ms(ms(time, fault_at))
+    };
+    let retransmits = |client| {
+        times_after(word(out, client, "retransmits_unix_ns").unwrap_or("-"), fault_unix_ns)
+    };
+    let (stream_retransmits, request_retransmits) =
+        (retransmits("stream"), retransmits("requests"));
+    let stream_gap_end_ms = (value("stream", "gap_end_unix_ns") - fault_unix_ns) / 1e6;
+    let stream_resumed_by_client_retransmit = stream_retransmits.iter().any(|sent| {
+        (-RETRANSMIT_SAMPLING_MS..RETRANSMIT_ECHO_MS).contains(&(stream_gap_end_ms - sent))
+    });
+    eprintln!(
+        "ft bench: {}: primary last heard {}, lost {}, live {} ms after the fault; {frames_into_dead_host} frames into the dead host, {re_emitted} re-emitted; stream gap {:.0} ms ({} -> {}), client retransmits {}; requests gap {:.0} ms ({} -> {}), client retransmits {}",
+        fault.name(),
+        signed_ms(phases.last_heard_ms),
+        signed_ms(phases.detection_ms),
+        signed_ms(phases.live_ms),
+        value("stream", "gap_ms"),
+        since_fault("stream", "gap_start_unix_ns"),
+        since_fault("stream", "gap_end_unix_ns"),
+        plus_ms(&stream_retransmits),
+        value("requests", "gap_ms"),
+        since_fault("requests", "gap_start_unix_ns"),
+        since_fault("requests", "gap_end_unix_ns"),
+        plus_ms(&request_retransmits),
     );
-    std::thread::sleep(Duration::from_millis(1000));
-    primary.kill();
-    let probe = probe.finish();
-    drop(backup);
-    let _ = std::fs::remove_dir_all(&arbiter);
-    assert_eq!(probe.status, Some(0), "the probe lost its connection: {probe:?}");
-    probe.stdout.split_whitespace().nth(2).and_then(|v| v.parse().ok()).expect("probe ECHOES GAP")
+    let damage = ["lost_bytes", "duplicated_bytes", "reordered_bytes", "corrupt_bytes"];
+    Trial {
+        stream_gap_ms: value("stream", "gap_ms"),
+        requests_gap_ms: value("requests", "gap_ms"),
+        stream_damage: damage.map(|key| value("stream", key)),
+        wrong_replies: value("requests", "wrong_replies"),
+        resets: value("stream", "resets") + value("requests", "resets"),
+        backup_won,
+        frames_after_resume,
+        frames_into_dead_host,
+        loser_halted,
+        failed_over_before_fault: phases.live_ms.is_some_and(|ms| ms < 0.0),
+        stream_resumed_by_client_retransmit,
+        phases,
+    }
+}
+
+fn sorted(samples: &[f64]) -> Vec<f64> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted
+}
+
+/// Median, p99 (nearest rank) and max of `samples`.
+fn spread(samples: &[f64]) -> (f64, f64, f64) {
+    let sorted = sorted(samples);
+    let rank =
+        |fraction: f64| sorted[((fraction * sorted.len() as f64).ceil() as usize).max(1) - 1];
+    (sorted[sorted.len() / 2], rank(0.99), sorted[sorted.len() - 1])
+}
+
+/// The median of the phase `pick` over the trials that printed it ("-" when none did).
+fn phase_median(trials: &[Trial], pick: impl Fn(&Phases) -> Option<f64>) -> String {
+    let samples: Vec<f64> = trials.iter().filter_map(|trial| pick(&trial.phases)).collect();
+    if samples.is_empty() {
+        return "-".into();
+    }
+    format!("{:.1}", sorted(&samples)[samples.len() / 2])
+}
+
+/// The two failover tables: what the clients saw, and where the time went.
+fn print_failover_tables(results: &[(String, Vec<Trial>)]) {
+    println!();
+    println!(
+        "| fault | trials | stream gap ms median / p99 / max | request gap ms median / p99 / max | lost / dup / reordered / corrupt bytes | wrong replies | resets | backup won | loser halted | frames after resume | frames into the dead host | stream resumed by the client's retransmission | false failovers before the fault |"
+    );
+    println!("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, trials) in results {
+        let gaps = |pick: fn(&Trial) -> f64| {
+            let (median, p99, max) = spread(&trials.iter().map(pick).collect::<Vec<_>>());
+            format!("{median:.0} / {p99:.0} / {max:.0}")
+        };
+        let total = |pick: &dyn Fn(&Trial) -> f64| trials.iter().map(pick).sum::<f64>();
+        let damage: Vec<String> =
+            (0..4).map(|kind| total(&|trial| trial.stream_damage[kind]).to_string()).collect();
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            trials.len(),
+            gaps(|trial| trial.stream_gap_ms),
+            gaps(|trial| trial.requests_gap_ms),
+            damage.join(" / "),
+            total(&|trial| trial.wrong_replies),
+            total(&|trial| trial.resets),
+            trials.iter().filter(|trial| trial.backup_won).count(),
+            trials.iter().filter(|trial| trial.loser_halted).count(),
+            total(&|trial| trial.frames_after_resume),
+            total(&|trial| trial.frames_into_dead_host),
+            trials.iter().filter(|trial| trial.stream_resumed_by_client_retransmit).count(),
+            trials.iter().filter(|trial| trial.failed_over_before_fault).count(),
+        );
+    }
+    println!();
+    println!(
+        "| fault (medians, ms) | last heard | detection | drain | lease wait | arbiter | attach | fault -> live | live -> first guest frame out | live -> first frame in | live -> stream resumed |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, trials) in results {
+        let columns = [
+            phase_median(trials, |phases| phases.last_heard_ms),
+            phase_median(trials, |phases| phases.detection_ms),
+            phase_median(trials, |phases| phases.drain_ms),
+            phase_median(trials, |phases| phases.lease_wait_ms),
+            phase_median(trials, |phases| phases.arbiter_ms),
+            phase_median(trials, |phases| phases.attach_ms),
+            phase_median(trials, |phases| phases.live_ms),
+            phase_median(trials, |phases| phases.first_frame_out_ms),
+            phase_median(trials, |phases| phases.first_frame_in_ms),
+            phase_median(trials, |phases| phases.stream_resumed_ms),
+        ];
+        println!("| {name} | {} |", columns.join(" | "));
+    }
+}
+
+/// The value after `flag` in the bench's arguments.
+fn flag_value(flag: &str) -> Option<String> {
+    std::env::args().skip_while(|arg| arg != flag).nth(1)
 }
 
 fn main() {
     let runs = runs_arg(5);
-    let failovers = runs.max(10);
+    let trials: usize = flag_value("--trials").and_then(|value| value.parse().ok()).unwrap_or(20);
+    let faults: Vec<Fault> = match flag_value("--faults") {
+        Some(list) => Fault::ALL
+            .into_iter()
+            .filter(|fault| list.split(',').any(|name| name == fault.flag()))
+            .collect(),
+        None => Fault::ALL.to_vec(),
+    };
+    let failover_only = std::env::args().any(|arg| arg == "--failover-only");
+    // Passed to both sides of every failover pair (the heartbeat follows the timeout).
+    let timeout = flag_value("--failure-timeout-ms");
+    let timeout_ms = timeout.as_deref().map_or(DEFAULT_FAILURE_TIMEOUT_MS, |ms| {
+        ms.parse().expect("--failure-timeout-ms takes a number of ms")
+    });
+    let pair_args: Vec<&str> =
+        timeout.iter().flat_map(|ms| ["--failure-timeout-ms", ms.as_str()]).collect();
     let mut table = Table::default();
-    let baseline = std::env::args().skip_while(|arg| arg != "--baseline").nth(1);
+    let baseline = flag_value("--baseline");
     let mut builds = Vec::new();
     if let Some(path) = &baseline {
         builds.push(("before: ", path.as_str()));
     }
     builds.push(("", FTVM));
-    for run in 0..runs {
+    for run in 0..if failover_only { 0 } else { runs } {
         eprintln!("ft bench: run {}/{runs}", run + 1);
         for (label, exe) in &builds {
             throughput_rows(&mut table, label, exe);
         }
     }
-    for trial in 0..failovers {
+    let mut results: Vec<(String, Vec<Trial>)> = Vec::new();
+    for fault in &faults {
         for (label, exe) in &builds {
-            eprintln!("ft bench: {label}failover {}/{failovers}", trial + 1);
-            let gap_ms = failover_gap_ms(exe);
-            table.add(
-                &format!(
-                    "{label}failover: SIGKILL of the primary -> next echoed byte (client's longest gap)"
-                ),
-                "ms",
-                gap_ms,
-            );
+            let mut done = Vec::new();
+            for trial in 0..trials {
+                eprintln!("ft bench: {label}{} {}/{trials}", fault.name(), trial + 1);
+                done.push(failover_trial(exe, *fault, &pair_args, timeout_ms));
+            }
+            results.push((format!("{label}{}", fault.name()), done));
         }
     }
-    table.print(runs);
+    if !failover_only {
+        table.print(runs);
+    }
+    print_failover_tables(&results);
 }

@@ -6,6 +6,8 @@ pub mod echo;
 /// A real single-member etcd for the tests (the storage crate's tests share this file).
 #[path = "../../storage/tests/support/etcd_server.rs"]
 pub mod etcd;
+pub mod failover;
+pub mod hosts;
 pub mod icmp;
 pub mod lab;
 pub mod netns;
@@ -90,6 +92,14 @@ impl Reaped {
         let _ = done.send(());
         let _ = watchdog.join();
         finished
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT, ...) to the process, while it has not been reaped.
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = self.0.as_ref() {
+            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
     }
 
     /// Kills the process with SIGKILL (a host crash, as far as the peer can tell).

@@ -27,11 +27,21 @@ use crate::entry::Entry;
 /// How long a primary waits before trying a refusing backup again.
 const CONNECT_RETRY: Duration = Duration::from_millis(50);
 
+/// The shortest read timeout a backup's reader sets (a zero timeout would mean none).
+const MIN_READ_TIMEOUT: Duration = Duration::from_micros(100);
+
 /// How much a reader asks its socket for at a time.
 const READ_CHUNK_LEN_BYTES: usize = 64 * 1024;
 
 fn now_ns(epoch: Instant) -> u64 {
     epoch.elapsed().as_nanos() as u64
+}
+
+/// Wall-clock ns since the Unix epoch, for timestamps other processes compare with.
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64)
 }
 
 fn disconnected(peer: Peer, what: &str, error: &std::io::Error) -> ChannelError {
@@ -472,6 +482,23 @@ struct BackupShared {
     epoch: Instant,
     tick: Duration,
     max_received_bytes: u64,
+    /// The failure timeout: the reader's read ends when the primary's silence reaches it.
+    failure_timeout: Duration,
+    /// When the reader found the link failed (Unix ns; 0 while it has not): the backup's
+    /// detection of a lost primary, reported at go-live to show where a failover's time went.
+    failed_at_unix_ns: AtomicU64,
+}
+
+impl BackupShared {
+    /// Records the time the reader found the link failed (the first time only).
+    fn note_failure(&self) {
+        let _ = self.failed_at_unix_ns.compare_exchange(
+            0,
+            unix_ns(),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+    }
 }
 
 /// The backup's end of the log channel.
@@ -511,6 +538,8 @@ impl BackupLink {
             epoch: Instant::now(),
             tick,
             max_received_bytes: config.max_received_bytes.max(1),
+            failure_timeout: Duration::from_millis(config.failure_timeout_ms),
+            failed_at_unix_ns: AtomicU64::new(0),
         });
         let reader = spawn("ftvm-log-reader", {
             let shared = Arc::clone(&shared);
@@ -565,6 +594,14 @@ impl BackupLink {
         self.shared.epoch + Duration::from_nanos(at_ns)
     }
 
+    /// The time `at_ns` on the link's clock in ns since the Unix epoch (for timelines other
+    /// processes read).
+    pub fn unix_ns_at(&self, at_ns: u64) -> i128 {
+        let (at, now, now_unix_ns) = (self.instant_at(at_ns), Instant::now(), unix_ns());
+        now_unix_ns as i128 + at.saturating_duration_since(now).as_nanos() as i128
+            - now.saturating_duration_since(at).as_nanos() as i128
+    }
+
     /// False once the link has failed.
     pub fn peer_alive(&self) -> bool {
         lock(&self.shared.state).core.error().is_none()
@@ -573,6 +610,12 @@ impl BackupLink {
     /// The failure, if the link has failed.
     pub fn error(&self) -> Option<ChannelError> {
         lock(&self.shared.state).core.error().cloned()
+    }
+
+    /// When the link's reader found it failed (silence past the failure timeout, the
+    /// connection's end or an error), in ns since the Unix epoch; None while it has not.
+    pub fn failed_at_unix_ns(&self) -> Option<u64> {
+        Some(self.shared.failed_at_unix_ns.load(Ordering::SeqCst)).filter(|ns| *ns != 0)
     }
 
     /// Where the primary is.
@@ -598,6 +641,7 @@ impl Drop for BackupLink {
 fn backup_reader(shared: &BackupShared, mut stream: TcpStream) {
     let mut chunk = vec![0u8; READ_CHUNK_LEN_BYTES];
     let mut acks = Vec::new();
+    let mut read_timeout = shared.tick;
     loop {
         // Backpressure: while the queue is full, only heartbeats go out.
         let mut state = lock(&shared.state);
@@ -625,7 +669,19 @@ fn backup_reader(shared: &BackupShared, mut stream: TcpStream) {
             }
             state = wait(&shared.changed, state, shared.tick);
         }
+        // The read ends when the primary's silence would pass the failure timeout, not up to a
+        // tick after: the backup's detection of a silent primary, and so its go-live, is not
+        // rounded up to the tick. (Set only when it differs: a streaming primary keeps the
+        // deadline far off and costs no extra call.)
+        let silent_after_ns = (state.core.last_heard_ns()
+            + shared.failure_timeout.as_nanos() as u64)
+            .saturating_sub(now_ns(shared.epoch))
+            + 1;
         drop(state);
+        let wanted = Duration::from_nanos(silent_after_ns).clamp(MIN_READ_TIMEOUT, shared.tick);
+        if wanted != read_timeout && stream.set_read_timeout(Some(wanted)).is_ok() {
+            read_timeout = wanted;
+        }
 
         let read = stream.read(&mut chunk);
         let mut state = lock(&shared.state);
@@ -657,6 +713,7 @@ fn backup_reader(shared: &BackupShared, mut stream: TcpStream) {
         lock(&shared.state).core.acks_sent();
         shared.changed.notify_all();
         if outcome.is_err() {
+            shared.note_failure();
             let _ = stream.shutdown(Shutdown::Both);
             return;
         }
@@ -664,6 +721,7 @@ fn backup_reader(shared: &BackupShared, mut stream: TcpStream) {
 }
 
 fn backup_fail(shared: &BackupShared, stream: &TcpStream, error: &std::io::Error) {
+    shared.note_failure();
     let mut state = lock(&shared.state);
     if !state.closing {
         state.core.fail(disconnected(Peer::Primary, "cannot send acks to the primary", error));

@@ -8,12 +8,17 @@
 //! ftvm-netclient stream IP PORT CONNECTIONS BYTES_EACH
 //!                                              `ok BYTES SECONDS MB/s`; exit 1 on any mismatch
 //! ftvm-netclient rtt IP PORT COUNT             `rtt MEDIAN_US P99_US` of 1-byte echoes
+//! ftvm-netclient wait IP PORT SECONDS          exit 0 once the service answers, 1 if it never does
+//! ftvm-netclient watch IP PORT SECONDS BYTES_PER_S
+//!                                              a paced stream and requests for SECONDS (across a
+//!                                              failover): a `stream ...` and a `requests ...`
+//!                                              line of findings (see `ftvm_tests::failover`)
 //! ```
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ftvm_tests::echo;
+use ftvm_tests::{echo, failover};
 
 fn arg<T: std::str::FromStr>(args: &[String], index: usize, what: &str) -> T {
     args.get(index)
@@ -68,8 +73,37 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("wait") => {
+            let limit = Duration::from_secs(arg(&args, 3, "seconds"));
+            match failover::connect(ip, arg(&args, 2, "a port"), limit) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(error) => {
+                    println!("failed: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("watch") => {
+            let port = arg(&args, 2, "a port");
+            let duration = Duration::from_secs_f64(arg(&args, 3, "seconds"));
+            let bytes_per_s = arg(&args, 4, "bytes per second");
+            let connect = || failover::connect(ip, port, Duration::from_secs(30));
+            let (streamed, requested) = match (connect(), connect()) {
+                (Ok(streamed), Ok(requested)) => (streamed, requested),
+                (Err(error), _) | (_, Err(error)) => {
+                    println!("failed: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let requests = std::thread::spawn(move || failover::requests(requested, duration));
+            println!("{}", failover::stream(streamed, bytes_per_s, duration).line());
+            println!("{}", requests.join().expect("the request client").line());
+            ExitCode::SUCCESS
+        }
         _ => {
-            eprintln!("usage: ftvm-netclient ping|serve|stream|rtt ... (see the source's docs)");
+            eprintln!(
+                "usage: ftvm-netclient ping|serve|stream|rtt|wait|watch ... (see the source's docs)"
+            );
             ExitCode::FAILURE
         }
     }

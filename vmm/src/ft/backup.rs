@@ -239,10 +239,21 @@ fn rarp_announcement(mac: [u8; 6]) -> Vec<u8> {
     frame
 }
 
+/// Where a failover's time went on the backup, in ns since the Unix epoch (printed at
+/// go-live for the failover benchmark; 0: did not happen).
+#[derive(Default)]
+struct Timeline {
+    replay_drained: u128,
+    lease_end: i128,
+    lease_waited: u128,
+    arbiter_won: u128,
+}
+
 impl BackupTakeover {
     /// Waits out the primary's lease and asks the arbiter, as the core says, until it says
     /// go live; or the outcome that ends the run.
-    fn decide(&mut self) -> Result<(), RunOutcome> {
+    fn decide(&mut self, timeline: &mut Timeline) -> Result<(), RunOutcome> {
+        timeline.replay_drained = unix_time_ns();
         loop {
             let step = {
                 let mut replayed = self.replayed.borrow_mut();
@@ -250,7 +261,9 @@ impl BackupTakeover {
             };
             match step {
                 BackupStep::WaitUntil(at_ns) => {
-                    sleep_until(self.link.instant_at(at_ns)).map_err(|_| RunOutcome::Stopped)?
+                    timeline.lease_end = self.link.unix_ns_at(at_ns);
+                    sleep_until(self.link.instant_at(at_ns)).map_err(|_| RunOutcome::Stopped)?;
+                    timeline.lease_waited = unix_time_ns();
                 }
                 BackupStep::AskArbiter(why) => {
                     let verdict = arbitrate(&self.config, self.generation, "backup", &why);
@@ -263,6 +276,7 @@ impl BackupTakeover {
                         }
                     };
                     self.replayed.borrow_mut().core.arbiter_said(verdict);
+                    timeline.arbiter_won = unix_time_ns();
                 }
                 BackupStep::GoLive => return Ok(()),
                 BackupStep::Halt(reason) => return Err(RunOutcome::Halted(reason)),
@@ -273,7 +287,8 @@ impl BackupTakeover {
 
 impl Takeover for BackupTakeover {
     fn take_over(&mut self, landmark: u64) -> Result<LiveIo, RunOutcome> {
-        self.decide()?;
+        let mut timeline = Timeline::default();
+        self.decide(&mut timeline)?;
         let backends = std::mem::take(&mut self.backends);
         if let Some(tap) = backends.tap.as_ref() {
             // Frames queued while this side was a backup were flooded to both sides (the
@@ -282,6 +297,7 @@ impl Takeover for BackupTakeover {
         }
         let console = self.console.take().expect("go-live happens once");
         let mut live = LiveOutputs::new(console, backends.tap.clone(), backends.disk.clone());
+        let re_emitting_from_ns = unix_time_ns();
         let replayed = &mut *self.replayed.borrow_mut();
         let core = &replayed.core;
         // What the primary may not have released: its writes first (a reader must find them),
@@ -323,7 +339,17 @@ impl Takeover for BackupTakeover {
             re_emitted.1,
             unix_time_ns()
         );
-        let inputs = LiveInputs::continuing_at(replayed.last_monotonic_ns + 1, backends);
-        Ok((Box::new(inputs), Box::new(live)))
+        eprintln!(
+            "ftvm: go-live timeline (unix ns): link failed {} replay drained {} lease end {} \
+             lease waited {} arbiter won {} re-emitted from {re_emitting_from_ns}",
+            self.link.failed_at_unix_ns().unwrap_or(0),
+            timeline.replay_drained,
+            timeline.lease_end,
+            timeline.lease_waited,
+            timeline.arbiter_won,
+        );
+        let inputs = LiveInputs::continuing_at(replayed.last_monotonic_ns + 1, backends)
+            .noting_first_frame();
+        Ok((Box::new(inputs), Box::new(live.noting_first_frame())))
     }
 }

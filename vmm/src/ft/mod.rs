@@ -252,7 +252,11 @@ fn holder_name(side: &str) -> String {
 /// While the storage does not answer it retries, saying so, until a stop
 /// signal: a side never goes on without winning.
 pub fn arbitrate(config: &FtConfig, generation: u64, side: &str, why: &str) -> Result<(), NotWon> {
-    eprintln!("ftvm: {why}; asking the arbiter in {} (generation {generation})", config.arbiter);
+    eprintln!(
+        "ftvm: {why}; asking the arbiter in {} (generation {generation}) at unix ns {}",
+        config.arbiter,
+        unix_time_ns()
+    );
     let arbiter = config.arbiter.open();
     let mut last_report = String::new();
     let mut stopped = false;

@@ -88,18 +88,31 @@ pub struct LiveInputs {
     boot: HostClock,
     monotonic_base_ns: u64,
     backends: Backends,
+    /// Print the time the first frame arrives (a backup gone live: the failover timeline).
+    note_first_frame: bool,
 }
 
 impl LiveInputs {
     /// Guest monotonic time starts at zero now.
     pub fn new(backends: Backends) -> Self {
-        LiveInputs { boot: HostClock::start(), monotonic_base_ns: 0, backends }
+        LiveInputs::continuing_at(0, backends)
+    }
+
+    /// Prints, once, when the first frame arrives from now on.
+    pub fn noting_first_frame(mut self) -> Self {
+        self.note_first_frame = true;
+        self
     }
 
     /// Live inputs for a guest whose monotonic clock already reads
     /// `monotonic_ns` (a backup going live continues its guest's clock).
     pub fn continuing_at(monotonic_ns: u64, backends: Backends) -> Self {
-        LiveInputs { boot: HostClock::start(), monotonic_base_ns: monotonic_ns, backends }
+        LiveInputs {
+            boot: HostClock::start(),
+            monotonic_base_ns: monotonic_ns,
+            backends,
+            note_first_frame: false,
+        }
     }
 
     /// Whether the disk is this side's own image (its reads are not logged).
@@ -177,7 +190,13 @@ impl Inputs for LiveInputs {
     }
 
     fn poll_events(&mut self, _at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
-        self.arrived(armed)
+        let events = self.arrived(armed)?;
+        let frame = |event: &AsyncEvent| matches!(event, AsyncEvent::FrameReceived(_));
+        if self.note_first_frame && events.iter().any(frame) {
+            self.note_first_frame = false;
+            eprintln!("ftvm: live: first frame in at unix ns {}", unix_time_ns());
+        }
+        Ok(events)
     }
 
     fn wait_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {

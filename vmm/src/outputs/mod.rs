@@ -70,6 +70,8 @@ pub struct LiveOutputs {
     tap: Option<Arc<Tap>>,
     disk: Option<Arc<BlockStore>>,
     frames_dropped: u64,
+    /// Print the time the first frame leaves (a backup gone live: the failover timeline).
+    note_first_frame: bool,
 }
 
 impl LiveOutputs {
@@ -79,7 +81,19 @@ impl LiveOutputs {
         tap: Option<Arc<Tap>>,
         disk: Option<Arc<BlockStore>>,
     ) -> Self {
-        LiveOutputs { console: ConsoleSink::new(console), tap, disk, frames_dropped: 0 }
+        LiveOutputs {
+            console: ConsoleSink::new(console),
+            tap,
+            disk,
+            frames_dropped: 0,
+            note_first_frame: false,
+        }
+    }
+
+    /// Prints, once, when the guest's first frame leaves from now on.
+    pub fn noting_first_frame(mut self) -> Self {
+        self.note_first_frame = true;
+        self
     }
 }
 
@@ -96,6 +110,10 @@ impl Outputs for LiveOutputs {
         let sent = self.tap.as_ref().is_some_and(|tap| tap.write_packet(frame).is_ok());
         if !sent {
             self.frames_dropped += 1;
+        }
+        if std::mem::take(&mut self.note_first_frame) {
+            let at_ns = crate::inputs::live::unix_time_ns();
+            eprintln!("ftvm: live: first guest frame out at unix ns {at_ns}");
         }
     }
 

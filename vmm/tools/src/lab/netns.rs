@@ -123,9 +123,13 @@ pub fn add_tap(names: &Names, host: &str, tap: &str) -> Result<(), NetError> {
 
 /// Cuts host `host` off both networks (the first half of a crash).
 pub fn cut_host(names: &Names, host: &str) -> Result<(), NetError> {
-    let ns = names.host(host);
-    ip_in(&ns, &["link", "set", "uplink", "down"])?;
-    ip_in(&ns, &["link", "set", "ftlink", "down"])
+    set_link(names, host, "uplink", false)?;
+    set_link(names, host, "ftlink", false)
+}
+
+/// Sets host `host`'s link `link` (`uplink`, `ftlink`) up or down: down cuts it both ways.
+pub fn set_link(names: &Names, host: &str, link: &str, up: bool) -> Result<(), NetError> {
+    ip_in(&names.host(host), &["link", "set", link, if up { "up" } else { "down" }])
 }
 
 /// The lab's namespaces that exist now (found by prefix, so a lab whose
