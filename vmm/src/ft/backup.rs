@@ -254,6 +254,11 @@ impl BackupTakeover {
     /// go live; or the outcome that ends the run.
     fn decide(&mut self, timeline: &mut Timeline) -> Result<(), RunOutcome> {
         timeline.replay_drained = unix_time_ns();
+        // No wait when the lease has already ended (a silent primary is noticed at its end).
+        timeline.lease_waited = timeline.replay_drained;
+        let timeout_ns = self.config.channel.failure_timeout_ms.saturating_mul(1_000_000);
+        let last_heard_ns = self.link.with_core(|channel, _| channel.last_heard_ns());
+        timeline.lease_end = self.link.unix_ns_at(last_heard_ns.saturating_add(timeout_ns));
         loop {
             let step = {
                 let mut replayed = self.replayed.borrow_mut();
@@ -261,7 +266,6 @@ impl BackupTakeover {
             };
             match step {
                 BackupStep::WaitUntil(at_ns) => {
-                    timeline.lease_end = self.link.unix_ns_at(at_ns);
                     sleep_until(self.link.instant_at(at_ns)).map_err(|_| RunOutcome::Stopped)?;
                     timeline.lease_waited = unix_time_ns();
                 }
