@@ -31,6 +31,15 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `unshare` (util-linux), which runs a side in a mount namespace of its own; fails naming
+/// the package when it is missing.
+fn unshare() -> Command {
+    let found =
+        Command::new("unshare").arg("--version").output().is_ok_and(|out| out.status.success());
+    assert!(found, "`unshare` is not installed; these tests need it: apt-get install util-linux");
+    Command::new("unshare")
+}
+
 fn ftvm(args: &[&str]) -> Command {
     let mut command = Command::new(FTVM);
     command.args(args);
@@ -319,7 +328,7 @@ fn an_unusable_arbiter_directory_or_attachment_stops_a_side_at_start() {
         ),
     ] {
         let script = format!("{setup} && exec {FTVM} backup --listen {listen} --arbiter {mounted}");
-        let output = Command::new("unshare")
+        let output = unshare()
             .args(["--mount", "--propagation", "private", "sh", "-c", &script])
             .output()
             .expect("unshare (util-linux) runs the side in a mount namespace of its own");
@@ -369,7 +378,7 @@ fn a_write_the_shared_disk_refuses_stops_the_primarys_output_and_halts_it() {
            --cmdline 'role=disk-selftest mib=48' >{pair}/primary.out 2>{pair}/primary.err; \
          status=$?; kill -TERM $backup; wait $backup; exit $status"
     );
-    let mut command = Command::new("unshare");
+    let mut command = unshare();
     command.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
     let finished = Reaped::spawn(command).finish_within(LIMIT);
     let read = |name: &str| std::fs::read_to_string(dir.0.join(name)).unwrap_or_default();

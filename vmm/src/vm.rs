@@ -382,18 +382,19 @@ impl Vm {
         }
         let regs = self.vcpu.regs();
         let mut action = self.machine.handle_exit(exit.clone(), &regs);
-        if let Action::LogEnded { covered_landmark, landmark } = action {
-            action = match self.takeover.take() {
-                Some(mut takeover) => match takeover.take_over(landmark) {
+        // The log ends before this exit: a backup goes live and handles it again; without a
+        // takeover the run ends (below).
+        if let Action::LogEnded { landmark, .. } = action {
+            if let Some(mut takeover) = self.takeover.take() {
+                action = match takeover.take_over(landmark) {
                     Ok((inputs, outputs)) => {
                         let (replayed, _) = self.machine.switch_io(inputs, outputs);
                         self.replayed_stats = Some(replayed.log_stats());
                         self.machine.handle_exit(exit, &regs)
                     }
                     Err(outcome) => Action::Stop(outcome),
-                },
-                None => Action::Stop(InputError::LogEnded { covered_landmark, landmark }.into()),
-            };
+                };
+            }
         }
         if let Some(counter) = &self.landmark_counter {
             counter.store(self.machine.landmarks(), Ordering::Relaxed);

@@ -148,9 +148,7 @@ impl Outputs for BackupOutputs {
 
     fn disk_write(&mut self, offset: u64, data: &[u8]) -> Result<(), OutputError> {
         if let Some(disk) = &self.own_disk {
-            return disk
-                .write_at(offset, data)
-                .map_err(|error| OutputError::Disk(error.to_string()));
+            return disk.write_at(offset, data).map_err(OutputError::from);
         }
         let replayed = &mut *self.replayed.borrow_mut();
         let released = replayed.core.released(OutputKind::DiskWrite);
@@ -160,7 +158,7 @@ impl Outputs for BackupOutputs {
 
     fn disk_flush(&mut self) -> Result<(), OutputError> {
         match &self.own_disk {
-            Some(disk) => disk.flush().map_err(|error| OutputError::Disk(error.to_string())),
+            Some(disk) => disk.flush().map_err(OutputError::from),
             None => Ok(()),
         }
     }

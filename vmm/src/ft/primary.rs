@@ -333,9 +333,7 @@ impl Outputs for HeldOutputs {
 
     fn disk_write(&mut self, offset: u64, data: &[u8]) -> Result<(), OutputError> {
         if let Some(disk) = &self.own_disk {
-            return disk
-                .write_at(offset, data)
-                .map_err(|error| OutputError::Disk(error.to_string()));
+            return disk.write_at(offset, data).map_err(OutputError::from);
         }
         self.disk_error()?;
         let len_bytes = data.len() as u64;
@@ -345,7 +343,7 @@ impl Outputs for HeldOutputs {
 
     fn disk_flush(&mut self) -> Result<(), OutputError> {
         if let Some(disk) = &self.own_disk {
-            return disk.flush().map_err(|error| OutputError::Disk(error.to_string()));
+            return disk.flush().map_err(OutputError::from);
         }
         self.disk_error()?;
         self.hold(Held::DiskFlush, OutputKind::DiskFlush, 0);

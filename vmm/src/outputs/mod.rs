@@ -97,8 +97,10 @@ impl LiveOutputs {
     }
 }
 
-fn disk_error(error: storage::BlockStoreError) -> OutputError {
-    OutputError::Disk(error.to_string())
+impl From<storage::BlockStoreError> for OutputError {
+    fn from(error: storage::BlockStoreError) -> Self {
+        OutputError::Disk(error.to_string())
+    }
 }
 
 impl Outputs for LiveOutputs {
@@ -118,11 +120,15 @@ impl Outputs for LiveOutputs {
     }
 
     fn disk_write(&mut self, offset: u64, data: &[u8]) -> Result<(), OutputError> {
-        self.disk.as_ref().ok_or(OutputError::NoDisk)?.write_at(offset, data).map_err(disk_error)
+        self.disk
+            .as_ref()
+            .ok_or(OutputError::NoDisk)?
+            .write_at(offset, data)
+            .map_err(OutputError::from)
     }
 
     fn disk_flush(&mut self) -> Result<(), OutputError> {
-        self.disk.as_ref().ok_or(OutputError::NoDisk)?.flush().map_err(disk_error)
+        self.disk.as_ref().ok_or(OutputError::NoDisk)?.flush().map_err(OutputError::from)
     }
 }
 
