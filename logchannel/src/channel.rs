@@ -139,6 +139,24 @@ impl ChannelConfig {
     pub fn lease_margin_ms(&self) -> u64 {
         (self.failure_timeout_ms / 10).max(1)
     }
+
+    /// How long the backup waits, after it last heard the primary, before it takes the guest's
+    /// inbound traffic and keeps it for go-live, in ms: half the failure timeout. A client
+    /// whose packets were lost with the primary resends them when its retransmission timer
+    /// fires (Linux: 200 ms, doubling); one of those resends falls between half the timeout
+    /// and the timeout for every timeout of 300 ms and more, so it reaches the live guest at
+    /// go-live instead of a backed-off timer later.
+    pub fn capture_after_ms(&self) -> u64 {
+        self.failure_timeout_ms / 2
+    }
+
+    /// How long a primary that lost its backup lets the backup ask the arbiter first, in ms: a
+    /// sixth of the failure timeout. With the log link cut both sides lose each other at once;
+    /// the backup has taken the guest's inbound traffic by then, so it is the side that goes on
+    /// without losing a client's packets.
+    pub fn primary_defers_ms(&self) -> u64 {
+        self.failure_timeout_ms / 6
+    }
 }
 
 /// Which end of the channel.
@@ -175,6 +193,10 @@ pub enum BackupMessage {
         /// (backpressure): acks then stall although the backup is alive, and it cannot go live
         /// while it does not read, so the primary waits instead of presuming it dead.
         receiving: bool,
+        /// How many times the backup has announced the guest's MAC on its own network, having
+        /// not heard the primary for half the failure timeout: the LAN then sends the guest's
+        /// traffic to the backup, so a primary that hears this count grow announces again.
+        announced: u64,
     },
 }
 

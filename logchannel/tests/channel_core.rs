@@ -20,7 +20,8 @@ fn acks_of(acked: &[(u64, bool)]) -> Vec<u8> {
     let mut bytes = Vec::new();
     for &(acked_seq, receiving) in acked {
         let start = bytes.len();
-        let ack = BackupMessage::Ack { acked_seq, replayed_seq: acked_seq, receiving };
+        let ack =
+            BackupMessage::Ack { acked_seq, replayed_seq: acked_seq, receiving, announced: 0 };
         encoder.encode(&ack, &mut bytes).unwrap();
         sealer.seal(&mut bytes, start);
     }
@@ -388,7 +389,7 @@ fn the_lag_is_measured_on_what_the_backup_replayed_not_on_what_it_received() {
     let first = primary.send(&input(1, Input::MonotonicNs(1)), 10 * MS).unwrap();
     let second = primary.send(&input(2, Input::MonotonicNs(2)), 20 * MS).unwrap();
     // Both received, only the first replayed.
-    let ack = BackupMessage::Ack { acked_seq: 2, replayed_seq: 1, receiving: true };
+    let ack = BackupMessage::Ack { acked_seq: 2, replayed_seq: 1, receiving: true, announced: 0 };
     let (mut encoder, mut sealer) =
         (FrameEncoder::new(1, 0), session().sealer(Direction::BackupToPrimary));
     let mut bytes = Vec::new();
@@ -401,7 +402,7 @@ fn the_lag_is_measured_on_what_the_backup_replayed_not_on_what_it_received() {
     assert_eq!(primary.unreplayed_age_ns(50 * MS), 30 * MS);
     assert!(first.frame_len_bytes > 0);
     // Replayed beyond what was received makes no sense.
-    let bad = BackupMessage::Ack { acked_seq: 2, replayed_seq: 3, receiving: true };
+    let bad = BackupMessage::Ack { acked_seq: 2, replayed_seq: 3, receiving: true, announced: 0 };
     let start = bytes.len();
     encoder.encode(&bad, &mut bytes).unwrap();
     sealer.seal(&mut bytes, start);

@@ -293,8 +293,12 @@ impl FakeBackup {
             let mut sealer = session.sealer(Direction::BackupToPrimary);
             for acked_seq in ack_rx {
                 let mut frame = Vec::new();
-                let ack =
-                    BackupMessage::Ack { acked_seq, replayed_seq: acked_seq, receiving: true };
+                let ack = BackupMessage::Ack {
+                    acked_seq,
+                    replayed_seq: acked_seq,
+                    receiving: true,
+                    announced: 0,
+                };
                 encoder.encode(&ack, &mut frame).unwrap();
                 sealer.seal(&mut frame, 0);
                 writer.write_all(&frame).unwrap();

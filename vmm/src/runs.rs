@@ -273,7 +273,7 @@ pub fn primary(
         let side = PrimarySide::new(link, ft.clone(), credentials.generation);
         let live = LiveOutputs::new(console, backends.tap.clone(), backends.disk.clone());
         let own_disk = backends.disk.clone().filter(|_| backends.disk_own);
-        let (held, releaser) = HeldOutputs::start(side.clone(), live, own_disk);
+        let (held, releaser) = HeldOutputs::start(side.clone(), live, own_disk, devices.net_mac);
         Ok::<_, RunError>((side, held, releaser))
     })?;
     let stats_side = side.clone();

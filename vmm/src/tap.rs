@@ -158,6 +158,21 @@ impl Tap {
         (&self.file).write(packet).map(|_| ())
     }
 
+    /// Waits until a packet is waiting or `timeout` has passed (a signal ends the wait early);
+    /// whether one is waiting.
+    pub fn wait_readable(&self, timeout: std::time::Duration) -> std::io::Result<bool> {
+        let mut poll_fd = libc::pollfd { fd: self.raw_fd(), events: libc::POLLIN, revents: 0 };
+        let timeout_ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd that lives across the call, for the TAP's open fd.
+        match unsafe { libc::poll(&mut poll_fd, 1, timeout_ms) } {
+            ready if ready >= 0 => Ok(ready > 0),
+            _ => match std::io::Error::last_os_error() {
+                error if error.kind() == ErrorKind::Interrupted => Ok(false),
+                error => Err(error),
+            },
+        }
+    }
+
     /// The file descriptor, for poll(2).
     pub fn raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()

@@ -370,7 +370,7 @@ impl Simulation {
             backup_clock,
             to_backup: Pipe::default(),
             to_primary: Pipe::default(),
-            primary_pair: PrimaryPair::new(u64::MAX),
+            primary_pair: PrimaryPair::new(u64::MAX, channel.primary_defers_ms()),
             backup_pair: BackupPair::new(channel.failure_timeout_ms),
             primary_alive: true,
             backup_alive: true,
@@ -579,7 +579,8 @@ impl Simulation {
                 PrimaryStep::WaitForAck(_)
                 | PrimaryStep::WaitForExitEnd
                 | PrimaryStep::Idle
-                | PrimaryStep::WaitForVerdict => return Ok(()),
+                | PrimaryStep::WaitForVerdict
+                | PrimaryStep::WaitUntil(_) => return Ok(()),
             }
         }
         Ok(())

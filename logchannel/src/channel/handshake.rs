@@ -49,7 +49,7 @@ use super::session::SessionKey;
 pub const MAGIC: [u8; 6] = *b"FTVMLC";
 
 /// The version of the channel protocol (handshake, framing, messages) this build speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The largest handshake message accepted.
 pub const MAX_MESSAGE_LEN_BYTES: u32 = 4096;

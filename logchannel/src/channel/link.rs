@@ -602,6 +602,11 @@ impl BackupLink {
             - now.saturating_duration_since(at).as_nanos() as i128
     }
 
+    /// This side announced the guest's MAC: its next ack says so ([`BackupCore::note_announced`]).
+    pub fn note_announced(&self) {
+        lock(&self.shared.state).core.note_announced();
+    }
+
     /// False once the link has failed.
     pub fn peer_alive(&self) -> bool {
         lock(&self.shared.state).core.error().is_none()

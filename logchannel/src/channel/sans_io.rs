@@ -162,6 +162,8 @@ pub struct PrimaryCore {
     last_ack_progress_ns: u64,
     /// What the backup last said: false while its replay is behind and it does not read.
     backup_receiving: bool,
+    /// How many times the backup said it announced the guest's MAC.
+    backup_announced: u64,
     lease_rule: LeaseRule,
     error: Option<ChannelError>,
 }
@@ -193,6 +195,7 @@ impl PrimaryCore {
             lease_ns: lease_ms.saturating_mul(NS_PER_MS),
             last_ack_progress_ns: now_ns,
             backup_receiving: true,
+            backup_announced: 0,
             lease_rule: config.lease_rule,
             error: None,
         }
@@ -240,8 +243,12 @@ impl PrimaryCore {
                 }
             }
             match self.acks.next_frame() {
-                Ok(Some((_, BackupMessage::Ack { acked_seq, replayed_seq, receiving }))) => {
+                Ok(Some((
+                    _,
+                    BackupMessage::Ack { acked_seq, replayed_seq, receiving, announced },
+                ))) => {
                     self.backup_receiving = receiving;
+                    self.backup_announced = self.backup_announced.max(announced);
                     self.apply_ack(acked_seq, now_ns)?;
                     self.apply_replayed(replayed_seq, now_ns)?
                 }
@@ -465,6 +472,12 @@ impl PrimaryCore {
         self.frames.offset_bytes()
     }
 
+    /// How many times the backup said it announced the guest's MAC (took its inbound
+    /// traffic); a primary that sees this grow announces again.
+    pub fn backup_announcements(&self) -> u64 {
+        self.backup_announced
+    }
+
     /// Heartbeats sent since the start.
     pub fn heartbeats_sent(&self) -> u64 {
         self.heartbeats_sent
@@ -490,6 +503,8 @@ pub struct BackupCore {
     complete_through: u64,
     queued_bytes: u64,
     paused: bool,
+    /// How many times this side announced the guest's MAC ([`Self::note_announced`]).
+    announced: u64,
     liveness: Liveness,
     error: Option<ChannelError>,
 }
@@ -509,6 +524,7 @@ impl BackupCore {
             complete_through: 0,
             queued_bytes: 0,
             paused: false,
+            announced: 0,
             liveness: Liveness::new(Peer::Primary, config, now_ns),
             error: None,
         }
@@ -609,11 +625,27 @@ impl BackupCore {
             acked_seq: self.acked_seq(),
             replayed_seq: self.taken_seq,
             receiving: !self.paused,
+            announced: self.announced,
         };
         let frame_start = self.outbox.len();
         self.acks.encode(&ack, &mut self.outbox).expect("an ack is far below the frame size limit");
         self.sealer.seal(&mut self.outbox, frame_start);
         self.liveness.last_tx_ns = now_ns;
+    }
+
+    /// This side announced the guest's MAC: the next ack (at the latest the next heartbeat)
+    /// tells the primary, so that if it is alive it announces again.
+    pub fn note_announced(&mut self) {
+        self.announced += 1;
+    }
+
+    /// How long the primary has not been heard, at `now_ns`; 0 while this side does not read
+    /// (then silence proves nothing) unless the channel has failed.
+    pub fn silent_for_ns(&self, now_ns: u64) -> u64 {
+        if self.paused && self.error.is_none() {
+            return 0;
+        }
+        now_ns.saturating_sub(self.liveness.last_rx_ns)
     }
 
     /// Says the output taken so far has been sent: the entries it acks may now be handed out.

@@ -3,7 +3,8 @@
 //! it last heard the primary (so the primary's lease has ended, whichever way the link
 //! failed), asks the arbiter, and goes live or halts on the verdict. Going live it re-emits
 //! the outputs its guest produced beyond what the primary reported releasing
-//! ([`Unreleased`]).
+//! ([`Unreleased`]). Before that, once the primary has been silent for half the timeout, it
+//! takes the guest's inbound traffic and keeps it for go-live ([`InboundWatch`]).
 
 use std::collections::VecDeque;
 
@@ -178,6 +179,96 @@ impl<T> Unreleased<T> {
     }
 }
 
+/// What reaches the backup's own NIC while it replays. While the primary is heard, those
+/// frames are copies of what the primary's guest receives (a bridge flooding them), and the
+/// log carries what the guest took: they are dropped. Once the primary has been silent for
+/// [`ChannelConfig::capture_after_ms`](crate::ChannelConfig::capture_after_ms), the backup
+/// announces the guest's MAC, so the LAN sends it the guest's traffic, and keeps what arrives:
+/// at go-live the guest receives it first. The client's retransmission that arrived meanwhile
+/// is then answered at go-live instead of at its next, backed-off, retransmission. If the
+/// primary is heard again, what was kept is dropped (the client resends it; the primary,
+/// seeing the announcement count grow in the backup's acks, announces again).
+pub struct InboundWatch<T> {
+    capture_after_ns: u64,
+    capturing: bool,
+    kept: VecDeque<T>,
+    kept_bytes: u64,
+    max_kept_bytes: u64,
+    /// Frames that arrived while capturing with `max_kept_bytes` already kept.
+    overflowed: u64,
+}
+
+/// What the backup's driver does about the watch, after [`InboundWatch::tick`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchStep {
+    /// Announce the guest's MAC on this side's network and count it in the acks: capturing.
+    Announce,
+    /// The primary was heard again: these many kept frames were dropped.
+    PrimaryBack {
+        /// Kept frames dropped.
+        dropped: usize,
+    },
+}
+
+impl<T> InboundWatch<T> {
+    /// A watch that captures after `capture_after_ms` of silence, keeping at most
+    /// `max_kept_bytes`.
+    pub fn new(capture_after_ms: u64, max_kept_bytes: u64) -> Self {
+        InboundWatch {
+            capture_after_ns: capture_after_ms.saturating_mul(NS_PER_MS),
+            capturing: false,
+            kept: VecDeque::new(),
+            kept_bytes: 0,
+            max_kept_bytes,
+            overflowed: 0,
+        }
+    }
+
+    /// The primary has been silent for `silent_for_ns`: what to do, if anything.
+    pub fn tick(&mut self, silent_for_ns: u64) -> Option<WatchStep> {
+        let silent = silent_for_ns >= self.capture_after_ns;
+        if silent == self.capturing {
+            return None;
+        }
+        self.capturing = silent;
+        if silent {
+            return Some(WatchStep::Announce);
+        }
+        let dropped = self.take().len();
+        Some(WatchStep::PrimaryBack { dropped })
+    }
+
+    /// A frame (`bytes` long) arrived on this side's NIC: kept while capturing and within the
+    /// bound, else dropped.
+    pub fn arrived(&mut self, frame: T, bytes: u64) {
+        if !self.capturing {
+            return;
+        }
+        if self.kept_bytes.saturating_add(bytes) > self.max_kept_bytes {
+            self.overflowed += 1;
+            return;
+        }
+        self.kept.push_back(frame);
+        self.kept_bytes += bytes;
+    }
+
+    /// Whether frames are being kept.
+    pub fn capturing(&self) -> bool {
+        self.capturing
+    }
+
+    /// The frames kept, in arrival order; the watch keeps none afterwards.
+    pub fn take(&mut self) -> Vec<T> {
+        self.kept_bytes = 0;
+        std::mem::take(&mut self.kept).into()
+    }
+
+    /// Frames not kept for want of room while capturing.
+    pub fn overflowed(&self) -> u64 {
+        self.overflowed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +323,23 @@ mod tests {
         assert!(!pair.note_entry(&report(5)));
         assert_eq!(pair.released(OutputKind::Packet), 7);
         assert_eq!(pair.released(OutputKind::DiskWrite), 2);
+    }
+
+    #[test]
+    fn the_watch_keeps_frames_only_once_the_primary_is_silent_and_drops_them_if_it_returns() {
+        let mut watch = InboundWatch::new(150, 10);
+        watch.arrived("flooded copy", 1);
+        assert_eq!(watch.tick(149 * NS_PER_MS), None);
+        assert_eq!(watch.tick(150 * NS_PER_MS), Some(WatchStep::Announce));
+        assert_eq!(watch.tick(200 * NS_PER_MS), None, "announced once per silence");
+        watch.arrived("retransmission", 1);
+        assert_eq!(watch.tick(0), Some(WatchStep::PrimaryBack { dropped: 1 }));
+        watch.arrived("flooded again", 1);
+        assert_eq!(watch.tick(151 * NS_PER_MS), Some(WatchStep::Announce));
+        watch.arrived("first", 4);
+        watch.arrived("second", 4);
+        watch.arrived("over the bound", 4);
+        assert_eq!(watch.take(), vec!["first", "second"]);
+        assert_eq!(watch.overflowed(), 1);
     }
 }

@@ -25,6 +25,14 @@ const REPORT_EVERY: u64 = 32;
 pub enum PrimaryRole {
     /// Paired with a live backup: outputs wait for acks and the lease.
     Paired,
+    /// The backup is presumed dead; the backup gets the first try at the arbiter (it may be
+    /// alive behind a cut link, with the guest's inbound traffic).
+    LostBackup {
+        /// Why.
+        why: String,
+        /// When this side asks the arbiter, on the channel core's clock.
+        asks_at_ns: u64,
+    },
     /// The backup is presumed dead; the arbiter is being asked.
     Arbitrating,
     /// Won the arbiter: runs alone, releases without waiting.
@@ -58,6 +66,9 @@ pub enum PrimaryStep<T> {
     AskArbiter(String),
     /// The arbiter is being asked by this driver already: wait for the verdict.
     WaitForVerdict,
+    /// The backup is presumed dead: wait until this time (the channel core's clock), then
+    /// ask again.
+    WaitUntil(u64),
 }
 
 /// How the run must end, if it must.
@@ -85,6 +96,8 @@ pub struct PrimaryPair<T> {
     /// Bytes held or being performed.
     held_bytes: u64,
     max_held_bytes: u64,
+    /// How long a primary that lost its backup waits before it asks the arbiter.
+    defer_ns: u64,
     /// The kind and size of each output handed out by `next_step` and not yet reported done,
     /// in order.
     performing: VecDeque<(OutputKind, u64)>,
@@ -97,13 +110,16 @@ pub struct PrimaryPair<T> {
 }
 
 impl<T> PrimaryPair<T> {
-    /// A paired primary that holds at most `max_held_bytes` of output before its guest waits.
-    pub fn new(max_held_bytes: u64) -> Self {
+    /// A paired primary that holds at most `max_held_bytes` of output before its guest waits,
+    /// and that asks the arbiter `defer_ms` after it presumes its backup dead
+    /// ([`ChannelConfig::primary_defers_ms`](crate::ChannelConfig::primary_defers_ms)).
+    pub fn new(max_held_bytes: u64, defer_ms: u64) -> Self {
         PrimaryPair {
             role: PrimaryRole::Paired,
             held: VecDeque::new(),
             held_bytes: 0,
             max_held_bytes,
+            defer_ns: defer_ms.saturating_mul(1_000_000),
             performing: VecDeque::new(),
             untied: 0,
             released: ReleasedCounts::default(),
@@ -157,9 +173,20 @@ impl<T> PrimaryPair<T> {
     pub fn next_step(&mut self, channel: &PrimaryCore, now_ns: u64) -> PrimaryStep<T> {
         if self.role == PrimaryRole::Paired {
             if let Some(error) = channel.error() {
-                self.role = PrimaryRole::Arbitrating;
-                return PrimaryStep::AskArbiter(format!("backup presumed dead ({error})"));
+                let why = format!("backup presumed dead ({error})");
+                self.role = PrimaryRole::LostBackup {
+                    why,
+                    asks_at_ns: now_ns.saturating_add(self.defer_ns),
+                };
             }
+        }
+        if let PrimaryRole::LostBackup { why, asks_at_ns } = &self.role {
+            if now_ns < *asks_at_ns {
+                return PrimaryStep::WaitUntil(*asks_at_ns);
+            }
+            let why = why.clone();
+            self.role = PrimaryRole::Arbitrating;
+            return PrimaryStep::AskArbiter(why);
         }
         let Some(front) = self.held.front() else { return PrimaryStep::Idle };
         if self.output_failed.is_some() || matches!(self.role, PrimaryRole::Halted(_)) {
@@ -167,6 +194,7 @@ impl<T> PrimaryPair<T> {
         }
         let under_lease = match self.role {
             PrimaryRole::Arbitrating => return PrimaryStep::WaitForVerdict,
+            PrimaryRole::LostBackup { .. } => unreachable!("handled above"),
             PrimaryRole::Solo => false,
             PrimaryRole::Paired => {
                 let Some(seq) = front.seq else { return PrimaryStep::WaitForExitEnd };
@@ -286,7 +314,7 @@ mod tests {
             Harness {
                 channel: PrimaryCore::new(&config, 0, &key),
                 backup: BackupCore::new(&config, 0, &key),
-                pair: PrimaryPair::new(max_held_bytes),
+                pair: PrimaryPair::new(max_held_bytes, 0),
             }
         }
 

@@ -8,14 +8,19 @@
 //! logged value) and live outputs (the real console, TAP and disk) after re-applying the
 //! writes and re-emitting the packets and console output the primary may not have released,
 //! and announcing the guest's MAC with a RARP frame so the bridge learns the new port.
+//!
+//! Meanwhile [`InboundWatcher`] reads this side's TAP: it drops what arrives while the primary
+//! is heard, and once the primary has been silent for half the failure timeout announces the
+//! guest's MAC here and keeps what arrives, for the guest to receive first at go-live.
 use std::cell::RefCell;
 use std::io::Write;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
-use logchannel::pair::backup::{BackupPair, BackupStep, Unreleased};
+use logchannel::pair::backup::{BackupPair, BackupStep, InboundWatch, Unreleased, WatchStep};
 use logchannel::pair::OutputKind;
 use logchannel::{BackupLink, Entry, Input};
 use storage::BlockStore;
@@ -26,6 +31,7 @@ use crate::inputs::replay::EntrySource;
 use crate::inputs::InputError;
 use crate::outcome::RunOutcome;
 use crate::outputs::{LiveOutputs, OutputError, Outputs};
+use crate::tap::Tap;
 use crate::vm::{LiveIo, Takeover};
 
 /// How long one wait for the next entry lasts before it is retried (the
@@ -33,6 +39,10 @@ use crate::vm::{LiveIo, Takeover};
 const RECV_SLICE: Duration = Duration::from_millis(100);
 /// The most bytes of unreleased outputs of one kind the backup keeps to re-emit at go-live.
 const UNRELEASED_MAX_BYTES: u64 = 64 << 20;
+/// The most bytes of inbound frames the backup keeps for go-live while the primary is silent.
+const INBOUND_MAX_BYTES: u64 = 16 << 20;
+/// How often the inbound watcher looks at the primary's silence when no frame arrives.
+const WATCH_TICK: Duration = Duration::from_millis(5);
 
 /// What the backup is doing, readable from any thread (for SIGUSR1).
 #[derive(Default)]
@@ -164,6 +174,127 @@ impl Outputs for BackupOutputs {
     }
 }
 
+/// The watch over this side's TAP and whether the takeover has taken it over.
+struct Watched {
+    watch: InboundWatch<Vec<u8>>,
+    /// Set at go-live (or when the run ends): the watcher stops reading the TAP.
+    handed_over: bool,
+}
+
+/// The thread that reads this side's TAP while it is a backup ([`InboundWatch`]).
+pub struct InboundWatcher {
+    watched: Arc<Mutex<Watched>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl InboundWatcher {
+    /// Starts watching `tap` for the guest whose MAC is `mac`, judging the primary's silence
+    /// on `link` with `config`'s capture delay.
+    fn start(tap: Arc<Tap>, mac: [u8; 6], link: Arc<BackupLink>, config: &FtConfig) -> Self {
+        let capture_after_ms = config.channel.capture_after_ms();
+        let watched = Arc::new(Mutex::new(Watched {
+            watch: InboundWatch::new(capture_after_ms, INBOUND_MAX_BYTES),
+            handed_over: false,
+        }));
+        let thread = {
+            let watched = watched.clone();
+            std::thread::Builder::new()
+                .name("ftvm-inbound".into())
+                .spawn(move || watch_inbound(&tap, mac, &link, &watched, capture_after_ms))
+                .expect("spawning the inbound watcher")
+        };
+        InboundWatcher { watched, thread: Some(thread) }
+    }
+
+    /// Stops the watcher; the frames it kept, in arrival order. Frames that arrive from now
+    /// on stay in the TAP for the live inputs.
+    fn hand_over(&mut self) -> Vec<Vec<u8>> {
+        let mut watched = self.watched.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        watched.handed_over = true;
+        let overflowed = watched.watch.overflowed();
+        if overflowed > 0 {
+            eprintln!(
+                "ftvm: warning: {overflowed} inbound frames arrived while {} MiB were kept for \
+                 go-live and were dropped (their senders resend them)",
+                INBOUND_MAX_BYTES >> 20
+            );
+        }
+        watched.watch.take()
+    }
+}
+
+impl Drop for InboundWatcher {
+    fn drop(&mut self) {
+        self.hand_over();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The watcher's loop: looks at the primary's silence and reads what arrived, every
+/// [`WATCH_TICK`] or frame, until handed over.
+fn watch_inbound(
+    tap: &Tap,
+    mac: [u8; 6],
+    link: &BackupLink,
+    watched: &Mutex<Watched>,
+    capture_after_ms: u64,
+) {
+    let announcement = super::mac_announcement(mac);
+    loop {
+        if let Err(error) = tap.wait_readable(WATCH_TICK) {
+            eprintln!(
+                "ftvm: warning: waiting on TAP {}: {error}; inbound watch stopped",
+                tap.name()
+            );
+            return;
+        }
+        let mut watched = watched.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if watched.handed_over {
+            return;
+        }
+        let silent_for_ns = link.with_core(|channel, now_ns| channel.silent_for_ns(now_ns));
+        match watched.watch.tick(silent_for_ns) {
+            Some(WatchStep::Announce) => {
+                if let Err(error) = tap.write_packet(&announcement) {
+                    eprintln!(
+                        "ftvm: warning: announcing the guest's MAC on {}: {error}",
+                        tap.name()
+                    );
+                }
+                link.note_announced();
+                eprintln!(
+                    "ftvm: the primary has been silent for {capture_after_ms} ms: the guest's MAC \
+                     is announced here and its inbound frames are kept for go-live, at unix ns {}",
+                    unix_time_ns()
+                );
+            }
+            Some(WatchStep::PrimaryBack { dropped }) => eprintln!(
+                "ftvm: the primary is heard again: {dropped} inbound frames kept here are dropped \
+                 (their senders resend them to the primary)"
+            ),
+            None => {}
+        }
+        loop {
+            match tap.read_packet() {
+                Ok(Some(frame)) => {
+                    let len_bytes = frame.len() as u64;
+                    watched.watch.arrived(frame, len_bytes);
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    eprintln!(
+                        "ftvm: warning: reading TAP {}: {error}; inbound watch stopped",
+                        tap.name()
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Going live: what it needs.
 pub struct BackupTakeover {
     config: FtConfig,
@@ -175,6 +306,7 @@ pub struct BackupTakeover {
     console: Option<Box<dyn Write + Send>>,
     replayed: Rc<RefCell<Replayed>>,
     status: Arc<BackupStatus>,
+    inbound: Option<InboundWatcher>,
 }
 
 /// This backup's pair: its settings, generation and link.
@@ -208,6 +340,10 @@ pub fn backup_io(
         LinkSource { link: link.clone(), status: status.clone(), replayed: replayed.clone() };
     let own_disk = backends.disk.clone().filter(|_| backends.disk_own);
     let outputs = BackupOutputs { replayed: replayed.clone(), own_disk };
+    let inbound = match (backends.tap.clone(), net_mac) {
+        (Some(tap), Some(mac)) => Some(InboundWatcher::start(tap, mac, link.clone(), &config)),
+        _ => None,
+    };
     let takeover = BackupTakeover {
         config,
         generation,
@@ -217,24 +353,9 @@ pub fn backup_io(
         console: Some(console),
         replayed,
         status,
+        inbound,
     };
     (source, outputs, takeover)
-}
-
-/// A gratuitous RARP from `mac` (what VMware FT sends): every bridge on the
-/// way learns the guest's new port without the VMM knowing its IP address.
-fn rarp_announcement(mac: [u8; 6]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(60);
-    frame.extend_from_slice(&[0xff; 6]);
-    frame.extend_from_slice(&mac);
-    frame.extend_from_slice(&[0x80, 0x35]); // EtherType: RARP
-    frame.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 3]); // Ethernet/IPv4, "request reverse"
-    frame.extend_from_slice(&mac);
-    frame.extend_from_slice(&[0; 4]);
-    frame.extend_from_slice(&mac);
-    frame.extend_from_slice(&[0; 4]);
-    frame.resize(60, 0);
-    frame
 }
 
 /// Where a failover's time went on the backup, in ns since the Unix epoch (printed at
@@ -292,11 +413,7 @@ impl Takeover for BackupTakeover {
         let mut timeline = Timeline::default();
         self.decide(&mut timeline)?;
         let backends = std::mem::take(&mut self.backends);
-        if let Some(tap) = backends.tap.as_ref() {
-            // Frames queued while this side was a backup were flooded to both sides (the
-            // primary's guest consumed them, and the log carried them here): stale now.
-            while let Ok(Some(_)) = tap.read_packet() {}
-        }
+        let inbound = self.inbound.as_mut().map(InboundWatcher::hand_over).unwrap_or_default();
         let console = self.console.take().expect("go-live happens once");
         let mut live = LiveOutputs::new(console, backends.tap.clone(), backends.disk.clone());
         let re_emitting_from_ns = unix_time_ns();
@@ -315,7 +432,7 @@ impl Takeover for BackupTakeover {
             live.disk_flush().map_err(host_error)?;
         }
         if let (Some(mac), Some(_)) = (self.net_mac, backends.tap.as_ref()) {
-            live.transmit(&crate::devices::virtio::net::plain_packet(&rarp_announcement(mac)));
+            live.transmit(&super::mac_announcement(mac));
         }
         let packets = replayed.packets.take_after(core.released(OutputKind::Packet));
         let console = replayed.console.take_after(core.released(OutputKind::Console));
@@ -334,11 +451,12 @@ impl Takeover for BackupTakeover {
         }
         self.status.live.store(true, Ordering::SeqCst);
         eprintln!(
-            "ftvm: role: backup -> live, generation {}, at landmark {landmark}, replayed through seq {}, {rewritten} unreleased disk writes re-applied, {} packets and {} console writes re-emitted, at unix ns {}",
+            "ftvm: role: backup -> live, generation {}, at landmark {landmark}, replayed through seq {}, {rewritten} unreleased disk writes re-applied, {} packets and {} console writes re-emitted, {} inbound frames kept for the guest, at unix ns {}",
             self.generation,
             self.status.replayed_seq.load(Ordering::SeqCst),
             re_emitted.0,
             re_emitted.1,
+            inbound.len(),
             unix_time_ns()
         );
         eprintln!(
@@ -351,6 +469,7 @@ impl Takeover for BackupTakeover {
             timeline.arbiter_won,
         );
         let inputs = LiveInputs::continuing_at(replayed.last_monotonic_ns + 1, backends)
+            .receiving_first(inbound)
             .noting_first_frame();
         Ok((Box::new(inputs), Box::new(live.noting_first_frame())))
     }

@@ -120,6 +120,23 @@ impl std::fmt::Display for PairReport {
     }
 }
 
+/// The packet that announces the guest's MAC from this side: a gratuitous RARP (what VMware
+/// FT sends), so every bridge on the way learns the guest's port without the VMM knowing its
+/// IP address. Ready for the TAP (with its virtio-net header).
+pub fn mac_announcement(mac: [u8; 6]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(60);
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0x80, 0x35]); // EtherType: RARP
+    frame.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 3]); // Ethernet/IPv4, "request reverse"
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0; 4]);
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(&[0; 4]);
+    frame.resize(60, 0);
+    crate::devices::virtio::net::plain_packet(&frame)
+}
+
 /// (median, p99) of `samples`.
 pub fn median_p99(samples: &mut [u64]) -> (u64, u64) {
     if samples.is_empty() {

@@ -75,7 +75,7 @@ pub struct PrimarySide {
 impl PrimarySide {
     /// The primary's side of `generation` over a connected link.
     pub fn new(link: PrimaryLink, config: FtConfig, generation: u64) -> Arc<Self> {
-        let core = PrimaryPair::new(config.max_held_bytes);
+        let core = PrimaryPair::new(config.max_held_bytes, config.channel.primary_defers_ms());
         Arc::new(PrimarySide {
             link,
             config,
@@ -158,7 +158,12 @@ impl PrimarySide {
         self.link.with_core(|channel, now_ns| state.core.exit_done(channel, last_landmark, now_ns));
         state.closing = true;
         self.changed.notify_all();
-        while !state.core.drained() || *state.core.role() == PrimaryRole::Arbitrating {
+        while !state.core.drained()
+            || matches!(
+                state.core.role(),
+                PrimaryRole::Arbitrating | PrimaryRole::LostBackup { .. }
+            )
+        {
             state = self.wait(state);
         }
     }
@@ -171,7 +176,9 @@ impl PrimarySide {
             let role = match state.core.role() {
                 PrimaryRole::Solo => "solo",
                 PrimaryRole::Halted(_) => "halted",
-                PrimaryRole::Paired | PrimaryRole::Arbitrating => "primary",
+                PrimaryRole::Paired | PrimaryRole::LostBackup { .. } | PrimaryRole::Arbitrating => {
+                    "primary"
+                }
             };
             (role, state.core.released_under_lease())
         };
@@ -286,17 +293,20 @@ pub struct HeldOutputs {
 
 impl HeldOutputs {
     /// Holds outputs for `live` (the real console, TAP and disk) and starts the releaser;
-    /// `own_disk` is this side's own image, if the pair's disks are `mode=own`.
+    /// `own_disk` is this side's own image, if the pair's disks are `mode=own`; `net_mac` the
+    /// guest's MAC, announced when this side goes solo or the backup announced it.
     pub fn start(
         side: Arc<PrimarySide>,
         live: LiveOutputs,
         own_disk: Option<Arc<BlockStore>>,
+        net_mac: Option<[u8; 6]>,
     ) -> (HeldOutputs, JoinHandle<()>) {
         let releaser = {
             let side = side.clone();
+            let announcer = Announcer { packet: net_mac.map(super::mac_announcement), seen: 0 };
             std::thread::Builder::new()
                 .name("ftvm-output".into())
-                .spawn(move || release(&side, live))
+                .spawn(move || release(&side, live, announcer))
                 .expect("spawning the output thread")
         };
         (HeldOutputs { side, own_disk, held_in_exit: false }, releaser)
@@ -361,10 +371,48 @@ impl Outputs for HeldOutputs {
     }
 }
 
+/// Takes the guest's inbound traffic back from a backup that announced the guest's MAC (it
+/// had not heard this primary for half the failure timeout: a pause, a slow link) while this
+/// side still holds its lease, and announces it when this side goes solo.
+struct Announcer {
+    /// The announcement frame, if the guest has a NIC.
+    packet: Option<Vec<u8>>,
+    /// The backup's announcements answered so far.
+    seen: u64,
+}
+
+impl Announcer {
+    /// Announces if the backup announced since the last call and this side's lease holds (a
+    /// primary that wakes from a long pause reads the backup's old acks, but holds no lease:
+    /// the backup may be live by then).
+    fn answer_backup(&mut self, side: &PrimarySide, live: &mut LiveOutputs) {
+        let Some(packet) = &self.packet else { return };
+        let (announced, lease_valid) = side.link.with_core(|channel, now_ns| {
+            (channel.backup_announcements(), channel.lease_valid(now_ns))
+        });
+        if announced > self.seen && lease_valid && side.is_paired() {
+            self.seen = announced;
+            eprintln!(
+                "ftvm: the backup announced the guest's MAC (it had not heard this primary for \
+                 half the failure timeout); announcing it again"
+            );
+            live.transmit(packet);
+        }
+    }
+
+    /// This side went solo: the guest's traffic must come here, wherever the LAN sends it.
+    fn solo(&self, live: &mut LiveOutputs) {
+        if let Some(packet) = &self.packet {
+            live.transmit(packet);
+        }
+    }
+}
+
 /// The releaser: performs what the core releases, right after the lease check on this
 /// thread; asks the arbiter when the core says so.
-fn release(side: &PrimarySide, mut live: LiveOutputs) {
+fn release(side: &PrimarySide, mut live: LiveOutputs, mut announcer: Announcer) {
     loop {
+        announcer.answer_backup(side, &mut live);
         let mut state = side.lock();
         let step = side.link.with_core(|channel, now_ns| state.core.next_step(channel, now_ns));
         side.note_role(&state);
@@ -403,11 +451,14 @@ fn release(side: &PrimarySide, mut live: LiveOutputs) {
                 let verdict = arbitrate(&side.config, side.generation, "primary", &why);
                 let mut state = side.lock();
                 match &verdict {
-                    Ok(()) => eprintln!(
-                        "ftvm: role: primary -> solo, generation {}, at unix ns {}",
-                        side.generation,
-                        unix_time_ns()
-                    ),
+                    Ok(()) => {
+                        announcer.solo(&mut live);
+                        eprintln!(
+                            "ftvm: role: primary -> solo, generation {}, at unix ns {}",
+                            side.generation,
+                            unix_time_ns()
+                        )
+                    }
                     Err(NotWon::Lost(reason)) => {
                         eprintln!("ftvm: {reason}; the outputs it held are dropped")
                     }
@@ -419,6 +470,11 @@ fn release(side: &PrimarySide, mut live: LiveOutputs) {
                 }));
                 side.note_role(&state);
                 side.changed.notify_all();
+            }
+            PrimaryStep::WaitUntil(at_ns) => {
+                drop(state);
+                let wait_ns = side.link.with_core(|_, now_ns| at_ns.saturating_sub(now_ns));
+                std::thread::sleep(Duration::from_nanos(wait_ns).min(RELEASER_TICK));
             }
             PrimaryStep::Idle | PrimaryStep::WaitForExitEnd | PrimaryStep::WaitForVerdict => {
                 if state.closing && state.core.drained() {

@@ -4,6 +4,7 @@
 //! (tests/tests/hygiene.rs checks); measurement code (benchmarks, run
 //! statistics) reads time through [`HostClock`], defined here, and never
 //! hands it to the guest.
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -90,6 +91,9 @@ pub struct LiveInputs {
     backends: Backends,
     /// Print the time the first frame arrives (a backup gone live: the failover timeline).
     note_first_frame: bool,
+    /// Frames the guest receives before any from the TAP (a backup gone live: what arrived
+    /// while it waited to).
+    received_first: VecDeque<Vec<u8>>,
 }
 
 impl LiveInputs {
@@ -104,6 +108,12 @@ impl LiveInputs {
         self
     }
 
+    /// The guest receives `frames` (TAP packets) before anything from the TAP.
+    pub fn receiving_first(mut self, frames: Vec<Vec<u8>>) -> Self {
+        self.received_first = frames.into();
+        self
+    }
+
     /// Live inputs for a guest whose monotonic clock already reads
     /// `monotonic_ns` (a backup going live continues its guest's clock).
     pub fn continuing_at(monotonic_ns: u64, backends: Backends) -> Self {
@@ -112,6 +122,7 @@ impl LiveInputs {
             monotonic_base_ns: monotonic_ns,
             backends,
             note_first_frame: false,
+            received_first: VecDeque::new(),
         }
     }
 
@@ -129,7 +140,7 @@ impl LiveInputs {
     /// Everything that has arrived, without blocking: an expired timer and
     /// as many frames as the guest has buffers for (the rest stay queued in
     /// the TAP, which is the backpressure a real NIC gives).
-    fn arrived(&self, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
+    fn arrived(&mut self, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
         let mut events = Vec::new();
         if armed.timer_deadline_ns.is_some_and(|deadline| self.now_ns() >= deadline) {
             events.push(AsyncEvent::TimerExpired);
@@ -138,7 +149,10 @@ impl LiveInputs {
             tap.set_receive_offloads(armed.net_guest_offloads).map_err(|error| {
                 InputError::Host(format!("setting the offloads of TAP {}: {error}", tap.name()))
             })?;
-            for _ in 0..armed.net_rx_capacity {
+            let kept = self.received_first.len().min(armed.net_rx_capacity);
+            let first = self.received_first.drain(..kept).map(AsyncEvent::FrameReceived);
+            events.extend(first);
+            for _ in kept..armed.net_rx_capacity {
                 match tap.read_packet() {
                     Ok(Some(frame)) => events.push(AsyncEvent::FrameReceived(frame)),
                     Ok(None) => break,
