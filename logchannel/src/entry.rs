@@ -147,6 +147,14 @@ pub enum Entry {
         /// Disk writes performed.
         disk_writes: u64,
     },
+    /// Pages of a running guest's RAM, sent to a backup being added to it, before the rest of
+    /// its state (pre-copy): (page index, its 4 KiB). A later copy of a page replaces an
+    /// earlier one; a page never sent is all zeros.
+    Pages(Vec<(u64, serde_bytes::ByteBuf)>),
+    /// Where a backup being added starts: the running guest's state apart from its RAM (an
+    /// encoded snapshot, which the VMM defines), after the pages. The backup restores it and
+    /// replays the entries that follow; a log begins with this or with a run start.
+    ResumeFrom(serde_bytes::ByteBuf),
 }
 
 impl Entry {
@@ -158,6 +166,8 @@ impl Entry {
             Entry::Progress { .. } => "progress",
             Entry::RunEnd(_) => "run end",
             Entry::Released { .. } => "released",
+            Entry::Pages(_) => "pages",
+            Entry::ResumeFrom(_) => "resume from",
         }
     }
 
@@ -177,7 +187,10 @@ impl Entry {
             Entry::Input(entry) => Some(entry.point.landmark.saturating_sub(1)),
             Entry::Progress { landmark } => Some(*landmark),
             Entry::RunEnd(_) => Some(u64::MAX),
-            Entry::RunStart(_) | Entry::Released { .. } => None,
+            Entry::RunStart(_)
+            | Entry::Released { .. }
+            | Entry::Pages(_)
+            | Entry::ResumeFrom(_) => None,
         }
     }
 }

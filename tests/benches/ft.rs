@@ -17,6 +17,11 @@
 //! the time went, from the timestamps the VMMs print. `--failover-only` skips the throughput
 //! rows (`--trials 0` skips the failovers); `--faults kill,crash,stop,cut` picks faults;
 //! `--failure-timeout-ms MS` is passed to both sides.
+//!
+//! `--false-failovers SECONDS` runs, instead, a pair on this host under load for that long (a
+//! stress guest on the primary, a CPU hog per core in the host) and counts what a failure
+//! timeout that is too short costs: false failovers (a side taking over with both alive), and
+//! the backup taking the guest's traffic for a while (half the timeout of silence).
 use std::time::Duration;
 
 use ftvm_tests::bench::{cpu_seconds, measure_echo, runs_arg, MachineCpu, Table};
@@ -517,6 +522,69 @@ fn print_failover_tables(results: &[(String, Vec<Trial>)]) {
 }
 
 /// The value after `flag` in the bench's arguments.
+/// What `--false-failovers SECONDS` measured.
+struct LoadedRun {
+    role_changes: usize,
+    captures: usize,
+    re_announcements: usize,
+    lag_ms: Vec<f64>,
+    exits: (Option<i32>, Option<i32>),
+}
+
+/// A pair on loopback for `seconds` with a stress guest on the primary and a CPU hog per core
+/// in the host, with `pair_args` on both sides.
+fn loaded_pair(seconds: u64, pair_args: &[&str]) -> LoadedRun {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    ftvm_tests::require_kvm();
+    let arbiter = arbiter_dir("loaded");
+    let arbiter = arbiter.to_str().unwrap();
+    let channel = "127.0.0.1:7077";
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map_or(2, |cores| cores.get());
+    let hogs: Vec<_> = (0..cores)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut spins = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    spins = std::hint::black_box(spins.wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let side = |args: &[&str]| {
+        let mut command = std::process::Command::new(FTVM);
+        command.args(args).args(pair_args);
+        Reaped::spawn(command)
+    };
+    let backup = side(&["backup", "--listen", channel, "--arbiter", arbiter]);
+    let cmdline = format!("role=stress seed=11 ms={}", seconds * 1000);
+    let primary = side(&[
+        "primary",
+        "--stats",
+        "--backup",
+        channel,
+        "--arbiter",
+        arbiter,
+        "--cmdline",
+        &cmdline,
+    ]);
+    let limit = Duration::from_secs(seconds + 120);
+    let (primary, backup) = (primary.finish_within(limit), backup.finish_within(limit));
+    stop.store(true, Ordering::Relaxed);
+    hogs.into_iter().for_each(|hog| hog.join().unwrap());
+    let count =
+        |text: &str, needle: &str| text.lines().filter(|line| line.contains(needle)).count();
+    let both = format!("{}{}", primary.stderr, backup.stderr);
+    LoadedRun {
+        role_changes: count(&both, "role: primary -> ") + count(&both, "role: backup -> "),
+        captures: count(&backup.stderr, "the guest's MAC is announced here"),
+        re_announcements: count(&primary.stderr, "announcing it again"),
+        lag_ms: pair_field(&primary.stderr, "ms "),
+        exits: (primary.status, backup.status),
+    }
+}
+
 fn flag_value(flag: &str) -> Option<String> {
     std::env::args().skip_while(|arg| arg != flag).nth(1)
 }
@@ -539,6 +607,24 @@ fn main() {
     });
     let pair_args: Vec<&str> =
         timeout.iter().flat_map(|ms| ["--failure-timeout-ms", ms.as_str()]).collect();
+    if let Some(seconds) = flag_value("--false-failovers") {
+        let seconds: u64 = seconds.parse().expect("--false-failovers takes a number of seconds");
+        let run = loaded_pair(seconds, &pair_args);
+        println!(
+            "| loaded pair | seconds | failure timeout ms | false failovers | backup took the traffic | primary took it back | backup lag ms median / p99 | exits (primary, backup) |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---|---|");
+        println!(
+            "| stress guest + {} host CPU hogs | {seconds} | {timeout_ms} | {} | {} | {} | {:?} | {:?} |",
+            std::thread::available_parallelism().map_or(2, |cores| cores.get()),
+            run.role_changes,
+            run.captures,
+            run.re_announcements,
+            run.lag_ms,
+            run.exits
+        );
+        return;
+    }
     let mut table = Table::default();
     let baseline = flag_value("--baseline");
     let mut builds = Vec::new();

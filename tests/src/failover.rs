@@ -377,6 +377,27 @@ pub fn field(output: &str, client: &str, key: &str) -> Option<f64> {
     word(output, client, key)?.parse().ok()
 }
 
+/// Asserts that the clients of `ftvm-netclient watch` (its `client_stdout`) got every byte
+/// back exactly once, in order, on their first connections, and that the stream sent more
+/// than `min_sent_bytes` (it ran on past the faults); `report` explains a failure.
+pub fn assert_clients_intact(client_stdout: &str, min_sent_bytes: f64, report: &str) {
+    let stream = |key: &str| {
+        field(client_stdout, "stream", key).unwrap_or_else(|| panic!("no {key}: {report}"))
+    };
+    let requests = |key: &str| {
+        field(client_stdout, "requests", key).unwrap_or_else(|| panic!("no {key}: {report}"))
+    };
+    assert!(stream("sent_bytes") > min_sent_bytes, "the stream stopped early: {report}");
+    assert_eq!(stream("resets"), 0.0, "the stream's connection failed: {report}");
+    for damage in ["lost_bytes", "duplicated_bytes", "reordered_bytes", "corrupt_bytes"] {
+        assert_eq!(stream(damage), 0.0, "{damage}: {report}");
+    }
+    assert_eq!(stream("echoed_bytes"), stream("sent_bytes"), "{report}");
+    assert_eq!(requests("resets"), 0.0, "the request connection failed: {report}");
+    assert_eq!(requests("wrong_replies"), 0.0, "{report}");
+    assert!(requests("replies") > 0.0, "{report}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,18 +67,37 @@ impl TwoHosts {
     /// Starts the pair of `exe` running the echo guest: the backup on h2, then the primary on
     /// h1; `extra` goes to both (e.g. `--failure-timeout-ms`). Returns (primary, backup).
     pub fn start_pair(&self, exe: &str, extra: &[&str]) -> (Reaped, Reaped) {
+        let backup = self.start_backup(BACKUP_HOST, exe, extra);
+        (self.start_primary(exe, extra), backup)
+    }
+
+    /// Starts the primary of `exe` on h1, running the echo guest, for the backup on h2.
+    pub fn start_primary(&self, exe: &str, extra: &[&str]) -> Reaped {
         let net = format!("tap={TAP},mac={GUEST_MAC}");
-        let arbiter = self.arbiter.path();
-        let mut backup_args =
-            vec!["backup", "--listen", BACKUP_LISTEN, "--arbiter", arbiter, "--net", &net];
-        backup_args.extend_from_slice(extra);
-        let backup = self.spawn_on(BACKUP_HOST, exe, &backup_args);
         let cmdline = format!("role=echo port={ECHO_PORT} ip={GUEST_IP}/24");
-        let mut primary_args = vec!["primary", "--backup", BACKUP_LISTEN, "--arbiter", arbiter];
-        primary_args.extend_from_slice(&["--net", &net, "--cmdline", &cmdline]);
-        primary_args.extend_from_slice(extra);
-        let primary = self.spawn_on(PRIMARY_HOST, exe, &primary_args);
-        (primary, backup)
+        let mut args = vec!["primary", "--backup", BACKUP_LISTEN, "--arbiter", self.arbiter.path()];
+        args.extend_from_slice(&["--net", &net, "--cmdline", &cmdline]);
+        args.extend_from_slice(extra);
+        self.spawn_on(PRIMARY_HOST, exe, &args)
+    }
+
+    /// Starts a backup of `exe` on `host` (h1 or h2), listening on that host's FT link; after
+    /// a failover, one that waits as a spare to be added (`add-backup`).
+    pub fn start_backup(&self, host: &str, exe: &str, extra: &[&str]) -> Reaped {
+        let net = format!("tap={TAP},mac={GUEST_MAC}");
+        let listen = Self::listen_addr(host);
+        let mut args = vec!["backup", "--listen", &listen, "--arbiter", self.arbiter.path()];
+        args.extend_from_slice(&["--net", &net]);
+        args.extend_from_slice(extra);
+        self.spawn_on(host, exe, &args)
+    }
+
+    /// Where a backup on `host` listens for its primary.
+    pub fn listen_addr(host: &str) -> String {
+        match host {
+            PRIMARY_HOST => "10.78.0.1:7000".into(),
+            _ => BACKUP_LISTEN.into(),
+        }
     }
 
     /// Starts `exe args...` inside host `host`'s namespace (`ip netns exec` execs it in

@@ -136,6 +136,9 @@ enum Command {
     ///   ftvm remote --api-socket /run/vm1.sock status            # role, generation, landmarks, lag, ...
     ///   ftvm remote --api-socket /run/vm1.sock stop              # an orderly stop, like SIGTERM
     ///   ftvm remote --api-socket /run/vm1.sock snapshot vm1.snap # a standalone guest, to restore later
+    ///   ftvm remote --api-socket /run/vm1.sock add-backup 10.0.0.7:7000
+    ///       # after a failover: the live side sends the guest to a backup waiting there
+    ///       # (`ftvm backup --listen 10.0.0.7:7000 ...` on a spare host) and becomes its primary
     #[command(verbatim_doc_comment)]
     Remote {
         /// The VMM's API socket.
@@ -194,6 +197,14 @@ enum RemoteRequest {
     Snapshot {
         /// The snapshot file to write (replaced if it exists).
         file: PathBuf,
+    },
+    /// Restore redundancy after a failover: a backup that went live sends its running guest
+    /// (memory while it runs, then a pause of milliseconds for the rest) to the backup waiting
+    /// at ADDR, and both go on as a pair in the next generation. Prints the pause, the bytes
+    /// sent and the pre-copy rounds.
+    AddBackup {
+        /// The log channel address the new backup listens on (`ftvm backup --listen ADDR`).
+        addr: String,
     },
 }
 
@@ -299,9 +310,14 @@ struct PairArgs {
     /// Presume the other side dead after this long without a word from it.
     /// The primary releases output only while the backup acknowledged an
     /// entry sent within this time (minus a tenth), and a backup goes live no
-    /// earlier than this after it last heard the primary: a failover costs
-    /// the client at least this pause; shorter risks false failovers on a
-    /// loaded host.
+    /// earlier than this after it last heard the primary: a failover costs a
+    /// client this pause plus a few ms (at half of it the backup takes the
+    /// guest's traffic, so the client's resent packets wait for the guest
+    /// there; a primary that lost its backup lets the backup ask the arbiter
+    /// first, a sixth of it). Shorter risks false failovers on a loaded host:
+    /// with both cores saturated, 150 ms gave one in 10 minutes, 200 and 300
+    /// none (see the ft benchmark's --false-failovers). Below 200 ms a
+    /// client still waits for its first resend (Linux: after 200 ms).
     #[arg(long, alias = "failure-timeout", default_value_t = 300, value_name = "MS")]
     failure_timeout_ms: u64,
     /// Lag bound: the most log the backup may have left to replay before the
@@ -612,6 +628,9 @@ fn remote(api_socket: &std::path::Path, request: RemoteRequest) -> anyhow::Resul
             let file = std::path::absolute(&file)
                 .with_context(|| format!("cannot resolve {}", file.display()))?;
             serde_json::json!({ "command": "snapshot", "path": file })
+        }
+        RemoteRequest::AddBackup { addr } => {
+            serde_json::json!({ "command": "add-backup", "addr": addr })
         }
     };
     let answer = crate::api::call(api_socket, &request)?;

@@ -23,6 +23,7 @@ pub mod runs;
 pub mod signals;
 pub mod snapshot;
 pub mod tap;
+pub mod tasks;
 pub mod vcpu;
 pub mod vm;
 pub mod x86;

@@ -12,7 +12,9 @@ use linux_loader::elf::{
 };
 use linux_loader::loader::{Elf, KernelLoader};
 use thiserror::Error;
-use vm_memory::{ByteValued, GuestMemoryMmap};
+use vm_memory::ByteValued;
+
+use crate::memory::GuestRam;
 
 /// What is wrong with a kernel image.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -235,7 +237,7 @@ pub fn validate(image: &[u8], ram_bytes: u64) -> Result<LoadedKernel, LoaderErro
 
 /// Validates `image` and copies its segments into `memory` (fresh, zeroed RAM,
 /// so BSS needs no clearing).
-pub fn load(memory: &GuestMemoryMmap, image: &[u8]) -> Result<LoadedKernel, LoaderError> {
+pub fn load(memory: &GuestRam, image: &[u8]) -> Result<LoadedKernel, LoaderError> {
     let kernel = validate(image, crate::memory::ram_bytes(memory))?;
     Elf::load(memory, None, &mut Cursor::new(image), None)
         .map_err(|error| LoaderError::Load(error.to_string()))?;

@@ -3,8 +3,8 @@
 //! §4), applies asynchronous events only there, routes MMIO to the devices and
 //! turns fatal exits into a [`RunOutcome`]. It never touches KVM, so tests
 //! drive it with made-up exits.
+use crate::memory::GuestRam;
 use kvm_bindings::kvm_regs;
-use vm_memory::GuestMemoryMmap;
 
 use crate::devices::virtio::QueueFault;
 use crate::devices::{DeviceCtx, DeviceSet, Devices, DevicesState, EventState};
@@ -55,7 +55,7 @@ pub enum Action {
 /// but the vCPU.
 pub struct Machine {
     /// Guest RAM.
-    pub memory: GuestMemoryMmap,
+    pub memory: GuestRam,
     /// The devices.
     pub devices: Devices,
     /// Pending events and the armed timer.
@@ -71,7 +71,7 @@ impl Machine {
     /// A machine over `memory` with the devices in `set`, fed by `inputs`,
     /// its output going to `outputs`.
     pub fn new(
-        memory: GuestMemoryMmap,
+        memory: GuestRam,
         set: DeviceSet,
         inputs: Box<dyn Inputs>,
         outputs: Box<dyn Outputs>,
@@ -87,7 +87,7 @@ impl Machine {
 
     /// A machine restored from a snapshot: `devices` and `events` as saved, `landmarks` so far.
     pub fn restore(
-        memory: GuestMemoryMmap,
+        memory: GuestRam,
         devices: Devices,
         events: EventState,
         landmarks: u64,

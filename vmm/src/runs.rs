@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -17,19 +17,21 @@ use serde_json::json;
 use storage::{BlockStore, BlockStoreError};
 use thiserror::Error;
 
-use crate::api::{ApiError, ApiServer};
+use crate::api::{AddBackupFn, ApiError, ApiServer, Handlers};
 use crate::devices::DeviceSet;
 use crate::ft::backup::{backup_io, BackupPairLink, BackupStatus};
 use crate::ft::primary::{HeldOutputs, LinkSink, PrimarySide};
+use crate::ft::transfer::{Promoted, Promotion};
 use crate::ft::{self, FtConfig, PairSetupError};
 use crate::inputs::live::{Backends, LiveInputs};
 use crate::inputs::record::RecordingInputs;
-use crate::inputs::replay::ReplayInputs;
+use crate::inputs::replay::{LogStart, ReplayInputs};
 use crate::inputs::InputError;
-use crate::outputs::{LiveOutputs, ReplayOutputs};
+use crate::outputs::{LiveOutputs, ReplayOutputs, SharedWriter};
 use crate::signals;
-use crate::snapshot::{Snapshot, SnapshotError, SnapshotRequests};
+use crate::snapshot::{Snapshot, SnapshotError};
 use crate::tap::{Tap, TapError};
+use crate::tasks::VmTasks;
 use crate::vm::{RunReport, Vm, VmConfig, VmError};
 
 /// Why a run could not start (or a log could not be opened).
@@ -117,7 +119,8 @@ pub struct Attachments {
 fn serve_api(
     attachments: &Attachments,
     landmarks: &Arc<AtomicU64>,
-    snapshots: Option<Arc<SnapshotRequests>>,
+    snapshots: Option<Arc<VmTasks>>,
+    add_backup: Option<AddBackupFn>,
     status: impl Fn() -> serde_json::Value + Send + Sync + 'static,
 ) -> Result<Option<ApiServer>, RunError> {
     let Some(path) = attachments.api_socket.as_ref() else { return Ok(None) };
@@ -128,7 +131,8 @@ fn serve_api(
         answer["pid"] = std::process::id().into();
         answer
     });
-    Ok(Some(signals::spawning_helpers(|| ApiServer::start(path, status, snapshots))?))
+    let handlers = Handlers { status, snapshots, add_backup };
+    Ok(Some(signals::spawning_helpers(|| ApiServer::start(path, handlers))?))
 }
 
 /// Opens the host side of `attachments`.
@@ -167,10 +171,10 @@ pub fn live(
 /// Runs a standalone guest, its API socket answering status, stop and snapshot.
 fn run_standalone(vm: Vm, attachments: &Attachments) -> Result<RunReport, RunError> {
     let landmarks = Arc::new(AtomicU64::new(0));
-    let snapshots = Arc::new(SnapshotRequests::default());
+    let snapshots = Arc::new(VmTasks::default());
     let status = || json!({ "role": "standalone" });
-    let _api = serve_api(attachments, &landmarks, Some(snapshots.clone()), status)?;
-    Ok(vm.with_landmark_counter(landmarks).with_snapshots(snapshots).run()?)
+    let _api = serve_api(attachments, &landmarks, Some(snapshots.clone()), None, status)?;
+    Ok(vm.with_landmark_counter(landmarks).with_tasks(snapshots).run()?)
 }
 
 /// Runs on from the snapshot in `snapshot_file` with live inputs (the guest's clock going on
@@ -205,7 +209,7 @@ pub fn record(
 ) -> Result<RunReport, RunError> {
     let (backends, devices) = open(attachments)?;
     let landmarks = Arc::new(AtomicU64::new(0));
-    let _api = serve_api(attachments, &landmarks, None, || json!({ "role": "recording" }))?;
+    let _api = serve_api(attachments, &landmarks, None, None, || json!({ "role": "recording" }))?;
     let outputs = live_outputs(console, &backends);
     let inputs = RecordingInputs::new(
         LogFileWriter::<Entry>::create(log)?,
@@ -280,7 +284,7 @@ pub fn primary(
     signals::serve_stats_signal(move || eprintln!("ftvm: pair: {}", stats_side.report()));
     let landmarks = Arc::new(AtomicU64::new(0));
     let api_side = side.clone();
-    let _api = serve_api(attachments, &landmarks, None, move || {
+    let _api = serve_api(attachments, &landmarks, None, None, move || {
         serde_json::to_value(api_side.report()).unwrap_or_default()
     })?;
     if !backends.disk_own {
@@ -293,12 +297,20 @@ pub fn primary(
         RecordingInputs::new(LinkSink::new(side.clone()), &run_start(config, devices), backends)?;
     let result = Vm::new(config, devices, Box::new(inputs), Box::new(held))
         .and_then(|vm| vm.with_landmark_counter(landmarks).run());
-    // Whatever the guest produced is released (or dropped by a halt) before the process ends.
+    finish_primary(&side, releaser, result)
+}
+
+/// Ends a primary's run: whatever the guest produced is released (or dropped by a halt)
+/// before the process ends, and a halt or an output failure decided after the guest's last
+/// landmark still decides how the run ended.
+fn finish_primary(
+    side: &PrimarySide,
+    releaser: std::thread::JoinHandle<()>,
+    result: Result<RunReport, VmError>,
+) -> Result<RunReport, RunError> {
     side.close_and_drain(result.as_ref().map_or(0, |report| report.landmarks));
     let _ = releaser.join();
     let mut report = result?;
-    // A halt or an output failure decided after the guest's last landmark still decides how
-    // the run ended.
     if let Some(end) = side.end() {
         report.outcome = end;
     }
@@ -319,7 +331,7 @@ pub fn backup(
     console: Box<dyn Write + Send>,
     ft: &FtConfig,
 ) -> Result<RunReport, RunError> {
-    let credentials = ft::prepare(ft)?;
+    let credentials = ft::prepare_backup(ft)?;
     let (backends, own_devices) = open(attachments)?;
     let listener = TcpListener::bind(listen)
         .map_err(|source| RunError::Listen { addr: listen.to_string(), source })?;
@@ -348,38 +360,99 @@ pub fn backup(
         BackupLink::from_stream(accepted.stream, &ft.channel, &accepted.session)
     })?);
     let status = Arc::new(BackupStatus::default());
-    let (stats_link, stats_status, generation) =
-        (link.clone(), status.clone(), credentials.generation);
-    signals::serve_stats_signal(move || {
-        eprintln!("ftvm: pair: {}", stats_status.describe(&stats_link, generation))
+    let generation = credentials.generation;
+    // Once live, this side may take a new backup and become a primary (`add-backup`).
+    let console = SharedWriter::new(console);
+    let promotion = Arc::new(Promotion {
+        config: ft.clone(),
+        backends: backends.clone(),
+        devices: own,
+        console: console.clone(),
+        tasks: Arc::new(VmTasks::default()),
+        running_alone_in: Arc::new(Mutex::new(None)),
+        promoted: Arc::new(Mutex::new(None)),
+    });
+    let (stats_link, stats_status, stats_promotion) =
+        (link.clone(), status.clone(), promotion.clone());
+    signals::serve_stats_signal(move || match &*lock(&stats_promotion.promoted) {
+        Some(promoted) => eprintln!("ftvm: pair: {}", promoted.side.report()),
+        None => eprintln!("ftvm: pair: {}", stats_status.describe(&stats_link, generation)),
     });
     let landmarks = Arc::new(AtomicU64::new(0));
-    let (api_status, api_link) = (status.clone(), link.clone());
-    let _api = serve_api(attachments, &landmarks, None, move || {
-        api_status.to_json(&api_link, generation)
+    let (api_status, api_link, api_promotion) = (status.clone(), link.clone(), promotion.clone());
+    let adding = promotion.clone();
+    let add_backup: AddBackupFn = Arc::new(move |addr| {
+        let report = adding.add_backup(addr).map_err(|error| error.to_string())?;
+        Ok(serde_json::to_value(report).unwrap_or_default())
+    });
+    let _api = serve_api(attachments, &landmarks, None, Some(add_backup), move || {
+        match &*lock(&api_promotion.promoted) {
+            Some(promoted) => serde_json::to_value(promoted.side.report()).unwrap_or_default(),
+            None => api_status.to_json(&api_link, generation),
+        }
     })?;
     let pair = BackupPairLink { config: ft.clone(), generation, link };
     let own_disk = backends.disk.clone().filter(|_| backends.disk_own);
-    let (source, outputs, takeover) =
-        backup_io(status, pair, backends, own_devices.net_mac, console);
+    let (source, outputs, takeover) = backup_io(
+        status,
+        pair,
+        backends,
+        own_devices.net_mac,
+        Box::new(console),
+        promotion.running_alone_in.clone(),
+    );
     let mut replay = ReplayInputs::new(source).reading_own_disk(own_disk);
-    let (config, devices) = config_of(replay.read_start()?);
-    if channel_devices(devices, &Backends { disk_own: own.disk_own, ..Backends::default() })
-        != accepted.hello.devices
-    {
-        return Err(RunError::Log(InputError::LogCorrupt(format!(
-            "the primary's run start names devices {devices:?}, its handshake {:?}",
+    let check_devices = |devices: DeviceSet| {
+        let named =
+            channel_devices(devices, &Backends { disk_own: own.disk_own, ..Backends::default() });
+        if named == accepted.hello.devices {
+            return Ok(());
+        }
+        Err(RunError::Log(InputError::LogCorrupt(format!(
+            "the primary's log names devices {devices:?}, its handshake {:?}",
             accepted.hello.devices
-        ))));
-    }
-    eprintln!("ftvm: role: backup, replaying `{}`", config.cmdline);
-    let result = Vm::new(&config, devices, Box::new(replay), Box::new(outputs))?
+        ))))
+    };
+    let vm = match replay.read_log_start()? {
+        LogStart::Boot(start) => {
+            let (config, devices) = config_of(start);
+            check_devices(devices)?;
+            eprintln!("ftvm: role: backup, replaying `{}`", config.cmdline);
+            Vm::new(&config, devices, Box::new(replay), Box::new(outputs))?
+        }
+        LogStart::Resume { pages, state } => {
+            let mut snapshot: Snapshot = postcard::from_bytes(&state).map_err(|error| {
+                RunError::Log(InputError::LogCorrupt(format!(
+                    "the running guest's state could not be decoded: {error}"
+                )))
+            })?;
+            check_devices(snapshot.devices)?;
+            snapshot.pages = pages;
+            let landmark = snapshot.landmarks;
+            eprintln!(
+                "ftvm: role: backup, added to the running guest `{}` at landmark {landmark}, \
+                 replaying from there",
+                snapshot.cmdline
+            );
+            Vm::restore(snapshot, Box::new(replay.resuming_at(landmark)), Box::new(outputs))?
+        }
+    };
+    let result = vm
         .with_takeover(Box::new(takeover))
         .with_landmark_counter(landmarks)
+        .with_tasks(promotion.tasks.clone())
         .run();
     // Strangers are refused (and named) until the end.
     drop(listener);
-    Ok(result?)
+    let promoted = lock(&promotion.promoted).take();
+    match promoted {
+        Some(Promoted { side, releaser }) => finish_primary(&side, releaser, result),
+        None => Ok(result?),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Whether a primary's guest devices fit this backup's attachments: the same

@@ -11,12 +11,9 @@
 //! disk image's contents: the image is named again at restore and must be the same one),
 //! and the console's running hash restarts from its value at the snapshot (the restored run
 //! reports a chain of the two, not the hash of one uninterrupted run).
-use std::collections::VecDeque;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Mutex};
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use serde::de::DeserializeOwned;
@@ -89,9 +86,6 @@ impl<T: SavedAsIs> Persist for T {
     }
 }
 
-/// Where the vCPU thread answers a snapshot request: `Ok` once the file is written.
-pub type SnapshotAnswer = mpsc::Sender<Result<(), String>>;
-
 /// Everything a guest needs to run on from where it was.
 #[derive(Serialize, Deserialize)]
 pub struct Snapshot {
@@ -155,37 +149,5 @@ impl Snapshot {
             return Err(format(format!("it is of format {version}")));
         }
         postcard::from_bytes(&bytes[12..]).map_err(|error| format(error.to_string()))
-    }
-}
-
-/// Snapshot requests waiting for the vCPU thread, which takes them between two exits.
-#[derive(Default)]
-pub struct SnapshotRequests {
-    pending: AtomicBool,
-    queue: Mutex<VecDeque<(PathBuf, SnapshotAnswer)>>,
-}
-
-impl SnapshotRequests {
-    /// Asks for a snapshot to `path`; the answer comes on the returned channel once it is
-    /// written (the guest pauses meanwhile).
-    pub fn request(&self, path: PathBuf) -> mpsc::Receiver<Result<(), String>> {
-        let (answer, answered) = mpsc::channel();
-        self.queue
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push_back((path, answer));
-        self.pending.store(true, Ordering::SeqCst);
-        answered
-    }
-
-    /// The next request, if any (a cheap check when there is none).
-    pub fn take(&self) -> Option<(PathBuf, SnapshotAnswer)> {
-        if !self.pending.load(Ordering::Relaxed) {
-            return None;
-        }
-        let mut queue = self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let next = queue.pop_front();
-        self.pending.store(!queue.is_empty(), Ordering::SeqCst);
-        next
     }
 }

@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use ftvm_abi::boot::{BootInfo, BootInfoError, BYTES as BOOT_INFO_BYTES};
 use ftvm_abi::layout::BOOT_INFO_ADDR;
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use thiserror::Error;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::devices::DeviceSet;
 use crate::devices::Devices;
@@ -23,7 +23,8 @@ use crate::memory::{self, MemoryError};
 use crate::misbehaviour::Misbehaviour;
 use crate::outcome::RunOutcome;
 use crate::outputs::Outputs;
-use crate::snapshot::{Snapshot, SnapshotError, SnapshotRequests, PAGE_BYTES};
+use crate::snapshot::{Snapshot, SnapshotError, PAGE_BYTES};
+use crate::tasks::VmTasks;
 use crate::vcpu::{self, Exit, RunError, Vcpu};
 use crate::x86::{self, EntryMode};
 
@@ -129,8 +130,8 @@ pub struct Vm {
     vcpu: Vcpu,
     machine: Machine,
     takeover: Option<Box<dyn Takeover>>,
-    /// Snapshot requests to serve between exits.
-    snapshots: Option<Arc<SnapshotRequests>>,
+    /// Work other threads hand the vCPU thread, done between exits.
+    tasks: Option<Arc<VmTasks>>,
     /// The guest's command line (for snapshots).
     cmdline: String,
     /// Landmarks so far, published for the API socket's status.
@@ -138,7 +139,7 @@ pub struct Vm {
     /// The statistics of the log replayed before a takeover.
     replayed_stats: Option<LogStats>,
     timing: Timing,
-    _vm: VmFd,
+    vm_fd: Arc<VmFd>,
     _kvm: Kvm,
 }
 
@@ -196,7 +197,7 @@ impl Vm {
         info.encode(&mut block).map_err(VmError::Cmdline)?;
         guest_memory.write_slice(&block, GuestAddress(BOOT_INFO_ADDR))?;
         x86::write_tables(&guest_memory)?;
-        let (kvm, vm, vcpu_fd) = create_kvm_vm(&guest_memory, config.mem_bytes)?;
+        let (kvm, vm, vcpu_fd) = create_kvm_vm(&guest_memory)?;
         let sregs = vcpu_fd.get_sregs().map_err(kvm_error("get sregs"))?;
         vcpu_fd.set_sregs(&x86::sregs(sregs, config.entry_mode)).map_err(kvm_error("set sregs"))?;
         vcpu_fd
@@ -219,11 +220,11 @@ impl Vm {
             machine,
             takeover: None,
             landmark_counter: None,
-            snapshots: None,
+            tasks: None,
             cmdline,
             replayed_stats: None,
             timing,
-            _vm: vm,
+            vm_fd: Arc::new(vm),
             _kvm: kvm,
         }
     }
@@ -246,7 +247,7 @@ impl Vm {
                 })?;
             guest_memory.write_slice(bytes, GuestAddress(addr))?;
         }
-        let (kvm, vm, vcpu_fd) = create_kvm_vm(&guest_memory, snapshot.mem_bytes)?;
+        let (kvm, vm, vcpu_fd) = create_kvm_vm(&guest_memory)?;
         let refused = |what| move |error| SnapshotError::Kvm { what, error };
         vcpu_fd.set_sregs(&snapshot.sregs).map_err(refused("segment registers"))?;
         vcpu_fd.set_regs(&snapshot.regs).map_err(refused("general registers"))?;
@@ -265,16 +266,25 @@ impl Vm {
         Ok(Vm::assemble(Vcpu::new(vcpu_fd), machine, snapshot.cmdline, clock, (vm, kvm)))
     }
 
-    /// Serves snapshot requests from `requests` between two exits.
-    pub fn with_snapshots(mut self, requests: Arc<SnapshotRequests>) -> Self {
-        self.snapshots = Some(requests);
+    /// Does the tasks pushed to `tasks` between two exits.
+    pub fn with_tasks(mut self, tasks: Arc<VmTasks>) -> Self {
+        self.tasks = Some(tasks);
         self
     }
 
-    /// The guest as it stands, between two exits: the last exit's MMIO read is completed
-    /// first (KVM_RUN with immediate_exit finishes the instruction without entering the
-    /// guest), so the registers are those after it.
-    fn snapshot(&mut self) -> Result<Snapshot, String> {
+    /// The guest as it stands, between two exits, RAM included.
+    pub fn snapshot(&mut self) -> Result<Snapshot, String> {
+        let mut snapshot = self.snapshot_without_ram()?;
+        let memory = &self.machine.memory;
+        let every_page = 0..snapshot.mem_bytes / PAGE_BYTES as u64;
+        snapshot.pages = memory::read_pages(memory, every_page, true).map_err(|e| e.to_string())?;
+        Ok(snapshot)
+    }
+
+    /// The guest as it stands, between two exits, without its RAM: the last exit's MMIO read
+    /// is completed first (KVM_RUN with immediate_exit finishes the instruction without
+    /// entering the guest), so the registers are those after it.
+    pub fn snapshot_without_ram(&mut self) -> Result<Snapshot, String> {
         self.vcpu.immediate_exit_round_trip().map_err(|error| error.to_string())?;
         let (regs, sregs) = self.vcpu.full_state().map_err(|error| error.to_string())?;
         let monotonic_ns = self
@@ -282,18 +292,7 @@ impl Vm {
             .inputs_mut()
             .clock_now_ns()
             .ok_or("only a guest running on live inputs (`ftvm run`) can be snapshotted")?;
-        let memory = &self.machine.memory;
-        let mem_bytes = memory::ram_bytes(memory);
-        let mut pages = Vec::new();
-        let mut page = vec![0u8; PAGE_BYTES];
-        for index in 0..mem_bytes / PAGE_BYTES as u64 {
-            memory
-                .read_slice(&mut page, GuestAddress(index * PAGE_BYTES as u64))
-                .map_err(|error| error.to_string())?;
-            if page.iter().any(|byte| *byte != 0) {
-                pages.push((index, serde_bytes::ByteBuf::from(page.clone())));
-            }
-        }
+        let mem_bytes = memory::ram_bytes(&self.machine.memory);
         let (device_state, events, landmarks) = self.machine.save();
         Ok(Snapshot {
             mem_bytes,
@@ -305,26 +304,38 @@ impl Vm {
             sregs,
             device_state,
             events,
-            pages,
+            pages: Vec::new(),
         })
     }
 
-    /// Takes the snapshots asked for, if any.
-    fn serve_snapshots(&mut self) {
-        let Some(requests) = self.snapshots.clone() else { return };
-        while let Some((path, answer)) = requests.take() {
-            let written = self
-                .snapshot()
-                .and_then(|snapshot| snapshot.write(&path).map_err(|error| error.to_string()));
-            let _ = answer.send(written);
+    /// The VM (for its dirty log) and guest RAM, which a transfer reads while the guest runs.
+    pub fn ram_handles(&self) -> (Arc<VmFd>, memory::GuestRam) {
+        (self.vm_fd.clone(), self.machine.memory.clone())
+    }
+
+    /// The guest's clock now, if it runs on live inputs.
+    pub fn clock_now_ns(&mut self) -> Option<u64> {
+        self.machine.inputs_mut().clock_now_ns()
+    }
+
+    /// Goes on with other inputs and outputs from the next exit (a side that becomes a
+    /// primary); the old ones are dropped.
+    pub fn switch_io(&mut self, inputs: Box<dyn Inputs>, outputs: Box<dyn Outputs>) {
+        drop(self.machine.switch_io(inputs, outputs));
+    }
+
+    /// Does the tasks other threads asked for, if any.
+    fn serve_tasks(&mut self) {
+        let Some(tasks) = self.tasks.clone() else { return };
+        while let Some(task) = tasks.take() {
+            task(self);
         }
     }
 }
 
 /// Opens KVM, creates a VM over `guest_memory` and its one vCPU with the host's CPUID.
 fn create_kvm_vm(
-    guest_memory: &vm_memory::GuestMemoryMmap,
-    mem_bytes: u64,
+    guest_memory: &crate::memory::GuestRam,
 ) -> Result<(Kvm, VmFd, kvm_ioctls::VcpuFd), VmError> {
     {
         let kvm = open_kvm()?;
@@ -332,19 +343,7 @@ fn create_kvm_vm(
             return Err(VmError::MissingCapability("KVM_CAP_SYNC_REGS"));
         }
         let vm = kvm.create_vm().map_err(kvm_error("create VM"))?;
-        let host_addr = guest_memory
-            .get_host_address(GuestAddress(0))
-            .expect("RAM starts at guest address 0") as u64;
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: mem_bytes,
-            userspace_addr: host_addr,
-        };
-        // SAFETY: the region is the mapping owned by `guest_memory`, which the
-        // returned Vm keeps alive (in `machine`) for as long as the VM exists.
-        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_error("set memory region"))?;
+        memory::map_into(&vm, guest_memory, false).map_err(kvm_error("set memory region"))?;
 
         let vcpu_fd = vm.create_vcpu(0).map_err(kvm_error("create vCPU"))?;
         let cpuid = kvm
@@ -404,7 +403,7 @@ impl Vm {
                 if let Some(value) = read_value {
                     self.vcpu.complete_mmio_read(value);
                 }
-                self.serve_snapshots();
+                self.serve_tasks();
                 Ok(None)
             }
             Action::Stop(outcome) => Ok(Some(outcome)),

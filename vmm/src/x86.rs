@@ -8,7 +8,9 @@ use ftvm_abi::layout::{
     PDPT_ADDR, PD_ADDR, PD_COUNT, PML4_ADDR, PT_LOW_ADDR, RING0_STACK_TOP, TSS_ADDR,
 };
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::memory::GuestRam;
 
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
@@ -132,7 +134,7 @@ pub fn tss() -> [u8; TSS_BYTES as usize] {
 
 /// Writes page tables, GDT and TSS into guest RAM (the IDT page stays zero:
 /// the guest fills it).
-pub fn write_tables(memory: &GuestMemoryMmap) -> Result<(), vm_memory::GuestMemoryError> {
+pub fn write_tables(memory: &GuestRam) -> Result<(), vm_memory::GuestMemoryError> {
     for (addr, entries) in page_tables() {
         let bytes: Vec<u8> = entries.iter().flat_map(|entry| entry.to_le_bytes()).collect();
         memory.write_slice(&bytes, GuestAddress(addr))?;

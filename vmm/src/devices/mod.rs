@@ -16,8 +16,8 @@ pub mod power;
 pub mod timer;
 pub mod virtio;
 
+use crate::memory::GuestRam;
 use ftvm_abi::mmio;
-use vm_memory::GuestMemoryMmap;
 
 use crate::inputs::{Armed, At, Inputs};
 use crate::misbehaviour::{Misbehaviour, Offence};
@@ -43,7 +43,7 @@ pub struct EventState {
 /// Everything a device may touch while it handles one access.
 pub struct DeviceCtx<'a> {
     /// Guest RAM (every access is bounds-checked by vm-memory).
-    pub memory: &'a GuestMemoryMmap,
+    pub memory: &'a GuestRam,
     /// The source of every non-deterministic value.
     pub inputs: &'a mut dyn Inputs,
     /// The destination of every output.
@@ -172,7 +172,7 @@ impl Devices {
     }
 
     /// What could produce an asynchronous event now.
-    pub fn armed(&self, events: &EventState, memory: &GuestMemoryMmap) -> Armed {
+    pub fn armed(&self, events: &EventState, memory: &GuestRam) -> Armed {
         Armed {
             timer_deadline_ns: events.timer_deadline_ns,
             net_rx_capacity: self.net.as_ref().map_or(0, |net| net.rx_capacity(memory)),

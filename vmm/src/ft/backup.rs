@@ -307,6 +307,8 @@ pub struct BackupTakeover {
     replayed: Rc<RefCell<Replayed>>,
     status: Arc<BackupStatus>,
     inbound: Option<InboundWatcher>,
+    /// Set to the generation at go-live: this side then runs the guest alone.
+    running_alone_in: Arc<Mutex<Option<u64>>>,
 }
 
 /// This backup's pair: its settings, generation and link.
@@ -327,6 +329,7 @@ pub fn backup_io(
     backends: Backends,
     net_mac: Option<[u8; 6]>,
     console: Box<dyn Write + Send>,
+    running_alone_in: Arc<Mutex<Option<u64>>>,
 ) -> (LinkSource, BackupOutputs, BackupTakeover) {
     let BackupPairLink { config, generation, link } = pair;
     let replayed = Rc::new(RefCell::new(Replayed {
@@ -354,6 +357,7 @@ pub fn backup_io(
         replayed,
         status,
         inbound,
+        running_alone_in,
     };
     (source, outputs, takeover)
 }
@@ -450,6 +454,8 @@ impl Takeover for BackupTakeover {
             );
         }
         self.status.live.store(true, Ordering::SeqCst);
+        *self.running_alone_in.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Some(self.generation);
         eprintln!(
             "ftvm: role: backup -> live, generation {}, at landmark {landmark}, replayed through seq {}, {rewritten} unreleased disk writes re-applied, {} packets and {} console writes re-emitted, {} inbound frames kept for the guest, at unix ns {}",
             self.generation,

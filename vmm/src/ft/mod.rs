@@ -13,6 +13,7 @@
 
 pub mod backup;
 pub mod primary;
+pub mod transfer;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -192,6 +193,17 @@ pub enum PairSetupError {
 /// signal), the pair's identity is there, and its current generation is not
 /// decided yet.
 pub fn prepare(config: &FtConfig) -> Result<Credentials, PairSetupError> {
+    prepare_in(config, false)
+}
+
+/// [`prepare`] for a backup: if the current generation was decided (a failover happened, and
+/// the winner may run the guest alone), it waits as a spare for the next one, which the side
+/// that runs the guest starts when it adds this backup (`add-backup`).
+pub fn prepare_backup(config: &FtConfig) -> Result<Credentials, PairSetupError> {
+    prepare_in(config, true)
+}
+
+fn prepare_in(config: &FtConfig, spare_if_decided: bool) -> Result<Credentials, PairSetupError> {
     let arbiter = config.arbiter.open();
     let mut last_report = String::new();
     // Each step is retried while the storage does not answer (an etcd member restarting
@@ -227,7 +239,7 @@ pub fn prepare(config: &FtConfig) -> Result<Credentials, PairSetupError> {
             Ok(holder) => break holder,
         }
     };
-    if let Some(holder) = holder {
+    if let Some(holder) = holder.clone().filter(|_| !spare_if_decided) {
         return Err(PairSetupError::GenerationDecided {
             pair_id: identity.id,
             generation: identity.generation,
@@ -235,7 +247,20 @@ pub fn prepare(config: &FtConfig) -> Result<Credentials, PairSetupError> {
             dir: config.arbiter.to_string(),
         });
     }
-    Ok(Credentials { pair_id: identity.id, key: identity.key, generation: identity.generation })
+    let generation = match holder {
+        Some(holder) => {
+            let next = identity.generation + 1;
+            eprintln!(
+                "ftvm: generation {} of pair {} went to {holder}: this backup waits as a spare for \
+                 generation {next}, which the side that runs the guest starts when it adds it \
+                 (`ftvm remote --api-socket PATH add-backup ADDR` there)",
+                identity.generation, identity.id
+            );
+            next
+        }
+        None => identity.generation,
+    };
+    Ok(Credentials { pair_id: identity.id, key: identity.key, generation })
 }
 
 /// Prints a retry message once per distinct error.

@@ -59,6 +59,18 @@ impl<S: EntrySink> RecordingInputs<S> {
         })
     }
 
+    /// Goes on recording a guest that already runs on `live` (a side that becomes a primary:
+    /// the log it joins begins with the guest's state, not a run start).
+    pub fn continuing(sink: S, live: LiveInputs) -> Self {
+        RecordingInputs {
+            live,
+            sink,
+            stats: LogStats::default(),
+            last_entry_ns: 0,
+            progress_landmark: 0,
+        }
+    }
+
     fn append(&mut self, entry: Entry) -> Result<(), InputError> {
         let bytes = self.sink.append(&entry)?;
         self.stats.count(entry.kind(), bytes);

@@ -37,6 +37,20 @@ impl EntrySource for LogFileReader<Entry> {
 }
 
 /// Inputs read back from a log.
+/// How a log begins.
+pub enum LogStart {
+    /// With the guest's boot.
+    Boot(logchannel::RunStart),
+    /// With a running guest's RAM pages (a later copy of a page replaces an earlier one) and
+    /// its encoded state without RAM.
+    Resume {
+        /// (page index, 4 KiB), in the order sent.
+        pages: Vec<(u64, serde_bytes::ByteBuf)>,
+        /// The encoded snapshot without RAM.
+        state: Vec<u8>,
+    },
+}
+
 pub struct ReplayInputs<S: EntrySource> {
     source: S,
     /// A backup's own image of the disk (`mode=own`): reads come from it, not the log.
@@ -91,20 +105,52 @@ impl<S: EntrySource> ReplayInputs<S> {
         self
     }
 
-    /// Reads the run-start entry (the first entry of every log).
+    /// Reads the run-start entry (the first entry of a log recorded from boot).
     pub fn read_start(&mut self) -> Result<logchannel::RunStart, InputError> {
-        match self.peek()? {
-            Some((_, Entry::RunStart(start))) => {
-                let start = start.clone();
-                self.peeked = None;
-                Ok(start)
-            }
-            Some((seq, other)) => Err(InputError::LogCorrupt(format!(
-                "entry {seq} is a {} entry; a log must begin with a run start",
-                other.kind()
-            ))),
-            None => Err(InputError::LogCorrupt("the log holds no entries".into())),
+        match self.read_log_start()? {
+            LogStart::Boot(start) => Ok(start),
+            LogStart::Resume { .. } => Err(InputError::LogCorrupt(
+                "this log begins with a running guest's state, which only a backup being added \
+                 restores"
+                    .into(),
+            )),
         }
+    }
+
+    /// Reads how the log begins: a run start, or the pages and state of a running guest
+    /// (a backup being added to it); the replay goes on from there.
+    pub fn read_log_start(&mut self) -> Result<LogStart, InputError> {
+        let mut pages = Vec::new();
+        loop {
+            self.peek()?;
+            match self.peeked.take() {
+                Some((_, Entry::RunStart(start))) if pages.is_empty() => {
+                    return Ok(LogStart::Boot(start))
+                }
+                Some((_, Entry::Pages(more))) => pages.extend(more),
+                Some((_, Entry::ResumeFrom(state))) => {
+                    return Ok(LogStart::Resume { pages, state: state.into_vec() })
+                }
+                Some((seq, other)) => {
+                    return Err(InputError::LogCorrupt(format!(
+                        "entry {seq} is a {} entry; a log must begin with a run start, or with \
+                         pages and then the state to resume from",
+                        other.kind()
+                    )))
+                }
+                None => {
+                    return Err(InputError::LogCorrupt(
+                        "the log ended before it began a run".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Replays a guest restored at `landmark` (its exits through there are done).
+    pub fn resuming_at(mut self, landmark: u64) -> Self {
+        self.covered_landmark = landmark;
+        self
     }
 
     /// The next entry that is not a progress entry (progress is absorbed

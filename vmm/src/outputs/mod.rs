@@ -7,7 +7,7 @@
 //! the guest produced); an FT primary will hold output until the backup acks.
 
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use storage::BlockStore;
 use thiserror::Error;
@@ -61,6 +61,32 @@ impl ConsoleSink {
             self.failed = true;
             eprintln!("ftvm: console output could not be written; the guest keeps running");
         }
+    }
+}
+
+/// A writer several owners share (the console of a backup that goes live, then becomes a
+/// primary): each write takes it whole.
+#[derive(Clone)]
+pub struct SharedWriter(Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl SharedWriter {
+    /// Shares `writer`.
+    pub fn new(writer: Box<dyn Write + Send>) -> Self {
+        SharedWriter(Arc::new(Mutex::new(writer)))
+    }
+}
+
+impl Write for SharedWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).write(bytes)
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).write_all(bytes)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).flush()
     }
 }
 

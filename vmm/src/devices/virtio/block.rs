@@ -9,6 +9,7 @@ use virtio_queue::{Queue, QueueT, Reader, Writer};
 
 use super::{QueueFault, VirtioDevice, FEATURE_VERSION_1};
 use crate::devices::DeviceCtx;
+use crate::memory::RamBitmapSlice;
 use crate::outcome::RunOutcome;
 use crate::snapshot::SavedAsIs;
 use ftvm_abi::mmio::events;
@@ -70,8 +71,8 @@ impl Block {
     /// Serves one request; returns the bytes written into the guest's buffers.
     fn serve(
         &mut self,
-        reader: &mut Reader,
-        writer: &mut Writer,
+        reader: &mut Reader<'_, RamBitmapSlice<'_>>,
+        writer: &mut Writer<'_, RamBitmapSlice<'_>>,
         ctx: &mut DeviceCtx,
     ) -> Result<u32, QueueFault> {
         let mut header = [0u8; HEADER_BYTES];

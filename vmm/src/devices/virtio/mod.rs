@@ -13,9 +13,9 @@
 pub mod block;
 pub mod net;
 
+use crate::memory::GuestRam;
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::DeviceCtx;
 use crate::misbehaviour::Offence;
@@ -297,7 +297,7 @@ impl<D: VirtioDevice> VirtioMmio<D> {
         })
     }
 
-    fn write_register(&mut self, offset: u64, value: u32, memory: &GuestMemoryMmap) -> bool {
+    fn write_register(&mut self, offset: u64, value: u32, memory: &GuestRam) -> bool {
         let set_queue_address = |queue: &mut Queue, offset: u64, value: u32| match offset {
             register::QUEUE_DESC_LOW => queue.set_desc_table_address(Some(value), None),
             register::QUEUE_DESC_HIGH => queue.set_desc_table_address(None, Some(value)),

@@ -18,6 +18,7 @@
 //! dropped for one without `GUEST_TSO4` (one queued before a reset).
 use std::io::{Read, Write};
 
+use crate::memory::GuestRam;
 use thiserror::Error;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_HOST_TSO4,
@@ -25,7 +26,6 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
 };
 use virtio_queue::{Queue, QueueT, Reader, Writer};
-use vm_memory::GuestMemoryMmap;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::{QueueFault, VirtioDevice, VirtioMmio, FEATURE_VERSION_1};
@@ -509,7 +509,7 @@ impl VirtioMmio<Net> {
     }
 
     /// How many packets the guest can take now (posted receive buffers).
-    pub fn rx_capacity(&self, memory: &GuestMemoryMmap) -> usize {
+    pub fn rx_capacity(&self, memory: &GuestRam) -> usize {
         if !self.is_live() {
             return 0;
         }

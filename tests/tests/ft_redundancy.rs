@@ -1,0 +1,92 @@
+//! Redundancy restored (DESIGN §5): a pair survives two host failures in a row because the side
+//! left alone takes a new backup. The primary on h1 is killed; the backup on h2 goes live; a
+//! spare started on h1 is added through h2's API socket (`ftvm remote ... add-backup`), which
+//! sends it the running guest and makes h2 its primary in generation 2; h2 is killed; the
+//! spare goes live. A client streaming through the echo guest, and another exchanging
+//! requests, keep their connections across both failovers and get every byte back exactly
+//! once, in order. Needs root and /dev/kvm.
+use std::time::{Duration, Instant};
+
+use ftvm_tests::failover::assert_clients_intact;
+use ftvm_tests::hosts::{TwoHosts, BACKUP_HOST, PRIMARY_HOST};
+use ftvm_tests::Scratch;
+
+const FTVM: &str = env!("CARGO_BIN_EXE_ftvm-e2e");
+const NETCLIENT: &str = env!("CARGO_BIN_EXE_ftvm-netclient");
+
+const WATCH_SECONDS: f64 = 12.0;
+const STREAM_BYTES_PER_S: u64 = 200_000;
+
+/// The JSON answer of `ftvm remote --api-socket socket args...`, or why there is none.
+fn remote(socket: &str, args: &[&str]) -> Result<serde_json::Value, String> {
+    let mut command = std::process::Command::new(FTVM);
+    command.args(["remote", "--api-socket", socket]).args(args);
+    let output = command.output().map_err(|error| format!("{FTVM}: {error}"))?;
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    serde_json::from_slice(&output.stdout).map_err(|error| error.to_string())
+}
+
+/// Waits until the VMM on `socket` says its role is `role`.
+fn wait_for_role(socket: &str, role: &str, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match remote(socket, &["status"]) {
+            Ok(status) if status["role"] == role => return Ok(()),
+            Ok(status) => last = status.to_string(),
+            Err(error) => last = error,
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("no role {role} within {limit:?}; last status: {last}"))
+}
+
+#[test]
+fn a_stream_survives_two_failovers_with_a_backup_added_between_them() {
+    let hosts = TwoHosts::new(FTVM);
+    let sockets = Scratch::new("redundancy-api");
+    let socket_of = |name: &str| format!("{}/{name}.sock", sockets.path());
+    let (backup_socket, spare_socket) = (socket_of("h2"), socket_of("spare"));
+    let mut backup = hosts.start_backup(BACKUP_HOST, FTVM, &["--api-socket", &backup_socket]);
+    let mut primary = hosts.start_primary(FTVM, &[]);
+    hosts.wait_for_echo(NETCLIENT);
+    let watch = hosts.watch(NETCLIENT, WATCH_SECONDS, STREAM_BYTES_PER_S);
+    std::thread::sleep(Duration::from_millis(1500));
+    primary.kill();
+    let first_live = wait_for_role(&backup_socket, "live", Duration::from_secs(30));
+    // The live side's connect retries while the spare starts listening.
+    let spare = hosts.start_backup(PRIMARY_HOST, FTVM, &["--api-socket", &spare_socket]);
+    let added = first_live.and_then(|()| {
+        remote(&backup_socket, &["add-backup", &TwoHosts::listen_addr(PRIMARY_HOST)])
+    });
+    let spare_paired = wait_for_role(&spare_socket, "backup", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(2000));
+    backup.kill();
+    let watched = watch.finish_within(Duration::from_secs(90));
+    let spare = spare.stop();
+    let (backup, primary) = (backup.finish(), primary.finish());
+    let report = format!(
+        "add-backup: {added:?}\nspare: {spare_paired:?}\nclient: {}{}\n--- primary (h1)\n{}\n--- backup (h2)\n{}\n--- spare (h1)\n{}",
+        watched.stdout, watched.stderr, primary.stderr, backup.stderr, spare.stderr
+    );
+    let added = added.unwrap_or_else(|error| panic!("adding the backup failed: {error}\n{report}"));
+    spare_paired.unwrap_or_else(|error| panic!("the spare: {error}\n{report}"));
+    assert_eq!(added["generation"], 2, "{report}");
+    assert!(
+        added["pause_us"].as_u64().is_some() && added["sent_bytes"].as_u64() > Some(0),
+        "{report}"
+    );
+    assert!(backup.stderr.contains("role: backup -> live, generation 1"), "{report}");
+    assert!(backup.stderr.contains("role: live -> primary, generation 2"), "{report}");
+    assert!(spare.stderr.contains("added to the running guest"), "{report}");
+    assert!(
+        spare.stderr.contains("role: backup -> live, generation 2"),
+        "the added backup did not take over: {report}"
+    );
+    assert_clients_intact(&watched.stdout, STREAM_BYTES_PER_S as f64 * 6.0, &report);
+    if std::env::var_os("FTVM_TEST_VERBOSE").is_some() {
+        eprintln!("{report}");
+    }
+}
