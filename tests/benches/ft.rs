@@ -22,6 +22,10 @@
 //! stress guest on the primary, a CPU hog per core in the host) and counts what a failure
 //! timeout that is too short costs: false failovers (a side taking over with both alive), and
 //! the backup taking the guest's traffic for a while (half the timeout of silence).
+//!
+//! `--transfer TRIALS` measures, instead, adding a backup to a running guest (`add-backup`
+//! after a failover, on loopback): the pause, the bytes sent and the pre-copy rounds, for
+//! 128 MiB and 1 GiB guests, idle and under the stress role (medians of TRIALS, at least 5).
 use std::time::Duration;
 
 use ftvm_tests::bench::{cpu_seconds, measure_echo, runs_arg, MachineCpu, Table};
@@ -585,6 +589,88 @@ fn loaded_pair(seconds: u64, pair_args: &[&str]) -> LoadedRun {
     }
 }
 
+/// One `add-backup` of a guest of `mem` running `cmdline`: a pair on loopback, its primary
+/// killed, its backup live, a spare added to it; the API's answer.
+fn transfer_trial(mem: &str, cmdline: &str) -> serde_json::Value {
+    ftvm_tests::require_kvm();
+    let arbiter = arbiter_dir("transfer");
+    let arbiter = arbiter.to_str().unwrap();
+    let scratch = ftvm_tests::Scratch::new("transfer-api");
+    let socket = format!("{}/live.sock", scratch.path());
+    let (channel, spare_channel) = ("127.0.0.1:7078", "127.0.0.1:7079");
+    let spawn = |args: &[&str]| {
+        let mut command = std::process::Command::new(FTVM);
+        command.args(args);
+        Reaped::spawn(command)
+    };
+    let backup =
+        spawn(&["backup", "--listen", channel, "--arbiter", arbiter, "--api-socket", &socket]);
+    let mut primary = spawn(&[
+        "primary",
+        "--backup",
+        channel,
+        "--arbiter",
+        arbiter,
+        "--mem",
+        mem,
+        "--cmdline",
+        cmdline,
+    ]);
+    // The guest runs a while before the failover.
+    std::thread::sleep(Duration::from_millis(1500));
+    primary.kill();
+    let live = ftvm_tests::remote::wait_for_role(FTVM, &socket, "live", Duration::from_secs(60));
+    let spare = spawn(&["backup", "--listen", spare_channel, "--arbiter", arbiter, "--spare"]);
+    let added = live
+        .and_then(|()| ftvm_tests::remote::remote(FTVM, &socket, &["add-backup", spare_channel]));
+    let (backup, spare) = (backup.stop(), spare.stop());
+    added.unwrap_or_else(|error| {
+        panic!(
+            "add-backup failed: {error}\n--- live\n{}\n--- spare\n{}",
+            backup.stderr, spare.stderr
+        )
+    })
+}
+
+/// The `--transfer` table: each guest size and workload, `trials` times.
+fn transfer_table(trials: usize) {
+    println!(
+        "| guest RAM | workload | trials | pause us median / max | sent MiB median | pre-copy rounds median | pages sent running / paused (median) | whole transfer ms median |"
+    );
+    println!("|---|---|---:|---|---:|---:|---|---:|");
+    for mem in ["128M", "1G"] {
+        for (workload, cmdline) in
+            [("idle (echo)", "role=echo port=7"), ("stress", "role=stress seed=5 ms=600000")]
+        {
+            let reports: Vec<serde_json::Value> = (0..trials)
+                .map(|trial| {
+                    eprintln!("ft bench: transfer {mem} {workload} {}/{trials}", trial + 1);
+                    transfer_trial(mem, cmdline)
+                })
+                .collect();
+            let median = |key: &str| {
+                let mut values: Vec<f64> =
+                    reports.iter().filter_map(|report| report[key].as_f64()).collect();
+                values.sort_by(f64::total_cmp);
+                (
+                    values.get(values.len() / 2).copied().unwrap_or(f64::NAN),
+                    values.last().copied().unwrap_or(f64::NAN),
+                )
+            };
+            println!(
+                "| {mem} | {workload} | {trials} | {:.0} / {:.0} | {:.1} | {:.0} | {:.0} / {:.0} | {:.0} |",
+                median("pause_us").0,
+                median("pause_us").1,
+                median("sent_bytes").0 / (1 << 20) as f64,
+                median("rounds").0,
+                median("precopy_pages").0,
+                median("paused_pages").0,
+                median("total_ms").0
+            );
+        }
+    }
+}
+
 fn flag_value(flag: &str) -> Option<String> {
     std::env::args().skip_while(|arg| arg != flag).nth(1)
 }
@@ -607,6 +693,10 @@ fn main() {
     });
     let pair_args: Vec<&str> =
         timeout.iter().flat_map(|ms| ["--failure-timeout-ms", ms.as_str()]).collect();
+    if let Some(trials) = flag_value("--transfer") {
+        transfer_table(trials.parse().expect("--transfer takes a number of trials"));
+        return;
+    }
     if let Some(seconds) = flag_value("--false-failovers") {
         let seconds: u64 = seconds.parse().expect("--false-failovers takes a number of seconds");
         let run = loaded_pair(seconds, &pair_args);

@@ -12,6 +12,7 @@ pub mod icmp;
 pub mod lab;
 pub mod netns;
 pub mod proxy;
+pub mod remote;
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};

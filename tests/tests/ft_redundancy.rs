@@ -5,7 +5,7 @@
 //! spare goes live. A client streaming through the echo guest, and another exchanging
 //! requests, keep their connections across both failovers and get every byte back exactly
 //! once, in order. Needs root and /dev/kvm.
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ftvm_tests::failover::assert_clients_intact;
 use ftvm_tests::hosts::{TwoHosts, BACKUP_HOST, PRIMARY_HOST};
@@ -17,30 +17,12 @@ const NETCLIENT: &str = env!("CARGO_BIN_EXE_ftvm-netclient");
 const WATCH_SECONDS: f64 = 12.0;
 const STREAM_BYTES_PER_S: u64 = 200_000;
 
-/// The JSON answer of `ftvm remote --api-socket socket args...`, or why there is none.
 fn remote(socket: &str, args: &[&str]) -> Result<serde_json::Value, String> {
-    let mut command = std::process::Command::new(FTVM);
-    command.args(["remote", "--api-socket", socket]).args(args);
-    let output = command.output().map_err(|error| format!("{FTVM}: {error}"))?;
-    if !output.status.success() {
-        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
-    }
-    serde_json::from_slice(&output.stdout).map_err(|error| error.to_string())
+    ftvm_tests::remote::remote(FTVM, socket, args)
 }
 
-/// Waits until the VMM on `socket` says its role is `role`.
 fn wait_for_role(socket: &str, role: &str, limit: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + limit;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match remote(socket, &["status"]) {
-            Ok(status) if status["role"] == role => return Ok(()),
-            Ok(status) => last = status.to_string(),
-            Err(error) => last = error,
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!("no role {role} within {limit:?}; last status: {last}"))
+    ftvm_tests::remote::wait_for_role(FTVM, socket, role, limit)
 }
 
 #[test]
@@ -57,7 +39,7 @@ fn a_stream_survives_two_failovers_with_a_backup_added_between_them() {
     primary.kill();
     let first_live = wait_for_role(&backup_socket, "live", Duration::from_secs(30));
     // The live side's connect retries while the spare starts listening.
-    let spare = hosts.start_backup(PRIMARY_HOST, FTVM, &["--api-socket", &spare_socket]);
+    let spare = hosts.start_backup(PRIMARY_HOST, FTVM, &["--spare", "--api-socket", &spare_socket]);
     let added = first_live.and_then(|()| {
         remote(&backup_socket, &["add-backup", &TwoHosts::listen_addr(PRIMARY_HOST)])
     });

@@ -105,13 +105,29 @@ enum Command {
     /// primary dies and the arbiter agrees. The guest's configuration comes
     /// from the primary; --net/--disk/--console name this host's attachments.
     ///
-    /// Example:
+    /// With --spare it waits instead to be added to a running guest after a
+    /// failover: the side that runs it sends it the guest (`ftvm remote
+    /// --api-socket PATH add-backup ADDR`, or its --restore-to).
+    ///
+    /// Examples:
     ///   ftvm backup --listen 0.0.0.0:7000 --arbiter /shared/ftvm --net tap=tap1
+    ///   ftvm backup --listen 0.0.0.0:7000 --arbiter /shared/ftvm --net tap=tap1 \
+    ///       --restore-to 10.0.0.9:7000   # once live, add the spare there by itself
+    ///   ftvm backup --listen 10.0.0.9:7000 --arbiter /shared/ftvm --net tap=tap1 --spare
     #[command(verbatim_doc_comment)]
     Backup {
         /// Where to listen for the primary (host:port).
         #[arg(long)]
         listen: String,
+        /// Once this backup has gone live, add the backup waiting at ADDR
+        /// (`ftvm backup --listen ADDR`), retrying each second until one of
+        /// these addresses takes it, in the order given. Repeatable.
+        #[arg(long, value_name = "ADDR")]
+        restore_to: Vec<String>,
+        /// Wait to be added to the running guest (the pair's next generation)
+        /// instead of for a primary that starts in the current one.
+        #[arg(long)]
+        spare: bool,
         #[command(flatten)]
         pair: PairArgs,
         #[command(flatten)]
@@ -444,7 +460,9 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Record { log, run: args } => record(log, args),
         Command::Primary { backup, stats, pair, run: args } => primary(&backup, stats, &pair, args),
-        Command::Backup { listen, pair, host } => backup(&listen, &pair, &host),
+        Command::Backup { listen, restore_to, spare, pair, host } => {
+            backup(&listen, &runs::BackupRoles { spare, restore_to }, &pair, &host)
+        }
         Command::Replay { log, console, stats } => replay(log, console, stats),
         Command::Pair(command) => pair(command),
         Command::Remote { api_socket, request } => remote(&api_socket, request),
@@ -593,9 +611,15 @@ fn restore(snapshot: &std::path::Path, host: &HostArgs) -> anyhow::Result<u8> {
     Ok(report.outcome.exit_status())
 }
 
-fn backup(listen: &str, pair: &PairArgs, host: &HostArgs) -> anyhow::Result<u8> {
+fn backup(
+    listen: &str,
+    roles: &runs::BackupRoles,
+    pair: &PairArgs,
+    host: &HostArgs,
+) -> anyhow::Result<u8> {
     let report = runs::backup(
         listen,
+        roles,
         &attachments(host),
         console_sink(host.console.as_ref())?,
         &pair.ft_config(),

@@ -318,6 +318,16 @@ fn finish_primary(
     Ok(report)
 }
 
+/// What a backup does besides replaying.
+#[derive(Clone, Debug, Default)]
+pub struct BackupRoles {
+    /// Waits to be added to a running guest (the next generation) rather than for a primary
+    /// starting in the current one.
+    pub spare: bool,
+    /// Once live, adds the first spare of these that takes it.
+    pub restore_to: Vec<String>,
+}
+
 /// How often a backup waiting for its primary looks for a stop signal.
 const STOP_POLL: Duration = Duration::from_millis(50);
 
@@ -327,11 +337,13 @@ const STOP_POLL: Duration = Duration::from_millis(50);
 /// and goes live if the primary dies and the arbiter agrees.
 pub fn backup(
     listen: &str,
+    roles: &BackupRoles,
     attachments: &Attachments,
     console: Box<dyn Write + Send>,
     ft: &FtConfig,
 ) -> Result<RunReport, RunError> {
-    let credentials = ft::prepare_backup(ft)?;
+    let credentials = if roles.spare { ft::prepare_spare(ft)? } else { ft::prepare(ft)? };
+    let restore_to = &roles.restore_to;
     let (backends, own_devices) = open(attachments)?;
     let listener = TcpListener::bind(listen)
         .map_err(|source| RunError::Listen { addr: listen.to_string(), source })?;
@@ -371,7 +383,17 @@ pub fn backup(
         tasks: Arc::new(VmTasks::default()),
         running_alone_in: Arc::new(Mutex::new(None)),
         promoted: Arc::new(Mutex::new(None)),
+        transferring: Mutex::new(()),
     });
+    if !restore_to.is_empty() {
+        let (promotion, addrs) = (promotion.clone(), restore_to.to_vec());
+        signals::spawning_helpers(|| {
+            std::thread::Builder::new()
+                .name("ftvm-restore-to".into())
+                .spawn(move || restore_redundancy(&promotion, &addrs))
+                .expect("spawning the restore-to thread")
+        });
+    }
     let (stats_link, stats_status, stats_promotion) =
         (link.clone(), status.clone(), promotion.clone());
     signals::serve_stats_signal(move || match &*lock(&stats_promotion.promoted) {
@@ -448,6 +470,36 @@ pub fn backup(
     match promoted {
         Some(Promoted { side, releaser }) => finish_primary(&side, releaser, result),
         None => Ok(result?),
+    }
+}
+
+/// How often `--restore-to` tries again.
+const RESTORE_RETRY: Duration = Duration::from_secs(1);
+
+/// `--restore-to`: once this side runs the guest alone, adds the first spare of `addrs` that
+/// takes it, trying each in turn every [`RESTORE_RETRY`]; says why each attempt failed, once
+/// per distinct reason.
+fn restore_redundancy(promotion: &Promotion, addrs: &[String]) {
+    let mut last_failure = String::new();
+    loop {
+        if signals::stop_requested() {
+            return;
+        }
+        if lock(&promotion.running_alone_in).is_some() {
+            for addr in addrs {
+                match promotion.add_backup(addr) {
+                    Ok(_) => return,
+                    Err(error) => {
+                        let failure = error.to_string();
+                        if failure != last_failure {
+                            eprintln!("ftvm: --restore-to {addr}: {failure}; trying again");
+                            last_failure = failure;
+                        }
+                    }
+                }
+            }
+        }
+        std::thread::sleep(RESTORE_RETRY);
     }
 }
 

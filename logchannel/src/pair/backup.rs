@@ -191,6 +191,8 @@ impl<T> Unreleased<T> {
 pub struct InboundWatch<T> {
     capture_after_ns: u64,
     capturing: bool,
+    /// The other side won the arbiter: this side never captures again.
+    stood_down: bool,
     kept: VecDeque<T>,
     kept_bytes: u64,
     max_kept_bytes: u64,
@@ -202,6 +204,9 @@ pub struct InboundWatch<T> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WatchStep {
     /// Announce the guest's MAC on this side's network and count it in the acks: capturing.
+    /// Unless the arbiter already gave the generation to the primary (alive, it stopped
+    /// talking to this side when it presumed it dead): then call
+    /// [`InboundWatch::stand_down`] instead, so the winner keeps its traffic.
     Announce,
     /// The primary was heard again: these many kept frames were dropped.
     PrimaryBack {
@@ -217,6 +222,7 @@ impl<T> InboundWatch<T> {
         InboundWatch {
             capture_after_ns: capture_after_ms.saturating_mul(NS_PER_MS),
             capturing: false,
+            stood_down: false,
             kept: VecDeque::new(),
             kept_bytes: 0,
             max_kept_bytes,
@@ -226,7 +232,7 @@ impl<T> InboundWatch<T> {
 
     /// The primary has been silent for `silent_for_ns`: what to do, if anything.
     pub fn tick(&mut self, silent_for_ns: u64) -> Option<WatchStep> {
-        let silent = silent_for_ns >= self.capture_after_ns;
+        let silent = silent_for_ns >= self.capture_after_ns && !self.stood_down;
         if silent == self.capturing {
             return None;
         }
@@ -250,6 +256,13 @@ impl<T> InboundWatch<T> {
         }
         self.kept.push_back(frame);
         self.kept_bytes += bytes;
+    }
+
+    /// The primary holds the generation: nothing is kept, and nothing will be.
+    pub fn stand_down(&mut self) {
+        self.stood_down = true;
+        self.capturing = false;
+        self.take();
     }
 
     /// Whether frames are being kept.
@@ -341,5 +354,10 @@ mod tests {
         watch.arrived("over the bound", 4);
         assert_eq!(watch.take(), vec!["first", "second"]);
         assert_eq!(watch.overflowed(), 1);
+        watch.stand_down();
+        watch.arrived("after the primary won", 1);
+        assert_eq!(watch.tick(0), None);
+        assert_eq!(watch.tick(500 * NS_PER_MS), None, "a side that lost never captures again");
+        assert!(watch.take().is_empty());
     }
 }

@@ -190,8 +190,15 @@ pub struct InboundWatcher {
 impl InboundWatcher {
     /// Starts watching `tap` for the guest whose MAC is `mac`, judging the primary's silence
     /// on `link` with `config`'s capture delay.
-    fn start(tap: Arc<Tap>, mac: [u8; 6], link: Arc<BackupLink>, config: &FtConfig) -> Self {
+    fn start(
+        tap: Arc<Tap>,
+        mac: [u8; 6],
+        link: Arc<BackupLink>,
+        config: &FtConfig,
+        generation: u64,
+    ) -> Self {
         let capture_after_ms = config.channel.capture_after_ms();
+        let arbiter = Arbiter { config: config.clone(), generation };
         let watched = Arc::new(Mutex::new(Watched {
             watch: InboundWatch::new(capture_after_ms, INBOUND_MAX_BYTES),
             handed_over: false,
@@ -200,7 +207,7 @@ impl InboundWatcher {
             let watched = watched.clone();
             std::thread::Builder::new()
                 .name("ftvm-inbound".into())
-                .spawn(move || watch_inbound(&tap, mac, &link, &watched, capture_after_ms))
+                .spawn(move || watch_inbound(&tap, mac, &link, &watched, &arbiter))
                 .expect("spawning the inbound watcher")
         };
         InboundWatcher { watched, thread: Some(thread) }
@@ -232,6 +239,20 @@ impl Drop for InboundWatcher {
     }
 }
 
+/// Where the watcher learns whether the primary already won.
+struct Arbiter {
+    config: FtConfig,
+    generation: u64,
+}
+
+impl Arbiter {
+    /// Whether the arbiter gave this generation to a side (an error counts as no: a backup
+    /// whose primary died must not lose its clients' packets to a slow storage).
+    fn decided(&self) -> bool {
+        self.config.arbiter.open().holder(self.generation).is_ok_and(|holder| holder.is_some())
+    }
+}
+
 /// The watcher's loop: looks at the primary's silence and reads what arrived, every
 /// [`WATCH_TICK`] or frame, until handed over.
 fn watch_inbound(
@@ -239,8 +260,9 @@ fn watch_inbound(
     mac: [u8; 6],
     link: &BackupLink,
     watched: &Mutex<Watched>,
-    capture_after_ms: u64,
+    arbiter: &Arbiter,
 ) {
+    let capture_after_ms = arbiter.config.channel.capture_after_ms();
     let announcement = super::mac_announcement(mac);
     loop {
         if let Err(error) = tap.wait_readable(WATCH_TICK) {
@@ -256,6 +278,16 @@ fn watch_inbound(
         }
         let silent_for_ns = link.with_core(|channel, now_ns| channel.silent_for_ns(now_ns));
         match watched.watch.tick(silent_for_ns) {
+            Some(WatchStep::Announce) if arbiter.decided() => {
+                // The primary won while this side still heard nothing: it lives, and keeps
+                // its traffic.
+                watched.watch.stand_down();
+                eprintln!(
+                    "ftvm: the primary has been silent for {capture_after_ms} ms but holds \
+                     generation {}: its traffic stays with it",
+                    arbiter.generation
+                );
+            }
             Some(WatchStep::Announce) => {
                 if let Err(error) = tap.write_packet(&announcement) {
                     eprintln!(
@@ -344,7 +376,9 @@ pub fn backup_io(
     let own_disk = backends.disk.clone().filter(|_| backends.disk_own);
     let outputs = BackupOutputs { replayed: replayed.clone(), own_disk };
     let inbound = match (backends.tap.clone(), net_mac) {
-        (Some(tap), Some(mac)) => Some(InboundWatcher::start(tap, mac, link.clone(), &config)),
+        (Some(tap), Some(mac)) => {
+            Some(InboundWatcher::start(tap, mac, link.clone(), &config, generation))
+        }
         _ => None,
     };
     let takeover = BackupTakeover {

@@ -196,14 +196,14 @@ pub fn prepare(config: &FtConfig) -> Result<Credentials, PairSetupError> {
     prepare_in(config, false)
 }
 
-/// [`prepare`] for a backup: if the current generation was decided (a failover happened, and
-/// the winner may run the guest alone), it waits as a spare for the next one, which the side
-/// that runs the guest starts when it adds this backup (`add-backup`).
-pub fn prepare_backup(config: &FtConfig) -> Result<Credentials, PairSetupError> {
+/// [`prepare`] for a spare: a backup that waits to be added to a running guest
+/// (`add-backup`), which moves the pair to the generation after the one it won. Started
+/// after the failover: before it, the current generation is the running pair's own.
+pub fn prepare_spare(config: &FtConfig) -> Result<Credentials, PairSetupError> {
     prepare_in(config, true)
 }
 
-fn prepare_in(config: &FtConfig, spare_if_decided: bool) -> Result<Credentials, PairSetupError> {
+fn prepare_in(config: &FtConfig, spare: bool) -> Result<Credentials, PairSetupError> {
     let arbiter = config.arbiter.open();
     let mut last_report = String::new();
     // Each step is retried while the storage does not answer (an etcd member restarting
@@ -239,7 +239,7 @@ fn prepare_in(config: &FtConfig, spare_if_decided: bool) -> Result<Credentials, 
             Ok(holder) => break holder,
         }
     };
-    if let Some(holder) = holder.clone().filter(|_| !spare_if_decided) {
+    if let Some(holder) = holder.clone().filter(|_| !spare) {
         return Err(PairSetupError::GenerationDecided {
             pair_id: identity.id,
             generation: identity.generation,
@@ -247,19 +247,20 @@ fn prepare_in(config: &FtConfig, spare_if_decided: bool) -> Result<Credentials, 
             dir: config.arbiter.to_string(),
         });
     }
-    let generation = match holder {
-        Some(holder) => {
-            let next = identity.generation + 1;
-            eprintln!(
-                "ftvm: generation {} of pair {} went to {holder}: this backup waits as a spare for \
-                 generation {next}, which the side that runs the guest starts when it adds it \
-                 (`ftvm remote --api-socket PATH add-backup ADDR` there)",
-                identity.generation, identity.id
-            );
-            next
-        }
-        None => identity.generation,
+    // A spare joins the generation after a decided one (the side that won it runs the guest
+    // alone), or one that is not decided yet: the side adding it moved the pair there.
+    let generation = match (spare, &holder) {
+        (true, Some(_)) => identity.generation + 1,
+        _ => identity.generation,
     };
+    if spare {
+        eprintln!(
+            "ftvm: a spare of pair {}: waits to be added in generation {generation} (by \
+             `ftvm remote --api-socket PATH add-backup ADDR` on the side that runs the guest, or \
+             its --restore-to)",
+            identity.id
+        );
+    }
     Ok(Credentials { pair_id: identity.id, key: identity.key, generation })
 }
 

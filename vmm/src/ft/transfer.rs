@@ -118,6 +118,8 @@ pub struct Promotion {
     pub running_alone_in: Arc<Mutex<Option<u64>>>,
     /// Set when the transfer made this side a primary.
     pub promoted: Arc<Mutex<Option<Promoted>>>,
+    /// Held during a transfer: one at a time (the API and `--restore-to` may both ask).
+    pub transferring: Mutex<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -128,6 +130,9 @@ impl Promotion {
     /// Adds the backup waiting at `addr`: pre-copy, pause, hand-over, as the module says.
     pub fn add_backup(&self, addr: &str) -> Result<TransferReport, TransferError> {
         let started = Instant::now();
+        let Ok(_one_at_a_time) = self.transferring.try_lock() else {
+            return Err(TransferError::NotHere("a backup is being added already".into()));
+        };
         let generation = self.generation_alone()?;
         if self.backends.disk_own {
             return Err(TransferError::NotHere(
