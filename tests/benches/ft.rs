@@ -589,38 +589,57 @@ fn loaded_pair(seconds: u64, pair_args: &[&str]) -> LoadedRun {
     }
 }
 
-/// One `add-backup` of a guest of `mem` running `cmdline`: a pair on loopback, its primary
-/// killed, its backup live, a spare added to it; the API's answer.
+/// One `add-backup` of a guest of `mem` running `cmdline` (with the lab's guest network
+/// arguments): a pair in a lab (primary on tap0, backup on tap1, channels on the lab host's
+/// loopback), its primary killed, its backup live, a spare (tap2) added to it; the API's
+/// answer.
 fn transfer_trial(mem: &str, cmdline: &str) -> serde_json::Value {
-    ftvm_tests::require_kvm();
+    let lab = Lab::new(3);
     let arbiter = arbiter_dir("transfer");
     let arbiter = arbiter.to_str().unwrap();
     let scratch = ftvm_tests::Scratch::new("transfer-api");
     let socket = format!("{}/live.sock", scratch.path());
-    let (channel, spare_channel) = ("127.0.0.1:7078", "127.0.0.1:7079");
-    let spawn = |args: &[&str]| {
-        let mut command = std::process::Command::new(FTVM);
-        command.args(args);
-        Reaped::spawn(command)
-    };
-    let backup =
-        spawn(&["backup", "--listen", channel, "--arbiter", arbiter, "--api-socket", &socket]);
-    let mut primary = spawn(&[
-        "primary",
-        "--backup",
-        channel,
-        "--arbiter",
-        arbiter,
-        "--mem",
-        mem,
-        "--cmdline",
-        cmdline,
-    ]);
+    let spare_channel = "127.0.0.1:7079";
+    let nets: Vec<String> = (0..3).map(|tap| lab.net_flag_for(tap, 0)).collect();
+    let backup = lab.spawn_in_host(
+        FTVM,
+        &[
+            "backup",
+            "--listen",
+            CHANNEL,
+            "--arbiter",
+            arbiter,
+            "--api-socket",
+            &socket,
+            "--net",
+            &nets[1],
+        ],
+    );
+    let cmdline = format!("{cmdline} {}", Lab::guest_net_args(0));
+    let mut primary = lab.spawn_in_host(
+        FTVM,
+        &[
+            "primary",
+            "--backup",
+            CHANNEL,
+            "--arbiter",
+            arbiter,
+            "--mem",
+            mem,
+            "--net",
+            &nets[0],
+            "--cmdline",
+            &cmdline,
+        ],
+    );
     // The guest runs a while before the failover.
     std::thread::sleep(Duration::from_millis(1500));
     primary.kill();
     let live = ftvm_tests::remote::wait_for_role(FTVM, &socket, "live", Duration::from_secs(60));
-    let spare = spawn(&["backup", "--listen", spare_channel, "--arbiter", arbiter, "--spare"]);
+    let spare = lab.spawn_in_host(
+        FTVM,
+        &["backup", "--listen", spare_channel, "--arbiter", arbiter, "--spare", "--net", &nets[2]],
+    );
     let added = live
         .and_then(|()| ftvm_tests::remote::remote(FTVM, &socket, &["add-backup", spare_channel]));
     let (backup, spare) = (backup.stop(), spare.stop());

@@ -72,3 +72,76 @@ fn a_stream_survives_two_failovers_with_a_backup_added_between_them() {
         eprintln!("{report}");
     }
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `ftvm args...`.
+fn spawn(args: &[&str]) -> ftvm_tests::Reaped {
+    let mut command = std::process::Command::new(FTVM);
+    command.args(args);
+    ftvm_tests::Reaped::spawn(command)
+}
+
+#[test]
+fn the_disk_test_survives_two_failovers_on_a_shared_image() {
+    let scratch = Scratch::new("redundancy-disk");
+    ftvm_tests::init_pair(FTVM, &scratch.0);
+    let arbiter = scratch.path();
+    let image = format!("{arbiter}/shared.img");
+    let created = spawn(&[
+        "run",
+        "--cmdline",
+        "role=compute rounds=1",
+        "--disk",
+        &format!("{image},size=256M,create"),
+    ]);
+    assert_eq!(created.finish().status, Some(0));
+    let socket = format!("{arbiter}/live.sock");
+    let (first, second) =
+        (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let mut backup = spawn(&[
+        "backup",
+        "--listen",
+        &first,
+        "--arbiter",
+        arbiter,
+        "--disk",
+        &image,
+        "--api-socket",
+        &socket,
+    ]);
+    let mut primary = spawn(&[
+        "primary",
+        "--backup",
+        &first,
+        "--arbiter",
+        arbiter,
+        "--disk",
+        &image,
+        "--cmdline",
+        "role=disk-selftest mib=240",
+    ]);
+    std::thread::sleep(Duration::from_millis(400));
+    primary.kill();
+    let spare =
+        spawn(&["backup", "--listen", &second, "--arbiter", arbiter, "--disk", &image, "--spare"]);
+    let added = wait_for_role(&socket, "live", Duration::from_secs(30))
+        .and_then(|()| remote(&socket, &["add-backup", &second]));
+    backup.kill();
+    let spare = spare.finish_within(Duration::from_secs(120));
+    let (backup, primary) = (backup.finish(), primary.finish());
+    let report = format!(
+        "add-backup: {added:?}\n--- primary\n{}\n--- backup\n{}\n--- spare\n{}{}",
+        primary.stderr, backup.stderr, spare.stdout, spare.stderr
+    );
+    assert!(added.is_ok(), "{report}");
+    assert!(spare.stderr.contains("role: backup -> live, generation 2"), "{report}");
+    assert_eq!(spare.status, Some(0), "the spare finished the disk test: {report}");
+    assert!(spare.stdout.contains("disk ok: generation 1"), "{report}");
+    // The image holds what the guest believes it wrote: a second run verifies it.
+    let verify =
+        spawn(&["run", "--cmdline", "role=disk-selftest mib=240", "--disk", &image]).finish();
+    assert!(verify.stdout.contains("generation 1 verified"), "{verify:?}\n{report}");
+}
