@@ -355,8 +355,14 @@ pub fn backup(
     let own = channel_devices(own_devices, &backends);
     let check = move |hello: &logchannel::Hello| devices_match(own, hello.devices);
     let report = |line: String| eprintln!("ftvm: log channel: {line}");
+    let known = credentials.clone();
+    let (spare, spare_config) = (roles.spare, ft.clone());
+    let credentials_now = move || match spare {
+        true => ft::spare_credentials(&spare_config, &known),
+        false => known.clone(),
+    };
     let listener = signals::spawning_helpers(|| {
-        BackupListener::start(listener, &ft.channel, &credentials, check, report)
+        BackupListener::start_with(listener, &ft.channel, credentials_now, check, report)
     })?;
     // Waits here, with stop signals unblocked, so Ctrl-C and SIGTERM end the wait.
     let accepted = loop {
@@ -367,12 +373,16 @@ pub fn backup(
             return Err(RunError::Stopped);
         }
     };
-    eprintln!("ftvm: log channel: paired with the primary at {}", accepted.peer_addr);
+    eprintln!(
+        "ftvm: log channel: paired with the primary at {} (generation {})",
+        accepted.peer_addr, accepted.hello.generation
+    );
     let link = Arc::new(signals::spawning_helpers(|| {
         BackupLink::from_stream(accepted.stream, &ft.channel, &accepted.session)
     })?);
     let status = Arc::new(BackupStatus::default());
-    let generation = credentials.generation;
+    // The handshake proved it: a spare's generation is the one it was added in.
+    let generation = accepted.hello.generation;
     // Once live, this side may take a new backup and become a primary (`add-backup`).
     let console = SharedWriter::new(console);
     let promotion = Arc::new(Promotion {

@@ -770,7 +770,8 @@ type HelloCheck = dyn Fn(&Hello) -> Result<(), String> + Send + Sync;
 /// What the backup's listener needs to judge a connection.
 struct Gate {
     config: ChannelConfig,
-    credentials: Credentials,
+    /// The credentials to prove, as they stand at each handshake.
+    credentials: Box<dyn Fn() -> Credentials + Send + Sync>,
     /// Judges a primary's hello against this side's attachments.
     check: Box<HelloCheck>,
     /// Says what happened to each refused connection (the caller's log).
@@ -802,10 +803,23 @@ impl BackupListener {
         check: impl Fn(&Hello) -> Result<(), String> + Send + Sync + 'static,
         report: impl Fn(String) + Send + Sync + 'static,
     ) -> Result<Self, ChannelError> {
+        let credentials = credentials.clone();
+        Self::start_with(listener, config, move || credentials.clone(), check, report)
+    }
+
+    /// [`Self::start`] with the credentials `credentials()` gives at each handshake (a spare's
+    /// generation is the one the side adding it moved the pair to).
+    pub fn start_with(
+        listener: TcpListener,
+        config: &ChannelConfig,
+        credentials: impl Fn() -> Credentials + Send + Sync + 'static,
+        check: impl Fn(&Hello) -> Result<(), String> + Send + Sync + 'static,
+        report: impl Fn(String) + Send + Sync + 'static,
+    ) -> Result<Self, ChannelError> {
         let local_addr = listener.local_addr().ok();
         let gate = Arc::new(Gate {
             config: config.clone(),
-            credentials: credentials.clone(),
+            credentials: Box::new(credentials),
             check: Box::new(check),
             report: Box::new(report),
             paired: Mutex::new(None),
@@ -897,7 +911,8 @@ fn handshake_one(
     gate: &Gate,
 ) -> Result<AcceptedPrimary, HandshakeError> {
     let timeout = Duration::from_millis(gate.config.handshake_timeout_ms);
-    let proven = handshake::backup(&mut stream, &gate.credentials, &gate.check, timeout);
+    let credentials = (gate.credentials)();
+    let proven = handshake::backup(&mut stream, &credentials, &gate.check, timeout);
     let proven = proven.inspect_err(|_| {
         let _ = stream.shutdown(Shutdown::Both);
     })?;

@@ -247,21 +247,37 @@ fn prepare_in(config: &FtConfig, spare: bool) -> Result<Credentials, PairSetupEr
             dir: config.arbiter.to_string(),
         });
     }
-    // A spare joins the generation after a decided one (the side that won it runs the guest
-    // alone), or one that is not decided yet: the side adding it moved the pair there.
-    let generation = match (spare, &holder) {
-        (true, Some(_)) => identity.generation + 1,
-        _ => identity.generation,
+    let generation = if spare {
+        spare_generation(identity.generation, holder.is_some())
+    } else {
+        identity.generation
     };
     if spare {
         eprintln!(
-            "ftvm: a spare of pair {}: waits to be added in generation {generation} (by \
-             `ftvm remote --api-socket PATH add-backup ADDR` on the side that runs the guest, or \
-             its --restore-to)",
+            "ftvm: a spare of pair {}: waits to be added to the running guest (by `ftvm remote \
+             --api-socket PATH add-backup ADDR` on the side that runs it, or its --restore-to)",
             identity.id
         );
     }
     Ok(Credentials { pair_id: identity.id, key: identity.key, generation })
+}
+
+/// The generation a spare joins: the one after a decided generation (its winner runs the
+/// guest alone and will move the pair on when it adds the spare), or an undecided one (the
+/// side adding the spare moved the pair there).
+fn spare_generation(generation: u64, decided: bool) -> u64 {
+    generation + u64::from(decided)
+}
+
+/// The credentials a spare proves at a primary's handshake: the pair as it stands then (the
+/// side adding it moves the pair on just before it connects); `known` when the arbiter cannot
+/// be read now.
+pub fn spare_credentials(config: &FtConfig, known: &Credentials) -> Credentials {
+    let arbiter = config.arbiter.open();
+    let Ok(identity) = arbiter.load_pair(config.key_file.as_deref()) else { return known.clone() };
+    let Ok(holder) = arbiter.holder(identity.generation) else { return known.clone() };
+    let generation = spare_generation(identity.generation, holder.is_some());
+    Credentials { pair_id: identity.id, key: identity.key, generation }
 }
 
 /// Prints a retry message once per distinct error.
