@@ -151,6 +151,10 @@ pub enum Entry {
     /// its state (pre-copy): (page index, its 4 KiB). A later copy of a page replaces an
     /// earlier one; a page never sent is all zeros.
     Pages(Vec<(u64, serde_bytes::ByteBuf)>),
+    /// Blocks of a running guest's own disk image (`mode=own`), sent to a backup being added
+    /// with the pages: (byte offset, data). The backup's image is zeroed first; a later copy
+    /// of a block replaces an earlier one.
+    DiskBlocks(Vec<(u64, serde_bytes::ByteBuf)>),
     /// Where a backup being added starts: the running guest's state apart from its RAM (an
     /// encoded snapshot, which the VMM defines), after the pages. The backup restores it and
     /// replays the entries that follow; a log begins with this or with a run start.
@@ -167,6 +171,7 @@ impl Entry {
             Entry::RunEnd(_) => "run end",
             Entry::Released { .. } => "released",
             Entry::Pages(_) => "pages",
+            Entry::DiskBlocks(_) => "disk blocks",
             Entry::ResumeFrom(_) => "resume from",
         }
     }
@@ -190,6 +195,7 @@ impl Entry {
             Entry::RunStart(_)
             | Entry::Released { .. }
             | Entry::Pages(_)
+            | Entry::DiskBlocks(_)
             | Entry::ResumeFrom(_) => None,
         }
     }

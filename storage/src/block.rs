@@ -1,16 +1,21 @@
 //! A disk image: a raw file of whole sectors, read and written at byte
 //! offsets with positioned I/O (so one store can be shared by threads), and
 //! flushed with fsync. Opening checks what a user gets wrong: a missing image,
-//! a size that is not whole sectors, a read-only file.
+//! a size that is not whole sectors, a read-only file. While a transfer copies the image to a
+//! new backup, the blocks written are tracked so they can be copied again.
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use thiserror::Error;
 
 /// The sector size virtio-blk speaks.
 pub const SECTOR_BYTES: u64 = 512;
+/// Writes are tracked in blocks of this size (a transfer copies whole blocks).
+pub const TRACKED_BLOCK_BYTES: u64 = 64 * 1024;
 
 /// What went wrong with a disk image.
 #[derive(Debug, Error)]
@@ -71,6 +76,8 @@ pub struct BlockStore {
     file: File,
     path: PathBuf,
     capacity_bytes: u64,
+    /// The blocks written since tracking began, while it is on.
+    written: Mutex<Option<BTreeSet<u64>>>,
 }
 
 impl BlockStore {
@@ -124,7 +131,7 @@ impl BlockStore {
                 requested,
             });
         }
-        Ok(BlockStore { file, path: path.to_path_buf(), capacity_bytes })
+        Ok(BlockStore { file, path: path.to_path_buf(), capacity_bytes, written: Mutex::new(None) })
     }
 
     /// Size of the disk.
@@ -151,9 +158,37 @@ impl BlockStore {
     /// Writes `data` at `offset`.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), BlockStoreError> {
         self.check(offset, data.len())?;
+        // Marked before the write: a copy that reads the block meanwhile copies it again.
+        if let Some(written) = self.written().as_mut() {
+            let end = offset + data.len() as u64;
+            let blocks = offset / TRACKED_BLOCK_BYTES..end.div_ceil(TRACKED_BLOCK_BYTES);
+            written.extend(blocks);
+        }
         self.file
             .write_all_at(data, offset)
             .map_err(|source| BlockStoreError::Io { path: self.path.clone(), source })
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, Option<BTreeSet<u64>>> {
+        self.written.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts (`true`, with nothing written yet) or stops tracking the blocks written.
+    pub fn track_writes(&self, on: bool) {
+        *self.written() = on.then(BTreeSet::new);
+    }
+
+    /// The blocks (of [`TRACKED_BLOCK_BYTES`]) written since tracking began or the last call,
+    /// in order.
+    pub fn take_written_blocks(&self) -> Vec<u64> {
+        self.written().as_mut().map(std::mem::take).unwrap_or_default().into_iter().collect()
+    }
+
+    /// Makes every byte zero (a new backup's image, before the guest's is copied in).
+    pub fn zero_all(&self) -> Result<(), BlockStoreError> {
+        let io = |source| BlockStoreError::Io { path: self.path.clone(), source };
+        self.file.set_len(0).map_err(io)?;
+        self.file.set_len(self.capacity_bytes).map_err(io)
     }
 
     /// Makes every completed write durable.
@@ -167,6 +202,25 @@ impl BlockStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_blocks_are_tracked_while_asked_and_zeroing_clears_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlockStore::open(&dir.path().join("disk.img"), Some(1 << 20), true).unwrap();
+        store.write_at(0, &[1; 512]).unwrap();
+        assert!(store.take_written_blocks().is_empty(), "not tracking yet");
+        store.track_writes(true);
+        store.write_at(TRACKED_BLOCK_BYTES - 512, &[2; 1024]).unwrap();
+        store.write_at(5 * TRACKED_BLOCK_BYTES, &[3; 512]).unwrap();
+        assert_eq!(store.take_written_blocks(), vec![0, 1, 5]);
+        assert!(store.take_written_blocks().is_empty(), "taken once");
+        store.track_writes(false);
+        store.zero_all().unwrap();
+        let mut read = [9u8; 512];
+        store.read_at(0, &mut read).unwrap();
+        assert_eq!(read, [0; 512]);
+        assert_eq!(store.capacity_bytes(), 1 << 20);
+    }
 
     #[test]
     fn create_write_reopen_read() {

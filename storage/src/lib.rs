@@ -7,4 +7,4 @@ pub mod arbiter;
 pub mod block;
 pub mod pair;
 
-pub use block::{BlockStore, BlockStoreError, SECTOR_BYTES};
+pub use block::{BlockStore, BlockStoreError, SECTOR_BYTES, TRACKED_BLOCK_BYTES};

@@ -533,6 +533,8 @@ struct LoadedRun {
     re_announcements: usize,
     lag_ms: Vec<f64>,
     exits: (Option<i32>, Option<i32>),
+    /// The lines behind the counts.
+    evidence: Vec<String>,
 }
 
 /// A pair on loopback for `seconds` with a stress guest on the primary and a CPU hog per core
@@ -556,12 +558,14 @@ fn loaded_pair(seconds: u64, pair_args: &[&str]) -> LoadedRun {
             })
         })
         .collect();
+    // The guest has a NIC (unused by the stress role) so the backup's inbound watcher runs.
+    let lab = Lab::new(2);
+    let nets: Vec<String> = (0..2).map(|tap| lab.net_flag_for(tap, 0)).collect();
     let side = |args: &[&str]| {
-        let mut command = std::process::Command::new(FTVM);
-        command.args(args).args(pair_args);
-        Reaped::spawn(command)
+        let args: Vec<&str> = args.iter().chain(pair_args).copied().collect();
+        lab.spawn_in_host(FTVM, &args)
     };
-    let backup = side(&["backup", "--listen", channel, "--arbiter", arbiter]);
+    let backup = side(&["backup", "--listen", channel, "--arbiter", arbiter, "--net", &nets[1]]);
     let cmdline = format!("role=stress seed=11 ms={}", seconds * 1000);
     let primary = side(&[
         "primary",
@@ -570,6 +574,8 @@ fn loaded_pair(seconds: u64, pair_args: &[&str]) -> LoadedRun {
         channel,
         "--arbiter",
         arbiter,
+        "--net",
+        &nets[0],
         "--cmdline",
         &cmdline,
     ]);
@@ -586,38 +592,75 @@ fn loaded_pair(seconds: u64, pair_args: &[&str]) -> LoadedRun {
         re_announcements: count(&primary.stderr, "announcing it again"),
         lag_ms: pair_field(&primary.stderr, "ms "),
         exits: (primary.status, backup.status),
+        evidence: both
+            .lines()
+            .filter(|line| {
+                ["role: primary -> ", "role: backup -> ", "presumed dead", "MAC is announced"]
+                    .iter()
+                    .any(|needle| line.contains(needle))
+            })
+            .map(str::to_owned)
+            .collect(),
+    }
+}
+
+/// An own disk image of `bytes` full of seeded data at `path` (both sides of a pair start
+/// from copies of it).
+fn filled_image(path: &str, bytes: u64) {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut file = std::fs::File::create(path).unwrap();
+    for _ in 0..bytes / chunk.len() as u64 {
+        for word in chunk.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        std::io::Write::write_all(&mut file, &chunk).unwrap();
     }
 }
 
 /// One `add-backup` of a guest of `mem` running `cmdline` (with the lab's guest network
-/// arguments): a pair in a lab (primary on tap0, backup on tap1, channels on the lab host's
-/// loopback), its primary killed, its backup live, a spare (tap2) added to it; the API's
-/// answer.
-fn transfer_trial(mem: &str, cmdline: &str) -> serde_json::Value {
+/// arguments), with an own disk of `own_disk_bytes` full of data if given: a pair in a lab
+/// (primary on tap0, backup on tap1, channels on the lab host's loopback), its primary killed,
+/// its backup live, a spare (tap2, its disk image empty) added to it; the API's answer.
+fn transfer_trial(mem: &str, cmdline: &str, own_disk_bytes: Option<u64>) -> serde_json::Value {
     let lab = Lab::new(3);
     let arbiter = arbiter_dir("transfer");
     let arbiter = arbiter.to_str().unwrap();
     let scratch = ftvm_tests::Scratch::new("transfer-api");
     let socket = format!("{}/live.sock", scratch.path());
     let spare_channel = "127.0.0.1:7079";
-    let nets: Vec<String> = (0..3).map(|tap| lab.net_flag_for(tap, 0)).collect();
-    let backup = lab.spawn_in_host(
-        FTVM,
-        &[
-            "backup",
-            "--listen",
-            CHANNEL,
-            "--arbiter",
-            arbiter,
-            "--api-socket",
-            &socket,
-            "--net",
-            &nets[1],
-        ],
-    );
+    let attachments: Vec<Vec<String>> = (0..3)
+        .map(|tap| {
+            let mut flags = vec!["--net".to_string(), lab.net_flag_for(tap, 0)];
+            if let Some(bytes) = own_disk_bytes {
+                let image = format!("{}/disk{tap}.img", scratch.path());
+                match tap {
+                    0 => filled_image(&image, bytes),
+                    1 => {
+                        std::fs::copy(format!("{}/disk0.img", scratch.path()), &image).unwrap();
+                    }
+                    _ => {}
+                }
+                flags.extend(["--disk".into(), format!("{image},size={bytes},create,mode=own")]);
+            }
+            flags
+        })
+        .collect();
+    let with = |args: &[&str], tap: usize| -> Vec<String> {
+        args.iter().map(|arg| arg.to_string()).chain(attachments[tap].iter().cloned()).collect()
+    };
+    let spawn = |args: Vec<String>| {
+        lab.spawn_in_host(FTVM, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let backup = spawn(with(
+        &["backup", "--listen", CHANNEL, "--arbiter", arbiter, "--api-socket", &socket],
+        1,
+    ));
     let cmdline = format!("{cmdline} {}", Lab::guest_net_args(0));
-    let mut primary = lab.spawn_in_host(
-        FTVM,
+    let mut primary = spawn(with(
         &[
             "primary",
             "--backup",
@@ -626,20 +669,17 @@ fn transfer_trial(mem: &str, cmdline: &str) -> serde_json::Value {
             arbiter,
             "--mem",
             mem,
-            "--net",
-            &nets[0],
             "--cmdline",
             &cmdline,
         ],
-    );
+        0,
+    ));
     // The guest runs a while before the failover.
     std::thread::sleep(Duration::from_millis(1500));
     primary.kill();
     let live = ftvm_tests::remote::wait_for_role(FTVM, &socket, "live", Duration::from_secs(60));
-    let spare = lab.spawn_in_host(
-        FTVM,
-        &["backup", "--listen", spare_channel, "--arbiter", arbiter, "--spare", "--net", &nets[2]],
-    );
+    let spare =
+        spawn(with(&["backup", "--listen", spare_channel, "--arbiter", arbiter, "--spare"], 2));
     let added = live
         .and_then(|()| ftvm_tests::remote::remote(FTVM, &socket, &["add-backup", spare_channel]));
     let (backup, spare) = (backup.stop(), spare.stop());
@@ -654,39 +694,46 @@ fn transfer_trial(mem: &str, cmdline: &str) -> serde_json::Value {
 /// The `--transfer` table: each guest size and workload, `trials` times.
 fn transfer_table(trials: usize) {
     println!(
-        "| guest RAM | workload | trials | pause us median / max | sent MiB median | pre-copy rounds median | pages sent running / paused (median) | whole transfer ms median |"
+        "| guest RAM | own disk (full of data) | workload | trials | pause us median / max | sent MiB median | pre-copy rounds median | pages running / paused (median) | disk blocks running / paused (median) | whole transfer ms median |"
     );
-    println!("|---|---|---:|---|---:|---:|---|---:|");
-    for mem in ["128M", "1G"] {
-        for (workload, cmdline) in
-            [("idle (echo)", "role=echo port=7"), ("stress", "role=stress seed=5 ms=600000")]
-        {
-            let reports: Vec<serde_json::Value> = (0..trials)
-                .map(|trial| {
-                    eprintln!("ft bench: transfer {mem} {workload} {}/{trials}", trial + 1);
-                    transfer_trial(mem, cmdline)
-                })
-                .collect();
-            let median = |key: &str| {
-                let mut values: Vec<f64> =
-                    reports.iter().filter_map(|report| report[key].as_f64()).collect();
-                values.sort_by(f64::total_cmp);
-                (
-                    values.get(values.len() / 2).copied().unwrap_or(f64::NAN),
-                    values.last().copied().unwrap_or(f64::NAN),
-                )
-            };
-            println!(
-                "| {mem} | {workload} | {trials} | {:.0} / {:.0} | {:.1} | {:.0} | {:.0} / {:.0} | {:.0} |",
-                median("pause_us").0,
-                median("pause_us").1,
-                median("sent_bytes").0 / (1 << 20) as f64,
-                median("rounds").0,
-                median("precopy_pages").0,
-                median("paused_pages").0,
-                median("total_ms").0
-            );
-        }
+    println!("|---|---|---|---:|---|---:|---:|---|---|---:|");
+    let idle = ("idle (echo)", "role=echo port=7");
+    let stress = ("stress", "role=stress seed=5 ms=600000");
+    let configs = [
+        ("128M", None, idle),
+        ("128M", None, stress),
+        ("1G", None, idle),
+        ("1G", None, stress),
+        ("128M", Some(64u64 << 20), idle),
+        ("128M", Some(1u64 << 30), idle),
+    ];
+    for (mem, own_disk_bytes, (workload, cmdline)) in configs {
+        let disk = own_disk_bytes.map_or("none".into(), |bytes| format!("{} MiB", bytes >> 20));
+        let reports: Vec<serde_json::Value> = (0..trials)
+            .map(|trial| {
+                eprintln!("ft bench: transfer {mem} disk {disk} {workload} {}/{trials}", trial + 1);
+                transfer_trial(mem, cmdline, own_disk_bytes)
+            })
+            .collect();
+        let spread = |key: &str| {
+            let mut values: Vec<f64> =
+                reports.iter().filter_map(|report| report[key].as_f64()).collect();
+            values.sort_by(f64::total_cmp);
+            let median = values.get(values.len() / 2).copied().unwrap_or(f64::NAN);
+            (median, values.last().copied().unwrap_or(f64::NAN))
+        };
+        println!(
+            "| {mem} | {disk} | {workload} | {trials} | {:.0} / {:.0} | {:.1} | {:.0} | {:.0} / {:.0} | {:.0} / {:.0} | {:.0} |",
+            spread("pause_us").0,
+            spread("pause_us").1,
+            spread("sent_bytes").0 / (1 << 20) as f64,
+            spread("rounds").0,
+            spread("precopy_pages").0,
+            spread("paused_pages").0,
+            spread("precopy_disk_blocks").0,
+            spread("paused_disk_blocks").0,
+            spread("total_ms").0
+        );
     }
 }
 
@@ -732,6 +779,7 @@ fn main() {
             run.lag_ms,
             run.exits
         );
+        run.evidence.iter().for_each(|line| println!("    {line}"));
         return;
     }
     let mut table = Table::default();

@@ -15,6 +15,9 @@ const FTVM: &str = env!("CARGO_BIN_EXE_ftvm-e2e");
 const NETCLIENT: &str = env!("CARGO_BIN_EXE_ftvm-netclient");
 
 const WATCH_SECONDS: f64 = 12.0;
+/// Long enough (several seconds of writes, then as many of reads) for a backup to be added
+/// while it runs, own disk image included.
+const DISK_TEST: &str = "role=disk-selftest mib=500";
 const STREAM_BYTES_PER_S: u64 = 200_000;
 
 fn remote(socket: &str, args: &[&str]) -> Result<serde_json::Value, String> {
@@ -84,20 +87,12 @@ fn spawn(args: &[&str]) -> ftvm_tests::Reaped {
     ftvm_tests::Reaped::spawn(command)
 }
 
-#[test]
-fn the_disk_test_survives_two_failovers_on_a_shared_image() {
-    let scratch = Scratch::new("redundancy-disk");
-    ftvm_tests::init_pair(FTVM, &scratch.0);
+/// Runs the disk self-test on a pair with these `--disk` arguments (primary, backup, spare),
+/// kills the primary, lets the backup add the spare by itself once live (`--restore-to`),
+/// kills the backup once it is the spare's primary, and checks that the spare finished the
+/// test and left `image_to_verify` whole.
+fn disk_test_across_two_failovers(scratch: &Scratch, disks: [&str; 3], image_to_verify: &str) {
     let arbiter = scratch.path();
-    let image = format!("{arbiter}/shared.img");
-    let created = spawn(&[
-        "run",
-        "--cmdline",
-        "role=compute rounds=1",
-        "--disk",
-        &format!("{image},size=256M,create"),
-    ]);
-    assert_eq!(created.finish().status, Some(0));
     let socket = format!("{arbiter}/live.sock");
     let (first, second) =
         (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
@@ -108,9 +103,11 @@ fn the_disk_test_survives_two_failovers_on_a_shared_image() {
         "--arbiter",
         arbiter,
         "--disk",
-        &image,
+        disks[1],
         "--api-socket",
         &socket,
+        "--restore-to",
+        &second,
     ]);
     let mut primary = spawn(&[
         "primary",
@@ -119,29 +116,66 @@ fn the_disk_test_survives_two_failovers_on_a_shared_image() {
         "--arbiter",
         arbiter,
         "--disk",
-        &image,
+        disks[0],
         "--cmdline",
-        "role=disk-selftest mib=240",
+        DISK_TEST,
     ]);
     std::thread::sleep(Duration::from_millis(400));
     primary.kill();
-    let spare =
-        spawn(&["backup", "--listen", &second, "--arbiter", arbiter, "--disk", &image, "--spare"]);
-    let added = wait_for_role(&socket, "live", Duration::from_secs(30))
-        .and_then(|()| remote(&socket, &["add-backup", &second]));
+    let spare = spawn(&[
+        "backup",
+        "--listen",
+        &second,
+        "--arbiter",
+        arbiter,
+        "--disk",
+        disks[2],
+        "--spare",
+    ]);
+    let added = wait_for_role(&socket, "primary", Duration::from_secs(60));
     backup.kill();
     let spare = spare.finish_within(Duration::from_secs(120));
     let (backup, primary) = (backup.finish(), primary.finish());
     let report = format!(
-        "add-backup: {added:?}\n--- primary\n{}\n--- backup\n{}\n--- spare\n{}{}",
+        "added: {added:?}\n--- primary\n{}\n--- backup\n{}\n--- spare\n{}{}",
         primary.stderr, backup.stderr, spare.stdout, spare.stderr
     );
     assert!(added.is_ok(), "{report}");
+    assert!(backup.stderr.contains("role: live -> primary, generation 2"), "{report}");
     assert!(spare.stderr.contains("role: backup -> live, generation 2"), "{report}");
     assert_eq!(spare.status, Some(0), "the spare finished the disk test: {report}");
     assert!(spare.stdout.contains("disk ok: generation 1"), "{report}");
     // The image holds what the guest believes it wrote: a second run verifies it.
-    let verify =
-        spawn(&["run", "--cmdline", "role=disk-selftest mib=240", "--disk", &image]).finish();
+    let verify = spawn(&["run", "--cmdline", DISK_TEST, "--disk", image_to_verify]);
+    let verify = verify.finish();
     assert!(verify.stdout.contains("generation 1 verified"), "{verify:?}\n{report}");
+}
+
+#[test]
+fn the_disk_test_survives_two_failovers_on_a_shared_image() {
+    let scratch = Scratch::new("redundancy-disk");
+    ftvm_tests::init_pair(FTVM, &scratch.0);
+    let image = format!("{}/shared.img", scratch.path());
+    let created = spawn(&[
+        "run",
+        "--cmdline",
+        "role=compute rounds=1",
+        "--disk",
+        &format!("{image},size=512M,create"),
+    ]);
+    assert_eq!(created.finish().status, Some(0));
+    disk_test_across_two_failovers(&scratch, [&image, &image, &image], &image);
+}
+
+#[test]
+fn the_disk_test_survives_two_failovers_on_own_disks_the_last_one_copied_from_empty() {
+    let scratch = Scratch::new("redundancy-own-disk");
+    ftvm_tests::init_pair(FTVM, &scratch.0);
+    let own = |side: &str| format!("{}/{side}.img,size=512M,create,mode=own", scratch.path());
+    let spare_image = format!("{}/spare.img", scratch.path());
+    disk_test_across_two_failovers(
+        &scratch,
+        [&own("primary"), &own("backup"), &own("spare")],
+        &spare_image,
+    );
 }

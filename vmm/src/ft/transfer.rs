@@ -10,9 +10,11 @@
 //! wait for the new backup's acks. The new backup restores the state and replays what
 //! follows (`runs::backup`).
 //!
+//! A guest with its own disk (`mode=own`) has its image copied the same way, in blocks the
+//! image marks as written; the new backup's image is zeroed first, so it may start empty.
+//!
 //! Not yet: a solo primary (its outputs live in its releaser, which would have to hand them
-//! back) and own disks (`mode=own`: the image would have to be copied with dirty-block
-//! tracking); both are refused with a reason.
+//! back); it is refused with a reason.
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::VmFd;
 use logchannel::{ChannelError, Credentials, Devices, Entry, PrimaryLink};
 use serde::Serialize;
+use storage::{BlockStore, TRACKED_BLOCK_BYTES};
 use thiserror::Error;
 
 use super::primary::{HeldOutputs, LinkSink, PrimarySide};
@@ -34,7 +37,10 @@ use crate::vm::Vm;
 
 /// Pages per log entry (1 MiB of RAM: well under the frame limit).
 const PAGES_PER_ENTRY: usize = 256;
-/// Pre-copy ends when a round finds at most this many dirty pages (the pause then sends them).
+/// Disk blocks per log entry (1 MiB).
+const BLOCKS_PER_ENTRY: usize = 16;
+/// Pre-copy ends when a round finds at most this much written, in pages (the pause then
+/// sends it).
 const FEW_DIRTY_PAGES: usize = 1024;
 /// Pre-copy ends after this many rounds, or as soon as a round does not shrink the dirty set
 /// by a tenth (a guest that writes faster than the link carries).
@@ -86,6 +92,10 @@ pub struct TransferReport {
     pub precopy_pages: u64,
     /// Pages sent while it was paused.
     pub paused_pages: u64,
+    /// Blocks of the own disk image sent while the guest ran.
+    pub precopy_disk_blocks: u64,
+    /// Blocks of the own disk image sent while it was paused.
+    pub paused_disk_blocks: u64,
     /// Log bytes sent in all (pages, state, framing).
     pub sent_bytes: u64,
     /// How long the guest was paused, in microseconds.
@@ -134,26 +144,19 @@ impl Promotion {
             return Err(TransferError::NotHere("a backup is being added already".into()));
         };
         let generation = self.generation_alone()?;
-        if self.backends.disk_own {
-            return Err(TransferError::NotHere(
-                "adding a backup to a guest with its own disk (mode=own) is not built yet: the \
-                 image would have to be copied too"
-                    .into(),
-            ));
-        }
         let credentials = self.next_generation(generation)?;
         let new_generation = credentials.generation;
         eprintln!("ftvm: adding the backup at {addr} in generation {new_generation}");
         let link = PrimaryLink::connect(addr, &self.config.channel, &credentials, self.devices)
             .map_err(|error| TransferError::Connect { addr: addr.into(), error })?;
         let (vm_fd, ram) = self.on_vcpu_thread(|vm| Ok(vm.ram_handles()))?;
-        let memory_error = |error: kvm_ioctls::Error| TransferError::Memory(error.to_string());
-        memory::map_into(&vm_fd, &ram, true).map_err(memory_error)?;
-        let precopy = precopy(&link, &self.config, &vm_fd, &ram);
-        let (rounds, precopy_pages) = match precopy {
+        let own_disk = self.backends.disk.clone().filter(|_| self.backends.disk_own);
+        let stores = Stores { vm_fd, ram, own_disk };
+        let precopied = stores.track_writes().and_then(|()| precopy(&link, &self.config, &stores));
+        let precopied = match precopied {
             Ok(done) => done,
             Err(error) => {
-                let _ = memory::map_into(&vm_fd, &ram, false);
+                stores.stop_tracking();
                 return Err(error);
             }
         };
@@ -164,26 +167,33 @@ impl Promotion {
             backends: self.backends.clone(),
             net_mac: self.devices.net_mac,
             console: self.console.clone(),
-            vm_fd,
-            ram,
+            stores,
             promoted: self.promoted.clone(),
         };
-        let (paused_pages, sent_bytes, pause_us) =
-            self.on_vcpu_thread(move |vm| hand_over.run(vm))?;
+        let paused = self.on_vcpu_thread(move |vm| hand_over.run(vm))?;
         *lock(&self.running_alone_in) = None;
         let report = TransferReport {
             generation: new_generation,
-            rounds,
-            precopy_pages,
-            paused_pages,
-            sent_bytes,
-            pause_us,
+            rounds: precopied.rounds,
+            precopy_pages: precopied.pages,
+            paused_pages: paused.pages,
+            precopy_disk_blocks: precopied.blocks,
+            paused_disk_blocks: paused.blocks,
+            sent_bytes: paused.sent_bytes,
+            pause_us: paused.pause_us,
             total_ms: started.elapsed().as_millis() as u64,
         };
         eprintln!(
             "ftvm: role: live -> primary, generation {new_generation}, the backup at {addr} added: \
-             {} pre-copy rounds, {} pages while running, {} paused, {} bytes, paused {} us",
-            report.rounds, report.precopy_pages, report.paused_pages, report.sent_bytes, pause_us
+             {} pre-copy rounds, {} pages and {} disk blocks while running, {} and {} paused, {} \
+             bytes, paused {} us",
+            report.rounds,
+            report.precopy_pages,
+            report.precopy_disk_blocks,
+            report.paused_pages,
+            report.paused_disk_blocks,
+            report.sent_bytes,
+            report.pause_us
         );
         Ok(report)
     }
@@ -248,54 +258,172 @@ impl Promotion {
     }
 }
 
-/// Sends `pages` in entries of [`PAGES_PER_ENTRY`], waiting for the backup to take them (so
-/// memory stays bounded on both sides); the bytes sent.
-fn send_pages(
-    link: &PrimaryLink,
-    config: &FtConfig,
-    pages: Vec<(u64, serde_bytes::ByteBuf)>,
-) -> Result<u64, TransferError> {
-    let mut sent_bytes = 0;
-    let mut pages = pages.into_iter().peekable();
-    while pages.peek().is_some() {
-        let chunk: Vec<_> = pages.by_ref().take(PAGES_PER_ENTRY).collect();
-        sent_bytes += link.send(&Entry::Pages(chunk))?.frame_len_bytes;
-        link.wait_for_room_after(config.max_lag_bytes, u64::MAX / 1_000_000, None)?;
-    }
-    Ok(sent_bytes)
+/// What a transfer copies: guest RAM, and the guest's own disk image if it has one.
+#[derive(Clone)]
+struct Stores {
+    vm_fd: Arc<VmFd>,
+    ram: GuestRam,
+    own_disk: Option<Arc<BlockStore>>,
 }
 
-/// The pre-copy rounds while the guest runs: (rounds, pages sent).
+/// What one round copies: RAM pages (index, 4 KiB) and disk blocks (offset, 64 KiB).
+struct Round {
+    pages: Vec<(u64, serde_bytes::ByteBuf)>,
+    blocks: Vec<(u64, serde_bytes::ByteBuf)>,
+}
+
+impl Stores {
+    /// Starts tracking what is written (KVM's dirty log, the RAM's and the image's own
+    /// marks), with nothing written yet: what was written before is in the first full round.
+    fn track_writes(&self) -> Result<(), TransferError> {
+        let memory_error = |error: kvm_ioctls::Error| TransferError::Memory(error.to_string());
+        memory::map_into(&self.vm_fd, &self.ram, true).map_err(memory_error)?;
+        memory::take_dirty_pages(&self.vm_fd, &self.ram).map_err(memory_error)?;
+        if let Some(disk) = &self.own_disk {
+            disk.track_writes(true);
+        }
+        Ok(())
+    }
+
+    /// Stops tracking (a transfer that ended either way).
+    fn stop_tracking(&self) {
+        let _ = memory::map_into(&self.vm_fd, &self.ram, false);
+        if let Some(disk) = &self.own_disk {
+            disk.track_writes(false);
+        }
+    }
+
+    /// Every page and block that is not all zeros (the new backup starts from zeros).
+    fn everything(&self) -> Result<Round, TransferError> {
+        let every_page = 0..memory::ram_bytes(&self.ram) / crate::snapshot::PAGE_BYTES as u64;
+        let pages = memory::read_pages(&self.ram, every_page, true)
+            .map_err(|error| TransferError::Memory(error.to_string()))?;
+        let blocks = match &self.own_disk {
+            Some(disk) => {
+                let every_block = 0..disk.capacity_bytes().div_ceil(TRACKED_BLOCK_BYTES);
+                read_blocks(disk, every_block, true)?
+            }
+            None => Vec::new(),
+        };
+        Ok(Round { pages, blocks })
+    }
+
+    /// The pages and blocks written since the last round.
+    fn written(&self) -> Result<Round, TransferError> {
+        let memory_error = |error: String| TransferError::Memory(error);
+        let dirty = memory::take_dirty_pages(&self.vm_fd, &self.ram)
+            .map_err(|error| memory_error(error.to_string()))?;
+        let pages = memory::read_pages(&self.ram, dirty, false)
+            .map_err(|error| memory_error(error.to_string()))?;
+        let blocks = match &self.own_disk {
+            Some(disk) => read_blocks(disk, disk.take_written_blocks(), false)?,
+            None => Vec::new(),
+        };
+        Ok(Round { pages, blocks })
+    }
+}
+
+/// The blocks at `indices` of `disk` (the last one cut at the image's end); with `skip_zero`,
+/// blocks of all zeros are left out.
+fn read_blocks(
+    disk: &BlockStore,
+    indices: impl IntoIterator<Item = u64>,
+    skip_zero: bool,
+) -> Result<Vec<(u64, serde_bytes::ByteBuf)>, TransferError> {
+    let mut blocks = Vec::new();
+    for index in indices {
+        let offset = index * TRACKED_BLOCK_BYTES;
+        let len = TRACKED_BLOCK_BYTES.min(disk.capacity_bytes().saturating_sub(offset)) as usize;
+        let mut block = vec![0u8; len];
+        disk.read_at(offset, &mut block)
+            .map_err(|error| TransferError::Memory(format!("reading the own disk: {error}")))?;
+        if !skip_zero || block.iter().any(|byte| *byte != 0) {
+            blocks.push((offset, serde_bytes::ByteBuf::from(block)));
+        }
+    }
+    Ok(blocks)
+}
+
+impl Round {
+    /// Its size in 4 KiB pages (a block is 16).
+    fn size_in_pages(&self) -> usize {
+        self.pages.len() + self.blocks.len() * (TRACKED_BLOCK_BYTES / 4096) as usize
+    }
+
+    /// Sends it in entries of [`PAGES_PER_ENTRY`] pages or [`BLOCKS_PER_ENTRY`] blocks, waiting
+    /// for the backup to take them (so memory stays bounded on both sides); (pages, blocks).
+    fn send(self, link: &PrimaryLink, config: &FtConfig) -> Result<(u64, u64), TransferError> {
+        let counts = (self.pages.len() as u64, self.blocks.len() as u64);
+        let entries = chunks(self.pages, PAGES_PER_ENTRY, Entry::Pages).chain(chunks(
+            self.blocks,
+            BLOCKS_PER_ENTRY,
+            Entry::DiskBlocks,
+        ));
+        for entry in entries {
+            link.send(&entry)?;
+            link.wait_for_room_after(config.max_lag_bytes, u64::MAX / 1_000_000, None)?;
+        }
+        Ok(counts)
+    }
+}
+
+/// `items` in entries of at most `per_entry`, each made by `make`.
+fn chunks<T>(
+    items: Vec<T>,
+    per_entry: usize,
+    make: fn(Vec<T>) -> Entry,
+) -> impl Iterator<Item = Entry> {
+    let mut items = items.into_iter().peekable();
+    std::iter::from_fn(move || {
+        items.peek()?;
+        Some(make(items.by_ref().take(per_entry).collect()))
+    })
+}
+
+/// Progress of a long transfer, for the operator.
+fn report_round(round: u32, pages: u64, blocks: u64, started: Instant) {
+    eprintln!(
+        "ftvm: add-backup: pre-copy round {round}: {} KiB of RAM and {} KiB of disk in {} ms",
+        pages * 4,
+        blocks * TRACKED_BLOCK_BYTES / 1024,
+        started.elapsed().as_millis()
+    );
+}
+
+/// What the rounds while the guest ran sent.
+#[derive(Default)]
+struct Precopied {
+    rounds: u32,
+    pages: u64,
+    blocks: u64,
+}
+
+/// The pre-copy rounds while the guest runs: everything, then what was written meanwhile,
+/// until little is left, the rounds run out, or a round does not shrink by a tenth.
 fn precopy(
     link: &PrimaryLink,
     config: &FtConfig,
-    vm_fd: &VmFd,
-    ram: &GuestRam,
-) -> Result<(u32, u64), TransferError> {
-    let memory_error = |error: String| TransferError::Memory(error);
-    // What was written before the logging began is in the first round's full pass.
-    memory::take_dirty_pages(vm_fd, ram).map_err(|error| memory_error(error.to_string()))?;
-    let every_page = 0..memory::ram_bytes(ram) / crate::snapshot::PAGE_BYTES as u64;
-    let first =
-        memory::read_pages(ram, every_page, true).map_err(|e| memory_error(e.to_string()))?;
-    let mut sent_pages = first.len() as u64;
-    send_pages(link, config, first)?;
-    let mut rounds = 1;
-    let mut last_dirty = usize::MAX;
+    stores: &Stores,
+) -> Result<Precopied, TransferError> {
+    let started = Instant::now();
+    let (pages, blocks) = stores.everything()?.send(link, config)?;
+    report_round(1, pages, blocks, started);
+    let mut done = Precopied { rounds: 1, pages, blocks };
+    let mut last_size = usize::MAX;
     loop {
-        let dirty = memory::take_dirty_pages(vm_fd, ram)
-            .map_err(|error| memory_error(error.to_string()))?;
-        let count = dirty.len();
-        let pages =
-            memory::read_pages(ram, dirty, false).map_err(|e| memory_error(e.to_string()))?;
-        sent_pages += count as u64;
-        send_pages(link, config, pages)?;
-        rounds += 1;
-        let shrinking = count < last_dirty - last_dirty / 10;
-        if count <= FEW_DIRTY_PAGES || rounds >= MAX_ROUNDS || !shrinking {
-            return Ok((rounds, sent_pages));
+        let started = Instant::now();
+        let round = stores.written()?;
+        let size = round.size_in_pages();
+        let (pages, blocks) = round.send(link, config)?;
+        report_round(done.rounds + 1, pages, blocks, started);
+        done.rounds += 1;
+        done.pages += pages;
+        done.blocks += blocks;
+        let shrinking = size < last_size - last_size / 10;
+        if size <= FEW_DIRTY_PAGES || done.rounds >= MAX_ROUNDS || !shrinking {
+            return Ok(done);
         }
-        last_dirty = count;
+        last_size = size;
     }
 }
 
@@ -307,38 +435,40 @@ struct HandOver {
     backends: Backends,
     net_mac: Option<[u8; 6]>,
     console: SharedWriter,
-    vm_fd: Arc<VmFd>,
-    ram: GuestRam,
+    stores: Stores,
     promoted: Arc<Mutex<Option<Promoted>>>,
 }
 
+/// What the pause sent, and how long it was.
+struct Paused {
+    pages: u64,
+    blocks: u64,
+    sent_bytes: u64,
+    pause_us: u64,
+}
+
 impl HandOver {
-    /// Sends the last dirty pages and the state, then makes the guest's inputs and outputs
-    /// the primary's: (pages sent, bytes sent in all, the pause in us).
-    fn run(self, vm: &mut Vm) -> Result<(u64, u64, u64), TransferError> {
+    /// Sends what was written last and the state, then makes the guest's inputs and outputs
+    /// the primary's.
+    fn run(self, vm: &mut Vm) -> Result<Paused, TransferError> {
         let paused = Instant::now();
         let result = self.send_state(vm);
-        let _ = memory::map_into(&self.vm_fd, &self.ram, false);
-        let pages = result?;
+        self.stores.stop_tracking();
+        let (pages, blocks) = result?;
         let sent_bytes = self.link.stats().sent_bytes;
         self.become_primary(vm);
-        Ok((pages, sent_bytes, paused.elapsed().as_micros() as u64))
+        Ok(Paused { pages, blocks, sent_bytes, pause_us: paused.elapsed().as_micros() as u64 })
     }
 
-    /// The pages sent while paused.
-    fn send_state(&self, vm: &mut Vm) -> Result<u64, TransferError> {
+    /// The pages and blocks sent while paused.
+    fn send_state(&self, vm: &mut Vm) -> Result<(u64, u64), TransferError> {
         let mut state = vm.snapshot_without_ram().map_err(TransferError::Pause)?;
-        let dirty = memory::take_dirty_pages(&self.vm_fd, &self.ram)
-            .map_err(|error| TransferError::Memory(error.to_string()))?;
-        let count = dirty.len() as u64;
-        let pages = memory::read_pages(&self.ram, dirty, false)
-            .map_err(|error| TransferError::Memory(error.to_string()))?;
-        send_pages(&self.link, &self.config, pages)?;
+        let sent = self.stores.written()?.send(&self.link, &self.config)?;
         state.pages = Vec::new();
         let encoded = postcard::to_allocvec(&state)
             .map_err(|error| TransferError::Pause(format!("encoding the state: {error}")))?;
         self.link.send(&Entry::ResumeFrom(serde_bytes::ByteBuf::from(encoded)))?;
-        Ok(count)
+        Ok(sent)
     }
 
     /// From the next exit the guest's inputs are logged to the new backup and its outputs
@@ -349,12 +479,15 @@ impl HandOver {
         let backends = self.backends;
         let live =
             LiveOutputs::new(Box::new(self.console), backends.tap.clone(), backends.disk.clone());
-        let (held, releaser) = HeldOutputs::start(side.clone(), live, None, self.net_mac);
+        let own_disk = self.stores.own_disk.clone();
+        let (held, releaser) = HeldOutputs::start(side.clone(), live, own_disk, self.net_mac);
         let mut inputs_backends = backends;
-        // The shared image: the guest reads it through the writes still held.
-        let reader = side.clone();
-        inputs_backends.disk_reader =
-            Some(Arc::new(move |disk, offset, buf| reader.read_disk(disk, offset, buf)));
+        if !inputs_backends.disk_own {
+            // The shared image: the guest reads it through the writes still held.
+            let reader = side.clone();
+            inputs_backends.disk_reader =
+                Some(Arc::new(move |disk, offset, buf| reader.read_disk(disk, offset, buf)));
+        }
         let inputs = RecordingInputs::continuing(
             LinkSink::new(side.clone()),
             LiveInputs::continuing_at(monotonic_ns, inputs_backends),

@@ -121,13 +121,24 @@ impl<S: EntrySource> ReplayInputs<S> {
     /// (a backup being added to it); the replay goes on from there.
     pub fn read_log_start(&mut self) -> Result<LogStart, InputError> {
         let mut pages = Vec::new();
+        let mut first = true;
         loop {
             self.peek()?;
-            match self.peeked.take() {
+            let next = self.peeked.take();
+            let resuming = !matches!(next, Some((_, Entry::RunStart(_))));
+            if std::mem::take(&mut first) && resuming {
+                // This side's own image becomes a copy of the running guest's: the blocks
+                // that follow are its non-zero ones.
+                if let Some(disk) = &self.own_disk {
+                    disk.zero_all().map_err(|error| InputError::Host(error.to_string()))?;
+                }
+            }
+            match next {
                 Some((_, Entry::RunStart(start))) if pages.is_empty() => {
                     return Ok(LogStart::Boot(start))
                 }
                 Some((_, Entry::Pages(more))) => pages.extend(more),
+                Some((seq, Entry::DiskBlocks(blocks))) => self.write_own_disk(seq, blocks)?,
                 Some((_, Entry::ResumeFrom(state))) => {
                     return Ok(LogStart::Resume { pages, state: state.into_vec() })
                 }
@@ -145,6 +156,23 @@ impl<S: EntrySource> ReplayInputs<S> {
                 }
             }
         }
+    }
+
+    /// Writes the blocks of entry `seq` to this side's own image.
+    fn write_own_disk(
+        &self,
+        seq: u64,
+        blocks: Vec<(u64, serde_bytes::ByteBuf)>,
+    ) -> Result<(), InputError> {
+        let disk = self.own_disk.as_ref().ok_or_else(|| {
+            InputError::LogCorrupt(format!(
+                "entry {seq} holds blocks of the guest's own disk, but this side has no own disk"
+            ))
+        })?;
+        for (offset, data) in blocks {
+            disk.write_at(offset, &data).map_err(|error| InputError::Host(error.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Replays a guest restored at `landmark` (its exits through there are done).
