@@ -76,6 +76,43 @@ fn a_stream_survives_two_failovers_with_a_backup_added_between_them() {
     }
 }
 
+#[test]
+fn a_primary_gone_solo_takes_a_new_backup_that_survives_its_death() {
+    let hosts = TwoHosts::new(FTVM);
+    let sockets = Scratch::new("redundancy-solo-api");
+    let primary_socket = format!("{}/primary.sock", sockets.path());
+    let mut backup = hosts.start_backup(BACKUP_HOST, FTVM, &[]);
+    let mut primary = hosts.start_primary(FTVM, &["--api-socket", &primary_socket]);
+    hosts.wait_for_echo(NETCLIENT);
+    let watch = hosts.watch(NETCLIENT, WATCH_SECONDS, STREAM_BYTES_PER_S);
+    std::thread::sleep(Duration::from_millis(1500));
+    backup.kill();
+    let solo = wait_for_role(&primary_socket, "solo", Duration::from_secs(30));
+    // The spare takes the dead backup's place on its host.
+    let spare = hosts.start_backup(BACKUP_HOST, FTVM, &["--spare"]);
+    let added = solo.and_then(|()| {
+        remote(&primary_socket, &["add-backup", &TwoHosts::listen_addr(BACKUP_HOST)])
+    });
+    std::thread::sleep(Duration::from_millis(2000));
+    primary.kill();
+    let watched = watch.finish_within(Duration::from_secs(90));
+    let spare = spare.stop();
+    let (backup, primary) = (backup.finish(), primary.finish());
+    let report = format!(
+        "add-backup: {added:?}\nclient: {}{}\n--- primary (h1)\n{}\n--- backup (h2)\n{}\n--- spare (h2)\n{}",
+        watched.stdout, watched.stderr, primary.stderr, backup.stderr, spare.stderr
+    );
+    let added = added.unwrap_or_else(|error| panic!("adding the backup failed: {error}\n{report}"));
+    assert_eq!(added["generation"], 2, "{report}");
+    assert!(primary.stderr.contains("role: primary -> solo, generation 1"), "{report}");
+    assert!(primary.stderr.contains("role: solo -> primary, generation 2"), "{report}");
+    assert!(
+        spare.stderr.contains("role: backup -> live, generation 2"),
+        "the added backup did not take over: {report}"
+    );
+    assert_clients_intact(&watched.stdout, STREAM_BYTES_PER_S as f64 * 6.0, &report);
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -266,7 +266,8 @@ pub fn primary(
     );
     signals::block_stats_signal();
     let hello_devices = channel_devices(devices, &backends);
-    let (side, held, releaser) = signals::spawning_helpers(|| {
+    let promotion = Promotion::new(ft, &backends, hello_devices, SharedWriter::new(console));
+    let (side, held) = signals::spawning_helpers(|| {
         let link = PrimaryLink::connect(backup_addr, &ft.channel, &credentials, hello_devices)
             .map_err(|error| match error {
                 ChannelError::Refused { .. } => {
@@ -274,30 +275,70 @@ pub fn primary(
                 }
                 other => RunError::Channel(other),
             })?;
-        let side = PrimarySide::new(link, ft.clone(), credentials.generation);
+        let generation = credentials.generation;
+        let side =
+            PrimarySide::new(link, ft.clone(), generation, promotion.running_alone_in.clone());
+        let console = Box::new(promotion.console.clone());
         let live = LiveOutputs::new(console, backends.tap.clone(), backends.disk.clone());
         let own_disk = backends.disk.clone().filter(|_| backends.disk_own);
         let (held, releaser) = HeldOutputs::start(side.clone(), live, own_disk, devices.net_mac);
-        Ok::<_, RunError>((side, held, releaser))
+        *lock(&promotion.promoted) = Some(Promoted { side: side.clone(), releaser });
+        Ok::<_, RunError>((side, held))
     })?;
-    let stats_side = side.clone();
-    signals::serve_stats_signal(move || eprintln!("ftvm: pair: {}", stats_side.report()));
     let landmarks = Arc::new(AtomicU64::new(0));
-    let api_side = side.clone();
-    let _api = serve_api(attachments, &landmarks, None, None, move || {
-        serde_json::to_value(api_side.report()).unwrap_or_default()
-    })?;
+    let _api = serve_pair_api(attachments, &landmarks, &promotion, || json!({}))?;
     if !backends.disk_own {
         // The shared image: the guest reads it through the writes still held.
         let reader = side.clone();
         backends.disk_reader =
             Some(Arc::new(move |disk, offset, buf| reader.read_disk(disk, offset, buf)));
     }
-    let inputs =
-        RecordingInputs::new(LinkSink::new(side.clone()), &run_start(config, devices), backends)?;
-    let result = Vm::new(config, devices, Box::new(inputs), Box::new(held))
-        .and_then(|vm| vm.with_landmark_counter(landmarks).run());
-    finish_primary(&side, releaser, result)
+    let inputs = RecordingInputs::new(LinkSink::new(side), &run_start(config, devices), backends)?;
+    let result = Vm::new(config, devices, Box::new(inputs), Box::new(held)).and_then(|vm| {
+        vm.with_landmark_counter(landmarks).with_tasks(promotion.tasks.clone()).run()
+    });
+    finish_pair(&promotion, result)
+}
+
+/// Serves the API socket of a side of a pair and its SIGUSR1 report: the status of its
+/// primary side while it is one, `other_status()` otherwise; `add-backup` through
+/// `promotion`.
+fn serve_pair_api(
+    attachments: &Attachments,
+    landmarks: &Arc<AtomicU64>,
+    promotion: &Arc<Promotion>,
+    other_status: impl Fn() -> serde_json::Value + Send + Sync + Clone + 'static,
+) -> Result<Option<ApiServer>, RunError> {
+    let (stats_promotion, stats_other) = (promotion.clone(), other_status.clone());
+    signals::serve_stats_signal(move || match &*lock(&stats_promotion.promoted) {
+        Some(promoted) => eprintln!("ftvm: pair: {}", promoted.side.report()),
+        None => eprintln!("ftvm: pair: {}", stats_other()),
+    });
+    let adding = promotion.clone();
+    let add_backup: AddBackupFn = Arc::new(move |addr| {
+        let report = adding.add_backup(addr).map_err(|error| error.to_string())?;
+        Ok(serde_json::to_value(report).unwrap_or_default())
+    });
+    let api_promotion = promotion.clone();
+    serve_api(attachments, landmarks, None, Some(add_backup), move || {
+        match &*lock(&api_promotion.promoted) {
+            Some(promoted) => serde_json::to_value(promoted.side.report()).unwrap_or_default(),
+            None => other_status(),
+        }
+    })
+}
+
+/// Ends the run of a side of a pair: if it is a primary (from the start, or made one by a
+/// transfer), as [`finish_primary`] says.
+fn finish_pair(
+    promotion: &Promotion,
+    result: Result<RunReport, VmError>,
+) -> Result<RunReport, RunError> {
+    let promoted = lock(&promotion.promoted).take();
+    match promoted {
+        Some(Promoted { side, releaser }) => finish_primary(&side, releaser, result),
+        None => Ok(result?),
+    }
 }
 
 /// Ends a primary's run: whatever the guest produced is released (or dropped by a halt)
@@ -343,7 +384,6 @@ pub fn backup(
     ft: &FtConfig,
 ) -> Result<RunReport, RunError> {
     let credentials = if roles.spare { ft::prepare_spare(ft)? } else { ft::prepare(ft)? };
-    let restore_to = &roles.restore_to;
     let (backends, own_devices) = open(attachments)?;
     let listener = TcpListener::bind(listen)
         .map_err(|source| RunError::Listen { addr: listen.to_string(), source })?;
@@ -385,18 +425,9 @@ pub fn backup(
     let generation = accepted.hello.generation;
     // Once live, this side may take a new backup and become a primary (`add-backup`).
     let console = SharedWriter::new(console);
-    let promotion = Arc::new(Promotion {
-        config: ft.clone(),
-        backends: backends.clone(),
-        devices: own,
-        console: console.clone(),
-        tasks: Arc::new(VmTasks::default()),
-        running_alone_in: Arc::new(Mutex::new(None)),
-        promoted: Arc::new(Mutex::new(None)),
-        transferring: Mutex::new(()),
-    });
-    if !restore_to.is_empty() {
-        let (promotion, addrs) = (promotion.clone(), restore_to.to_vec());
+    let promotion = Promotion::new(ft, &backends, own, console.clone());
+    if !roles.restore_to.is_empty() {
+        let (promotion, addrs) = (promotion.clone(), roles.restore_to.clone());
         signals::spawning_helpers(|| {
             std::thread::Builder::new()
                 .name("ftvm-restore-to".into())
@@ -404,24 +435,10 @@ pub fn backup(
                 .expect("spawning the restore-to thread")
         });
     }
-    let (stats_link, stats_status, stats_promotion) =
-        (link.clone(), status.clone(), promotion.clone());
-    signals::serve_stats_signal(move || match &*lock(&stats_promotion.promoted) {
-        Some(promoted) => eprintln!("ftvm: pair: {}", promoted.side.report()),
-        None => eprintln!("ftvm: pair: {}", stats_status.describe(&stats_link, generation)),
-    });
     let landmarks = Arc::new(AtomicU64::new(0));
-    let (api_status, api_link, api_promotion) = (status.clone(), link.clone(), promotion.clone());
-    let adding = promotion.clone();
-    let add_backup: AddBackupFn = Arc::new(move |addr| {
-        let report = adding.add_backup(addr).map_err(|error| error.to_string())?;
-        Ok(serde_json::to_value(report).unwrap_or_default())
-    });
-    let _api = serve_api(attachments, &landmarks, None, Some(add_backup), move || {
-        match &*lock(&api_promotion.promoted) {
-            Some(promoted) => serde_json::to_value(promoted.side.report()).unwrap_or_default(),
-            None => api_status.to_json(&api_link, generation),
-        }
+    let (status_link, backup_status) = (link.clone(), status.clone());
+    let _api = serve_pair_api(attachments, &landmarks, &promotion, move || {
+        backup_status.to_json(&status_link, generation)
     })?;
     let pair = BackupPairLink { config: ft.clone(), generation, link };
     let own_disk = backends.disk.clone().filter(|_| backends.disk_own);
@@ -476,11 +493,7 @@ pub fn backup(
         .run();
     // Strangers are refused (and named) until the end.
     drop(listener);
-    let promoted = lock(&promotion.promoted).take();
-    match promoted {
-        Some(Promoted { side, releaser }) => finish_primary(&side, releaser, result),
-        None => Ok(result?),
-    }
+    finish_pair(&promotion, result)
 }
 
 /// How often `--restore-to` tries again.

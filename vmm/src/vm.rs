@@ -313,6 +313,11 @@ impl Vm {
         (self.vm_fd.clone(), self.machine.memory.clone())
     }
 
+    /// Landmarks (guest exits) so far.
+    pub fn landmarks(&self) -> u64 {
+        self.machine.landmarks()
+    }
+
     /// The guest's clock now, if it runs on live inputs.
     pub fn clock_now_ns(&mut self) -> Option<u64> {
         self.machine.inputs_mut().clock_now_ns()

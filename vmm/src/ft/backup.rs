@@ -66,16 +66,6 @@ impl BackupStatus {
             "lag_entries": received.saturating_sub(replayed),
         })
     }
-
-    /// One line: role, generation, how far the log was received and replayed.
-    pub fn describe(&self, link: &BackupLink, generation: u64) -> String {
-        let role = if self.live.load(Ordering::SeqCst) { "live" } else { "backup" };
-        let (received, replayed) = (link.acked_seq(), self.replayed_seq.load(Ordering::SeqCst));
-        format!(
-            "role {role} generation {generation} received seq {received} replayed seq {replayed} lag entries {}",
-            received.saturating_sub(replayed)
-        )
-    }
 }
 
 /// What the replay, the outputs and the takeover share on the vCPU thread.

@@ -70,11 +70,19 @@ pub struct PrimarySide {
     clock: HostClock,
     fence_window_ns: AtomicU64,
     longest_output_call_ns: AtomicU64,
+    /// Set to the generation when this side goes solo (it may then take a new backup).
+    running_alone_in: Arc<Mutex<Option<u64>>>,
 }
 
 impl PrimarySide {
-    /// The primary's side of `generation` over a connected link.
-    pub fn new(link: PrimaryLink, config: FtConfig, generation: u64) -> Arc<Self> {
+    /// The primary's side of `generation` over a connected link; `running_alone_in` is set
+    /// to the generation if it goes solo.
+    pub fn new(
+        link: PrimaryLink,
+        config: FtConfig,
+        generation: u64,
+        running_alone_in: Arc<Mutex<Option<u64>>>,
+    ) -> Arc<Self> {
         let core = PrimaryPair::new(config.max_held_bytes, config.channel.primary_defers_ms());
         Arc::new(PrimarySide {
             link,
@@ -88,6 +96,7 @@ impl PrimarySide {
             clock: HostClock::start(),
             fence_window_ns: AtomicU64::new(0),
             longest_output_call_ns: AtomicU64::new(0),
+            running_alone_in,
         })
     }
 
@@ -453,6 +462,8 @@ fn release(side: &PrimarySide, mut live: LiveOutputs, mut announcer: Announcer) 
                 match &verdict {
                     Ok(()) => {
                         announcer.solo(&mut live);
+                        *side.running_alone_in.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(side.generation);
                         eprintln!(
                             "ftvm: role: primary -> solo, generation {}, at unix ns {}",
                             side.generation,

@@ -1,5 +1,5 @@
 //! Adding a backup to a running guest (DESIGN §5; VMware FT restores redundancy the same way):
-//! a backup gone live, told `add-backup ADDR` on its API socket, moves the pair to the next
+//! a side that runs the guest alone after a failover, told `add-backup ADDR` on its API socket, moves the pair to the next
 //! generation, connects to a backup waiting at ADDR (`ftvm backup --listen ADDR`) and sends it
 //! the guest's RAM while the guest runs (pre-copy: KVM's dirty log and the RAM's own bitmap,
 //! which marks the VMM's writes, name the pages written since; they are sent again, round
@@ -13,8 +13,8 @@
 //! A guest with its own disk (`mode=own`) has its image copied the same way, in blocks the
 //! image marks as written; the new backup's image is zeroed first, so it may start empty.
 //!
-//! Not yet: a solo primary (its outputs live in its releaser, which would have to hand them
-//! back); it is refused with a reason.
+//! A primary gone solo takes a backup the same way: its solo side releases what it holds and
+//! ends at the pause, and a paired side of the new generation takes its place.
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -124,12 +124,36 @@ pub struct Promotion {
     pub console: SharedWriter,
     /// The vCPU thread's task queue.
     pub tasks: Arc<VmTasks>,
-    /// The generation this side runs in, once it runs the guest alone (a backup gone live).
+    /// The generation this side runs in, once it runs the guest alone (a backup gone live, a
+    /// primary gone solo).
     pub running_alone_in: Arc<Mutex<Option<u64>>>,
-    /// Set when the transfer made this side a primary.
+    /// This side's primary side while it is one (from the start, or since a transfer made it
+    /// one): closed at the next hand-over, finished at the end of the run.
     pub promoted: Arc<Mutex<Option<Promoted>>>,
     /// Held during a transfer: one at a time (the API and `--restore-to` may both ask).
     pub transferring: Mutex<()>,
+}
+
+impl Promotion {
+    /// A side of a pair with these settings, attachments, devices and console, not running
+    /// alone yet.
+    pub fn new(
+        config: &FtConfig,
+        backends: &Backends,
+        devices: Devices,
+        console: SharedWriter,
+    ) -> Arc<Self> {
+        Arc::new(Promotion {
+            config: config.clone(),
+            backends: backends.clone(),
+            devices,
+            console,
+            tasks: Arc::new(VmTasks::default()),
+            running_alone_in: Arc::new(Mutex::new(None)),
+            promoted: Arc::new(Mutex::new(None)),
+            transferring: Mutex::new(()),
+        })
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -169,7 +193,10 @@ impl Promotion {
             console: self.console.clone(),
             stores,
             promoted: self.promoted.clone(),
+            running_alone_in: self.running_alone_in.clone(),
         };
+        // A primary gone solo had a primary side already; a backup gone live did not.
+        let from = if lock(&self.promoted).is_some() { "solo" } else { "live" };
         let paused = self.on_vcpu_thread(move |vm| hand_over.run(vm))?;
         *lock(&self.running_alone_in) = None;
         let report = TransferReport {
@@ -184,7 +211,7 @@ impl Promotion {
             total_ms: started.elapsed().as_millis() as u64,
         };
         eprintln!(
-            "ftvm: role: live -> primary, generation {new_generation}, the backup at {addr} added: \
+            "ftvm: role: {from} -> primary, generation {new_generation}, the backup at {addr} added: \
              {} pre-copy rounds, {} pages and {} disk blocks while running, {} and {} paused, {} \
              bytes, paused {} us",
             report.rounds,
@@ -202,8 +229,8 @@ impl Promotion {
     fn generation_alone(&self) -> Result<u64, TransferError> {
         (*lock(&self.running_alone_in)).ok_or_else(|| {
             TransferError::NotHere(
-                "this side does not run the guest alone: a backup is added by a backup that went \
-                 live (a solo primary cannot take one yet)"
+                "this side does not run the guest alone: a backup is added after a failover, by \
+                 the backup that went live or the primary that went solo"
                     .into(),
             )
         })
@@ -437,6 +464,7 @@ struct HandOver {
     console: SharedWriter,
     stores: Stores,
     promoted: Arc<Mutex<Option<Promoted>>>,
+    running_alone_in: Arc<Mutex<Option<u64>>>,
 }
 
 /// What the pause sent, and how long it was.
@@ -475,7 +503,12 @@ impl HandOver {
     /// wait for its acks; the clock goes on from where it stands.
     fn become_primary(self, vm: &mut Vm) {
         let monotonic_ns = vm.clock_now_ns().unwrap_or_default();
-        let side = PrimarySide::new(self.link, self.config, self.generation);
+        // A solo primary's side releases what it holds and ends before the new one starts.
+        if let Some(old) = lock(&self.promoted).take() {
+            old.side.close_and_drain(vm.landmarks());
+            let _ = old.releaser.join();
+        }
+        let side = PrimarySide::new(self.link, self.config, self.generation, self.running_alone_in);
         let backends = self.backends;
         let live =
             LiveOutputs::new(Box::new(self.console), backends.tap.clone(), backends.disk.clone());

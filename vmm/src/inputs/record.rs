@@ -89,6 +89,10 @@ impl<S: EntrySink> RecordingInputs<S> {
 }
 
 impl<S: EntrySink> Inputs for RecordingInputs<S> {
+    fn clock_now_ns(&self) -> Option<u64> {
+        self.live.clock_now_ns()
+    }
+
     fn monotonic_ns(&mut self, at: &At) -> Result<u64, InputError> {
         let value = self.live.monotonic_ns(at)?;
         self.log(at, Input::MonotonicNs(value))?;
