@@ -23,11 +23,6 @@ pub const FRAME_HEADER_LEN_BYTES: usize = 8;
 /// allocated for it: a corrupted or hostile length must not make the receiver reserve gigabytes.
 pub const MAX_PAYLOAD_LEN_BYTES: u32 = 16 << 20;
 
-/// CRC32C (Castagnoli, the iSCSI polynomial): detects every single-bit error and every burst of
-/// up to 32 bits in the covered bytes.
-const CRC32C: crc::Crc<u32, crc::Table<16>> =
-    crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
-
 /// How much [`FrameReader`] asks its source for at a time.
 const READ_CHUNK_LEN_BYTES: usize = 64 * 1024;
 
@@ -131,11 +126,20 @@ impl FrameError {
     }
 }
 
+/// CRC32C (Castagnoli, the iSCSI polynomial) of the length field and the payload: detects every
+/// single-bit error and every burst of up to 32 bits in the covered bytes.
 fn frame_crc(len_field: [u8; 4], payload: &[u8]) -> u32 {
-    let mut digest = CRC32C.digest();
-    digest.update(&len_field);
-    digest.update(payload);
-    digest.finalize()
+    crc32c::crc32c_append(crc32c::crc32c(&len_field), payload)
+}
+
+/// Lets postcard append to a caller's buffer it borrows (its `Extend` flavor takes the buffer
+/// by value, and would drop the bytes already in it on an error).
+struct Appender<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Appender<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+        self.0.extend(bytes);
+    }
 }
 
 /// Sans-IO encoder: turns entries into frames with contiguous sequence numbers.
@@ -143,8 +147,6 @@ fn frame_crc(len_field: [u8; 4], payload: &[u8]) -> u32 {
 pub struct FrameEncoder<T> {
     next_seq: u64,
     offset_bytes: u64,
-    /// Reused between frames so that steady-state encoding does not allocate.
-    scratch: Vec<u8>,
     entry_type: PhantomData<fn(&T)>,
 }
 
@@ -155,7 +157,6 @@ impl<T: Serialize> FrameEncoder<T> {
         FrameEncoder {
             next_seq: first_seq,
             offset_bytes: start_offset_bytes,
-            scratch: Vec::new(),
             entry_type: PhantomData,
         }
     }
@@ -164,28 +165,32 @@ impl<T: Serialize> FrameEncoder<T> {
     /// nothing is appended and the sequence number is not used up.
     pub fn encode(&mut self, entry: &T, out: &mut Vec<u8>) -> Result<u64, FrameError> {
         let seq = self.next_seq;
-        let mut payload = std::mem::take(&mut self.scratch);
-        payload.clear();
-        let payload = postcard::to_extend(&(seq, entry), payload).map_err(|source| {
-            FrameError::Encode { expected_seq: seq, offset_bytes: self.offset_bytes, source }
-        })?;
-        let payload_len_bytes = payload.len() as u64;
-        if payload_len_bytes > u64::from(MAX_PAYLOAD_LEN_BYTES) {
-            self.scratch = payload;
-            return Err(FrameError::PayloadTooLong {
+        let frame_start = out.len();
+        // The payload is encoded in place after a header filled in below: no copy of it.
+        out.extend_from_slice(&[0; FRAME_HEADER_LEN_BYTES]);
+        let encoded =
+            postcard::to_extend(&(seq, entry), Appender(out)).map(drop).map_err(|source| {
+                FrameError::Encode { expected_seq: seq, offset_bytes: self.offset_bytes, source }
+            });
+        let payload_len_bytes = (out.len() - frame_start - FRAME_HEADER_LEN_BYTES) as u64;
+        let checked = encoded.and_then(|()| match payload_len_bytes {
+            len if len > u64::from(MAX_PAYLOAD_LEN_BYTES) => Err(FrameError::PayloadTooLong {
                 expected_seq: seq,
                 offset_bytes: self.offset_bytes,
                 payload_len_bytes,
-            });
+            }),
+            _ => Ok(()),
+        });
+        if let Err(error) = checked {
+            out.truncate(frame_start);
+            return Err(error);
         }
+        let (header, payload) = out[frame_start..].split_at_mut(FRAME_HEADER_LEN_BYTES);
         let len_field = (payload.len() as u32).to_le_bytes();
-        out.reserve(FRAME_HEADER_LEN_BYTES + payload.len());
-        out.extend_from_slice(&len_field);
-        out.extend_from_slice(&frame_crc(len_field, &payload).to_le_bytes());
-        out.extend_from_slice(&payload);
+        header[..4].copy_from_slice(&len_field);
+        header[4..].copy_from_slice(&frame_crc(len_field, payload).to_le_bytes());
         self.next_seq += 1;
-        self.offset_bytes += (FRAME_HEADER_LEN_BYTES + payload.len()) as u64;
-        self.scratch = payload;
+        self.offset_bytes += (out.len() - frame_start) as u64;
         Ok(seq)
     }
 

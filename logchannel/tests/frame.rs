@@ -291,3 +291,27 @@ fn errors_name_the_frame_in_words() {
         "{message}"
     );
 }
+
+#[test]
+fn a_frame_is_appended_after_the_bytes_before_it_with_the_iscsi_crc_of_length_and_payload() {
+    let mut encoder = FrameEncoder::new(0, 0);
+    let mut bytes = vec![0xAA, 0xBB];
+    encoder.encode(&(4u8, 9u8), &mut bytes).unwrap();
+    // Payload: postcard (seq 0, 4, 9); CRC-32C (Castagnoli) of [3, 0, 0, 0, 0, 4, 9] is
+    // 0x3503A525, as any implementation of the iSCSI polynomial computes it: log files written
+    // before keep their checksums.
+    assert_eq!(bytes, [0xAA, 0xBB, 3, 0, 0, 0, 0x25, 0xA5, 0x03, 0x35, 0, 4, 9]);
+}
+
+#[test]
+fn an_entry_over_the_maximum_leaves_the_bytes_before_it_alone() {
+    let mut encoder = FrameEncoder::new(7, 0);
+    let mut bytes = vec![1, 2, 3];
+    let too_big = TestEntry::Entropy(vec![0; MAX_PAYLOAD_LEN_BYTES as usize]);
+    assert!(matches!(
+        encoder.encode(&too_big, &mut bytes),
+        Err(FrameError::PayloadTooLong { expected_seq: 7, .. })
+    ));
+    assert_eq!(bytes, [1, 2, 3]);
+    assert_eq!(encoder.next_seq(), 7);
+}
