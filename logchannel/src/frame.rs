@@ -132,6 +132,13 @@ fn frame_crc(len_field: [u8; 4], payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&len_field), payload)
 }
 
+/// The length of the frame that starts `bytes`, if its header is there (the length field is
+/// not checked here).
+fn frame_len_bytes(bytes: &[u8]) -> Option<usize> {
+    let len_field = bytes.first_chunk::<4>()?;
+    Some(FRAME_HEADER_LEN_BYTES + u32::from_le_bytes(*len_field) as usize)
+}
+
 /// Lets postcard append to a caller's buffer it borrows (its `Extend` flavor takes the buffer
 /// by value, and would drop the bytes already in it on an error).
 struct Appender<'a>(&'a mut Vec<u8>);
@@ -246,6 +253,39 @@ impl<T: DeserializeOwned> FrameDecoder<T> {
     /// The next complete frame, `Ok(None)` if more bytes are needed first.
     pub fn next_frame(&mut self) -> Result<Option<(u64, T)>, FrameError> {
         let pending = &self.buffer[self.consumed..];
+        let Some(decoded) = self.check_frame(pending)? else { return Ok(None) };
+        let frame_len_bytes = frame_len_bytes(pending).expect("a whole frame was checked");
+        self.consumed += frame_len_bytes;
+        self.offset_bytes += frame_len_bytes as u64;
+        self.next_seq += 1;
+        Ok(Some(decoded))
+    }
+
+    /// Like [`Self::push`] then [`Self::next_frame`], without copying `bytes` into the buffer
+    /// when they are exactly one whole frame and nothing is buffered (a frame the session
+    /// layer cut out of the stream already): the backup's path for every entry of the log.
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<Option<(u64, T)>, FrameError> {
+        if self.buffered_len_bytes() > 0 || frame_len_bytes(bytes) != Some(bytes.len()) {
+            self.push(bytes);
+            return self.next_frame();
+        }
+        match self.check_frame(bytes) {
+            Ok(decoded) => {
+                self.offset_bytes += bytes.len() as u64;
+                self.next_seq += 1;
+                Ok(decoded)
+            }
+            Err(error) => {
+                // Kept, so that asking again reports the same error, as `next_frame` does.
+                self.push(bytes);
+                Err(error)
+            }
+        }
+    }
+
+    /// The entry of the frame at the start of `pending`, checked (length, CRC, sequence
+    /// number, nothing after the entry); `Ok(None)` if the frame is not all there yet.
+    fn check_frame(&self, pending: &[u8]) -> Result<Option<(u64, T)>, FrameError> {
         let Some(header) = pending.first_chunk::<FRAME_HEADER_LEN_BYTES>() else {
             return Ok(None);
         };
@@ -293,9 +333,6 @@ impl<T: DeserializeOwned> FrameDecoder<T> {
                 trailing_len_bytes: trailing.len() as u64,
             });
         }
-        self.consumed += frame_len_bytes;
-        self.offset_bytes += frame_len_bytes as u64;
-        self.next_seq += 1;
         Ok(Some((seq, entry)))
     }
 

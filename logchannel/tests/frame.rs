@@ -315,3 +315,22 @@ fn an_entry_over_the_maximum_leaves_the_bytes_before_it_alone() {
     assert_eq!(bytes, [1, 2, 3]);
     assert_eq!(encoder.next_seq(), 7);
 }
+
+#[test]
+fn whole_frames_decode_like_the_stream_and_a_bad_one_stays_an_error() {
+    let entries = [TestEntry::Halt, TestEntry::ClockRead(-3), TestEntry::Entropy(vec![7; 300])];
+    let stream = encode_stream(&entries, 20);
+    let mut decoder = FrameDecoder::<TestEntry>::new(20, 0);
+    for (index, entry) in entries.iter().enumerate() {
+        let decoded = decoder.decode(stream.frame(index)).unwrap();
+        assert_eq!(decoded, Some((20 + index as u64, entry.clone())));
+    }
+    assert_eq!(decoder.offset_bytes(), stream.bytes.len() as u64);
+
+    let mut decoder = FrameDecoder::<TestEntry>::new(20, 0);
+    let mut corrupted = stream.frame(0).to_vec();
+    *corrupted.last_mut().unwrap() ^= 1;
+    let first = decoder.decode(&corrupted).unwrap_err().to_string();
+    assert!(first.contains("checksum mismatch in frame seq 20"), "{first}");
+    assert_eq!(decoder.next_frame().unwrap_err().to_string(), first);
+}

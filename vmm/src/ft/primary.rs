@@ -320,7 +320,11 @@ impl HeldOutputs {
             state = side.wait(state);
         }
         state.core.hold(output, kind, len_bytes);
-        side.changed.notify_all();
+        // A paired releaser waits for acks, not for holds: the output waits for the end of its
+        // exit and the ack of its entry anyway. Other roles release at once.
+        if *state.core.role() != PrimaryRole::Paired {
+            side.changed.notify_all();
+        }
         self.held_in_exit = true;
     }
 
@@ -366,7 +370,10 @@ impl Outputs for HeldOutputs {
         if std::mem::take(&mut self.held_in_exit) {
             let mut state = side.lock();
             side.link.with_core(|channel, now_ns| state.core.exit_done(channel, landmark, now_ns));
-            side.changed.notify_all();
+            // A paired releaser is woken by the ack of the entry just sent.
+            if *state.core.role() != PrimaryRole::Paired {
+                side.changed.notify_all();
+            }
         }
     }
 }
@@ -414,7 +421,9 @@ fn release(side: &PrimarySide, mut live: LiveOutputs, mut announcer: Announcer) 
     loop {
         announcer.answer_backup(side, &mut live);
         let mut state = side.lock();
-        let step = side.link.with_core(|channel, now_ns| state.core.next_step(channel, now_ns));
+        let (step, acked_seq) = side.link.with_core(|channel, now_ns| {
+            (state.core.next_step(channel, now_ns), channel.acked_seq())
+        });
         side.note_role(&state);
         match step {
             PrimaryStep::Release { output, under_lease, .. } => {
@@ -480,7 +489,15 @@ fn release(side: &PrimarySide, mut live: LiveOutputs, mut announcer: Announcer) 
                 if state.closing && state.core.drained() {
                     return;
                 }
-                drop(side.wait(state));
+                if *state.core.role() == PrimaryRole::Paired {
+                    // What is held next is released after the ack of an entry sent after this
+                    // look (its exit's end): one wakeup, by that ack, instead of one per hold
+                    // and per exit end as well (the vCPU does not wake this thread while paired).
+                    drop(state);
+                    side.link.wait_for_ack_after(acked_seq, deadline_after(RELEASER_TICK));
+                } else {
+                    drop(side.wait(state));
+                }
             }
         }
     }
