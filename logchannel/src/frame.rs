@@ -139,13 +139,26 @@ fn frame_len_bytes(bytes: &[u8]) -> Option<usize> {
     Some(FRAME_HEADER_LEN_BYTES + u32::from_le_bytes(*len_field) as usize)
 }
 
-/// Lets postcard append to a caller's buffer it borrows (its `Extend` flavor takes the buffer
-/// by value, and would drop the bytes already in it on an error).
+/// Lets postcard append to a caller's buffer it borrows, a byte string with one copy (its own
+/// `Extend` flavor takes the buffer by value, dropping the bytes already in it on an error,
+/// and appends through an iterator).
 struct Appender<'a>(&'a mut Vec<u8>);
 
-impl Extend<u8> for Appender<'_> {
-    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
-        self.0.extend(bytes);
+impl postcard::ser_flavors::Flavor for Appender<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
@@ -176,7 +189,7 @@ impl<T: Serialize> FrameEncoder<T> {
         // The payload is encoded in place after a header filled in below: no copy of it.
         out.extend_from_slice(&[0; FRAME_HEADER_LEN_BYTES]);
         let encoded =
-            postcard::to_extend(&(seq, entry), Appender(out)).map(drop).map_err(|source| {
+            postcard::serialize_with_flavor(&(seq, entry), Appender(out)).map_err(|source| {
                 FrameError::Encode { expected_seq: seq, offset_bytes: self.offset_bytes, source }
             });
         let payload_len_bytes = (out.len() - frame_start - FRAME_HEADER_LEN_BYTES) as u64;
