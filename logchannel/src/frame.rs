@@ -23,11 +23,6 @@ pub const FRAME_HEADER_LEN_BYTES: usize = 8;
 /// allocated for it: a corrupted or hostile length must not make the receiver reserve gigabytes.
 pub const MAX_PAYLOAD_LEN_BYTES: u32 = 16 << 20;
 
-/// CRC32C (Castagnoli, the iSCSI polynomial): detects every single-bit error and every burst of
-/// up to 32 bits in the covered bytes.
-const CRC32C: crc::Crc<u32, crc::Table<16>> =
-    crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
-
 /// How much [`FrameReader`] asks its source for at a time.
 const READ_CHUNK_LEN_BYTES: usize = 64 * 1024;
 
@@ -131,11 +126,40 @@ impl FrameError {
     }
 }
 
+/// CRC32C (Castagnoli, the iSCSI polynomial) of the length field and the payload: detects every
+/// single-bit error and every burst of up to 32 bits in the covered bytes.
 fn frame_crc(len_field: [u8; 4], payload: &[u8]) -> u32 {
-    let mut digest = CRC32C.digest();
-    digest.update(&len_field);
-    digest.update(payload);
-    digest.finalize()
+    crc32c::crc32c_append(crc32c::crc32c(&len_field), payload)
+}
+
+/// The length of the frame that starts `bytes`, if its header is there (the length field is
+/// not checked here).
+fn frame_len_bytes(bytes: &[u8]) -> Option<usize> {
+    let len_field = bytes.first_chunk::<4>()?;
+    Some(FRAME_HEADER_LEN_BYTES + u32::from_le_bytes(*len_field) as usize)
+}
+
+/// Lets postcard append to a caller's buffer it borrows, a byte string with one copy (its own
+/// `Extend` flavor takes the buffer by value, dropping the bytes already in it on an error,
+/// and appends through an iterator).
+struct Appender<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Appender<'_> {
+    type Output = ();
+
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
 }
 
 /// Sans-IO encoder: turns entries into frames with contiguous sequence numbers.
@@ -143,8 +167,6 @@ fn frame_crc(len_field: [u8; 4], payload: &[u8]) -> u32 {
 pub struct FrameEncoder<T> {
     next_seq: u64,
     offset_bytes: u64,
-    /// Reused between frames so that steady-state encoding does not allocate.
-    scratch: Vec<u8>,
     entry_type: PhantomData<fn(&T)>,
 }
 
@@ -155,7 +177,6 @@ impl<T: Serialize> FrameEncoder<T> {
         FrameEncoder {
             next_seq: first_seq,
             offset_bytes: start_offset_bytes,
-            scratch: Vec::new(),
             entry_type: PhantomData,
         }
     }
@@ -164,28 +185,32 @@ impl<T: Serialize> FrameEncoder<T> {
     /// nothing is appended and the sequence number is not used up.
     pub fn encode(&mut self, entry: &T, out: &mut Vec<u8>) -> Result<u64, FrameError> {
         let seq = self.next_seq;
-        let mut payload = std::mem::take(&mut self.scratch);
-        payload.clear();
-        let payload = postcard::to_extend(&(seq, entry), payload).map_err(|source| {
-            FrameError::Encode { expected_seq: seq, offset_bytes: self.offset_bytes, source }
-        })?;
-        let payload_len_bytes = payload.len() as u64;
-        if payload_len_bytes > u64::from(MAX_PAYLOAD_LEN_BYTES) {
-            self.scratch = payload;
-            return Err(FrameError::PayloadTooLong {
+        let frame_start = out.len();
+        // The payload is encoded in place after a header filled in below: no copy of it.
+        out.extend_from_slice(&[0; FRAME_HEADER_LEN_BYTES]);
+        let encoded =
+            postcard::serialize_with_flavor(&(seq, entry), Appender(out)).map_err(|source| {
+                FrameError::Encode { expected_seq: seq, offset_bytes: self.offset_bytes, source }
+            });
+        let payload_len_bytes = (out.len() - frame_start - FRAME_HEADER_LEN_BYTES) as u64;
+        let checked = encoded.and_then(|()| match payload_len_bytes {
+            len if len > u64::from(MAX_PAYLOAD_LEN_BYTES) => Err(FrameError::PayloadTooLong {
                 expected_seq: seq,
                 offset_bytes: self.offset_bytes,
                 payload_len_bytes,
-            });
+            }),
+            _ => Ok(()),
+        });
+        if let Err(error) = checked {
+            out.truncate(frame_start);
+            return Err(error);
         }
+        let (header, payload) = out[frame_start..].split_at_mut(FRAME_HEADER_LEN_BYTES);
         let len_field = (payload.len() as u32).to_le_bytes();
-        out.reserve(FRAME_HEADER_LEN_BYTES + payload.len());
-        out.extend_from_slice(&len_field);
-        out.extend_from_slice(&frame_crc(len_field, &payload).to_le_bytes());
-        out.extend_from_slice(&payload);
+        header[..4].copy_from_slice(&len_field);
+        header[4..].copy_from_slice(&frame_crc(len_field, payload).to_le_bytes());
         self.next_seq += 1;
-        self.offset_bytes += (FRAME_HEADER_LEN_BYTES + payload.len()) as u64;
-        self.scratch = payload;
+        self.offset_bytes += (out.len() - frame_start) as u64;
         Ok(seq)
     }
 
@@ -241,6 +266,39 @@ impl<T: DeserializeOwned> FrameDecoder<T> {
     /// The next complete frame, `Ok(None)` if more bytes are needed first.
     pub fn next_frame(&mut self) -> Result<Option<(u64, T)>, FrameError> {
         let pending = &self.buffer[self.consumed..];
+        let Some(decoded) = self.check_frame(pending)? else { return Ok(None) };
+        let frame_len_bytes = frame_len_bytes(pending).expect("a whole frame was checked");
+        self.consumed += frame_len_bytes;
+        self.offset_bytes += frame_len_bytes as u64;
+        self.next_seq += 1;
+        Ok(Some(decoded))
+    }
+
+    /// Like [`Self::push`] then [`Self::next_frame`], without copying `bytes` into the buffer
+    /// when they are exactly one whole frame and nothing is buffered (a frame the session
+    /// layer cut out of the stream already): the backup's path for every entry of the log.
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<Option<(u64, T)>, FrameError> {
+        if self.buffered_len_bytes() > 0 || frame_len_bytes(bytes) != Some(bytes.len()) {
+            self.push(bytes);
+            return self.next_frame();
+        }
+        match self.check_frame(bytes) {
+            Ok(decoded) => {
+                self.offset_bytes += bytes.len() as u64;
+                self.next_seq += 1;
+                Ok(decoded)
+            }
+            Err(error) => {
+                // Kept, so that asking again reports the same error, as `next_frame` does.
+                self.push(bytes);
+                Err(error)
+            }
+        }
+    }
+
+    /// The entry of the frame at the start of `pending`, checked (length, CRC, sequence
+    /// number, nothing after the entry); `Ok(None)` if the frame is not all there yet.
+    fn check_frame(&self, pending: &[u8]) -> Result<Option<(u64, T)>, FrameError> {
         let Some(header) = pending.first_chunk::<FRAME_HEADER_LEN_BYTES>() else {
             return Ok(None);
         };
@@ -288,9 +346,6 @@ impl<T: DeserializeOwned> FrameDecoder<T> {
                 trailing_len_bytes: trailing.len() as u64,
             });
         }
-        self.consumed += frame_len_bytes;
-        self.offset_bytes += frame_len_bytes as u64;
-        self.next_seq += 1;
         Ok(Some((seq, entry)))
     }
 

@@ -291,3 +291,46 @@ fn errors_name_the_frame_in_words() {
         "{message}"
     );
 }
+
+#[test]
+fn a_frame_is_appended_after_the_bytes_before_it_with_the_iscsi_crc_of_length_and_payload() {
+    let mut encoder = FrameEncoder::new(0, 0);
+    let mut bytes = vec![0xAA, 0xBB];
+    encoder.encode(&(4u8, 9u8), &mut bytes).unwrap();
+    // Payload: postcard (seq 0, 4, 9); CRC-32C (Castagnoli) of [3, 0, 0, 0, 0, 4, 9] is
+    // 0x3503A525, as any implementation of the iSCSI polynomial computes it: log files written
+    // before keep their checksums.
+    assert_eq!(bytes, [0xAA, 0xBB, 3, 0, 0, 0, 0x25, 0xA5, 0x03, 0x35, 0, 4, 9]);
+}
+
+#[test]
+fn an_entry_over_the_maximum_leaves_the_bytes_before_it_alone() {
+    let mut encoder = FrameEncoder::new(7, 0);
+    let mut bytes = vec![1, 2, 3];
+    let too_big = TestEntry::Entropy(vec![0; MAX_PAYLOAD_LEN_BYTES as usize]);
+    assert!(matches!(
+        encoder.encode(&too_big, &mut bytes),
+        Err(FrameError::PayloadTooLong { expected_seq: 7, .. })
+    ));
+    assert_eq!(bytes, [1, 2, 3]);
+    assert_eq!(encoder.next_seq(), 7);
+}
+
+#[test]
+fn whole_frames_decode_like_the_stream_and_a_bad_one_stays_an_error() {
+    let entries = [TestEntry::Halt, TestEntry::ClockRead(-3), TestEntry::Entropy(vec![7; 300])];
+    let stream = encode_stream(&entries, 20);
+    let mut decoder = FrameDecoder::<TestEntry>::new(20, 0);
+    for (index, entry) in entries.iter().enumerate() {
+        let decoded = decoder.decode(stream.frame(index)).unwrap();
+        assert_eq!(decoded, Some((20 + index as u64, entry.clone())));
+    }
+    assert_eq!(decoder.offset_bytes(), stream.bytes.len() as u64);
+
+    let mut decoder = FrameDecoder::<TestEntry>::new(20, 0);
+    let mut corrupted = stream.frame(0).to_vec();
+    *corrupted.last_mut().unwrap() ^= 1;
+    let first = decoder.decode(&corrupted).unwrap_err().to_string();
+    assert!(first.contains("checksum mismatch in frame seq 20"), "{first}");
+    assert_eq!(decoder.next_frame().unwrap_err().to_string(), first);
+}

@@ -204,14 +204,27 @@ fn role_change_unix_ns(stderr: &str, change: &str) -> Option<u128> {
     line.rsplit("at unix ns ").next()?.trim().parse().ok()
 }
 
-/// `frames N last_unix_ns T` from a stopped capture.
-fn captured(capture: Finished) -> (u64, u128) {
+/// What a capture saw of a TAP: the guest's frames (count, time of the last) and the VMM's MAC
+/// announcements (time of the last; 0: none), which are not output of the guest.
+#[derive(Debug)]
+struct Captured {
+    frames: u64,
+    last_frame_unix_ns: u128,
+    last_announcement_unix_ns: u128,
+}
+
+/// `frames N last_unix_ns T announcements A last_announcement_unix_ns U` from a stopped capture.
+fn captured(capture: Finished) -> Captured {
     let line =
         capture.stdout.lines().find(|line| line.starts_with("frames ")).unwrap_or_else(|| {
             panic!("the capture printed no count: {capture:?}");
         });
     let words: Vec<&str> = line.split_whitespace().collect();
-    (words[1].parse().unwrap(), words[3].parse().unwrap())
+    Captured {
+        frames: words[1].parse().unwrap(),
+        last_frame_unix_ns: words[3].parse().unwrap(),
+        last_announcement_unix_ns: words[7].parse().unwrap(),
+    }
 }
 
 #[test]
@@ -235,22 +248,29 @@ fn a_one_way_link_cut_releases_nothing_from_the_loser_after_the_winner_went_on()
         assert_stream_ok(client, &context);
         let solo = role_change_unix_ns(&primary.stderr, "role: primary -> solo");
         let live = role_change_unix_ns(&backup.stderr, "role: backup -> live");
-        let (went_on_ns, loser, loser_tap) = match (solo, live) {
-            (Some(at), None) => (at, &backup, tap1),
-            (None, Some(at)) => (at, &primary, tap0),
+        let (went_on_ns, loser, loser_tap, winner_tap) = match (solo, live) {
+            (Some(at), None) => (at, &backup, tap1, tap0),
+            (None, Some(at)) => (at, &primary, tap0, tap1),
             _ => panic!(
                 "{context}: exactly one side goes on:\nprimary {primary:?}\nbackup {backup:?}"
             ),
         };
         eprintln!(
-            "{context}: went on at {went_on_ns} ns; loser frames {} (last at {} ns); tap0 {tap0:?} tap1 {tap1:?}",
-            loser_tap.0, loser_tap.1
+            "{context}: went on at {went_on_ns} ns; loser {loser_tap:?}; winner {winner_tap:?}"
         );
         assert_eq!(loser.status, Some(127), "{context}: the loser halts: {loser:?}");
         assert!(
-            loser_tap.0 == 0 || loser_tap.1 < went_on_ns,
+            loser_tap.frames == 0 || loser_tap.last_frame_unix_ns < went_on_ns,
             "{context}: the loser's last frame ({} ns) came after the winner went on ({went_on_ns} ns)",
-            loser_tap.1
+            loser_tap.last_frame_unix_ns
+        );
+        // A backup that stopped hearing its primary announces the guest's MAC whether or not the
+        // primary went on: the winner's word must come last, or the LAN keeps sending the
+        // guest's traffic to the loser.
+        assert!(
+            loser_tap.last_announcement_unix_ns < winner_tap.last_announcement_unix_ns,
+            "{context}: the loser announced the guest's MAC last ({loser_tap:?}, winner \
+             {winner_tap:?})"
         );
     }
 }

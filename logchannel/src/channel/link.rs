@@ -30,8 +30,10 @@ const CONNECT_RETRY: Duration = Duration::from_millis(50);
 /// The shortest read timeout a backup's reader sets (a zero timeout would mean none).
 const MIN_READ_TIMEOUT: Duration = Duration::from_micros(100);
 
-/// How much a reader asks its socket for at a time.
-const READ_CHUNK_LEN_BYTES: usize = 64 * 1024;
+/// How much a reader asks its socket for at a time: a few of the log's largest common entries (a
+/// 64 KiB received segment), so that a backup that fell behind by several takes them, and acks
+/// them, in one read.
+const READ_CHUNK_LEN_BYTES: usize = 256 * 1024;
 
 fn now_ns(epoch: Instant) -> u64 {
     epoch.elapsed().as_nanos() as u64
@@ -102,6 +104,9 @@ struct PrimaryState {
     core: PrimaryCore,
     /// Bytes taken by the writer and not yet written.
     writing: bool,
+    /// Callers of `flush` waiting for the writer: it wakes them only when there are some (the
+    /// ack waiters are not woken by every write).
+    flush_waiters: usize,
     closing: bool,
 }
 
@@ -110,8 +115,10 @@ struct PrimaryShared {
     /// The landmark through which the guest's exits are complete, set by the VMM at every
     /// exit without taking the lock; the reader hands it to the core before each heartbeat.
     exits_complete_through: AtomicU64,
-    /// Acks arrived, output was written, or the link failed.
+    /// Acks arrived, or the link failed.
     changed: Condvar,
+    /// The writer wrote what it had taken, or the link failed.
+    written: Condvar,
     /// The outbox has bytes, or the link is closing.
     output_ready: Condvar,
     epoch: Instant,
@@ -128,6 +135,7 @@ impl PrimaryShared {
         drop(state);
         let _ = stream.shutdown(Shutdown::Both);
         self.changed.notify_all();
+        self.written.notify_all();
         self.output_ready.notify_all();
     }
 }
@@ -212,10 +220,12 @@ impl PrimaryLink {
             state: Mutex::new(PrimaryState {
                 core: PrimaryCore::new(config, 0, session),
                 writing: false,
+                flush_waiters: 0,
                 closing: false,
             }),
             exits_complete_through: AtomicU64::new(0),
             changed: Condvar::new(),
+            written: Condvar::new(),
             output_ready: Condvar::new(),
             epoch,
             tick,
@@ -336,6 +346,20 @@ impl PrimaryLink {
         }
     }
 
+    /// Waits until the backup acknowledges an entry after `seen_seq`, the link fails, or
+    /// `deadline` passes: how a thread that has nothing releasable yet learns that entries sent
+    /// after it looked were acknowledged, woken by acks alone.
+    pub fn wait_for_ack_after(&self, seen_seq: u64, deadline: Instant) {
+        let mut state = lock(&self.shared.state);
+        while state.core.acked_seq() <= seen_seq && state.core.error().is_none() {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            state = wait(&self.shared.changed, state, deadline - now);
+        }
+    }
+
     /// Waits until everything sent so far has been handed to the socket. `Ok(false)` if
     /// `deadline` passes first.
     pub fn flush(&self, deadline: Instant) -> Result<bool, ChannelError> {
@@ -351,7 +375,9 @@ impl PrimaryLink {
             if now >= deadline {
                 return Ok(false);
             }
-            state = wait(&self.shared.changed, state, deadline - now);
+            state.flush_waiters += 1;
+            state = wait(&self.shared.written, state, deadline - now);
+            state.flush_waiters -= 1;
         }
     }
 
@@ -398,6 +424,7 @@ impl Drop for PrimaryLink {
         drop(state);
         let _ = self.stream.shutdown(Shutdown::Both);
         self.shared.changed.notify_all();
+        self.shared.written.notify_all();
         self.shared.output_ready.notify_all();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
@@ -461,12 +488,17 @@ fn primary_writer(shared: &PrimaryShared, mut stream: TcpStream) {
         drop(state);
         let written = stream.write_all(&bytes);
         bytes.clear();
-        lock(&shared.state).writing = false;
+        let mut state = lock(&shared.state);
+        state.writing = false;
+        let flush_waiters = state.flush_waiters;
+        drop(state);
         if let Err(error) = written {
             shared.fail(&stream, disconnected(Peer::Backup, "cannot send to the backup", &error));
             return;
         }
-        shared.changed.notify_all();
+        if flush_waiters > 0 {
+            shared.written.notify_all();
+        }
     }
 }
 

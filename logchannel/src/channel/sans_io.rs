@@ -234,15 +234,15 @@ impl PrimaryCore {
         }
         self.opener.push(bytes);
         loop {
-            match self.opener.next_frame() {
-                Ok(Some(frame)) => self.acks.push(frame),
+            let frame = match self.opener.next_frame() {
+                Ok(Some(frame)) => frame,
                 Ok(None) => return Ok(self.acked_seq),
                 Err(source) => {
                     let error = ChannelError::Unauthenticated { peer: Peer::Backup, source };
                     return Err(self.fail(error));
                 }
-            }
-            match self.acks.next_frame() {
+            };
+            match self.acks.decode(frame) {
                 Ok(Some((
                     _,
                     BackupMessage::Ack { acked_seq, replayed_seq, receiving, announced },
@@ -546,15 +546,15 @@ impl BackupCore {
         self.opener.push(bytes);
         let mut queued = 0;
         let outcome = loop {
-            match self.opener.next_frame() {
-                Ok(Some(frame)) => self.frames.push(frame),
+            let frame = match self.opener.next_frame() {
+                Ok(Some(frame)) => frame,
                 Ok(None) => break Ok(queued),
                 Err(source) => {
                     break Err(ChannelError::Unauthenticated { peer: Peer::Primary, source })
                 }
-            }
+            };
             let start_offset_bytes = self.frames.offset_bytes();
-            match self.frames.next_frame() {
+            match self.frames.decode(frame) {
                 Ok(Some((seq, entry))) => {
                     let frame_len_bytes = self.frames.offset_bytes() - start_offset_bytes;
                     if let Some(landmark) = entry.exits_complete_through() {

@@ -1,10 +1,15 @@
 //! Counts the frames a VMM writes into a TAP device, with the wall-clock time of the last one:
 //! `ftvm-capture IFACE` (run in the TAP's network namespace) until SIGTERM, then prints
-//! `frames N last_unix_ns T`. An AF_PACKET socket sees what the VMM writes as frames the
-//! interface received, independently of the VMM's own account.
+//! `frames N last_unix_ns T announcements A last_announcement_unix_ns U`. An AF_PACKET socket sees what the VMM writes as
+//! frames the interface received, independently of the VMM's own account. The VMM's own MAC
+//! announcements (RARP, which no guest sends) are counted apart from the guest's frames: they
+//! carry nothing of the guest's.
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static STOP: AtomicBool = AtomicBool::new(false);
+
+/// The EtherType of the VMM's MAC announcements (`vmm::ft::mac_announcement`).
+const RARP_ETHERTYPE: [u8; 2] = [0x80, 0x35];
 
 extern "C" fn on_stop(_signal: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
@@ -51,6 +56,7 @@ fn main() {
     }
     println!("capturing on {iface}");
     let (mut frames, mut last_unix_ns) = (0u64, 0u128);
+    let (mut announcements, mut last_announcement_unix_ns) = (0u64, 0u128);
     let mut buffer = vec![0u8; 65536];
     // SAFETY: sockaddr_ll is plain data; all zeroes is a valid value.
     let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -69,11 +75,20 @@ fn main() {
         };
         // Frames the VMM wrote arrive on the TAP (not PACKET_OUTGOING, which the host sent it).
         if len > 0 && from.sll_pkttype != libc::PACKET_OUTGOING {
-            frames += 1;
-            last_unix_ns = std::time::SystemTime::now()
+            let now_unix_ns = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |since| since.as_nanos());
+            if buffer.get(12..14) == Some(&RARP_ETHERTYPE) {
+                announcements += 1;
+                last_announcement_unix_ns = now_unix_ns;
+            } else {
+                frames += 1;
+                last_unix_ns = now_unix_ns;
+            }
         }
     }
-    println!("frames {frames} last_unix_ns {last_unix_ns}");
+    println!(
+        "frames {frames} last_unix_ns {last_unix_ns} announcements {announcements} \
+         last_announcement_unix_ns {last_announcement_unix_ns}"
+    );
 }

@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use logchannel::pair::primary::{PrimaryEnd, PrimaryPair, PrimaryRole, PrimaryStep};
 use logchannel::pair::OutputKind;
@@ -312,7 +312,12 @@ impl HeldOutputs {
     ) -> (HeldOutputs, JoinHandle<()>) {
         let releaser = {
             let side = side.clone();
-            let announcer = Announcer { packet: net_mac.map(super::mac_announcement), seen: 0 };
+            let announcer = Announcer {
+                packet: net_mac.map(super::mac_announcement),
+                seen: 0,
+                again_at: None,
+                again_after: Duration::from_millis(side.config.channel.failure_timeout_ms),
+            };
             std::thread::Builder::new()
                 .name("ftvm-output".into())
                 .spawn(move || release(&side, live, announcer))
@@ -329,7 +334,11 @@ impl HeldOutputs {
             state = side.wait(state);
         }
         state.core.hold(output, kind, len_bytes);
-        side.changed.notify_all();
+        // A paired releaser waits for acks, not for holds: the output waits for the end of its
+        // exit and the ack of its entry anyway. Other roles release at once.
+        if *state.core.role() != PrimaryRole::Paired {
+            side.changed.notify_all();
+        }
         self.held_in_exit = true;
     }
 
@@ -375,7 +384,10 @@ impl Outputs for HeldOutputs {
         if std::mem::take(&mut self.held_in_exit) {
             let mut state = side.lock();
             side.link.with_core(|channel, now_ns| state.core.exit_done(channel, landmark, now_ns));
-            side.changed.notify_all();
+            // A paired releaser is woken by the ack of the entry just sent.
+            if *state.core.role() != PrimaryRole::Paired {
+                side.changed.notify_all();
+            }
         }
     }
 }
@@ -388,6 +400,13 @@ struct Announcer {
     packet: Option<Vec<u8>>,
     /// The backup's announcements answered so far.
     seen: u64,
+    /// When a side gone solo announces once more.
+    again_at: Option<Instant>,
+    /// How long after going solo: a backup that stopped hearing this side announces once,
+    /// half the failure timeout after it last heard it (at the latest that long after this
+    /// side went solo) whether or not this side went on; without a later word from here, the
+    /// LAN would send the guest's traffic to a backup that lost the arbiter.
+    again_after: Duration,
 }
 
 impl Announcer {
@@ -410,8 +429,18 @@ impl Announcer {
     }
 
     /// This side went solo: the guest's traffic must come here, wherever the LAN sends it.
-    fn solo(&self, live: &mut LiveOutputs) {
+    fn solo(&mut self, live: &mut LiveOutputs) {
         if let Some(packet) = &self.packet {
+            live.transmit(packet);
+            self.again_at = Some(deadline_after(self.again_after));
+        }
+    }
+
+    /// Announces once more when [`Self::solo`]'s second announcement is due.
+    fn repeat_when_due(&mut self, live: &mut LiveOutputs) {
+        let Some(packet) = &self.packet else { return };
+        if self.again_at.is_some_and(|at| Instant::now() >= at) {
+            self.again_at = None;
             live.transmit(packet);
         }
     }
@@ -422,8 +451,11 @@ impl Announcer {
 fn release(side: &PrimarySide, mut live: LiveOutputs, mut announcer: Announcer) {
     loop {
         announcer.answer_backup(side, &mut live);
+        announcer.repeat_when_due(&mut live);
         let mut state = side.lock();
-        let step = side.link.with_core(|channel, now_ns| state.core.next_step(channel, now_ns));
+        let (step, acked_seq) = side.link.with_core(|channel, now_ns| {
+            (state.core.next_step(channel, now_ns), channel.acked_seq())
+        });
         side.note_role(&state);
         match step {
             PrimaryStep::Release { output, under_lease, .. } => {
@@ -491,7 +523,15 @@ fn release(side: &PrimarySide, mut live: LiveOutputs, mut announcer: Announcer) 
                 if state.closing && state.core.drained() {
                     return;
                 }
-                drop(side.wait(state));
+                if *state.core.role() == PrimaryRole::Paired {
+                    // What is held next is released after the ack of an entry sent after this
+                    // look (its exit's end): one wakeup, by that ack, instead of one per hold
+                    // and per exit end as well (the vCPU does not wake this thread while paired).
+                    drop(state);
+                    side.link.wait_for_ack_after(acked_seq, deadline_after(RELEASER_TICK));
+                } else {
+                    drop(side.wait(state));
+                }
             }
         }
     }
