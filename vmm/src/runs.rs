@@ -23,7 +23,7 @@ use crate::ft::backup::{backup_io, BackupPairLink, BackupStatus};
 use crate::ft::primary::{HeldOutputs, LinkSink, PrimarySide};
 use crate::ft::transfer::{Promoted, Promotion};
 use crate::ft::{self, FtConfig, PairSetupError};
-use crate::inputs::live::{Backends, LiveInputs};
+use crate::inputs::live::{deadline_after, sleep_until, Backends, LiveInputs};
 use crate::inputs::record::RecordingInputs;
 use crate::inputs::replay::{LogStart, ReplayInputs};
 use crate::inputs::InputError;
@@ -522,7 +522,8 @@ fn restore_redundancy(promotion: &Promotion, addrs: &[String]) {
                 }
             }
         }
-        std::thread::sleep(RESTORE_RETRY);
+        // A stop signal ends the wait early; the loop then ends.
+        let _ = sleep_until(deadline_after(RESTORE_RETRY));
     }
 }
 

@@ -21,7 +21,7 @@ use logchannel::{Entry, PrimaryLink};
 use storage::BlockStore;
 
 use super::{arbitrate, median_p99, FtConfig, NotWon, PairReport};
-use crate::inputs::live::{deadline_after, unix_time_ns, HostClock};
+use crate::inputs::live::{deadline_after, has_passed, sleep_until, unix_time_ns, HostClock};
 use crate::inputs::record::EntrySink;
 use crate::inputs::InputError;
 use crate::outcome::RunOutcome;
@@ -439,7 +439,7 @@ impl Announcer {
     /// Announces once more when [`Self::solo`]'s second announcement is due.
     fn repeat_when_due(&mut self, live: &mut LiveOutputs) {
         let Some(packet) = &self.packet else { return };
-        if self.again_at.is_some_and(|at| Instant::now() >= at) {
+        if self.again_at.is_some_and(has_passed) {
             self.again_at = None;
             live.transmit(packet);
         }
@@ -453,6 +453,11 @@ fn release(side: &PrimarySide, mut live: LiveOutputs, mut announcer: Announcer) 
         announcer.answer_backup(side, &mut live);
         announcer.repeat_when_due(&mut live);
         let mut state = side.lock();
+        if state.closing && state.core.drained() && *state.core.role() == PrimaryRole::Paired {
+            // The run is over and everything was released: a backup that ends with it (its
+            // replay reached the run's end) is no failure to arbitrate.
+            return;
+        }
         let (step, acked_seq) = side.link.with_core(|channel, now_ns| {
             (state.core.next_step(channel, now_ns), channel.acked_seq())
         });
@@ -517,7 +522,9 @@ fn release(side: &PrimarySide, mut live: LiveOutputs, mut announcer: Announcer) 
             PrimaryStep::WaitUntil(at_ns) => {
                 drop(state);
                 let wait_ns = side.link.with_core(|_, now_ns| at_ns.saturating_sub(now_ns));
-                std::thread::sleep(Duration::from_nanos(wait_ns).min(RELEASER_TICK));
+                // A stop signal ends the wait early; the loop then looks again.
+                let _ =
+                    sleep_until(deadline_after(Duration::from_nanos(wait_ns).min(RELEASER_TICK)));
             }
             PrimaryStep::Idle | PrimaryStep::WaitForExitEnd | PrimaryStep::WaitForVerdict => {
                 if state.closing && state.core.drained() {

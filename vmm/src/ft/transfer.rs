@@ -1,13 +1,14 @@
 //! Adding a backup to a running guest (DESIGN §5; VMware FT restores redundancy the same way):
-//! a side that runs the guest alone after a failover, told `add-backup ADDR` on its API socket, moves the pair to the next
-//! generation, connects to a backup waiting at ADDR (`ftvm backup --listen ADDR`) and sends it
-//! the guest's RAM while the guest runs (pre-copy: KVM's dirty log and the RAM's own bitmap,
-//! which marks the VMM's writes, name the pages written since; they are sent again, round
-//! after round, until few are left). Then, with the vCPU paused between two exits, it sends
-//! the last dirty pages and the rest of the state (a snapshot without RAM: registers, every
-//! device's `persist`, pending events, the clock), and the guest goes on as the primary of the
-//! new generation on the same link: from its next exit its inputs are logged and its outputs
-//! wait for the new backup's acks. The new backup restores the state and replays what
+//! a side that runs the guest alone after a failover, told `add-backup ADDR` on its API
+//! socket, moves the pair to the next generation, connects to a backup waiting at ADDR
+//! (`ftvm backup --listen ADDR --spare`) and sends it the guest's RAM while the guest runs
+//! (pre-copy: KVM's dirty log and the RAM's own bitmap, which marks the VMM's writes, name the
+//! pages written since; they are sent again, round after round, until few are left or the
+//! guest writes as fast as they go). Then, with the vCPU paused between two exits, it sends
+//! the rest of what was written and the rest of the state (a snapshot without RAM: registers,
+//! every device's `persist`, pending events, the clock), and the guest goes on as the primary
+//! of the new generation on the same link: from its next exit its inputs are logged and its
+//! outputs wait for the new backup's acks. The new backup restores the state and replays what
 //! follows (`runs::backup`).
 //!
 //! A guest with its own disk (`mode=own`) has its image copied the same way, in blocks the
@@ -18,7 +19,7 @@
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kvm_ioctls::VmFd;
 use logchannel::{ChannelError, Credentials, Devices, Entry, PrimaryLink};
@@ -28,7 +29,7 @@ use thiserror::Error;
 
 use super::primary::{HeldOutputs, LinkSink, PrimarySide};
 use super::FtConfig;
-use crate::inputs::live::{Backends, LiveInputs};
+use crate::inputs::live::{Backends, HostClock, LiveInputs};
 use crate::inputs::record::RecordingInputs;
 use crate::memory::{self, GuestRam};
 use crate::outputs::{LiveOutputs, SharedWriter};
@@ -39,6 +40,8 @@ use crate::vm::Vm;
 const PAGES_PER_ENTRY: usize = 256;
 /// Disk blocks per log entry (1 MiB).
 const BLOCKS_PER_ENTRY: usize = 16;
+/// A disk block's size in pages, for comparing rounds.
+const BLOCK_PAGES: u64 = TRACKED_BLOCK_BYTES / crate::snapshot::PAGE_BYTES as u64;
 /// Pre-copy ends when a round finds at most this much written, in pages (the pause then
 /// sends it).
 const FEW_DIRTY_PAGES: usize = 1024;
@@ -163,7 +166,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Promotion {
     /// Adds the backup waiting at `addr`: pre-copy, pause, hand-over, as the module says.
     pub fn add_backup(&self, addr: &str) -> Result<TransferReport, TransferError> {
-        let started = Instant::now();
+        let started = HostClock::start();
         let Ok(_one_at_a_time) = self.transferring.try_lock() else {
             return Err(TransferError::NotHere("a backup is being added already".into()));
         };
@@ -177,7 +180,7 @@ impl Promotion {
         let own_disk = self.backends.disk.clone().filter(|_| self.backends.disk_own);
         let stores = Stores { vm_fd, ram, own_disk };
         let precopied = stores.track_writes().and_then(|()| precopy(&link, &self.config, &stores));
-        let precopied = match precopied {
+        let (precopied, pending) = match precopied {
             Ok(done) => done,
             Err(error) => {
                 stores.stop_tracking();
@@ -192,6 +195,7 @@ impl Promotion {
             net_mac: self.devices.net_mac,
             console: self.console.clone(),
             stores,
+            pending,
             promoted: self.promoted.clone(),
             running_alone_in: self.running_alone_in.clone(),
         };
@@ -208,7 +212,7 @@ impl Promotion {
             paused_disk_blocks: paused.blocks,
             sent_bytes: paused.sent_bytes,
             pause_us: paused.pause_us,
-            total_ms: started.elapsed().as_millis() as u64,
+            total_ms: started.elapsed_ns() / 1_000_000,
         };
         eprintln!(
             "ftvm: role: {from} -> primary, generation {new_generation}, the backup at {addr} added: \
@@ -372,9 +376,9 @@ fn read_blocks(
 }
 
 impl Round {
-    /// Its size in 4 KiB pages (a block is 16).
+    /// Its size in 4 KiB pages (a block is [`BLOCK_PAGES`]).
     fn size_in_pages(&self) -> usize {
-        self.pages.len() + self.blocks.len() * (TRACKED_BLOCK_BYTES / 4096) as usize
+        self.pages.len() + self.blocks.len() * BLOCK_PAGES as usize
     }
 
     /// Sends it in entries of [`PAGES_PER_ENTRY`] pages or [`BLOCKS_PER_ENTRY`] blocks, waiting
@@ -408,12 +412,12 @@ fn chunks<T>(
 }
 
 /// Progress of a long transfer, for the operator.
-fn report_round(round: u32, pages: u64, blocks: u64, started: Instant) {
+fn report_round(round: u32, pages: u64, blocks: u64, started: &HostClock) {
     eprintln!(
         "ftvm: add-backup: pre-copy round {round}: {} KiB of RAM and {} KiB of disk in {} ms",
         pages * 4,
         blocks * TRACKED_BLOCK_BYTES / 1024,
-        started.elapsed().as_millis()
+        started.elapsed_ns() / 1_000_000
     );
 }
 
@@ -426,29 +430,33 @@ struct Precopied {
 }
 
 /// The pre-copy rounds while the guest runs: everything, then what was written meanwhile,
-/// until little is left, the rounds run out, or a round does not shrink by a tenth.
+/// until little is left or the rounds run out. A round found no smaller than nine tenths of
+/// the last one is not sent now: the guest writes as fast as the link carries, so pre-copy
+/// would never end, and that round goes with the pause instead (returned as pending).
 fn precopy(
     link: &PrimaryLink,
     config: &FtConfig,
     stores: &Stores,
-) -> Result<Precopied, TransferError> {
-    let started = Instant::now();
+) -> Result<(Precopied, Option<Round>), TransferError> {
+    let started = HostClock::start();
     let (pages, blocks) = stores.everything()?.send(link, config)?;
-    report_round(1, pages, blocks, started);
+    report_round(1, pages, blocks, &started);
     let mut done = Precopied { rounds: 1, pages, blocks };
-    let mut last_size = usize::MAX;
+    let mut last_size = (pages + blocks * BLOCK_PAGES) as usize;
     loop {
-        let started = Instant::now();
+        let started = HostClock::start();
         let round = stores.written()?;
         let size = round.size_in_pages();
+        if size > last_size - last_size / 10 {
+            return Ok((done, Some(round)));
+        }
         let (pages, blocks) = round.send(link, config)?;
-        report_round(done.rounds + 1, pages, blocks, started);
+        report_round(done.rounds + 1, pages, blocks, &started);
         done.rounds += 1;
         done.pages += pages;
         done.blocks += blocks;
-        let shrinking = size < last_size - last_size / 10;
-        if size <= FEW_DIRTY_PAGES || done.rounds >= MAX_ROUNDS || !shrinking {
-            return Ok(done);
+        if size <= FEW_DIRTY_PAGES || done.rounds >= MAX_ROUNDS {
+            return Ok((done, None));
         }
         last_size = size;
     }
@@ -463,6 +471,8 @@ struct HandOver {
     net_mac: Option<[u8; 6]>,
     console: SharedWriter,
     stores: Stores,
+    /// A round pre-copy collected but left for the pause.
+    pending: Option<Round>,
     promoted: Arc<Mutex<Option<Promoted>>>,
     running_alone_in: Arc<Mutex<Option<u64>>>,
 }
@@ -478,25 +488,31 @@ struct Paused {
 impl HandOver {
     /// Sends what was written last and the state, then makes the guest's inputs and outputs
     /// the primary's.
-    fn run(self, vm: &mut Vm) -> Result<Paused, TransferError> {
-        let paused = Instant::now();
+    fn run(mut self, vm: &mut Vm) -> Result<Paused, TransferError> {
+        let paused = HostClock::start();
         let result = self.send_state(vm);
         self.stores.stop_tracking();
         let (pages, blocks) = result?;
         let sent_bytes = self.link.stats().sent_bytes;
         self.become_primary(vm);
-        Ok(Paused { pages, blocks, sent_bytes, pause_us: paused.elapsed().as_micros() as u64 })
+        Ok(Paused { pages, blocks, sent_bytes, pause_us: paused.elapsed_ns() / 1_000 })
     }
 
-    /// The pages and blocks sent while paused.
-    fn send_state(&self, vm: &mut Vm) -> Result<(u64, u64), TransferError> {
+    /// The pages and blocks sent while paused: the round pre-copy left, then what was
+    /// written since (sent after it, so a later copy replaces an earlier one).
+    fn send_state(&mut self, vm: &mut Vm) -> Result<(u64, u64), TransferError> {
         let mut state = vm.snapshot_without_ram().map_err(TransferError::Pause)?;
-        let sent = self.stores.written()?.send(&self.link, &self.config)?;
+        let (mut pages, mut blocks) = (0, 0);
+        for round in [self.pending.take(), Some(self.stores.written()?)].into_iter().flatten() {
+            let (round_pages, round_blocks) = round.send(&self.link, &self.config)?;
+            pages += round_pages;
+            blocks += round_blocks;
+        }
         state.pages = Vec::new();
         let encoded = postcard::to_allocvec(&state)
             .map_err(|error| TransferError::Pause(format!("encoding the state: {error}")))?;
         self.link.send(&Entry::ResumeFrom(serde_bytes::ByteBuf::from(encoded)))?;
-        Ok(sent)
+        Ok((pages, blocks))
     }
 
     /// From the next exit the guest's inputs are logged to the new backup and its outputs

@@ -51,6 +51,11 @@ pub fn deadline_after(duration: std::time::Duration) -> Instant {
     Instant::now() + duration
 }
 
+/// Whether `deadline` has passed.
+pub fn has_passed(deadline: Instant) -> bool {
+    Instant::now() >= deadline
+}
+
 /// A stop signal (SIGINT/SIGTERM) ended a wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StopRequested;
