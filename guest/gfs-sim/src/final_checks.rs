@@ -29,7 +29,7 @@ impl Sim {
                 let blocks = (meta.len_bytes as usize).div_ceil(layout.block_bytes);
                 (0..blocks).all(|b| {
                     let at = base + b * layout.block_bytes;
-                    CRC32C.checksum(&node.disk[at..at + layout.block_bytes]) == meta.block_crcs[b]
+                    CRC32C.checksum(&node.disk.read(at, layout.block_bytes)) == meta.block_crcs[b]
                 })
             })
             .count()
