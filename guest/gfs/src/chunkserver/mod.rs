@@ -17,8 +17,8 @@ use crate::config::Config;
 use crate::disk::{DiskCompletion, DiskOp, SECTOR_BYTES};
 use crate::node::{Input, Outputs, StateMachine};
 use crate::wire::{
-    ApplyData, ChunkCommand, ChunkHandle, ChunkReport, CopyPiece, GfsError, Message, NodeId,
-    RequestId, Version, CRC32C,
+    crc32c, ApplyData, ChunkCommand, ChunkHandle, ChunkReport, CopyPiece, GfsError, Message,
+    NodeId, RequestId, Version,
 };
 use buffer::DataBuffer;
 use primary::Lease;
@@ -323,7 +323,7 @@ impl Chunkserver {
                         let mut blocks = data.clone();
                         blocks.resize(data.len().div_ceil(block_bytes) * block_bytes, 0);
                         for (index, block) in blocks.chunks(block_bytes).enumerate() {
-                            new_meta.block_crcs[index] = CRC32C.checksum(block);
+                            new_meta.block_crcs[index] = crc32c(block);
                         }
                         let sector = self.layout.data_sector(replica.slot, 0);
                         let id = self.disk_id(DiskWait::Job { handle });
@@ -416,7 +416,7 @@ impl Chunkserver {
         let mut new_meta = replica.meta.clone();
         new_meta.len_bytes = new_meta.len_bytes.max(end as u32);
         for (index, block) in blocks.chunks(block_bytes).enumerate() {
-            new_meta.block_crcs[first_block + index] = CRC32C.checksum(block);
+            new_meta.block_crcs[first_block + index] = crc32c(block);
         }
         let sector = self.layout.data_sector(replica.slot, base);
         let id = self.disk_id(DiskWait::Job { handle });
@@ -508,7 +508,7 @@ impl Chunkserver {
             if block_start >= meta.len_bytes as usize {
                 return true; // never written: read as zeros, not checked
             }
-            CRC32C.checksum(block) == meta.block_crcs[block_index]
+            crc32c(block) == meta.block_crcs[block_index]
         })
     }
 
