@@ -376,11 +376,13 @@ pub fn decode_frame(bytes: &[u8]) -> Result<(Message, usize), FrameError> {
 /// Encodes any serializable value in the same frame format (used by other services' wire
 /// formats, e.g. MapReduce).
 pub fn encode_frame_of<T: Serialize>(value: &T) -> Vec<u8> {
-    let payload = postcard::to_allocvec(value).expect("messages always serialize");
-    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
-    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&crc32c(&payload).to_le_bytes());
-    frame.extend_from_slice(&payload);
+    // The payload is serialized in place behind room for the header (no second buffer).
+    let mut frame = Vec::with_capacity(64);
+    frame.resize(FRAME_HEADER_BYTES, 0);
+    let mut frame = postcard::to_extend(value, frame).expect("messages always serialize");
+    let payload = &frame[FRAME_HEADER_BYTES..];
+    let header = [(payload.len() as u32).to_le_bytes(), crc32c(payload).to_le_bytes()];
+    frame[..FRAME_HEADER_BYTES].copy_from_slice(header.as_flattened());
     frame
 }
 

@@ -167,15 +167,13 @@ impl Chunkserver {
             .collect()
     }
 
-    /// Chunks this server holds a valid lease for at `now_ms` (for the simulator's checks).
-    pub fn leases_held(&self, now_ms: u64) -> Vec<(ChunkHandle, Version)> {
-        self.replicas
-            .iter()
-            .filter_map(|(handle, replica)| {
-                let lease = replica.lease.as_ref()?;
-                (lease.expiry_ms > now_ms).then_some((*handle, lease.version))
-            })
-            .collect()
+    /// Chunks this server holds a valid lease for at `now_ms`, with their versions (for the
+    /// simulator's checks after every step, so not collected).
+    pub fn leases_held(&self, now_ms: u64) -> impl Iterator<Item = (ChunkHandle, Version)> + '_ {
+        self.replicas.iter().filter_map(move |(handle, replica)| {
+            let lease = replica.lease.as_ref()?;
+            (lease.expiry_ms > now_ms).then_some((*handle, lease.version))
+        })
     }
 
     /// Slot and length of a replica (for the simulator's disk inspection).
