@@ -268,7 +268,7 @@ impl Sim {
                     continue;
                 }
                 if let Some(GfsNode::Chunkserver(other_server)) = other.gfs() {
-                    if other_server.leases_held(now_ms).any(|(h, _)| h == handle) {
+                    if other_server.holds_lease(handle, now_ms) {
                         return Err(fail(
                             "one lease holder per chunk",
                             format!(

@@ -176,6 +176,12 @@ impl Chunkserver {
         })
     }
 
+    /// Whether it holds a lease for `handle` valid at `now_ms` (one of [`Chunkserver::leases_held`]).
+    pub fn holds_lease(&self, handle: ChunkHandle, now_ms: u64) -> bool {
+        let lease = self.replicas.get(&handle).and_then(|replica| replica.lease.as_ref());
+        lease.is_some_and(|lease| lease.expiry_ms > now_ms)
+    }
+
     /// Slot and length of a replica (for the simulator's disk inspection).
     pub fn replica_slot(&self, handle: ChunkHandle) -> Option<(u32, ReplicaMeta)> {
         let replica = self.replicas.get(&handle)?;
