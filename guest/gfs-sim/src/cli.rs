@@ -232,6 +232,21 @@ pub fn run_command<R: Report>(
     }
 }
 
+/// The seeds of `pinned` (seed, digest) whose run by `run` no longer has the pinned digest,
+/// each with the digest it has now (the simulators' tests pin a few).
+pub fn changed_digests<R: Report>(
+    pinned: &[(u64, u64)],
+    run: impl Fn(u64) -> R,
+) -> Vec<(u64, String)> {
+    pinned
+        .iter()
+        .filter_map(|&(seed, digest)| {
+            let now = run(seed).digest();
+            (now != digest).then(|| (seed, format!("{now:#018x}")))
+        })
+        .collect()
+}
+
 /// Formats a failure's check, time and details for [`Report::failure`].
 pub fn failure_text(check: &str, at_ms: u64, detail: &dyn Display) -> String {
     format!("{check} at {at_ms}ms\n  {detail}")
