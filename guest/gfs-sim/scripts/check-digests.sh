@@ -7,11 +7,13 @@
 #
 #   guest/gfs-sim/scripts/check-digests.sh [DIR]   per-seed digests are kept in DIR (default
 #                                                  a temporary folder) to diff a mismatch
+#   PROFILE=sweep guest/gfs-sim/scripts/check-digests.sh   checks the sweeps' build (LTO)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 out=${1:-$(mktemp -d)}
 mkdir -p "$out"
-CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1} cargo build --release -q -p gfs-sim -p mapreduce-sim
+profile=${PROFILE:-release}
+CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1} cargo build --profile "$profile" -q -p gfs-sim -p mapreduce-sim
 
 pinned=(
     "gfs-sim 0..1000 58e96cee7eeab93c"
@@ -25,7 +27,7 @@ mismatches=0
 for line in "${pinned[@]}"; do
     read -r sim range want <<<"$line"
     log="$out/$sim-$range.txt"
-    target/release/"$sim" --seeds "$range" --digests >"$log" 2>/dev/null || true
+    target/"$profile"/"$sim" --seeds "$range" --digests >"$log" 2>/dev/null || true
     got=$(sed -n 's/.*combined digest of 1000 seeds .*: //p' "$log")
     if [ "$got" = "$want" ]; then
         echo "same     $sim $range $got"
