@@ -558,13 +558,19 @@ impl World {
             }
             return;
         }
-        let copies = if self.rng.chance(self.duplicate_per_mille, 1000) { 2 } else { 1 };
+        let duplicate = self.rng.chance(self.duplicate_per_mille, 1000);
         let extra_ms = self.nodes[index].extra_latency_ms;
-        for _ in 0..copies {
-            let delay = self.rng.range_inclusive(self.delay_min_ms, self.delay_max_ms) + extra_ms;
-            let event = Event::Deliver { from, to, frame: frame.clone() };
-            self.push(self.now_ms + delay, event);
+        if duplicate {
+            self.deliver_later(from, to, frame.clone(), extra_ms);
         }
+        // The last copy takes the frame itself (most messages have one).
+        self.deliver_later(from, to, frame, extra_ms);
+    }
+
+    /// Queues the delivery of `frame` after a drawn network delay plus `extra_ms`.
+    fn deliver_later(&mut self, from: NodeId, to: NodeId, frame: Vec<u8>, extra_ms: u64) {
+        let delay = self.rng.range_inclusive(self.delay_min_ms, self.delay_max_ms) + extra_ms;
+        self.push(self.now_ms + delay, Event::Deliver { from, to, frame });
     }
 
     fn issue_disk(&mut self, index: usize, disk: Vec<DiskRequest>) {
