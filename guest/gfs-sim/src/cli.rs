@@ -267,6 +267,10 @@ pub fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
+/// Seeds between progress lines: often enough that a sweep stopped by a signal tells how far
+/// it got (a minute or less of sweeping at one thread's pace).
+pub const PROGRESS_EVERY: u64 = 2000;
+
 /// The result of a sweep.
 #[derive(Debug, Default)]
 pub struct SweepResult {
@@ -279,7 +283,8 @@ pub struct SweepResult {
 }
 
 /// Runs `passes(seed)` for every seed on `threads` threads (the closure reports its own
-/// failures), stops after `stop_after_failures` failures, and prints progress every 10,000.
+/// failures), stops after `stop_after_failures` failures, and prints progress every
+/// [`PROGRESS_EVERY`] seeds.
 pub fn sweep_seeds(
     seeds: Range<u64>,
     threads: usize,
@@ -313,7 +318,7 @@ pub fn sweep_seeds(
                     failures.lock().expect("lock").push(seed);
                 }
                 let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if finished.is_multiple_of(10_000) {
+                if finished.is_multiple_of(PROGRESS_EVERY) {
                     eprintln!("  {finished} seeds done, {:.1}s", started.elapsed().as_secs_f64());
                 }
             });
