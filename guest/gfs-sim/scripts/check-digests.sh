@@ -16,12 +16,12 @@ profile=${PROFILE:-release}
 CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-1} cargo build --profile "$profile" -q -p gfs-sim -p mapreduce-sim
 
 pinned=(
-    "gfs-sim 0..1000 58e96cee7eeab93c"
-    "gfs-sim 10000000000..10000001000 13da7eca8f3c4698"
-    "gfs-sim 7000000000000..7000000001000 71d042e43df14a87"
+    "gfs-sim 0..1000 cf0e6d8c50599c72"
+    "gfs-sim 10000000000..10000001000 84927f5753000f00"
+    "gfs-sim 7000000000000..7000000001000 76321e681a1833ac"
     "mapreduce-sim 0..1000 c31dbaf0124ad52b"
     "mapreduce-sim 10000000000..10000001000 85ced1b964d52ebd"
-    "mapreduce-sim 7000000000000..7000000001000 e2890af171f00b67"
+    "mapreduce-sim 7000000000000..7000000001000 aa3fb9510fe847da"
 )
 mismatches=0
 for line in "${pinned[@]}"; do
