@@ -12,7 +12,7 @@ use std::time::Instant;
 
 /// The options every simulator takes (its own come through `extra` in [`Command::parse`]).
 pub const SHARED_USAGE: &str = "[--seeds A..B | --count N | --seed N [--trace]] [--threads N] \
-    [--stop-after N] | --bench";
+    [--stop-after N] [--digests] | --bench";
 
 /// What a simulator's command line asks for.
 pub struct Command {
@@ -24,6 +24,9 @@ pub struct Command {
     pub trace: bool,
     pub threads: usize,
     pub stop_after_failures: usize,
+    /// Print every seed's digest (`digest SEED HEX`): two builds that simulate the same thing
+    /// print the same lines (sorted, as threads finish seeds in any order).
+    pub digests: bool,
     /// The simulator's own options as given (a rerun command repeats them).
     pub own_options: Vec<String>,
     /// Run the simulator's benchmark instead.
@@ -48,6 +51,7 @@ impl Command {
             trace: false,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             stop_after_failures: usize::MAX,
+            digests: false,
             own_options: Vec::new(),
             bench: false,
         };
@@ -73,6 +77,7 @@ impl Command {
                 }
                 "--trace" => command.trace = true,
                 "--bench" => command.bench = true,
+                "--digests" => command.digests = true,
                 "--threads" => command.threads = number("--threads")? as usize,
                 "--stop-after" => command.stop_after_failures = number("--stop-after")? as usize,
                 "--help" | "-h" => return Err(usage.into()),
@@ -115,6 +120,17 @@ pub trait Report {
     fn trace(&self) -> &[String];
     /// A line of figures for a passing single run.
     fn summary(&self) -> String;
+    /// A fingerprint of what the run simulated (events in order, final figures).
+    fn simulated_digest(&self) -> u64;
+
+    /// The run's digest: what it simulated and how it ended.
+    fn digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        // SipHash with fixed keys: the same in every build and process.
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.failure().hash(&mut hasher);
+        crate::world::mix_digest(self.simulated_digest(), &[hasher.finish()])
+    }
 }
 
 /// Runs what the parsed `command` asks for: one seed (`--seed`), a sweep, or `bench`; a
@@ -173,9 +189,18 @@ pub fn run_command<R: Report>(
         command.threads,
         settings(start)
     );
+    // The seeds' digests summed (so the order in which threads finish them does not count).
+    let combined_digest = AtomicU64::new(0);
     let result =
         sweep_seeds(command.seeds.clone(), command.threads, command.stop_after_failures, |seed| {
-            let failure = run(seed, false).failure();
+            let outcome = run(seed, false);
+            if command.digests {
+                let digest = outcome.digest();
+                println!("digest {seed} {digest:016x}");
+                let keyed = crate::world::mix_digest(seed, &[digest]);
+                combined_digest.fetch_add(keyed, Ordering::Relaxed);
+            }
+            let failure = outcome.failure();
             if let Some(failure) = &failure {
                 println!(
                     "FAIL seed {seed}: {failure}\n  settings: {}\n{}",
@@ -193,11 +218,33 @@ pub fn run_command<R: Report>(
         result.ran - failed,
         result.failing_seeds
     );
+    if command.digests {
+        let combined = combined_digest.load(Ordering::Relaxed);
+        println!(
+            "{name}: combined digest of {} seeds ({start}..{end}): {combined:016x}",
+            result.ran
+        );
+    }
     if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// The seeds of `pinned` (seed, digest) whose run by `run` no longer has the pinned digest,
+/// each with the digest it has now (the simulators' tests pin a few).
+pub fn changed_digests<R: Report>(
+    pinned: &[(u64, u64)],
+    run: impl Fn(u64) -> R,
+) -> Vec<(u64, String)> {
+    pinned
+        .iter()
+        .filter_map(|&(seed, digest)| {
+            let now = run(seed).digest();
+            (now != digest).then(|| (seed, format!("{now:#018x}")))
+        })
+        .collect()
 }
 
 /// Formats a failure's check, time and details for [`Report::failure`].
@@ -220,6 +267,10 @@ pub fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
+/// Seeds between progress lines: often enough that a sweep stopped by a signal tells how far
+/// it got (a minute or less of sweeping at one thread's pace).
+pub const PROGRESS_EVERY: u64 = 2000;
+
 /// The result of a sweep.
 #[derive(Debug, Default)]
 pub struct SweepResult {
@@ -232,7 +283,8 @@ pub struct SweepResult {
 }
 
 /// Runs `passes(seed)` for every seed on `threads` threads (the closure reports its own
-/// failures), stops after `stop_after_failures` failures, and prints progress every 10,000.
+/// failures), stops after `stop_after_failures` failures, and prints progress every
+/// [`PROGRESS_EVERY`] seeds.
 pub fn sweep_seeds(
     seeds: Range<u64>,
     threads: usize,
@@ -266,7 +318,7 @@ pub fn sweep_seeds(
                     failures.lock().expect("lock").push(seed);
                 }
                 let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if finished.is_multiple_of(10_000) {
+                if finished.is_multiple_of(PROGRESS_EVERY) {
                     eprintln!("  {finished} seeds done, {:.1}s", started.elapsed().as_secs_f64());
                 }
             });

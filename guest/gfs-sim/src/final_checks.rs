@@ -2,7 +2,7 @@
 //! every acknowledged write and record append read back intact.
 
 use gfs::client::{ClientOp, OpOutput};
-use gfs::wire::CRC32C;
+use gfs::wire::crc32c;
 
 use crate::{fail, Failure, Sim, READ_BACK_LIMIT_MS};
 use gfs::service::GfsNode;
@@ -29,7 +29,7 @@ impl Sim {
                 let blocks = (meta.len_bytes as usize).div_ceil(layout.block_bytes);
                 (0..blocks).all(|b| {
                     let at = base + b * layout.block_bytes;
-                    CRC32C.checksum(&node.disk[at..at + layout.block_bytes]) == meta.block_crcs[b]
+                    crc32c(&node.disk.read(at, layout.block_bytes)) == meta.block_crcs[b]
                 })
             })
             .count()

@@ -15,6 +15,7 @@
 //!   deleted chunk is collected.
 
 pub mod cli;
+pub mod disk_image;
 mod final_checks;
 pub mod model;
 pub mod settings;
@@ -60,6 +61,8 @@ pub struct Outcome {
     pub chunks_lost: u64,
     /// Trace lines (only when asked for).
     pub trace: Vec<String>,
+    /// The world's digest of the run (see [`World::digest`]).
+    pub world_digest: u64,
 }
 
 impl cli::Report for Outcome {
@@ -85,6 +88,23 @@ impl cli::Report for Outcome {
             self.stats.torn_writes,
             self.stats.lost_writes
         )
+    }
+
+    fn simulated_digest(&self) -> u64 {
+        let stats = &self.stats;
+        let figures = [
+            stats.steps,
+            stats.messages,
+            stats.message_bytes,
+            stats.disk_ops,
+            stats.disk_write_bytes,
+            stats.disk_errors + (stats.torn_writes << 20) + (stats.lost_writes << 40),
+            self.sim_ms,
+            self.ops_completed,
+            self.bytes_acked,
+            self.chunks_lost,
+        ];
+        world::mix_digest(self.world_digest, &figures)
     }
 }
 
@@ -119,6 +139,7 @@ pub fn run(settings: &Settings, trace: bool) -> Outcome {
         bytes_acked: sim.bytes_acked,
         chunks_lost: sim.chunks_lost,
         trace: sim.world.trace.take().unwrap_or_default(),
+        world_digest: sim.world.digest(),
     }
 }
 
@@ -247,7 +268,7 @@ impl Sim {
                     continue;
                 }
                 if let Some(GfsNode::Chunkserver(other_server)) = other.gfs() {
-                    if other_server.leases_held(now_ms).iter().any(|(h, _)| *h == handle) {
+                    if other_server.holds_lease(handle, now_ms) {
                         return Err(fail(
                             "one lease holder per chunk",
                             format!(
@@ -335,7 +356,7 @@ impl Sim {
                 let downtime = self.fault_rng.range_inclusive(50, 2500);
                 if self.settings.lose_one_disk && !self.disk_lost && self.fault_rng.chance(1, 3) {
                     self.disk_lost = true;
-                    self.world.nodes[pick].disk.fill(0);
+                    self.world.nodes[pick].disk.clear();
                     self.world.log(format!("node {} lost its disk", self.world.nodes[pick].id));
                 }
                 self.down.push((pick, now_ms + downtime));

@@ -10,6 +10,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 use std::fmt::Debug;
 
+use crate::disk_image::DiskImage;
 use gfs::client::{Client, ClientEvent};
 use gfs::disk::{DiskCompletion, DiskError, DiskOp, DiskRequest, SECTOR_BYTES};
 use gfs::driver::{Disk, Driver, Transport, Workload};
@@ -79,7 +80,7 @@ pub struct Node {
     pub role: Role,
     pub machine: Option<Machine>,
     pub incarnation: u64,
-    pub disk: Vec<u8>,
+    pub disk: DiskImage,
     pub sim_disk: SimDisk,
     /// Earliest time the node wants a poll (cached after each poll).
     pub poll_ms: Option<u64>,
@@ -208,7 +209,16 @@ pub struct World {
     pub chunkserver_disk_sectors: u64,
     /// Inputs for [`Role::External`] nodes, in order, for the layer above.
     pub external_inputs: Vec<(usize, ExternalInput)>,
+    /// A fingerprint of everything that happened, in order (see [`World::digest`]).
+    digest: u64,
 }
+
+/// What the digest records, told apart.
+const DIGEST_DELIVER: u64 = 1;
+const DIGEST_DISK: u64 = 2;
+const DIGEST_TICK: u64 = 3;
+const DIGEST_BOOT: u64 = 4;
+const DIGEST_CRASH: u64 = 5;
 
 /// Master disk size in sectors.
 pub const MASTER_DISK_SECTORS: u64 = 2048;
@@ -235,6 +245,7 @@ impl World {
             stepped: Vec::new(),
             chunkserver_disk_sectors: 0,
             external_inputs: Vec::new(),
+            digest: 0,
         }
         .with_chunkserver_slots(64)
     }
@@ -263,7 +274,7 @@ impl World {
             role,
             machine: None,
             incarnation: 0,
-            disk: vec![0; sectors as usize * SECTOR_BYTES],
+            disk: DiskImage::zeroed(sectors as usize * SECTOR_BYTES),
             sim_disk: SimDisk::default(),
             poll_ms: None,
             extra_latency_ms: 0,
@@ -285,6 +296,7 @@ impl World {
 
     /// Starts a fresh instance of the node's role over its existing disk.
     pub fn boot(&mut self, index: usize) {
+        self.mix(&[DIGEST_BOOT, self.now_ms, index as u64]);
         let seed = self.rng.next_u64();
         let node = &mut self.nodes[index];
         let sectors = (node.disk.len() / SECTOR_BYTES) as u64;
@@ -311,6 +323,7 @@ impl World {
     /// Kills the node: its memory is gone; each disk write in flight lands, tears (a prefix
     /// of its sectors lands) or is lost, by chance.
     pub fn crash(&mut self, index: usize) {
+        self.mix(&[DIGEST_CRASH, self.now_ms, index as u64]);
         let incarnation = self.nodes[index].incarnation;
         let mut in_flight: Vec<(u64, u64, Vec<u8>)> = self
             .queue
@@ -384,7 +397,57 @@ impl World {
         let at = sector as usize * SECTOR_BYTES;
         let disk = &mut self.nodes[index].disk;
         if at + data.len() <= disk.len() {
-            disk[at..at + data.len()].copy_from_slice(data);
+            disk.write(at, data);
+        }
+    }
+
+    /// A fingerprint of the run so far: every delivery (its time, ends, length and the
+    /// frame's checksum of its payload), disk completion (its request, placement, fault and a
+    /// sample of a write's bytes), tick, boot and crash, in order. Two builds that simulate
+    /// the same thing give every seed the same digest (`digests` in the simulators' CLI).
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
+    fn mix(&mut self, values: &[u64]) {
+        self.digest = mix_digest(self.digest, values);
+    }
+
+    fn mix_event(&mut self, event: &Event) {
+        let now_ms = self.now_ms;
+        match event {
+            Event::Deliver { from, to, frame } => {
+                // A frame opens with its payload's length and CRC.
+                let header =
+                    frame.get(..8).map_or(0, |h| u64::from_le_bytes(h.try_into().expect("8")));
+                let ends = u64::from(*from) << 32 | u64::from(*to);
+                self.mix(&[DIGEST_DELIVER, now_ms, ends, frame.len() as u64, header]);
+            }
+            Event::DiskDone { node, incarnation, request_id, write, read, io_error } => {
+                let (sector, len, sample) = match (write, read) {
+                    (Some((sector, data)), _) => {
+                        let sample = data
+                            .iter()
+                            .step_by(509)
+                            .fold(0u64, |acc, b| acc.rotate_left(8) ^ u64::from(*b));
+                        (*sector, data.len() as u64, sample)
+                    }
+                    (None, Some((sector, count))) => (*sector, u64::from(*count), u64::MAX),
+                    (None, None) => (0, 0, 0),
+                };
+                let values = [
+                    DIGEST_DISK,
+                    now_ms,
+                    *node as u64,
+                    *incarnation,
+                    *request_id,
+                    u64::from(*io_error),
+                    sector,
+                    len,
+                    sample,
+                ];
+                self.mix(&values);
+            }
         }
     }
 
@@ -495,13 +558,19 @@ impl World {
             }
             return;
         }
-        let copies = if self.rng.chance(self.duplicate_per_mille, 1000) { 2 } else { 1 };
+        let duplicate = self.rng.chance(self.duplicate_per_mille, 1000);
         let extra_ms = self.nodes[index].extra_latency_ms;
-        for _ in 0..copies {
-            let delay = self.rng.range_inclusive(self.delay_min_ms, self.delay_max_ms) + extra_ms;
-            let event = Event::Deliver { from, to, frame: frame.clone() };
-            self.push(self.now_ms + delay, event);
+        if duplicate {
+            self.deliver_later(from, to, frame.clone(), extra_ms);
         }
+        // The last copy takes the frame itself (most messages have one).
+        self.deliver_later(from, to, frame, extra_ms);
+    }
+
+    /// Queues the delivery of `frame` after a drawn network delay plus `extra_ms`.
+    fn deliver_later(&mut self, from: NodeId, to: NodeId, frame: Vec<u8>, extra_ms: u64) {
+        let delay = self.rng.range_inclusive(self.delay_min_ms, self.delay_max_ms) + extra_ms;
+        self.push(self.now_ms + delay, Event::Deliver { from, to, frame });
     }
 
     fn issue_disk(&mut self, index: usize, disk: Vec<DiskRequest>) {
@@ -558,6 +627,7 @@ impl World {
             .iter()
             .position(|node| node.poll_ms.is_some_and(|at| at <= now_ms))
             .expect("a poll is due");
+        self.mix(&[DIGEST_TICK, now_ms, index as u64]);
         if self.trace.is_some() {
             let line = format!("node {} <- tick", self.nodes[index].id);
             self.log(line);
@@ -583,6 +653,7 @@ impl World {
     }
 
     fn handle(&mut self, event: Event) {
+        self.mix_event(&event);
         match event {
             Event::Deliver { from, to, frame } => {
                 let Some(index) = self.nodes.iter().position(|node| node.id == to) else {
@@ -658,8 +729,15 @@ impl World {
             self.stats.disk_errors += 1;
             return Err(DiskError::Io);
         }
-        Ok(self.nodes[index].disk[at..end].to_vec())
+        Ok(self.nodes[index].disk.read(at, end - at))
     }
+}
+
+/// Folds `values` into `digest` (a multiply-rotate mix: cheap enough to stay on in sweeps).
+pub fn mix_digest(digest: u64, values: &[u64]) -> u64 {
+    values.iter().fold(digest, |digest, value| {
+        (digest.rotate_left(23) ^ value).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    })
 }
 
 /// A message for the trace, with long byte payloads elided.

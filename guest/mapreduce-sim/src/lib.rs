@@ -81,6 +81,8 @@ pub struct Outcome {
     pub output_bytes: u64,
     pub steps: u64,
     pub trace: Vec<String>,
+    /// The world's digest of the run (see [`World::digest`]).
+    pub world_digest: u64,
 }
 
 impl gfs_sim::cli::Report for Outcome {
@@ -109,6 +111,25 @@ impl gfs_sim::cli::Report for Outcome {
             self.output_bytes,
             self.steps
         )
+    }
+
+    fn simulated_digest(&self) -> u64 {
+        let runs =
+            self.map_runs.iter().map(|(task, runs)| u64::from(*task) << 32 | u64::from(*runs));
+        let figures = [
+            self.job_ms,
+            self.map_tasks as u64,
+            self.max_parallel_maps as u64,
+            self.max_parallel_reduces as u64,
+            u64::from(self.backup_attempts),
+            u64::from(self.workers_lost),
+            u64::from(self.worker_crashes),
+            self.input_bytes,
+            self.output_bytes,
+            self.steps,
+        ];
+        let digest = gfs_sim::world::mix_digest(self.world_digest, &figures);
+        gfs_sim::world::mix_digest(digest, &runs.collect::<Vec<_>>())
     }
 }
 
@@ -161,6 +182,7 @@ pub fn run(settings: &Settings, trace: bool) -> Outcome {
     outcome.failure = failure;
     outcome.steps = sim.world.stats.steps;
     outcome.trace = sim.world.trace.take().unwrap_or_default();
+    outcome.world_digest = sim.world.digest();
     outcome
 }
 

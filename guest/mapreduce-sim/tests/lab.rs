@@ -8,6 +8,7 @@
 
 use std::ops::Range;
 
+use gfs_sim::cli::changed_digests;
 use mapreduce::wire::AppKind;
 use mapreduce_sim::{app_named, run, Outcome, Settings};
 
@@ -189,4 +190,30 @@ fn never_reexecuting_completed_maps_is_caught() {
         run(&settings, false).failure.is_some()
     });
     assert!(caught.is_some(), "the broken re-execution rule went unnoticed in 40 seeds");
+}
+
+/// What four seeds of each simulator simulate is pinned (`--digests` prints these): a
+/// speed-up must leave every run exactly as it was; a deliberate change of behaviour pins the
+/// new values (and those in `gfs-sim/scripts/check-digests.sh`, which compares 3000 seeds each).
+#[test]
+fn four_seeds_of_each_simulator_simulate_what_they_did() {
+    let gfs_pinned = [
+        (10_000_000_000, 0x2db6_134a_1fe1_6894),
+        (10_000_000_001, 0xa333_2485_ab43_c190),
+        (10_000_000_002, 0x9025_6c92_bccb_4ecc),
+        (10_000_000_003, 0x2531_c2a6_2aeb_8b96),
+    ];
+    let mapreduce_pinned = [
+        (10_000_000_000, 0x4fbd_9937_2893_e6af),
+        (10_000_000_001, 0xbd6d_0444_5cd7_3ff2),
+        (10_000_000_002, 0x6d6d_ba8e_a898_0361),
+        (10_000_000_003, 0x44c8_9c01_d991_897f),
+    ];
+    let gfs_changed = changed_digests(&gfs_pinned, |seed| {
+        gfs_sim::run(&gfs_sim::Settings::from_seed(seed), false)
+    });
+    let mapreduce_changed =
+        changed_digests(&mapreduce_pinned, |seed| run(&Settings::from_seed(seed), false));
+    assert_eq!(gfs_changed, vec![], "gfs-sim seeds whose runs changed, with their digests now");
+    assert_eq!(mapreduce_changed, vec![], "mapreduce-sim seeds whose runs changed");
 }

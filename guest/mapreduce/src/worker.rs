@@ -22,7 +22,7 @@ use alloc::vec::Vec;
 use gfs::client::{ClientOp, OpId, OpOutput};
 use gfs::disk::{pad_to_sector, sectors_for, DiskCompletion, DiskOp, SECTOR_BYTES};
 use gfs::pcg::Pcg32;
-use gfs::wire::{GfsError, NodeId, CRC32C};
+use gfs::wire::{crc32c, GfsError, NodeId};
 
 use crate::app::app_for;
 use crate::config::MrConfig;
@@ -384,7 +384,7 @@ impl Worker {
             let extent = Extent {
                 sector: self.store.next_free_sector,
                 bytes: run.len() as u64,
-                crc32c: CRC32C.checksum(&run),
+                crc32c: crc32c(&run),
             };
             self.store.next_free_sector += sectors_for(run.len());
             map.extents.push(extent);
@@ -539,7 +539,7 @@ impl Worker {
                     return self.send_fetch(now_ms, index, out);
                 }
                 if fetch.bytes.len() as u64 != piece.total_bytes
-                    || CRC32C.checksum(&fetch.bytes) != piece.crc32c
+                    || crc32c(&fetch.bytes) != piece.crc32c
                     || decode_run(&fetch.bytes).is_err()
                 {
                     let error = TaskError::CorruptPartition { location: fetch.location };

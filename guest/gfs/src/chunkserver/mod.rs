@@ -17,8 +17,8 @@ use crate::config::Config;
 use crate::disk::{DiskCompletion, DiskOp, SECTOR_BYTES};
 use crate::node::{Input, Outputs, StateMachine};
 use crate::wire::{
-    ApplyData, ChunkCommand, ChunkHandle, ChunkReport, CopyPiece, GfsError, Message, NodeId,
-    RequestId, Version, CRC32C,
+    crc32c, ApplyData, ChunkCommand, ChunkHandle, ChunkReport, CopyPiece, GfsError, Message,
+    NodeId, RequestId, Version,
 };
 use buffer::DataBuffer;
 use primary::Lease;
@@ -167,15 +167,19 @@ impl Chunkserver {
             .collect()
     }
 
-    /// Chunks this server holds a valid lease for at `now_ms` (for the simulator's checks).
-    pub fn leases_held(&self, now_ms: u64) -> Vec<(ChunkHandle, Version)> {
-        self.replicas
-            .iter()
-            .filter_map(|(handle, replica)| {
-                let lease = replica.lease.as_ref()?;
-                (lease.expiry_ms > now_ms).then_some((*handle, lease.version))
-            })
-            .collect()
+    /// Chunks this server holds a valid lease for at `now_ms`, with their versions (for the
+    /// simulator's checks after every step, so not collected).
+    pub fn leases_held(&self, now_ms: u64) -> impl Iterator<Item = (ChunkHandle, Version)> + '_ {
+        self.replicas.iter().filter_map(move |(handle, replica)| {
+            let lease = replica.lease.as_ref()?;
+            (lease.expiry_ms > now_ms).then_some((*handle, lease.version))
+        })
+    }
+
+    /// Whether it holds a lease for `handle` valid at `now_ms` (one of [`Chunkserver::leases_held`]).
+    pub fn holds_lease(&self, handle: ChunkHandle, now_ms: u64) -> bool {
+        let lease = self.replicas.get(&handle).and_then(|replica| replica.lease.as_ref());
+        lease.is_some_and(|lease| lease.expiry_ms > now_ms)
     }
 
     /// Slot and length of a replica (for the simulator's disk inspection).
@@ -323,7 +327,7 @@ impl Chunkserver {
                         let mut blocks = data.clone();
                         blocks.resize(data.len().div_ceil(block_bytes) * block_bytes, 0);
                         for (index, block) in blocks.chunks(block_bytes).enumerate() {
-                            new_meta.block_crcs[index] = CRC32C.checksum(block);
+                            new_meta.block_crcs[index] = crc32c(block);
                         }
                         let sector = self.layout.data_sector(replica.slot, 0);
                         let id = self.disk_id(DiskWait::Job { handle });
@@ -416,7 +420,7 @@ impl Chunkserver {
         let mut new_meta = replica.meta.clone();
         new_meta.len_bytes = new_meta.len_bytes.max(end as u32);
         for (index, block) in blocks.chunks(block_bytes).enumerate() {
-            new_meta.block_crcs[first_block + index] = CRC32C.checksum(block);
+            new_meta.block_crcs[first_block + index] = crc32c(block);
         }
         let sector = self.layout.data_sector(replica.slot, base);
         let id = self.disk_id(DiskWait::Job { handle });
@@ -508,7 +512,7 @@ impl Chunkserver {
             if block_start >= meta.len_bytes as usize {
                 return true; // never written: read as zeros, not checked
             }
-            CRC32C.checksum(block) == meta.block_crcs[block_index]
+            crc32c(block) == meta.block_crcs[block_index]
         })
     }
 

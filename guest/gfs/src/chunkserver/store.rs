@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 
 use crate::config::Config;
 use crate::disk::{sectors_for, SECTOR_BYTES};
-use crate::wire::{ChunkHandle, Version, CRC32C};
+use crate::wire::{crc32c, ChunkHandle, Version};
 
 const HEADER_MAGIC: u32 = 0x4746_5343; // "GFSC"
 const HEADER_FIXED_BYTES: usize = 4 + 8 + 8 + 4 + 4 + 4;
@@ -46,7 +46,7 @@ impl Layout {
             slot_count,
             block_bytes: config.checksum_block_bytes as usize,
             blocks_per_chunk,
-            zero_block_crc: CRC32C.checksum(&vec![0u8; config.checksum_block_bytes as usize]),
+            zero_block_crc: crc32c(&vec![0u8; config.checksum_block_bytes as usize]),
         }
     }
 
@@ -71,7 +71,7 @@ impl Layout {
         for crc in &meta.block_crcs {
             bytes.extend_from_slice(&crc.to_le_bytes());
         }
-        let crc = CRC32C.checksum(&bytes);
+        let crc = crc32c(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
         bytes.resize(self.header_sectors as usize * SECTOR_BYTES, 0);
         bytes
@@ -92,7 +92,7 @@ impl Layout {
             return None;
         }
         let crc_at = 28 + 4 * block_count;
-        if CRC32C.checksum(bytes.get(..crc_at)?) != read_u32(bytes, crc_at)? {
+        if crc32c(bytes.get(..crc_at)?) != read_u32(bytes, crc_at)? {
             return None;
         }
         let block_crcs =

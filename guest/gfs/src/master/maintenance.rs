@@ -63,7 +63,15 @@ impl Master {
                 continue; // a snapshot is waiting for this lease to end
             }
             if let Some(lease) = chunk.lease.as_mut() {
-                if lease.primary == from && lease.expiry_ms > now_ms {
+                // A lease names its secondaries. Once one of them is known to have lost the
+                // chunk (reported corrupt, missing from its heartbeat, or its server dead),
+                // every mutation under the lease fails there, and re-replication waits for
+                // leases to end: extended on, the lease would keep the chunk stuck (seed
+                // 156430051601792). Left to expire, the next grant names the replicas that
+                // hold the chunk.
+                let secondaries_hold =
+                    lease.secondaries.iter().all(|node| chunk.locations.contains_key(node));
+                if lease.primary == from && lease.expiry_ms > now_ms && secondaries_hold {
                     lease.expiry_ms = now_ms + self.config.lease_ms;
                     extended.push(LeaseExtension {
                         handle,

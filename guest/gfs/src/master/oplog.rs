@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 
 use super::state::{LogRecord, PersistentState};
 use crate::disk::{pad_to_sector, sectors_for, DiskOp, SECTOR_BYTES};
-use crate::wire::CRC32C;
+use crate::wire::{crc32c, CRC32C};
 
 const SUPERBLOCK_MAGIC: u32 = 0x4746_534D; // "GFSM"
 const RECORD_HEADER_BYTES: usize = 8;
@@ -66,7 +66,7 @@ pub fn encode_superblock(superblock: &Superblock) -> Vec<u8> {
     bytes.push(superblock.checkpoint_slot);
     bytes.extend_from_slice(&superblock.checkpoint_bytes.to_le_bytes());
     bytes.extend_from_slice(&superblock.log_epoch.to_le_bytes());
-    let crc = CRC32C.checksum(&bytes);
+    let crc = crc32c(&bytes);
     bytes.extend_from_slice(&crc.to_le_bytes());
     pad_to_sector(bytes)
 }
@@ -75,7 +75,7 @@ pub fn encode_superblock(superblock: &Superblock) -> Vec<u8> {
 pub fn decode_superblock(bytes: &[u8]) -> Option<Superblock> {
     let body = bytes.get(..29)?;
     let crc = u32::from_le_bytes(bytes.get(29..33)?.try_into().ok()?);
-    if CRC32C.checksum(body) != crc || body[0..4] != SUPERBLOCK_MAGIC.to_le_bytes() {
+    if crc32c(body) != crc || body[0..4] != SUPERBLOCK_MAGIC.to_le_bytes() {
         return None;
     }
     let long = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
@@ -152,7 +152,7 @@ pub fn encode_checkpoint(state: &PersistentState) -> Vec<u8> {
     let payload = postcard::to_allocvec(state).expect("state always serializes");
     let mut bytes = Vec::with_capacity(CHECKPOINT_HEADER_BYTES + payload.len());
     bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&CRC32C.checksum(&payload).to_le_bytes());
+    bytes.extend_from_slice(&crc32c(&payload).to_le_bytes());
     bytes.extend_from_slice(&payload);
     pad_to_sector(bytes)
 }
@@ -162,7 +162,7 @@ pub fn decode_checkpoint(bytes: &[u8]) -> Option<PersistentState> {
     let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
     let payload = bytes.get(CHECKPOINT_HEADER_BYTES..CHECKPOINT_HEADER_BYTES + len)?;
-    if CRC32C.checksum(payload) != crc {
+    if crc32c(payload) != crc {
         return None;
     }
     postcard::from_bytes(payload).ok()
