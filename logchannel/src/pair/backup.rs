@@ -127,26 +127,43 @@ impl BackupPair {
     }
 }
 
-/// One kind of output the backup's guest produced that the primary may not have released yet:
-/// numbered from 1 in the order the guest produced them (the primary's guest produced the
-/// same ones in the same order), kept until the primary reports releasing them, up to a byte
-/// bound.
+/// One kind of output the backup's guest produced that the world may not have seen: numbered
+/// from 1 in the order the guest produced them (the primary's guest produced the same ones in
+/// the same order), kept until the primary reports releasing them, up to a byte bound. With
+/// a grace, the last outputs reported released are kept too, up to that many bytes: a frame
+/// the primary released just before its host died may have died in its NIC (TCP absorbs the
+/// duplicate; its own retransmission would come a backed-off timer later).
 pub struct Unreleased<T> {
     produced: u64,
     kept: VecDeque<(u64, T, u64)>,
     kept_bytes: u64,
     max_kept_bytes: u64,
+    /// Bytes of released outputs kept.
+    released_grace_bytes: u64,
     /// Outputs given up to the byte bound before the primary reported them.
     dropped: u64,
 }
 
 impl<T> Unreleased<T> {
-    /// Keeps at most `max_kept_bytes` of outputs.
+    /// Keeps at most `max_kept_bytes` of outputs, none of those reported released.
     pub fn new(max_kept_bytes: u64) -> Self {
-        Unreleased { produced: 0, kept: VecDeque::new(), kept_bytes: 0, max_kept_bytes, dropped: 0 }
+        Unreleased {
+            produced: 0,
+            kept: VecDeque::new(),
+            kept_bytes: 0,
+            max_kept_bytes,
+            released_grace_bytes: 0,
+            dropped: 0,
+        }
     }
 
-    /// Keeps `item` (`bytes` long), forgetting those up to `released`.
+    /// Keeps the last outputs reported released too, up to `grace_bytes`.
+    pub fn keeping_released(mut self, grace_bytes: u64) -> Self {
+        self.released_grace_bytes = grace_bytes;
+        self
+    }
+
+    /// Keeps `item` (`bytes` long), forgetting those up to `released` beyond the grace.
     pub fn push(&mut self, item: T, bytes: u64, released: u64) {
         self.produced += 1;
         self.kept.push_back((self.produced, item, bytes));
@@ -159,14 +176,24 @@ impl<T> Unreleased<T> {
         }
     }
 
+    /// Forgets the outputs up to `released`, except the last ones within the grace.
     fn forget_through(&mut self, released: u64) {
-        while self.kept.front().is_some_and(|(index, _, _)| *index <= released) {
+        let released_bytes: u64 = self
+            .kept
+            .iter()
+            .take_while(|(index, _, _)| *index <= released)
+            .map(|(_, _, bytes)| bytes)
+            .sum();
+        let mut over_grace = released_bytes.saturating_sub(self.released_grace_bytes);
+        while over_grace > 0 && self.kept.front().is_some_and(|(index, _, _)| *index <= released) {
             let (_, _, bytes) = self.kept.pop_front().expect("front exists");
             self.kept_bytes -= bytes;
+            over_grace = over_grace.saturating_sub(bytes);
         }
     }
 
-    /// The outputs after `released`, in order; the queue is empty afterwards.
+    /// What the world may not have seen, in order: the outputs after `released` and, within
+    /// the grace, the last ones up to it. The queue is empty afterwards.
     pub fn take_after(&mut self, released: u64) -> Vec<T> {
         self.forget_through(released);
         self.kept_bytes = 0;
@@ -294,6 +321,15 @@ mod tests {
         }
         assert_eq!(kept.take_after(3), vec![4, 5]);
         assert!(kept.take_after(0).is_empty(), "taken once");
+    }
+
+    #[test]
+    fn a_grace_keeps_the_last_released_outputs_within_its_bytes() {
+        let mut kept = Unreleased::new(100).keeping_released(2);
+        for item in 1..=6u64 {
+            kept.push(item, 1, 4);
+        }
+        assert_eq!(kept.take_after(4), vec![3, 4, 5, 6], "the last 2 released, then the rest");
     }
 
     #[test]

@@ -39,6 +39,9 @@ use crate::vm::{LiveIo, Takeover};
 const RECV_SLICE: Duration = Duration::from_millis(100);
 /// The most bytes of unreleased outputs of one kind the backup keeps to re-emit at go-live.
 const UNRELEASED_MAX_BYTES: u64 = 64 << 20;
+/// The last packets the primary reported releasing that the backup keeps to re-emit too: a
+/// host that crashes loses what its NIC had not sent yet (TCP absorbs the duplicates).
+const RELEASED_PACKETS_KEPT_BYTES: u64 = 256 << 10;
 /// The most bytes of inbound frames the backup keeps for go-live while the primary is silent.
 const INBOUND_MAX_BYTES: u64 = 16 << 20;
 /// How often the inbound watcher looks at the primary's silence when no frame arrives.
@@ -357,7 +360,8 @@ pub fn backup_io(
     let replayed = Rc::new(RefCell::new(Replayed {
         core: BackupPair::new(config.channel.failure_timeout_ms),
         last_monotonic_ns: 0,
-        packets: Unreleased::new(UNRELEASED_MAX_BYTES),
+        packets: Unreleased::new(UNRELEASED_MAX_BYTES)
+            .keeping_released(RELEASED_PACKETS_KEPT_BYTES),
         console: Unreleased::new(UNRELEASED_MAX_BYTES),
         disk_writes: Unreleased::new(UNRELEASED_MAX_BYTES),
     }));
