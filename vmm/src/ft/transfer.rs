@@ -29,7 +29,7 @@ use thiserror::Error;
 
 use super::primary::{HeldOutputs, LinkSink, PrimarySide};
 use super::FtConfig;
-use crate::inputs::live::{Backends, HostClock, LiveInputs};
+use crate::inputs::live::{deadline_after, Backends, HostClock, LiveInputs};
 use crate::inputs::record::RecordingInputs;
 use crate::memory::{self, GuestRam};
 use crate::outputs::{LiveOutputs, SharedWriter};
@@ -511,8 +511,16 @@ impl HandOver {
         state.pages = Vec::new();
         let encoded = postcard::to_allocvec(&state)
             .map_err(|error| TransferError::Pause(format!("encoding the state: {error}")))?;
-        self.link.send(&Entry::ResumeFrom(serde_bytes::ByteBuf::from(encoded)))?;
-        Ok((pages, blocks))
+        let resume = self.link.send(&Entry::ResumeFrom(serde_bytes::ByteBuf::from(encoded)))?;
+        // The hand-over is done only once the new backup holds the whole state: until then
+        // it could not take over, and this side must not stop running the guest alone.
+        match self.link.wait_releasable(resume.seq, deadline_after(PAUSE_TIMEOUT))? {
+            true => Ok((pages, blocks)),
+            false => Err(TransferError::Pause(format!(
+                "the new backup did not acknowledge the state within {} s",
+                PAUSE_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     /// From the next exit the guest's inputs are logged to the new backup and its outputs
