@@ -1,32 +1,30 @@
-//! The host side of the guests' mesh (see `guest/kernel/src/mesh.rs`): one
-//! TCP stream per node, dialled by the client (whose node id is above every
-//! lab node's), opened with the hello frame and carrying frames in the
-//! `gfs::wire` format, all encoded by the same `gfs::wire` functions the
-//! guests use. Frames from GFS nodes are GFS messages, all others MapReduce
-//! messages. Every node is dialled at once and kept dialled (nodes reply
-//! only over streams their peers opened), each dial on a thread of its own
-//! so a dead host costs no waiting; messages for a node wait in a queue
-//! while it is dialled. A reader thread per stream decodes what arrives
-//! into one channel; writes happen on the caller's thread. A broken stream
-//! is redialled; the message that found it broken is lost, which the state
-//! machines treat as message loss and retry.
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+//! The host side of the guests' mesh: a thin `std::net` adapter around the sans-IO
+//! [`mesh::MeshCore`] (connection table, hello, redial, setup timeouts, framing; see that crate),
+//! the core the guest kernel runs over smoltcp (`guest/kernel/src/mesh.rs`). The client's node
+//! id is above every lab node's, so the core dials every node and nothing is accepted. Frames
+//! from GFS nodes are GFS messages, all others MapReduce messages.
+//!
+//! Each dial runs on a thread of its own (a dead host costs the caller no waiting) and each
+//! stream has a reader thread; they only report, tagged with the core's stream id, what
+//! happened (connected, dial failed, bytes, end) into one channel. The caller's thread feeds
+//! the core, closes what it gives up and writes what it queued (blocking, up to
+//! [`WRITE_TIMEOUT`]). [`HostMesh::problems`] keeps why each node was last unreachable.
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gfs::wire::{self, FrameError, NodeId, FRAME_HEADER_BYTES};
+use gfs::wire::{self, NodeId};
 use mapreduce::wire::MrMessage;
+use mesh::{Decoder, Entropy, MeshCore, StreamId, SETUP_TIMEOUT_NS};
 
 /// How long a dial may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A write blocked this long breaks the stream.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Frames queued for a node beyond this many bytes are dropped (lost messages).
-const MAX_QUEUED_BYTES: usize = 64 << 20;
-/// How long after a failed dial a node is not dialled again.
-const REDIAL_DELAY: Duration = Duration::from_millis(300);
+/// The most one read of a stream takes at once.
+const READ_BYTES: usize = 256 * 1024;
 
 /// A message from a lab node.
 #[derive(Debug)]
@@ -35,41 +33,48 @@ pub enum Packet {
     Mr(MrMessage),
 }
 
-enum Arrival {
-    Packet(NodeId, Packet),
-    Broken { node: NodeId, stream: u64, why: String },
-    Connected { node: NodeId, socket: TcpStream },
-    DialFailed { node: NodeId, why: String },
+/// What a dial or reader thread saw.
+enum Report {
+    Connected(StreamId, TcpStream),
+    Bytes(StreamId, Vec<u8>),
+    /// The dial failed, or the stream ended or broke: why.
+    Gone(StreamId, String),
 }
 
-struct Stream {
-    id: u64,
-    socket: TcpStream,
+/// The core's randomness (it only starts its local ports at random; see [`HostMesh::poll`]).
+struct ClockEntropy;
+
+impl Entropy for ClockEntropy {
+    fn random_u64(&mut self) -> u64 {
+        let nanos =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_nanos());
+        nanos as u64 ^ u64::from(std::process::id()) << 32
+    }
 }
 
 /// Streams from this client to the lab's nodes.
 pub struct HostMesh {
-    me: NodeId,
+    core: MeshCore<Packet>,
     port: u16,
     addresses: BTreeMap<NodeId, Ipv4Addr>,
-    gfs_ids: BTreeSet<NodeId>,
-    max_frame_bytes: usize,
-    streams: BTreeMap<NodeId, Stream>,
-    /// Nodes being dialled now.
-    dialling: BTreeSet<NodeId>,
-    /// Frames waiting for a node's stream, and their bytes.
-    queues: BTreeMap<NodeId, (Vec<Vec<u8>>, usize)>,
-    redial_at: BTreeMap<NodeId, Instant>,
-    next_stream: u64,
-    tx: Sender<Arrival>,
-    rx: Receiver<Arrival>,
-    /// Why the last dial of or write to a node failed (cleared by success).
+    /// The node each stream the core knows was dialled to.
+    node_of: BTreeMap<StreamId, NodeId>,
+    /// The sockets of the connected streams.
+    sockets: BTreeMap<StreamId, TcpStream>,
+    next_stream: StreamId,
+    /// The zero of the core's clock.
+    origin: Instant,
+    /// Messages decoded and not yet taken.
+    inbox: VecDeque<(NodeId, Packet)>,
+    tx: Sender<Report>,
+    rx: Receiver<Report>,
+    /// Why the last dial of, write to or stream from a node failed (cleared by a new stream).
     pub problems: BTreeMap<NodeId, String>,
 }
 
 impl HostMesh {
-    /// A mesh for client `me` to the nodes at `addresses` (all on `port`);
-    /// frames from `gfs_ids` are GFS messages.
+    /// A mesh for client `me` to the nodes at `addresses` (all on `port`); frames from
+    /// `gfs_ids` are GFS messages, and frames larger than `max_frame_bytes` break a stream.
     pub fn new(
         me: NodeId,
         port: u16,
@@ -77,18 +82,24 @@ impl HostMesh {
         gfs_ids: BTreeSet<NodeId>,
         max_frame_bytes: usize,
     ) -> HostMesh {
+        let decode: Decoder<Packet> = Box::new(move |node, bytes| {
+            if gfs_ids.contains(&node) {
+                wire::decode_frame(bytes).map(|(msg, used)| (Packet::Gfs(msg), used))
+            } else {
+                mapreduce::wire::decode_frame(bytes).map(|(msg, used)| (Packet::Mr(msg), used))
+            }
+        });
+        let nodes: Vec<NodeId> = addresses.keys().copied().collect();
         let (tx, rx) = channel();
         HostMesh {
-            me,
+            core: MeshCore::new(me, &nodes, max_frame_bytes, decode, &mut ClockEntropy),
             port,
             addresses,
-            gfs_ids,
-            max_frame_bytes,
-            streams: BTreeMap::new(),
-            dialling: BTreeSet::new(),
-            queues: BTreeMap::new(),
-            redial_at: BTreeMap::new(),
-            next_stream: 0,
+            node_of: BTreeMap::new(),
+            sockets: BTreeMap::new(),
+            next_stream: 1,
+            origin: Instant::now(),
+            inbox: VecDeque::new(),
             tx,
             rx,
             problems: BTreeMap::new(),
@@ -102,177 +113,273 @@ impl HostMesh {
 
     /// Sends one whole `frame` to `node` (queued while its stream is dialled).
     pub fn send(&mut self, node: NodeId, frame: &[u8]) {
-        let Some(stream) = self.streams.get_mut(&node) else {
-            let (queue, bytes) = self.queues.entry(node).or_default();
-            if *bytes + frame.len() <= MAX_QUEUED_BYTES {
-                *bytes += frame.len();
-                queue.push(frame.to_vec());
-            }
-            self.dial(node);
-            return;
-        };
-        if let Err(error) = stream.socket.write_all(frame) {
-            self.problems.insert(node, format!("write: {error}"));
-            self.drop_stream(node);
-        }
-    }
-
-    /// Dials every node without a stream (each at most every `REDIAL_DELAY`).
-    pub fn dial_all(&mut self) {
-        let nodes: Vec<NodeId> = self.addresses.keys().copied().collect();
-        for node in nodes {
-            self.dial(node);
-        }
-    }
-
-    /// Starts dialling `node` unless a stream is up, a dial runs or one failed just now.
-    fn dial(&mut self, node: NodeId) {
-        if self.streams.contains_key(&node)
-            || self.dialling.contains(&node)
-            || self.redial_at.get(&node).is_some_and(|at| Instant::now() < *at)
-        {
-            return;
-        }
-        let Some(address) = self.address(node) else {
+        if !self.addresses.contains_key(&node) {
             self.problems.insert(node, "no address known".into());
             return;
-        };
-        self.dialling.insert(node);
-        let hello = wire::encode_hello(self.me);
-        let tx = self.tx.clone();
-        std::thread::spawn(move || {
-            let arrival = match connect(address, &hello) {
-                Ok(socket) => Arrival::Connected { node, socket },
-                Err(why) => Arrival::DialFailed { node, why },
-            };
-            let _ = tx.send(arrival);
-        });
-    }
-
-    /// Makes `socket` the stream to `node` and sends what waited for it.
-    fn install(&mut self, node: NodeId, socket: TcpStream) {
-        let reader = match socket.try_clone() {
-            Ok(reader) => reader,
-            Err(error) => {
-                self.problems.insert(node, format!("socket: {error}"));
-                return;
-            }
-        };
-        self.next_stream += 1;
-        let id = self.next_stream;
-        let tx = self.tx.clone();
-        let gfs = self.gfs_ids.contains(&node);
-        let max_frame_bytes = self.max_frame_bytes;
-        std::thread::spawn(move || read_stream(reader, node, id, gfs, max_frame_bytes, tx));
-        self.streams.insert(node, Stream { id, socket });
-        self.problems.remove(&node);
-        let (queue, _) = self.queues.remove(&node).unwrap_or_default();
-        for frame in queue {
-            self.send(node, &frame);
         }
+        self.core.send(node, frame.to_vec());
+        self.poll();
     }
 
-    fn drop_stream(&mut self, node: NodeId) {
-        if let Some(stream) = self.streams.remove(&node) {
-            let _ = stream.socket.shutdown(Shutdown::Both);
-        }
-    }
-
-    /// The next message, waiting until `deadline` at most.
+    /// The next message, waiting until `deadline` at most; dials and writes meanwhile.
     pub fn receive(&mut self, deadline: Instant) -> Option<(NodeId, Packet)> {
         loop {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(wait) {
-                Ok(Arrival::Packet(node, packet)) => return Some((node, packet)),
-                Ok(Arrival::Broken { node, stream, why }) => {
-                    if self.streams.get(&node).is_some_and(|current| current.id == stream) {
-                        self.problems.insert(node, why);
-                        self.drop_stream(node);
-                        self.dial(node);
-                    }
-                }
-                Ok(Arrival::Connected { node, socket }) => {
-                    self.dialling.remove(&node);
-                    self.install(node, socket);
-                }
-                Ok(Arrival::DialFailed { node, why }) => {
-                    self.dialling.remove(&node);
-                    self.problems.insert(node, why);
-                    self.redial_at.insert(node, Instant::now() + REDIAL_DELAY);
-                }
+            self.poll();
+            if let Some(message) = self.inbox.pop_front() {
+                return Some(message);
+            }
+            let wake = self.core.wake_at_ns().map(|ns| self.origin + Duration::from_nanos(ns));
+            let until = wake.map_or(deadline, |wake| wake.min(deadline));
+            match self.rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(report) => self.take(report),
+                Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
             }
         }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+
+    /// Tells the core what a thread reported.
+    fn take(&mut self, report: Report) {
+        let now_ns = self.now_ns();
+        match report {
+            Report::Connected(stream, socket) => {
+                let Some(node) = self.node_of.get(&stream).copied() else {
+                    // The core gave the dial up meanwhile.
+                    let _ = socket.shutdown(Shutdown::Both);
+                    return;
+                };
+                match socket.try_clone() {
+                    Ok(reader) => {
+                        let tx = self.tx.clone();
+                        std::thread::spawn(move || read_stream(reader, stream, tx));
+                        self.sockets.insert(stream, socket);
+                        self.core.established(stream);
+                        self.problems.remove(&node);
+                    }
+                    Err(error) => {
+                        let _ = socket.shutdown(Shutdown::Both);
+                        self.core.gone(stream, now_ns);
+                        self.close(&format!("socket: {error}"));
+                    }
+                }
+            }
+            Report::Bytes(stream, bytes) => {
+                let mut inbox = Vec::new();
+                self.core.received(stream, &bytes, now_ns, &mut inbox);
+                self.inbox.extend(inbox);
+                self.close("the node sent bytes that are not mesh frames (corrupt or oversized)");
+            }
+            Report::Gone(stream, why) => {
+                self.core.gone(stream, now_ns);
+                self.close(&why);
+            }
+        }
+    }
+
+    /// Gives up stuck dials, dials what is due and writes what is queued. The core's local
+    /// port is not used: a `std::net` dial takes an ephemeral port from the host kernel, which
+    /// avoids reusing a recent 4-tuple just as well.
+    fn poll(&mut self) {
+        let now_ns = self.now_ns();
+        self.core.check_timeouts(now_ns);
+        self.close(&format!("not connected within {} s", SETUP_TIMEOUT_NS / 1_000_000_000));
+        for dial in self.core.dials_due(now_ns) {
+            let Some(address) = self.address(dial.node) else { continue };
+            let stream = self.next_stream;
+            self.next_stream += 1;
+            self.node_of.insert(stream, dial.node);
+            self.core.dialled(dial.node, stream, now_ns);
+            let tx = self.tx.clone();
+            std::thread::spawn(move || {
+                let report = match connect(address) {
+                    Ok(socket) => Report::Connected(stream, socket),
+                    Err(error) => Report::Gone(stream, format!("connect to {address}: {error}")),
+                };
+                let _ = tx.send(report);
+            });
+        }
+        self.flush();
+    }
+
+    /// Writes what the core queued on every connected stream; a failed write breaks it.
+    fn flush(&mut self) {
+        let streams: Vec<StreamId> = self.sockets.keys().copied().collect();
+        for stream in streams {
+            if let Err(error) = self.write_stream(stream) {
+                self.core.gone(stream, self.now_ns());
+                self.close(&format!("write: {error}"));
+            }
+        }
+    }
+
+    fn write_stream(&mut self, stream: StreamId) -> std::io::Result<()> {
+        let Some(mut socket) = self.sockets.get(&stream) else { return Ok(()) };
+        while let Some(bytes) = self.core.next_write(stream) {
+            match socket.write(bytes) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(written) => self.core.wrote(stream, written),
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
+
+    /// Shuts the streams the core gave up; `why` becomes their nodes' problem.
+    fn close(&mut self, why: &str) {
+        for stream in self.core.take_closed() {
+            if let Some(socket) = self.sockets.remove(&stream) {
+                // Ends its reader thread too.
+                let _ = socket.shutdown(Shutdown::Both);
+            }
+            if let Some(node) = self.node_of.remove(&stream) {
+                self.problems.insert(node, why.to_string());
+            }
+        }
+        // Streams up and lost: `problems` says what matters to the CLI.
+        self.core.take_log();
     }
 }
 
 impl Drop for HostMesh {
     fn drop(&mut self) {
         // Ends the reader threads too.
-        for stream in self.streams.values() {
-            let _ = stream.socket.shutdown(Shutdown::Both);
+        for socket in self.sockets.values() {
+            let _ = socket.shutdown(Shutdown::Both);
         }
     }
 }
 
-/// Dials `address` and says hello.
-fn connect(address: SocketAddr, hello: &[u8]) -> Result<TcpStream, String> {
-    let mut socket = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)
-        .map_err(|error| format!("connect to {address}: {error}"))?;
-    let _ = socket.set_nodelay(true);
-    let _ = socket.set_write_timeout(Some(WRITE_TIMEOUT));
-    socket.write_all(hello).map_err(|error| format!("hello to {address}: {error}"))?;
+/// Dials `address` (the core writes the hello).
+fn connect(address: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)?;
+    socket.set_nodelay(true)?;
+    socket.set_write_timeout(Some(WRITE_TIMEOUT))?;
     Ok(socket)
 }
 
-/// Decodes every frame node `node` sends on stream `id` into `tx`, until
-/// the stream ends or carries garbage.
-fn read_stream(
-    mut socket: TcpStream,
-    node: NodeId,
-    id: u64,
-    gfs: bool,
-    max_frame_bytes: usize,
-    tx: Sender<Arrival>,
-) {
-    let mut buffer: Vec<u8> = Vec::new();
-    let mut piece = vec![0u8; 256 * 1024];
+/// Forwards what arrives on `stream` into `tx` until it ends.
+fn read_stream(mut socket: TcpStream, stream: StreamId, tx: Sender<Report>) {
+    let mut piece = vec![0u8; READ_BYTES];
     let why = loop {
-        let read = match socket.read(&mut piece) {
+        match socket.read(&mut piece) {
             Ok(0) => break "the node closed the stream".to_string(),
-            Ok(read) => read,
+            Ok(read) => {
+                if tx.send(Report::Bytes(stream, piece[..read].to_vec())).is_err() {
+                    return;
+                }
+            }
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
             Err(error) => break format!("read: {error}"),
-        };
-        buffer.extend_from_slice(&piece[..read]);
-        let mut start = 0;
-        let broken = loop {
-            let rest = &buffer[start..];
-            if rest.len() >= 4 {
-                let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-                if len + FRAME_HEADER_BYTES > max_frame_bytes {
-                    break Some(format!("a {len}-byte frame is larger than any message"));
-                }
-            }
-            let decoded = if gfs {
-                wire::decode_frame(rest).map(|(msg, used)| (Packet::Gfs(msg), used))
-            } else {
-                mapreduce::wire::decode_frame(rest).map(|(msg, used)| (Packet::Mr(msg), used))
-            };
-            match decoded {
-                Ok((packet, used)) => {
-                    start += used;
-                    if tx.send(Arrival::Packet(node, packet)).is_err() {
-                        return;
-                    }
-                }
-                Err(FrameError::Incomplete) => break None,
-                Err(error) => break Some(format!("undecodable frame: {error:?}")),
-            }
-        };
-        buffer.drain(..start);
-        if let Some(why) = broken {
-            break why;
         }
     };
-    let _ = tx.send(Arrival::Broken { node, stream: id, why });
+    let _ = tx.send(Report::Gone(stream, why));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use gfs::wire::{FrameError, Message};
+
+    use super::*;
+
+    const NODE: NodeId = 3;
+    const ME: NodeId = 1000;
+
+    /// A mesh to one GFS node on this host's `port`.
+    fn mesh(port: u16) -> HostMesh {
+        let addresses = BTreeMap::from([(NODE, Ipv4Addr::LOCALHOST)]);
+        HostMesh::new(ME, port, addresses, BTreeSet::from([NODE]), 1 << 20)
+    }
+
+    /// Reads `socket` into `buf` until `decode` finds a whole frame at its front; takes it.
+    fn read_frame<T>(
+        socket: &mut TcpStream,
+        buf: &mut Vec<u8>,
+        decode: impl Fn(&[u8]) -> Result<(T, usize), FrameError>,
+    ) -> T {
+        let mut piece = [0u8; 4096];
+        loop {
+            match decode(buf) {
+                Ok((value, used)) => {
+                    buf.drain(..used);
+                    return value;
+                }
+                Err(FrameError::Incomplete) => {}
+                Err(error) => panic!("the mesh sent a bad frame: {error:?}"),
+            }
+            let read = socket.read(&mut piece).unwrap();
+            assert!(read > 0, "the mesh closed the stream");
+            buf.extend_from_slice(&piece[..read]);
+        }
+    }
+
+    /// What the mesh receives before `within` passes.
+    fn next(mesh: &mut HostMesh, within: Duration) -> (NodeId, Message) {
+        match mesh.receive(Instant::now() + within) {
+            Some((from, Packet::Gfs(msg))) => (from, msg),
+            other => panic!("expected a GFS message, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn frames_split_across_writes_decode_and_garbage_closes_the_stream_which_is_redialled() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut mesh = mesh(listener.local_addr().unwrap().port());
+        let node = std::thread::spawn(move || {
+            // The first stream: the hello, a frame in two writes, then garbage.
+            let (mut first, _) = listener.accept().unwrap();
+            let mut buf = Vec::new();
+            assert_eq!(read_frame(&mut first, &mut buf, wire::decode_hello), ME);
+            let frame = wire::encode_frame(&Message::ReportCorrupt { handle: 77 });
+            first.write_all(&frame[..5]).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            first.write_all(&frame[5..]).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            first.write_all(b"certainly not a mesh frame").unwrap();
+            // The redialled stream: the hello, then a frame that is echoed.
+            let (mut second, _) = listener.accept().unwrap();
+            let mut buf = Vec::new();
+            assert_eq!(read_frame(&mut second, &mut buf, wire::decode_hello), ME);
+            let msg = read_frame(&mut second, &mut buf, wire::decode_frame);
+            second.write_all(&wire::encode_frame(&msg)).unwrap();
+            // Until the mesh goes away.
+            let _ = second.read(&mut [0u8; 1]);
+        });
+
+        let got = next(&mut mesh, Duration::from_secs(10));
+        assert_eq!(got, (NODE, Message::ReportCorrupt { handle: 77 }));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !mesh.problems.contains_key(&NODE) {
+            assert!(Instant::now() < deadline, "the garbage did not close the stream");
+            assert!(mesh.receive(Instant::now() + Duration::from_millis(10)).is_none());
+        }
+        assert!(mesh.problems[&NODE].contains("not mesh frames"), "{:?}", mesh.problems);
+        mesh.send(NODE, &wire::encode_frame(&Message::PushAck { data_id: 9 }));
+        let got = next(&mut mesh, Duration::from_secs(10));
+        assert_eq!(got, (NODE, Message::PushAck { data_id: 9 }));
+        assert!(mesh.problems.is_empty(), "{:?}", mesh.problems);
+        drop(mesh);
+        node.join().unwrap();
+    }
+
+    #[test]
+    fn a_refused_dial_is_a_problem_of_its_node() {
+        let port =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+        let mut mesh = mesh(port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !mesh.problems.contains_key(&NODE) {
+            assert!(Instant::now() < deadline, "the dial did not fail");
+            assert!(mesh.receive(Instant::now() + Duration::from_millis(10)).is_none());
+        }
+        assert!(mesh.problems[&NODE].starts_with("connect to 127.0.0.1:"), "{:?}", mesh.problems);
+        mesh.send(7, b"to a node without an address");
+        assert_eq!(mesh.problems[&7], "no address known");
+    }
 }

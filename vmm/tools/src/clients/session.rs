@@ -120,7 +120,6 @@ impl Session {
             if crate::stop::stop_requested() {
                 return;
             }
-            self.mesh.dial_all();
             let now = now_ms();
             let next_ms = [self.gfs.next_poll_ms(), self.job.next_poll_ms()]
                 .into_iter()
