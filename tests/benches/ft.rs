@@ -5,7 +5,10 @@
 //! primary to the next echoed byte; at least 10 trials). Throughput and
 //! round trips come from the compiled client (`ftvm-netclient`), so the
 //! ratio is not bounded by an interpreter; whole-machine CPU per MB shows
-//! what the pair costs the host. `--baseline PATH` adds the throughput rows
+//! what the pair costs the host. The throughput rows come twice: with every process sharing
+//! every core (the pair on one host), and with the backup alone on core 1 while the primary (or
+//! the standalone VM) and the client share core 0 (the backup on a host of its own, as
+//! deployed, against a standalone VM with as much CPU as the primary). `--baseline PATH` adds the throughput rows
 //! of another build of the `ftvm` binary (prefixed `before:`). Needs root,
 //! /dev/kvm and python3.
 //!
@@ -28,7 +31,9 @@
 //! 128 MiB and 1 GiB guests, idle and under the stress role (medians of TRIALS, at least 5).
 use std::time::Duration;
 
-use ftvm_tests::bench::{cpu_seconds, measure_echo, runs_arg, MachineCpu, Table};
+use ftvm_tests::bench::{
+    available_cores, cpu_seconds, measure_echo, on_cores, runs_arg, MachineCpu, Table,
+};
 use ftvm_tests::failover::{field, word};
 use ftvm_tests::hosts::{TwoHosts, PRIMARY_HOST};
 use ftvm_tests::netns::Lab;
@@ -48,30 +53,77 @@ fn arbiter_dir(tag: &str) -> std::path::PathBuf {
     dir
 }
 
+/// Where a throughput run puts its processes.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// Everything shares every core: the pair on one host.
+    OneHost,
+    /// The backup alone on core 1, the primary (or the standalone VM) and the client on core 0:
+    /// the backup on a host of its own, as deployed, and the primary's host no bigger than the
+    /// standalone VM's.
+    BackupOnItsOwnCore,
+}
+
+impl Layout {
+    fn label(self) -> &'static str {
+        match self {
+            Layout::OneHost => "",
+            Layout::BackupOnItsOwnCore => "backup on its own core: ",
+        }
+    }
+
+    /// The cores of the primary, the standalone VM and the client.
+    fn primary_cores(self) -> Vec<usize> {
+        match self {
+            Layout::OneHost => (0..available_cores()).collect(),
+            Layout::BackupOnItsOwnCore => vec![0],
+        }
+    }
+
+    fn backup_cores(self) -> Vec<usize> {
+        match self {
+            Layout::OneHost => (0..available_cores()).collect(),
+            Layout::BackupOnItsOwnCore => vec![1],
+        }
+    }
+}
+
 /// A pair of the `ftvm` binary at `exe` running the echo guest in `lab` (tap0: primary, tap1:
-/// backup).
-fn pair_of(exe: &str, lab: &Lab, arbiter: &std::path::Path) -> (Reaped, Reaped) {
+/// backup), each side on the cores `layout` gives it.
+fn pair_of(exe: &str, lab: &Lab, arbiter: &std::path::Path, layout: Layout) -> (Reaped, Reaped) {
     let arbiter = arbiter.to_str().unwrap();
-    let backup = lab.spawn_in_host(
-        exe,
-        &["backup", "--listen", CHANNEL, "--arbiter", arbiter, "--net", &lab.net_flag_for(1, 0)],
-    );
+    let backup = on_cores(&layout.backup_cores(), || {
+        lab.spawn_in_host(
+            exe,
+            &[
+                "backup",
+                "--listen",
+                CHANNEL,
+                "--arbiter",
+                arbiter,
+                "--net",
+                &lab.net_flag_for(1, 0),
+            ],
+        )
+    });
     let cmdline = format!("role=echo port=7 {}", Lab::guest_net_args(0));
-    let primary = lab.spawn_in_host(
-        exe,
-        &[
-            "primary",
-            "--stats",
-            "--backup",
-            CHANNEL,
-            "--arbiter",
-            arbiter,
-            "--net",
-            &lab.net_flag_for(0, 0),
-            "--cmdline",
-            &cmdline,
-        ],
-    );
+    let primary = on_cores(&layout.primary_cores(), || {
+        lab.spawn_in_host(
+            exe,
+            &[
+                "primary",
+                "--stats",
+                "--backup",
+                CHANNEL,
+                "--arbiter",
+                arbiter,
+                "--net",
+                &lab.net_flag_for(0, 0),
+                "--cmdline",
+                &cmdline,
+            ],
+        )
+    });
     (primary, backup)
 }
 
@@ -86,19 +138,23 @@ fn pair_field(stderr: &str, key: &str) -> Vec<f64> {
     first.trim_start_matches('(').split('/').filter_map(|part| part.parse().ok()).collect()
 }
 
-/// Standalone and FT pair echo under the `ftvm` binary at `exe`, rows
-/// prefixed with `label`.
-fn throughput_rows(table: &mut Table, label: &str, exe: &str) {
+/// Standalone and FT pair echo under the `ftvm` binary at `exe`, laid out on the cores as
+/// `layout` says, rows prefixed with `build` and the layout.
+fn throughput_rows(table: &mut Table, build: &str, exe: &str, layout: Layout) {
+    let label = format!("{build}{}", layout.label());
+    let client_cores = layout.primary_cores();
     let ip = Lab::guest_ip(0);
     let lab = Lab::new(1);
     let cmdline = format!("role=echo port=7 {}", Lab::guest_net_args(0));
-    let vm = lab.spawn_in_host(exe, &["run", "--net", &lab.net_flag(0), "--cmdline", &cmdline]);
+    let vm = on_cores(&layout.primary_cores(), || {
+        lab.spawn_in_host(exe, &["run", "--net", &lab.net_flag(0), "--cmdline", &cmdline])
+    });
     // The VMMs' CPU is counted from here, after boot: what the echo sessions cost.
     ftvm_tests::bench::client(&lab, &["wait", &ip, "7", "20"]);
     let solo_vmm_cpu_before = cpu_seconds(vm.pid());
     let machine = MachineCpu::start();
     let (solo_mb_per_s, solo_rtt_us, solo_rtt_p99_us) =
-        measure_echo(&lab, NETCLIENT, &ip, CONNECTIONS, BYTES_EACH);
+        on_cores(&client_cores, || measure_echo(&lab, NETCLIENT, &ip, CONNECTIONS, BYTES_EACH));
     let solo_machine_cpu = machine.busy().0;
     let solo_vmm_cpu = cpu_seconds(vm.pid()) - solo_vmm_cpu_before;
     let solo = vm.stop();
@@ -106,13 +162,13 @@ fn throughput_rows(table: &mut Table, label: &str, exe: &str) {
 
     let lab = Lab::new(2);
     let arbiter = arbiter_dir("pair");
-    let (primary, backup) = pair_of(exe, &lab, &arbiter);
+    let (primary, backup) = pair_of(exe, &lab, &arbiter, layout);
     ftvm_tests::bench::client(&lab, &["wait", &ip, "7", "20"]);
     let pair_cpu = || (cpu_seconds(primary.pid()), cpu_seconds(backup.pid()));
     let (primary_cpu_before, backup_cpu_before) = pair_cpu();
     let machine = MachineCpu::start();
     let (ft_mb_per_s, ft_rtt_us, ft_rtt_p99_us) =
-        measure_echo(&lab, NETCLIENT, &ip, CONNECTIONS, BYTES_EACH);
+        on_cores(&client_cores, || measure_echo(&lab, NETCLIENT, &ip, CONNECTIONS, BYTES_EACH));
     let ft_machine_cpu = machine.busy().0;
     let (primary_cpu, backup_cpu) = pair_cpu();
     let (primary_session_cpu, backup_session_cpu) =
@@ -814,7 +870,9 @@ fn main() {
     for run in 0..if failover_only { 0 } else { runs } {
         eprintln!("ft bench: run {}/{runs}", run + 1);
         for (label, exe) in &builds {
-            throughput_rows(&mut table, label, exe);
+            for layout in [Layout::OneHost, Layout::BackupOnItsOwnCore] {
+                throughput_rows(&mut table, label, exe, layout);
+            }
         }
     }
     let mut results: Vec<(String, Vec<Trial>)> = Vec::new();

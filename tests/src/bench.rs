@@ -213,3 +213,36 @@ impl MachineCpu {
         (busy / ticks_per_second, if total > 0.0 { busy / total } else { 0.0 })
     }
 }
+
+/// Runs `spawn` with the calling thread allowed only on `cores`, so the processes it starts
+/// (which inherit the mask) stay there; the thread gets every core back afterwards. The
+/// benchmarks use it to give the backup a core of its own, as a host of its own would.
+pub fn on_cores<T>(cores: &[usize], spawn: impl FnOnce() -> T) -> T {
+    let all: Vec<usize> = (0..available_cores()).collect();
+    set_thread_cores(cores);
+    let spawned = spawn();
+    set_thread_cores(&all);
+    spawned
+}
+
+/// The cores this machine has.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |cores| cores.get())
+}
+
+fn set_thread_cores(cores: &[usize]) {
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for core in cores {
+        // SAFETY: CPU_SET writes one bit of the set we own; core is below the machine's count.
+        unsafe { libc::CPU_SET(*core, &mut set) };
+    }
+    // SAFETY: sched_setaffinity reads a cpu_set_t of the size given, for this thread (0).
+    let result = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    assert_eq!(
+        result,
+        0,
+        "sched_setaffinity to cores {cores:?}: {}",
+        std::io::Error::last_os_error()
+    );
+}
