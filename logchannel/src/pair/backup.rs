@@ -140,6 +140,9 @@ pub struct Unreleased<T> {
     max_kept_bytes: u64,
     /// Bytes of released outputs kept.
     released_grace_bytes: u64,
+    /// How many kept outputs, from the front, are reported released, and their bytes.
+    released_kept: usize,
+    released_kept_bytes: u64,
     /// Outputs given up to the byte bound before the primary reported them.
     dropped: u64,
 }
@@ -153,6 +156,8 @@ impl<T> Unreleased<T> {
             kept_bytes: 0,
             max_kept_bytes,
             released_grace_bytes: 0,
+            released_kept: 0,
+            released_kept_bytes: 0,
             dropped: 0,
         }
     }
@@ -170,33 +175,44 @@ impl<T> Unreleased<T> {
         self.kept_bytes += bytes;
         self.forget_through(released);
         while self.kept_bytes > self.max_kept_bytes {
-            let (_, _, bytes) = self.kept.pop_front().expect("bytes counted are kept");
-            self.kept_bytes -= bytes;
-            self.dropped += 1;
+            if !self.pop_front() {
+                self.dropped += 1;
+            }
         }
     }
 
-    /// Forgets the outputs up to `released`, except the last ones within the grace.
+    /// Forgets the outputs up to `released`, except the last ones within the grace. Each
+    /// output is counted as released once, so a push costs O(1) amortized.
     fn forget_through(&mut self, released: u64) {
-        let released_bytes: u64 = self
-            .kept
-            .iter()
-            .take_while(|(index, _, _)| *index <= released)
-            .map(|(_, _, bytes)| bytes)
-            .sum();
-        let mut over_grace = released_bytes.saturating_sub(self.released_grace_bytes);
-        while over_grace > 0 && self.kept.front().is_some_and(|(index, _, _)| *index <= released) {
-            let (_, _, bytes) = self.kept.pop_front().expect("front exists");
-            self.kept_bytes -= bytes;
-            over_grace = over_grace.saturating_sub(bytes);
+        while let Some((index, _, bytes)) = self.kept.get(self.released_kept) {
+            if *index > released {
+                break;
+            }
+            self.released_kept += 1;
+            self.released_kept_bytes += bytes;
         }
+        while self.released_kept_bytes > self.released_grace_bytes {
+            self.pop_front();
+        }
+    }
+
+    /// Forgets the oldest output kept; whether it had been reported released.
+    fn pop_front(&mut self) -> bool {
+        let (_, _, bytes) = self.kept.pop_front().expect("bytes counted are kept");
+        self.kept_bytes -= bytes;
+        let released = self.released_kept > 0;
+        if released {
+            self.released_kept -= 1;
+            self.released_kept_bytes -= bytes;
+        }
+        released
     }
 
     /// What the world may not have seen, in order: the outputs after `released` and, within
     /// the grace, the last ones up to it. The queue is empty afterwards.
     pub fn take_after(&mut self, released: u64) -> Vec<T> {
         self.forget_through(released);
-        self.kept_bytes = 0;
+        (self.kept_bytes, self.released_kept, self.released_kept_bytes) = (0, 0, 0);
         std::mem::take(&mut self.kept).into_iter().map(|(_, item, _)| item).collect()
     }
 
@@ -330,6 +346,36 @@ mod tests {
             kept.push(item, 1, 4);
         }
         assert_eq!(kept.take_after(4), vec![3, 4, 5, 6], "the last 2 released, then the rest");
+    }
+
+    proptest::proptest! {
+        /// Against the rule written plainly (no byte bound): after pushes reporting `released`
+        /// as it grows, what is taken is every output after the last report and, before it,
+        /// the newest released outputs whose bytes fit the grace, as counted at each push.
+        #[test]
+        fn unreleased_matches_its_rule(
+            pushes in proptest::collection::vec((1u64..5, 0u64..3), 1..60),
+            grace_bytes in 0u64..12,
+        ) {
+            let mut kept = Unreleased::new(u64::MAX).keeping_released(grace_bytes);
+            let mut model: Vec<(u64, u64)> = Vec::new();
+            let mut released = 0;
+            for (produced, (bytes, advance)) in (1u64..).zip(pushes) {
+                released = (released + advance).min(produced);
+                kept.push(produced, bytes, released);
+                model.push((produced, bytes));
+                // Drop released outputs from the front while they exceed the grace.
+                let mut released_bytes: u64 =
+                    model.iter().filter(|(index, _)| *index <= released).map(|(_, b)| b).sum();
+                while released_bytes > grace_bytes {
+                    let (_, bytes) = model.remove(0);
+                    released_bytes -= bytes;
+                }
+            }
+            let expected: Vec<u64> = model.iter().map(|(index, _)| *index).collect();
+            proptest::prop_assert_eq!(kept.take_after(released), expected);
+            proptest::prop_assert_eq!(kept.dropped(), 0);
+        }
     }
 
     #[test]
