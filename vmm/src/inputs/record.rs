@@ -71,15 +71,35 @@ impl<S: EntrySink> RecordingInputs<S> {
         }
     }
 
-    fn append(&mut self, entry: Entry) -> Result<(), InputError> {
-        let bytes = self.sink.append(&entry)?;
+    fn append(&mut self, entry: &Entry) -> Result<(), InputError> {
+        let bytes = self.sink.append(entry)?;
         self.stats.count(entry.kind(), bytes);
         self.last_entry_ns = self.live.now_ns();
         Ok(())
     }
 
     fn log(&mut self, at: &At, input: Input) -> Result<(), InputError> {
-        self.append(Entry::Input(InputEntry { point: at.point, regs_hash: at.regs_hash(), input }))
+        self.append(&Entry::Input(InputEntry { point: at.point, regs_hash: at.regs_hash(), input }))
+    }
+
+    /// Logs `events` as the input `kind` makes of them and hands them back: the frames a guest
+    /// receives are logged without a copy.
+    fn log_events(
+        &mut self,
+        at: &At,
+        events: Vec<AsyncEvent>,
+        kind: fn(Vec<AsyncEvent>) -> Input,
+    ) -> Result<Vec<AsyncEvent>, InputError> {
+        let input = kind(events);
+        let entry = Entry::Input(InputEntry { point: at.point, regs_hash: at.regs_hash(), input });
+        self.append(&entry)?;
+        match entry {
+            Entry::Input(InputEntry {
+                input: Input::Polled(events) | Input::Waited(events),
+                ..
+            }) => Ok(events),
+            _ => unreachable!("built above from events"),
+        }
     }
 
     /// The sink, e.g. to finish the file after the run.
@@ -129,23 +149,22 @@ impl<S: EntrySink> Inputs for RecordingInputs<S> {
     fn poll_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
         let events = self.live.poll_events(at, armed)?;
         if !events.is_empty() {
-            self.log(at, Input::Polled(events.clone()))?;
+            return self.log_events(at, events, Input::Polled);
         } else if self.live.now_ns() - self.last_entry_ns >= PROGRESS_INTERVAL_NS {
             // Nothing consumed at this landmark yet: the log covers everything before it.
             self.progress_landmark = at.point.landmark - 1;
-            self.append(Entry::Progress { landmark: self.progress_landmark })?;
+            self.append(&Entry::Progress { landmark: self.progress_landmark })?;
         }
         Ok(events)
     }
 
     fn wait_events(&mut self, at: &At, armed: Armed) -> Result<Vec<AsyncEvent>, InputError> {
         let events = self.live.wait_events(at, armed)?;
-        self.log(at, Input::Waited(events.clone()))?;
-        Ok(events)
+        self.log_events(at, events, Input::Waited)
     }
 
     fn end_of_run(&mut self, end: &RunEnd) -> Result<(), InputError> {
-        self.append(Entry::RunEnd(end.clone()))?;
+        self.append(&Entry::RunEnd(end.clone()))?;
         self.sink.flush()
     }
 
