@@ -50,6 +50,8 @@ fn a_stream_survives_two_failovers_with_a_backup_added_between_them() {
     let watch = hosts.watch(NETCLIENT, WATCH_SECONDS, STREAM_BYTES_PER_S);
     std::thread::sleep(Duration::from_millis(1500));
     primary.kill();
+    // Dead, so its TAP is free for the spare (an exit can take seconds on a loaded host).
+    let primary = primary.finish();
     let first_live = wait_for_role(&backup_socket, "live", Duration::from_secs(30));
     // The live side's connect retries while the spare starts listening.
     let spare = hosts.start_backup(PRIMARY_HOST, FTVM, &["--spare", "--api-socket", &spare_socket]);
@@ -61,7 +63,7 @@ fn a_stream_survives_two_failovers_with_a_backup_added_between_them() {
     backup.kill();
     let watched = watch.finish_within(Duration::from_secs(90));
     let spare = spare.stop();
-    let (backup, primary) = (backup.finish(), primary.finish());
+    let backup = backup.finish();
     let report = format!(
         "add-backup: {added:?}\nspare: {spare_paired:?}\nclient: {}{}\n--- primary (h1)\n{}\n--- backup (h2)\n{}\n--- spare (h1)\n{}",
         watched.stdout, watched.stderr, primary.stderr, backup.stderr, spare.stderr
@@ -98,6 +100,8 @@ fn a_primary_gone_solo_takes_a_new_backup_that_survives_its_death() {
     let watch = hosts.watch(NETCLIENT, WATCH_SECONDS, STREAM_BYTES_PER_S);
     std::thread::sleep(Duration::from_millis(1500));
     backup.kill();
+    // Dead, so its TAP is free for the spare (an exit can take seconds on a loaded host).
+    let backup = backup.finish();
     let solo = wait_for_role(&primary_socket, "solo", Duration::from_secs(30));
     // The spare takes the dead backup's place on its host.
     let spare = hosts.start_backup(BACKUP_HOST, FTVM, &["--spare"]);
@@ -108,7 +112,7 @@ fn a_primary_gone_solo_takes_a_new_backup_that_survives_its_death() {
     primary.kill();
     let watched = watch.finish_within(Duration::from_secs(90));
     let spare = spare.stop();
-    let (backup, primary) = (backup.finish(), primary.finish());
+    let primary = primary.finish();
     let report = format!(
         "add-backup: {added:?}\nclient: {}{}\n--- primary (h1)\n{}\n--- backup (h2)\n{}\n--- spare (h2)\n{}",
         watched.stdout, watched.stderr, primary.stderr, backup.stderr, spare.stderr
