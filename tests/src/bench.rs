@@ -215,13 +215,24 @@ impl MachineCpu {
 }
 
 /// Runs `spawn` with the calling thread allowed only on `cores`, so the processes it starts
-/// (which inherit the mask) stay there; the thread gets every core back afterwards. The
+/// (which inherit the mask) stay there; the thread gets its own mask back afterwards. The
 /// benchmarks use it to give the backup a core of its own, as a host of its own would.
 pub fn on_cores<T>(cores: &[usize], spawn: impl FnOnce() -> T) -> T {
-    let all: Vec<usize> = (0..available_cores()).collect();
-    set_thread_cores(cores);
+    // SAFETY: an all-zero cpu_set_t is the empty set, filled by sched_getaffinity below.
+    let mut own: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sched_getaffinity writes one cpu_set_t of the size given, for this thread (0).
+    let result = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&own), &mut own) };
+    assert_eq!(result, 0, "sched_getaffinity: {}", std::io::Error::last_os_error());
+    let mut set: libc::cpu_set_t = own;
+    // SAFETY: CPU_ZERO clears the set we own.
+    unsafe { libc::CPU_ZERO(&mut set) };
+    for core in cores {
+        // SAFETY: CPU_SET writes one bit of the set we own; core is below the machine's count.
+        unsafe { libc::CPU_SET(*core, &mut set) };
+    }
+    set_thread_cores(&set);
     let spawned = spawn();
-    set_thread_cores(&all);
+    set_thread_cores(&own);
     spawned
 }
 
@@ -230,19 +241,8 @@ pub fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |cores| cores.get())
 }
 
-fn set_thread_cores(cores: &[usize]) {
-    // SAFETY: an all-zero cpu_set_t is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for core in cores {
-        // SAFETY: CPU_SET writes one bit of the set we own; core is below the machine's count.
-        unsafe { libc::CPU_SET(*core, &mut set) };
-    }
+fn set_thread_cores(set: &libc::cpu_set_t) {
     // SAFETY: sched_setaffinity reads a cpu_set_t of the size given, for this thread (0).
-    let result = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
-    assert_eq!(
-        result,
-        0,
-        "sched_setaffinity to cores {cores:?}: {}",
-        std::io::Error::last_os_error()
-    );
+    let result = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(set), set) };
+    assert_eq!(result, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
 }

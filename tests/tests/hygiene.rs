@@ -57,7 +57,7 @@ fn the_guest_kernel_has_no_uninterceptable_instructions() {
         .args(["-d", "--no-show-raw-insn", "-M", "intel"])
         .arg(&elf)
         .output()
-        .expect("objdump (binutils) is needed to disassemble the guest");
+        .expect("objdump is needed to disassemble the guest: apt-get install binutils");
     std::fs::remove_file(&elf).unwrap();
     assert!(output.status.success());
     let listing = String::from_utf8_lossy(&output.stdout);
